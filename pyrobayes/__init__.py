@@ -1,7 +1,70 @@
-"""pyrobayes: honest uncertainty for the torch networks you already have."""
+"""pyrobayes: honest uncertainty for the torch networks you already have.
 
+The public API in one place::
+
+    to_pyro, bayesian_sites           # nn.Module -> PyroModule with PyroSample weights
+    get_prior and the Prior classes   # weight priors
+    Gaussian, Categorical             # likelihoods under a data-size plate
+    BayesianModel, to_bayesian        # model = network + likelihood; one-call MOPED set-up
+    MOPEDNormal, MOPEDLowRank         # MOPED-initialised autoguides
+    fit, PosteriorPredictive          # SVI loop; vectorised posterior predictive -> PPD
+    NormalMixturePPD, CategoricalPPD  # the PPD types every predictor returns
+"""
+
+from pyrobayes.convert import bayesian_sites, to_pyro
+from pyrobayes.guides import MOPEDLowRank, MOPEDNormal, moped_guide
+from pyrobayes.infer import (
+    EarlyStopping,
+    History,
+    PosteriorPredictive,
+    fit,
+    forward_draws,
+    prior_predictive,
+    sample_posterior,
+    sample_prior,
+)
+from pyrobayes.likelihoods import Categorical, Gaussian, get_likelihood
+from pyrobayes.model import BayesianModel, to_bayesian
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd
+from pyrobayes.priors import (
+    LayerwiseNormalPrior,
+    NormalPrior,
+    PretrainedNormalPrior,
+    Prior,
+    ScaleMixturePrior,
+    get_prior,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CategoricalPPD", "NormalMixturePPD", "RegressionPPD", "normal_ppd", "__version__"]
+__all__ = [
+    "BayesianModel",
+    "Categorical",
+    "CategoricalPPD",
+    "EarlyStopping",
+    "Gaussian",
+    "History",
+    "LayerwiseNormalPrior",
+    "MOPEDLowRank",
+    "MOPEDNormal",
+    "NormalMixturePPD",
+    "NormalPrior",
+    "PosteriorPredictive",
+    "PretrainedNormalPrior",
+    "Prior",
+    "RegressionPPD",
+    "ScaleMixturePrior",
+    "__version__",
+    "bayesian_sites",
+    "fit",
+    "forward_draws",
+    "get_likelihood",
+    "get_prior",
+    "moped_guide",
+    "normal_ppd",
+    "prior_predictive",
+    "sample_posterior",
+    "sample_prior",
+    "to_bayesian",
+    "to_pyro",
+]

@@ -145,7 +145,9 @@ class NormalMixturePPD(RegressionPPD):
         n = int(math.prod(sample_shape)) if sample_shape else 1
         idx = torch.randint(self.num_draws, (n, *self.batch_shape), device=self.loc.device)
         loc = torch.gather(self.loc.expand(n, *self.loc.shape), 1, idx.unsqueeze(1)).squeeze(1)
-        scale = torch.gather(self.scale.expand(n, *self.scale.shape), 1, idx.unsqueeze(1)).squeeze(1)
+        scale = torch.gather(self.scale.expand(n, *self.scale.shape), 1, idx.unsqueeze(1)).squeeze(
+            1
+        )
         with torch.no_grad():
             out = loc + scale * torch.randn_like(loc)
         return out.reshape(sample_shape + self.batch_shape)
@@ -160,7 +162,9 @@ class NormalMixturePPD(RegressionPPD):
 def normal_ppd(loc: torch.Tensor, scale: torch.Tensor | float) -> NormalMixturePPD:
     """A single Normal per query point (e.g. an exact GP) as a one-draw mixture."""
     loc = torch.as_tensor(loc)
-    return NormalMixturePPD(loc.unsqueeze(0), torch.as_tensor(scale, dtype=loc.dtype).expand_as(loc).unsqueeze(0))
+    return NormalMixturePPD(
+        loc.unsqueeze(0), torch.as_tensor(scale, dtype=loc.dtype).expand_as(loc).unsqueeze(0)
+    )
 
 
 class CategoricalPPD(Distribution):
@@ -216,7 +220,11 @@ class CategoricalPPD(Distribution):
         if ((value < 0) | (value >= self.num_classes)).any():
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         logp = self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log()
-        logp = logp.expand(value.shape + (self.num_classes,)) if value.dim() > len(self.batch_shape) else logp
+        logp = (
+            logp.expand(value.shape + (self.num_classes,))
+            if value.dim() > len(self.batch_shape)
+            else logp
+        )
         return logp.gather(-1, value.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod

@@ -1,0 +1,5 @@
+"""MOPED-initialised autoguides built on Pyro's autoguides."""
+
+from pyrobayes.guides.moped import GuideKind, MOPEDLowRank, MOPEDNormal, moped_guide, moped_scale
+
+__all__ = ["GuideKind", "MOPEDLowRank", "MOPEDNormal", "moped_guide", "moped_scale"]

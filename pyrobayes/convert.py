@@ -1,0 +1,276 @@
+"""``to_pyro``: any ``nn.Module`` becomes a ``PyroModule`` whose chosen weights are
+``PyroSample`` sites with priors.
+
+The conversion keeps three things the forward pass needs later:
+
+* each Bayesian parameter's pretrained value, as a buffer ``<attr>_pretrained`` on its
+  layer (it centres the MOPED guide and the pretrained prior, and it moves with
+  ``.to(device)`` so priors follow the module);
+* a *twin*: an untouched deep copy of the original module, evaluated with
+  ``torch.func.functional_call`` to run the network over a stack of weight draws without
+  Pyro's per-site overhead (see :mod:`pyrobayes.infer.predictive`);
+* the site table ``{site name: [parameter paths]}``, where tied parameters (an embedding
+  shared with an LM head) share one site.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes import to_pyro, bayesian_sites
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> bnn = to_pyro(net, prior="layerwise", include=["2."], name="net")
+    >>> sorted(bayesian_sites(bnn))
+    ['net.2.bias', 'net.2.weight']
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from pyro.nn import PyroModule, PyroSample
+from pyro.nn.module import to_pyro_module_
+from torch import nn
+
+from pyrobayes.priors import Prior, get_prior
+
+__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted"]
+
+PRETRAINED_SUFFIX = "_pretrained"
+
+
+@dataclass(frozen=True)
+class BayesianParam:
+    """One sample site: the owning layer's path, the attribute, and tied aliases."""
+
+    owner: str
+    attr: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return f"{self.owner}.{self.attr}" if self.owner else self.attr
+
+
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+    for p in patterns:
+        if any(ch in p for ch in "*?[") and fnmatch.fnmatchcase(path, p):
+            return True
+        if p == path or path.startswith(p if p.endswith(".") else p + ".") or re.fullmatch(p, path):
+            return True
+    return False
+
+
+def _as_list(x: str | Iterable[str] | None) -> list[str]:
+    if x is None:
+        return []
+    return [x] if isinstance(x, str) else list(x)
+
+
+def _split(path: str) -> tuple[str, str]:
+    owner, _, attr = path.rpartition(".")
+    return owner, attr
+
+
+def _prior_fn(prior: Prior, attr: str):
+    # PyroSample calls this with the owning layer each time the site is drawn, so the
+    # distribution is built on the layer's *current* device and dtype.
+    def build(layer: nn.Module):
+        return prior(attr, getattr(layer, attr + PRETRAINED_SUFFIX), layer)
+
+    return build
+
+
+def to_pyro(
+    module: nn.Module,
+    prior: str | Prior = "normal",
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    include_types: type | tuple[type, ...] | None = None,
+    include_frozen: bool = False,
+    inplace: bool = False,
+    name: str | None = None,
+    **prior_kwargs,
+) -> PyroModule:
+    """Turn ``module`` into a ``PyroModule`` whose selected parameters are ``PyroSample``
+    sites drawn from ``prior``.
+
+    Args:
+        module: any ``nn.Module`` (MLP, CNN, ``nn.TransformerEncoder``, a Hugging Face model).
+        prior: a :class:`~pyrobayes.priors.Prior` or its name (``"normal"``,
+            ``"layerwise"``, ``"pretrained"``, ``"scale_mixture"``); ``prior_kwargs`` go to it.
+        include: parameter-path patterns to make Bayesian (a prefix such as ``"classifier"``,
+            a glob such as ``"*.layer.5.*"`` or a regular expression). ``None``: all.
+        exclude: patterns to keep deterministic (applied after ``include``).
+        include_types: only parameters owned by layers of these types.
+        include_frozen: also make ``requires_grad=False`` parameters Bayesian (default: they
+            stay frozen constants).
+        inplace: convert ``module`` itself instead of a deep copy.
+        name: the Pyro name prefix of every site (default: a fresh ``"bnn<k>"``); give a
+            fixed name when guides or checkpoints must match across processes.
+
+    Returns:
+        The converted ``PyroModule``; calling it inside SVI draws one weight sample per site.
+
+    Raises:
+        ValueError: unknown prior, a pattern that matches no parameter, or nothing selected.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"to_pyro expects an nn.Module, got {type(module).__name__}")
+    if isinstance(module, PyroModule) and is_converted(module):
+        raise ValueError("module is already converted by pyrobayes.to_pyro")
+    prior_obj = get_prior(prior, **prior_kwargs)
+    includes, excludes = _as_list(include), _as_list(exclude)
+    twin = copy.deepcopy(module)
+    target = module if inplace else copy.deepcopy(module)
+
+    # Group parameter paths by identity so tied weights become a single site.
+    groups: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for path, p in target.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(path)
+        params[id(p)] = p
+    all_paths = [path for paths in groups.values() for path in paths]
+    for pattern in includes + excludes:
+        if not any(_matches(path, [pattern]) for path in all_paths):
+            raise ValueError(
+                f"pattern {pattern!r} matches no parameter; parameters look like "
+                f"{all_paths[:5]}{' ...' if len(all_paths) > 5 else ''}"
+            )
+
+    modules = dict(target.named_modules(remove_duplicate=False))
+    chosen: list[BayesianParam] = []
+    frozen: list[str] = []
+    for key, paths in groups.items():
+        p = params[key]
+        selected = [
+            path
+            for path in paths
+            if (not includes or _matches(path, includes))
+            and not _matches(path, excludes)
+            and (include_types is None or isinstance(modules[_split(path)[0]], include_types))
+        ]
+        if not p.requires_grad:
+            frozen.extend(paths)
+            if not include_frozen:
+                continue
+        if selected:
+            owner, attr = _split(paths[0])
+            chosen.append(BayesianParam(owner, attr, tuple(paths[1:])))
+    if not chosen:
+        raise ValueError(
+            "no parameter was selected to become Bayesian; check include/exclude/include_types"
+        )
+
+    # Frozen, deterministic parameters become buffers: PyroModule would otherwise register
+    # them as pyro.param sites with requires_grad=True (pyro#3438) and SVI would train them.
+    chosen_paths = {c.path for c in chosen} | {a for c in chosen for a in c.aliases}
+    for path in frozen:
+        if path in chosen_paths:
+            continue
+        owner, attr = _split(path)
+        layer = modules[owner]
+        if attr in layer._parameters:
+            value = layer._parameters.pop(attr)
+            layer.register_buffer(attr, value.detach())
+
+    to_pyro_module_(target)
+    # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
+    # the global param store, so two converted copies of one net would silently share.
+    target._pyro_set_supermodule(name or _unique_name(), target._pyro_context)
+    modules = dict(target.named_modules(remove_duplicate=False))
+    for c in chosen:
+        layer = modules[c.owner]
+        value = getattr(layer, c.attr).detach().clone()
+        delattr(layer, c.attr)
+        layer.register_buffer(c.attr + PRETRAINED_SUFFIX, value)
+        setattr(layer, c.attr, PyroSample(_prior_fn(prior_obj, c.attr)))
+        for alias in c.aliases:
+            a_owner, a_attr = _split(alias)
+            alias_layer = modules[a_owner]
+            if a_attr in alias_layer._parameters:
+                delattr(alias_layer, a_attr)
+
+    tied = [c for c in chosen if c.aliases]
+    if tied:
+        target.register_forward_pre_hook(_make_tie_hook(tied))
+    object.__setattr__(target, "_pyrobayes_sites", tuple(chosen))
+    object.__setattr__(target, "_pyrobayes_twin", twin.requires_grad_(False))
+    object.__setattr__(target, "_pyrobayes_prior", prior_obj)
+    return target
+
+
+_counter = itertools.count()
+
+
+def _unique_name() -> str:
+    return f"bnn{next(_counter)}"
+
+
+def _make_tie_hook(tied: list[BayesianParam]):
+    def hook(root: nn.Module, args):
+        modules = dict(root.named_modules(remove_duplicate=False))
+        for c in tied:
+            # Reading the owner's attribute draws the site once (cached for this call);
+            # the aliases then see exactly the same tensor.
+            value = getattr(modules[c.owner], c.attr)
+            for alias in c.aliases:
+                a_owner, a_attr = _split(alias)
+                object.__setattr__(modules[a_owner], a_attr, value)
+
+    return hook
+
+
+def is_converted(module: nn.Module) -> bool:
+    return hasattr(module, "_pyrobayes_sites")
+
+
+def _converted_root(module: nn.Module) -> tuple[nn.Module, str]:
+    """Find the converted network inside ``module`` (itself or e.g. ``BayesianModel.net``)."""
+    for path, m in module.named_modules():
+        if is_converted(m):
+            return m, path
+    raise ValueError("module has no pyrobayes-converted network; call to_pyro first")
+
+
+def bayesian_sites(module: nn.Module) -> dict[str, list[str]]:
+    """``{Pyro sample-site name: [parameter paths in the original module]}``.
+
+    Site names follow the module's current Pyro name prefix (they change when the
+    network is wrapped, e.g. by :class:`~pyrobayes.model.BayesianModel`).
+    """
+    net, _ = _converted_root(module)
+    modules = dict(net.named_modules(remove_duplicate=False))
+    out: dict[str, list[str]] = {}
+    for c in net._pyrobayes_sites:
+        prefix = modules[c.owner]._pyro_name
+        site = f"{prefix}.{c.attr}" if prefix else c.attr
+        out[site] = [c.path, *c.aliases]
+    return out
+
+
+def site_priors(module: nn.Module) -> dict[str, torch.distributions.Distribution]:
+    """The prior distribution of every Bayesian site, on the module's current device."""
+    net, _ = _converted_root(module)
+    modules = dict(net.named_modules(remove_duplicate=False))
+    names = bayesian_sites(net if net is module else module)
+    out = {}
+    for (site, _paths), c in zip(names.items(), net._pyrobayes_sites):
+        layer = modules[c.owner]
+        out[site] = net._pyrobayes_prior(c.attr, getattr(layer, c.attr + PRETRAINED_SUFFIX), layer)
+    return out
+
+
+def pretrained_values(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The pretrained value of every Bayesian site (the MOPED initial means)."""
+    net, _ = _converted_root(module)
+    modules = dict(net.named_modules(remove_duplicate=False))
+    names = list(bayesian_sites(module))
+    return {
+        site: getattr(modules[c.owner], c.attr + PRETRAINED_SUFFIX)
+        for site, c in zip(names, net._pyrobayes_sites)
+    }

@@ -1,0 +1,189 @@
+"""MOPED-initialised autoguides (Krishnan et al., AAAI 2020).
+
+MOPED sets the variational posterior of each weight from the pretrained (MLE) value:
+
+.. math::
+
+    q(w) = \\mathcal N\\big(w_\\text{MLE},\\; (\\delta\\,|w_\\text{MLE}|)^2\\big),
+
+elementwise. A floor ``min_scale`` keeps ``w = 0`` (or a tiny ``delta``) from giving a
+zero scale, whose inverse softplus is ``-inf``; Pyro's softplus transform inverts stably
+(``y + log(-expm1(-y))``) for any positive ``y``.
+
+The pretrained values are *cloned* before they become guide parameters: Pyro keeps the
+very tensors given to ``init_to_value`` as locs, so SVI would otherwise edit them.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
+    >>> from pyrobayes.guides import MOPEDNormal
+    >>> model = BayesianModel(to_pyro(torch.nn.Linear(2, 1), name="lin"), Gaussian(0.1))
+    >>> guide = MOPEDNormal(model, delta=0.1)
+    >>> guide.setup(torch.randn(4, 2))
+    >>> bool((guide.scales.lin.net.weight > 0).all())
+    True
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
+from pyro.nn import PyroParam
+from pyro.nn.module import PyroModule
+
+from pyrobayes.convert import pretrained_values
+
+__all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_scale"]
+
+
+class GuideKind(str, Enum):
+    NORMAL = "normal"
+    LOWRANK = "lowrank"
+
+
+def _check_delta(delta: float, min_scale: float) -> None:
+    if not (
+        isinstance(delta, (int, float)) and delta > 0 and delta == delta and delta != float("inf")
+    ):
+        raise ValueError(f"MOPED delta must be a positive finite number, got {delta!r}")
+    if not (min_scale > 0):
+        raise ValueError(f"min_scale must be positive, got {min_scale!r}")
+
+
+def moped_scale(w: torch.Tensor, delta: float, min_scale: float = 1e-6) -> torch.Tensor:
+    """Elementwise MOPED standard deviation :math:`\\max(\\delta|w|, \\text{min\\_scale})`."""
+    return (delta * w.detach().abs()).clamp_min(min_scale)
+
+
+def _init_values(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in pretrained_values(model).items()}
+
+
+class _Setup:
+    def setup(self, *args, **kwargs) -> None:
+        """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+
+
+class MOPEDNormal(_Setup, AutoNormal):
+    """Mean-field Normal guide with MOPED initialisation.
+
+    Args:
+        model: a :class:`~pyrobayes.model.BayesianModel` (or any model wrapping a
+            ``to_pyro`` network).
+        delta: relative initial scale :math:`\\delta > 0`.
+        freeze_loc: keep the means at the pretrained values (only the scales learn).
+        min_scale: floor of the initial scale.
+    """
+
+    def __init__(
+        self, model, delta: float = 0.05, freeze_loc: bool = False, min_scale: float = 1e-6
+    ):
+        _check_delta(delta, min_scale)
+        self.delta, self.freeze_loc, self.min_scale = (
+            float(delta),
+            bool(freeze_loc),
+            float(min_scale),
+        )
+        self._pretrained = _init_values(model)
+        super().__init__(
+            model, init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible)
+        )
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        for name, w in self._pretrained.items():
+            if name not in self._event_dims:
+                continue
+            event_dim = self._event_dims[name]
+            _deep_set_param(
+                self.scales,
+                name,
+                PyroParam(
+                    moped_scale(w, self.delta, self.min_scale), self.scale_constraint, event_dim
+                ),
+            )
+            if self.freeze_loc:
+                # A buffer, not a PyroParam: SVI never sees it, and it still moves with .to().
+                _deep_set_buffer(self.locs, name, w.detach().clone())
+        # The clones are now owned by the guide; drop ours so memory is not held twice.
+        self._pretrained = {}
+
+
+class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
+    """Low-rank-plus-diagonal multivariate Normal with the MOPED mean and diagonal.
+
+    :math:`q(w) = \\mathcal N(w_\\text{MLE}, W W^\\top + \\mathrm{diag}(\\delta|w_\\text{MLE}|)^2)`
+    with ``W`` of shape ``[D, rank]`` initialised small, so the initial marginals are MOPED's.
+    """
+
+    def __init__(self, model, rank: int = 10, delta: float = 0.05, min_scale: float = 1e-6):
+        _check_delta(delta, min_scale)
+        if not (isinstance(rank, int) and rank >= 1):
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        self.delta, self.min_scale = float(delta), float(min_scale)
+        self._pretrained = _init_values(model)
+        super().__init__(
+            model,
+            init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
+            rank=rank,
+        )
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        pieces = []
+        for name, shape in self._unconstrained_shapes.items():
+            if name in self._pretrained:
+                pieces.append(
+                    moped_scale(self._pretrained[name], self.delta, self.min_scale).reshape(-1)
+                )
+            else:
+                pieces.append(
+                    self.loc.new_full(
+                        (int(torch.Size(shape).numel()),), 0.5**0.5 * self._init_scale
+                    )
+                )
+        scale = torch.cat(pieces).to(self.loc)
+        self.scale = PyroParam(scale, constraint=self.scale_constraint)
+        with torch.no_grad():
+            # Small random factors: the initial marginals stay (almost exactly) MOPED's.
+            self.cov_factor.copy_(
+                scale[:, None] * 1e-2 * torch.randn_like(self.cov_factor) / self.rank**0.5
+            )
+        self._pretrained = {}
+
+
+def _parent(root: PyroModule, name: str):
+    *path, leaf = name.split(".")
+    for part in path:
+        root = getattr(root, part)
+    return root, leaf
+
+
+def _deep_set_param(root: PyroModule, name: str, value: PyroParam) -> None:
+    parent, leaf = _parent(root, name)
+    setattr(parent, leaf, value)
+
+
+def _deep_set_buffer(root: PyroModule, name: str, value: torch.Tensor) -> None:
+    parent, leaf = _parent(root, name)
+    delattr(parent, leaf)
+    parent.register_buffer(leaf, value)
+
+
+def moped_guide(model, kind: str | GuideKind = "normal", **kwargs):
+    """The guide factory: ``"normal"`` (:class:`MOPEDNormal`) or ``"lowrank"``
+    (:class:`MOPEDLowRank`) with their keyword options."""
+    try:
+        kind = GuideKind(kind)
+    except ValueError:
+        valid = ", ".join(k.value for k in GuideKind)
+        raise ValueError(f"unknown guide {kind!r}; valid guides: {valid}") from None
+    return (
+        MOPEDNormal(model, **kwargs) if kind is GuideKind.NORMAL else MOPEDLowRank(model, **kwargs)
+    )

@@ -1,0 +1,134 @@
+"""Observation models: how a network's output explains the targets.
+
+Each likelihood observes the targets under
+``pyro.plate("data", size=dataset_size, subsample=...)``, so with a minibatch of ``B``
+out of ``N`` points Pyro scales the log-likelihood by ``N/B`` and the minibatch ELBO is
+an unbiased estimate of the full-data ELBO,
+
+.. math::
+
+    \\mathcal L = \\frac{N}{B} \\sum_{i \\in \\text{batch}} \\mathbb E_q \\log p(y_i \\mid x_i, w)
+                 - \\mathrm{KL}(q(w) \\,\\|\\, p(w)),
+
+with the KL counted once per step (never divided by the batch count).
+
+Each likelihood also turns network outputs for ``S`` weight draws into the PPD.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes.likelihoods import Gaussian
+    >>> ppd = Gaussian(scale=0.1).ppd(torch.zeros(20, 5, 1))   # 20 draws, 5 points
+    >>> ppd.batch_shape
+    torch.Size([5])
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import constraints
+
+from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
+
+__all__ = ["Likelihood", "Gaussian", "Categorical", "LikelihoodKind", "get_likelihood"]
+
+
+class LikelihoodKind(str, Enum):
+    GAUSSIAN = "gaussian"
+    CATEGORICAL = "categorical"
+
+
+class Likelihood(PyroModule):
+    """Base class. ``dataset_size`` is the ``N`` of the plate; ``None`` means "the batch is
+    the whole data set" (``fit`` sets it from the data it is given)."""
+
+    def __init__(self, dataset_size: int | None = None):
+        super().__init__()
+        self.dataset_size = dataset_size
+
+    def _plate(self, batch_size: int, device: torch.device):
+        size = self.dataset_size or batch_size
+        if size < batch_size:
+            raise ValueError(f"batch of {batch_size} points is larger than dataset_size={size}")
+        subsample = None if size == batch_size else torch.arange(batch_size, device=device)
+        return pyro.plate("data", size=size, subsample=subsample, device=device)
+
+    def ppd(self, outputs: torch.Tensor):
+        """Network outputs for ``S`` draws, shape ``[S, N, ...]``, to the PPD."""
+        raise NotImplementedError
+
+
+class Gaussian(Likelihood):
+    """:math:`y \\sim \\mathcal N(f(x), \\sigma^2)`, with ``sigma`` fixed or learned (as a
+    point estimate, type-II maximum likelihood)."""
+
+    def __init__(
+        self, scale: float = 0.1, learn_scale: bool = False, dataset_size: int | None = None
+    ):
+        super().__init__(dataset_size)
+        if not (float(scale) > 0):
+            raise ValueError(f"Gaussian noise scale must be positive, got {scale!r}")
+        self.learn_scale = learn_scale
+        if learn_scale:
+            self.scale = PyroParam(torch.tensor(float(scale)), constraint=constraints.positive)
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @staticmethod
+    def _squeeze(f: torch.Tensor) -> torch.Tensor:
+        return f.squeeze(-1) if f.dim() > 1 and f.shape[-1] == 1 else f
+
+    def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        loc = self._squeeze(outputs)
+        if y is not None:
+            y = self._squeeze(y).to(loc.dtype)
+            if y.shape != loc.shape:
+                raise ValueError(
+                    f"targets have shape {tuple(y.shape)} but the network predicts {tuple(loc.shape)}"
+                )
+        with self._plate(loc.shape[0], loc.device):
+            pyro.sample("obs", dist.Normal(loc, self.scale).to_event(loc.dim() - 1), obs=y)
+        return loc
+
+    def ppd(self, outputs: torch.Tensor) -> NormalMixturePPD:
+        loc = self._squeeze(outputs)
+        return NormalMixturePPD(loc, self.scale.detach().to(loc.dtype))
+
+
+class Categorical(Likelihood):
+    """:math:`y \\sim \\mathrm{Categorical}(\\mathrm{softmax}(f(x)))` from logits."""
+
+    def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is not None:
+            if y.shape != outputs.shape[:-1]:
+                raise ValueError(
+                    f"labels have shape {tuple(y.shape)} but logits have {tuple(outputs.shape)}"
+                )
+            n_classes = outputs.shape[-1]
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+                raise ValueError(
+                    f"labels must lie in [0, {n_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
+                )
+        with self._plate(outputs.shape[0], outputs.device):
+            pyro.sample("obs", dist.Categorical(logits=outputs).to_event(outputs.dim() - 2), obs=y)
+        return outputs
+
+    def ppd(self, outputs: torch.Tensor) -> CategoricalPPD:
+        return CategoricalPPD.from_logits(outputs)
+
+
+def get_likelihood(spec: str | Likelihood, **kwargs) -> Likelihood:
+    """A likelihood from its name (``"gaussian"``, ``"categorical"``) or as is."""
+    if isinstance(spec, Likelihood):
+        return spec
+    try:
+        kind = LikelihoodKind(spec)
+    except ValueError:
+        valid = ", ".join(k.value for k in LikelihoodKind)
+        raise ValueError(f"unknown likelihood {spec!r}; valid likelihoods: {valid}") from None
+    return Gaussian(**kwargs) if kind is LikelihoodKind.GAUSSIAN else Categorical(**kwargs)

@@ -1,0 +1,92 @@
+"""Plain multilayer perceptrons and the default regression BNN.
+
+Example::
+
+    >>> from pyrobayes.models.mlp import MLP, default_regression_model
+    >>> MLP(64, (256, 256), 10, activation="relu")
+    MLP(64 -> 256 -> 256 -> 10, relu)
+    >>> model = default_regression_model()   # 1-50-50-1 tanh BNN, noise 0.1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "Activation", "default_regression_model", "DEFAULT_REGRESSION"]
+
+
+class Activation(str, Enum):
+    TANH = "tanh"
+    RELU = "relu"
+    GELU = "gelu"
+
+
+_ACT = {Activation.TANH: nn.Tanh, Activation.RELU: nn.ReLU, Activation.GELU: nn.GELU}
+
+
+class MLP(nn.Sequential):
+    """``Linear -> act -> ... -> Linear`` (a plain ``nn.Sequential``, so ``to_pyro`` and
+    ``state_dict`` keys stay the obvious ``"0.weight"``, ``"2.weight"``, ...)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] = (50, 50),
+        out_features: int = 1,
+        activation: str | Activation = "tanh",
+    ):
+        try:
+            act = Activation(activation)
+        except ValueError:
+            raise ValueError(
+                f"unknown activation {activation!r}; valid: {', '.join(a.value for a in Activation)}"
+            ) from None
+        sizes = [in_features, *hidden, out_features]
+        if any(int(s) < 1 for s in sizes):
+            raise ValueError(f"layer sizes must be positive, got {sizes}")
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(_ACT[act]())
+        super().__init__(*layers)
+        self.sizes, self.activation = tuple(sizes), act
+
+    def __repr__(self) -> str:
+        return f"MLP({' -> '.join(map(str, self.sizes))}, {self.activation.value})"
+
+
+# The prior the shipped "bnn-1d" PFN was trained on; change it only together with that checkpoint.
+DEFAULT_REGRESSION = {
+    "hidden": (50, 50),
+    "activation": "tanh",
+    "weight_scale": 1.0,
+    "bias_scale": 1.0,
+    "noise": 0.1,
+}
+
+
+def default_regression_model(
+    net: nn.Module | None = None, device: torch.device | str | None = None, name: str | None = None
+):
+    """The default 1-D regression BNN: a 1-50-50-1 tanh MLP with fan-in priors
+    :math:`W \\sim \\mathcal N(0, 1/\\text{fan\\_in})`, :math:`b \\sim \\mathcal N(0, 1)` and
+    Gaussian noise :math:`\\sigma = 0.1`.
+
+    ``net`` (default: a fresh MLP) supplies the initial weights, e.g. a pretrained MLP of
+    the same shape, which a MOPED guide then starts from."""
+    from pyrobayes.convert import to_pyro
+    from pyrobayes.likelihoods import Gaussian
+    from pyrobayes.model import BayesianModel
+    from pyrobayes.priors import LayerwiseNormalPrior
+
+    cfg = DEFAULT_REGRESSION
+    net = net if net is not None else MLP(1, cfg["hidden"], 1, cfg["activation"])
+    if device is not None:
+        net = net.to(device)
+    prior = LayerwiseNormalPrior(scale=cfg["weight_scale"], bias_scale=cfg["bias_scale"])
+    return BayesianModel(to_pyro(net, prior=prior, name=name), Gaussian(scale=cfg["noise"]))

@@ -1,0 +1,25 @@
+"""The runnable examples in the docstrings are part of the test suite."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "pyrobayes.ppd",
+    "pyrobayes.priors",
+    "pyrobayes.convert",
+    "pyrobayes.likelihoods",
+    "pyrobayes.model",
+    "pyrobayes.guides.moped",
+    "pyrobayes.infer.fit",
+    "pyrobayes.infer.predictive",
+    "pyrobayes.models.mlp",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no runnable example"
+    assert result.failed == 0
