@@ -1,0 +1,59 @@
+"""Pretrained PFN checkpoints shipped inside the package.
+
+* ``"gp-1d"``: 1-D GP prior, RBF lengthscale 0.5, outputscale 1, noise std 0.1,
+  x ~ U[-2, 2], up to 50 training points.
+* ``"bnn-1d"``: the prior of :func:`pyrobayes.models.mlp.default_regression_model`
+  (1-50-50-1 tanh MLP, fan-in Normal weights, N(0, 1) biases, noise std 0.1),
+  x ~ U[-2, 2], up to 50 training points.
+
+How they were trained (command, steps, time, loss) is in ``checkpoints/README.md``.
+
+Example::
+
+    >>> from pyrobayes.pfn import pretrained
+    >>> pfn = pretrained("gp-1d")
+    >>> ppd = pfn.predict([0.0, 1.0], [0.3, -0.2], [0.5])
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from pyrobayes.pfn.checkpoint import load_checkpoint
+from pyrobayes.pfn.model import PFN
+
+__all__ = ["pretrained", "PretrainedName", "CHECKPOINT_DIR"]
+
+CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
+
+
+class PretrainedName(str, Enum):
+    """Names of the shipped checkpoints."""
+
+    GP_1D = "gp-1d"
+    BNN_1D = "bnn-1d"
+
+
+def pretrained(name: str | PretrainedName, device: torch.device | str | None = None) -> PFN:
+    """Load a shipped PFN checkpoint by name (``"gp-1d"`` or ``"bnn-1d"``).
+
+    Args:
+        name: checkpoint name.
+        device: where to put the model (default CPU).
+
+    Returns:
+        The PFN in eval mode.
+    """
+    try:
+        key = PretrainedName(name)
+    except ValueError:
+        raise ValueError(
+            f"unknown pretrained PFN {name!r}; choose one of {[n.value for n in PretrainedName]}"
+        ) from None
+    path = CHECKPOINT_DIR / key.value
+    if not path.with_name(key.value + ".json").exists():
+        raise FileNotFoundError(f"pretrained PFN {key.value!r} is not shipped in {CHECKPOINT_DIR}")
+    return load_checkpoint(path, device=device)

@@ -1,0 +1,367 @@
+"""Training a PFN on a prior over datasets, and the ``pyrobayes pfn train`` command.
+
+Each step draws ``batch_size`` datasets of ``seq_len`` points from the prior, one
+random split ``n ~ U{min_train, ..., max_train}`` for the whole batch (the first ``n``
+points are the training set, the rest are queries), and minimises the prior-data NLL
+
+.. math::
+
+    \\ell(\\phi) = \\mathbb{E}_{D \\sim p(D)}\\big[-\\log q_\\phi(y_* \\mid x_*, D_{1:n})\\big],
+
+which equals the expected KL from the true PPD to :math:`q_\\phi` plus a constant
+(Müller et al. 2022, Cor. 1.1). AdamW, linear warmup then cosine decay, gradient-norm
+clipping, periodic checkpoints (weights + optimizer/RNG state) and exact resume.
+
+Example::
+
+    >>> from pyrobayes.pfn import GPPrior, TrainConfig, train_pfn
+    >>> result = train_pfn(GPPrior(), TrainConfig(steps=5, batch_size=4, seq_len=20, max_train=10,
+    ...                    d_model=16, n_layers=1, n_heads=2, d_ff=32, num_bars=20, progress=False))
+    >>> ppd = result.model.predict([0.0], [1.0], [0.5])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pyrobayes.pfn.bar import borders_from_samples
+from pyrobayes.pfn.checkpoint import (
+    checkpoint_paths,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from pyrobayes.pfn.model import PFN, PFNConfig, Task
+from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior
+
+__all__ = ["TrainConfig", "TrainResult", "train_pfn", "add_arguments", "run"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and architecture settings of :func:`train_pfn`.
+
+    ``seq_len`` points per dataset, of which ``n ~ U{min_train..max_train}`` are
+    training points (``seq_len > max_train`` so there is always at least one query).
+    ``warmup_steps=None`` means 5% of ``steps``. ``time_limit`` (seconds) stops early
+    with a checkpoint. ``out=None`` trains without writing checkpoints.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 64
+    seq_len: int = 75
+    min_train: int = 0
+    max_train: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int | None = None
+    clip: float = 1.0
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 256
+    num_bars: int = 1000
+    border_samples: int = 200_000
+    seed: int = 0
+    progress: bool = True
+    log_every: int = 100
+    checkpoint_every: int = 500
+    out: str | None = None
+    resume: bool = False
+    time_limit: float | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be positive")
+        if not 0 <= self.min_train <= self.max_train < self.seq_len:
+            raise ValueError(
+                f"need 0 <= min_train <= max_train < seq_len, got {self.min_train}, {self.max_train}, {self.seq_len}"
+            )
+        if self.lr <= 0 or self.clip <= 0:
+            raise ValueError("lr and clip must be positive")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_pfn` returns: the model and its loss curve."""
+
+    model: PFN
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"] if self.history else float("nan")
+
+
+def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
+    """The :class:`PFNConfig` for ``prior``: borders and y-normalisation from prior samples."""
+    task = Task.parse(prior.task)
+    n_sets = max(1, math.ceil(config.border_samples / config.seq_len))
+    ys = []
+    for start in range(0, n_sets, 512):  # chunks keep the BNN's batched forward small
+        _, y = prior.sample(min(512, n_sets - start), config.seq_len)
+        ys.append(y.reshape(-1).to("cpu", torch.float64))
+    y = torch.cat(ys)
+    common = dict(
+        num_features=prior.num_features,
+        task=task.value,
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        d_ff=config.d_ff,
+        max_train=config.max_train,
+        x_low=tuple(prior.x_low),
+        x_high=tuple(prior.x_high),
+        prior=prior.describe(),
+    )
+    if task is Task.REGRESSION:
+        borders = borders_from_samples(y, config.num_bars)
+        return PFNConfig(
+            **common,
+            y_loc=float(y.mean()),
+            y_scale=float(y.std()),
+            borders=tuple(float(b) for b in borders),
+        )
+    return PFNConfig(**common, num_classes=int(y.max().item()) + 1)
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, config.steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_pfn(
+    prior: DatasetPrior, config: TrainConfig | None = None, model: PFN | None = None
+) -> TrainResult:
+    """Fit a PFN to ``prior`` by minimising the prior-data NLL.
+
+    Args:
+        prior: a dataset prior (:class:`GPPrior`, :class:`BNNPrior`, or any object with
+            the same ``sample``/``describe`` interface).
+        config: :class:`TrainConfig` (defaults if ``None``).
+        model: an existing PFN to continue from (its config is kept); by default a new
+            one is built with borders from prior samples, or loaded from
+            ``config.out`` when ``config.resume`` is set.
+
+    Returns:
+        :class:`TrainResult` with the trained model (eval mode) and the loss history.
+    """
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)
+    start_step, history, seconds = 0, [], 0.0
+    out = Path(config.out) if config.out else None
+    resume_from = out is not None and config.resume and checkpoint_paths(out)[1].exists()
+    if config.resume and out is None:
+        raise ValueError("resume=True needs an out path to resume from")
+    if resume_from:
+        model = load_checkpoint(out)
+    elif model is None:
+        model = PFN(make_config(prior, config))
+    if model.config.max_train < config.max_train:
+        raise ValueError(
+            f"model was built for max_train={model.config.max_train} < {config.max_train}"
+        )
+    device = torch.device(config.device) if config.device else model.device
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if resume_from:
+        info = load_training_state(out, opt)
+        start_step, history, seconds = (
+            int(info["step"]),
+            list(info["history"]),
+            float(info["seconds"]),
+        )
+
+    def checkpoint(step: int) -> None:
+        if out is None:
+            return
+        meta = {
+            "steps": step,
+            "seconds": round(seconds, 1),
+            "final_loss": history[-1]["loss"] if history else None,
+            "train_config": dataclasses.asdict(config),
+        }
+        save_checkpoint(model, out, training=meta)
+        save_training_state(out, opt, {"step": step, "history": history, "seconds": seconds})
+
+    bar = tqdm(
+        total=config.steps,
+        initial=start_step,
+        disable=not config.progress,
+        desc="pfn",
+        dynamic_ncols=True,
+    )
+    window: list[float] = []
+    t0 = time.perf_counter()
+    step = start_step
+    for step in range(start_step, config.steps):
+        for g in opt.param_groups:
+            g["lr"] = config.lr * _lr_factor(step, config)
+        n = int(torch.randint(config.min_train, config.max_train + 1, ()).item())
+        x, y = prior.sample(config.batch_size, config.seq_len)
+        x, y = x.to(device), y.to(device)
+        logits = model(x[:, :n], y[:, :n], x[:, n:])
+        loss = model.loss(logits, y[:, n:]).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"PFN training loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        opt.step()
+        window.append(loss.item())
+        bar.update(1)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = seconds + time.perf_counter() - t0
+            entry = {
+                "step": done,
+                "loss": sum(window) / len(window),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": elapsed,
+            }
+            history.append(entry)
+            window = []
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            if not config.progress:
+                rate = (done - start_step) / max(1e-9, time.perf_counter() - t0)
+                print(
+                    f"step {done}/{config.steps} loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
+                    f"{rate:.2f} steps/s elapsed {elapsed:.0f}s",
+                    flush=True,
+                )
+        if config.checkpoint_every and done % config.checkpoint_every == 0:
+            seconds_now = seconds + time.perf_counter() - t0
+            seconds, t0 = seconds_now, time.perf_counter()
+            checkpoint(done)
+        if config.time_limit is not None and seconds + time.perf_counter() - t0 > config.time_limit:
+            step = done
+            break
+    else:
+        step = config.steps
+    bar.close()
+    seconds += time.perf_counter() - t0
+    if window:
+        history.append(
+            {
+                "step": step,
+                "loss": sum(window) / len(window),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": seconds,
+            }
+        )
+    checkpoint(step)
+    return TrainResult(model=model.eval(), history=history, steps=step, seconds=seconds)
+
+
+# -- command line -------------------------------------------------------------------
+
+PRIORS = ("gp", "bnn")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``pyrobayes pfn train``."""
+    d = TrainConfig()
+    parser.add_argument(
+        "--prior", choices=PRIORS, default="gp", help="prior over datasets (default gp)"
+    )
+    parser.add_argument(
+        "--out", required=True, help="checkpoint path (writes OUT.safetensors + OUT.json)"
+    )
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--seq-len", type=int, default=d.seq_len)
+    parser.add_argument("--max-train", type=int, default=d.max_train)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--d-model", type=int, default=d.d_model)
+    parser.add_argument("--layers", type=int, default=d.n_layers)
+    parser.add_argument("--heads", type=int, default=d.n_heads)
+    parser.add_argument("--d-ff", type=int, default=d.d_ff)
+    parser.add_argument("--bars", type=int, default=d.num_bars)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop (with a checkpoint) after this many seconds",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT's checkpoint and training state"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="log lines instead of a tqdm bar"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--lengthscale", type=float, default=0.5, help="GP prior RBF lengthscale")
+    parser.add_argument("--outputscale", type=float, default=1.0, help="GP prior kernel variance")
+    parser.add_argument("--noise-std", type=float, default=0.1, help="GP prior noise std")
+    parser.add_argument("--x-low", type=float, default=-2.0)
+    parser.add_argument("--x-high", type=float, default=2.0)
+
+
+def build_prior(args: argparse.Namespace) -> DatasetPrior:
+    if args.prior == "gp":
+        return GPPrior(args.lengthscale, args.outputscale, args.noise_std, args.x_low, args.x_high)
+    if args.prior == "bnn":
+        return BNNPrior(x_low=args.x_low, x_high=args.x_high)
+    raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``pyrobayes pfn train``; returns the exit code."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        max_train=args.max_train,
+        lr=args.lr,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        d_ff=args.d_ff,
+        num_bars=args.bars,
+        seed=args.seed,
+        progress=not args.no_progress,
+        log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+        out=args.out,
+        resume=args.resume,
+        time_limit=args.time_limit,
+        device=args.device,
+    )
+    result = train_pfn(build_prior(args), config)
+    weights, meta = checkpoint_paths(args.out)
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; wrote {weights}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyrobayes pfn train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
