@@ -1,0 +1,205 @@
+"""Reference posterior predictives: the exact GP and NUTS.
+
+* :func:`exact_gp_ppd` -- the closed-form GP posterior predictive (re-exported from
+  :mod:`pyrobayes.gp`), the right answer for data drawn from the GP prior.
+* :func:`nuts_ppd` -- the "gold standard" for any pyrobayes :class:`~pyrobayes.model.BayesianModel`:
+  Pyro's No-U-Turn sampler draws weights :math:`w_s \\sim p(w \\mid D)` and the PPD is the
+  mixture over draws
+
+  .. math:: p(y_* \\mid x_*, D) \\approx \\frac1S \\sum_{s=1}^S p(y_* \\mid f_{w_s}(x_*)),
+
+  built exactly like the SVI posterior predictive (:func:`~pyrobayes.infer.forward_draws`
+  then ``model.likelihood.ppd``), so the two are comparable metric for metric.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+    >>> from pyrobayes.reference import nuts_ppd
+    >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), Gaussian(0.3))
+    >>> x = torch.linspace(-2, 2, 20)[:, None]
+    >>> y = 0.8 * x[:, 0] - 0.3
+    >>> ppd = nuts_ppd(model, x, y, torch.zeros(1, 1), num_warmup=100, num_samples=100,
+    ...                progress=False, seed=0)
+    >>> ppd.batch_shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import init_to_sample
+
+from pyrobayes.gp import exact_gp_ppd
+from pyrobayes.infer.predictive import forward_draws
+from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
+
+__all__ = ["exact_gp_ppd", "nuts_ppd"]
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for t in model.buffers():
+        return t.device
+    for t in model.parameters():
+        return t.device
+    return torch.device("cpu")
+
+
+def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if t.dim() == 0:
+        raise ValueError(f"{name} must have a leading data dimension, got a scalar")
+    return t.to(device)
+
+
+@contextlib.contextmanager
+def _full_batch_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off: HMC needs a deterministic log density) and a likelihood plate
+    of exactly the training set, restoring both afterwards. A ``dataset_size`` left over
+    from minibatch SVI would make the plate rescale the likelihood by ``N/B`` and NUTS
+    would sample a wrongly tempered posterior."""
+    was_training = model.training
+    likelihood = getattr(model, "likelihood", None)
+    old_size = getattr(likelihood, "dataset_size", None)
+    model.eval()
+    if likelihood is not None:
+        likelihood.dataset_size = None
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if likelihood is not None:
+            likelihood.dataset_size = old_size
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNG for the run without disturbing the caller's RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def nuts_ppd(
+    model: torch.nn.Module,
+    x_train: Any,
+    y_train: Any,
+    x_query: Any,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    num_chains: int = 1,
+    progress: bool = True,
+    seed: int | None = None,
+    return_mcmc: bool = False,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    init_strategy: Any = None,
+    chunk_size: int | None = 256,
+) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, MCMC]:
+    """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
+
+    Runs ``pyro.infer.MCMC(NUTS(model))`` on ``model(x_train, y=y_train)`` (full batch, eval
+    mode), keeps ``num_samples`` draws per chain after ``num_warmup`` adaptation steps, and
+    averages the likelihood's densities/probabilities over all ``num_chains * num_samples``
+    draws at ``x_query``:
+
+    .. math:: p(y_* \\mid x_*, D) \\approx \\frac1S \\sum_s p(y_* \\mid f_{w_s}(x_*)),
+              \\quad w_s \\sim p(w \\mid D) \\text{ by NUTS}.
+
+    Args:
+        model: a ``BayesianModel`` (network converted by ``to_pyro`` + likelihood). A learned
+            Gaussian noise scale is held at its current value (NUTS samples weights only).
+        x_train, y_train: the training data (tensors or arrays; moved to the model's device).
+        x_query: the query inputs.
+        num_warmup: NUTS adaptation steps per chain (step size and mass matrix).
+        num_samples: kept draws per chain.
+        num_chains: independent chains (Pyro runs them in parallel processes when CPUs
+            allow, else one after another).
+        progress: show Pyro's progress bar.
+        seed: seeds torch's RNG for this run only (the caller's RNG state is restored).
+        return_mcmc: also return the ``MCMC`` object (``.diagnostics()``, ``.summary()``,
+            ``.get_samples()``).
+        target_accept_prob, max_tree_depth: NUTS settings.
+        init_strategy: Pyro initialisation strategy; default ``init_to_sample`` (a prior
+            draw), which breaks the symmetry between hidden units that starting every
+            weight at its prior mean would impose.
+        chunk_size: draws evaluated per vectorised forward pass at ``x_query``.
+
+    Returns:
+        The PPD at ``x_query`` (:class:`~pyrobayes.ppd.NormalMixturePPD` for a Gaussian
+        likelihood, :class:`~pyrobayes.ppd.CategoricalPPD` for a Categorical one), and the
+        ``MCMC`` object if ``return_mcmc``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.mlp import default_regression_model
+        >>> model = default_regression_model()
+        >>> x = torch.linspace(-1, 1, 10)[:, None]
+        >>> ppd = nuts_ppd(model, x, torch.sin(3 * x[:, 0]), torch.zeros(3, 1),
+        ...                num_warmup=20, num_samples=20, progress=False, seed=0)
+        >>> ppd.num_draws
+        20
+    """
+    for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
+        raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
+    if not 0.0 < target_accept_prob < 1.0:
+        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob}")
+    if not hasattr(model, "likelihood") or not callable(getattr(model.likelihood, "ppd", None)):
+        raise ValueError(
+            "nuts_ppd needs a pyrobayes BayesianModel (a converted network with a likelihood), "
+            f"got {type(model).__name__}"
+        )
+    device = _model_device(model)
+    xt = _as_input(x_train, device, "x_train")
+    yt = _as_input(y_train, device, "y_train")
+    xq = _as_input(x_query, device, "x_query")
+    if xt.shape[0] != yt.shape[0]:
+        raise ValueError(f"x_train has {xt.shape[0]} points but y_train has {yt.shape[0]}")
+    if xt.shape[0] == 0:
+        raise ValueError("x_train is empty; use prior_predictive for the prior PPD")
+    if yt.is_floating_point() and not torch.isfinite(yt).all():
+        raise ValueError("y_train contains NaN or infinite values")
+    if xq.shape[1:] != xt.shape[1:]:
+        raise ValueError(
+            f"x_query points have shape {tuple(xq.shape[1:])} but x_train points have "
+            f"{tuple(xt.shape[1:])}"
+        )
+
+    kernel = NUTS(
+        model,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        init_strategy=init_strategy if init_strategy is not None else init_to_sample,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=num_warmup,
+        num_chains=num_chains,
+        disable_progbar=not progress,
+        # forked workers cannot re-initialise CUDA
+        mp_context="spawn" if device.type == "cuda" and num_chains > 1 else None,
+    )
+    with _full_batch_eval(model), _seeded(seed, device):
+        mcmc.run(xt, y=yt)
+        draws = mcmc.get_samples()
+        out = forward_draws(model, draws, xq, chunk_size=chunk_size)
+    ppd = model.likelihood.ppd(out)
+    return (ppd, mcmc) if return_mcmc else ppd

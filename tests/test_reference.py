@@ -1,0 +1,124 @@
+"""NUTS reference against the exact conjugate answer; exact GP re-export; input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pyro.ops.stats import effective_sample_size
+
+from pyrobayes import BayesianModel, Gaussian, NormalPrior, forward_draws, to_pyro
+from pyrobayes.gp import exact_gp_ppd as gp_exact_gp_ppd
+from pyrobayes.ppd import NormalMixturePPD
+from pyrobayes.reference import exact_gp_ppd, nuts_ppd
+
+NOISE, PRIOR_STD = 0.3, 1.0
+
+
+def _linear_problem():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(20, 1, generator=g) * 4 - 2
+    y = 0.8 * x[:, 0] - 0.3 + NOISE * torch.randn(20, generator=g)
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(PRIOR_STD)), Gaussian(scale=NOISE)
+    )
+    return model, x, y
+
+
+def _exact_linear_ppd(x, y, xq):
+    """Conjugate Bayesian linear regression, features phi(x) = [x, 1], theta ~ N(0, s_p^2 I):
+    posterior precision A = I/s_p^2 + Phi^T Phi / s^2, mean A^-1 Phi^T y / s^2; predictive
+    N(phi*^T m, phi*^T A^-1 phi* + s^2). Returns the mean and the epistemic variance."""
+    phi = torch.cat([x, torch.ones_like(x)], 1).double()
+    a = torch.eye(2, dtype=torch.float64) / PRIOR_STD**2 + phi.T @ phi / NOISE**2
+    m = torch.linalg.solve(a, phi.T @ y.double() / NOISE**2)
+    q = torch.cat([xq, torch.ones_like(xq)], 1).double()
+    return q @ m, (q @ torch.linalg.inv(a) * q).sum(1)
+
+
+def test_nuts_matches_conjugate_linear_regression():
+    model, x, y = _linear_problem()
+    xq = torch.tensor([[-3.0], [0.0], [1.5], [4.0]])
+    ppd, mcmc = nuts_ppd(
+        model, x, y, xq, num_warmup=300, num_samples=600, progress=False, seed=0, return_mcmc=True
+    )
+    assert isinstance(ppd, NormalMixturePPD) and ppd.num_draws == 600
+    assert ppd.batch_shape == (4,)
+    exact_mean, exact_epi = _exact_linear_ppd(x, y, xq)
+
+    # Monte-Carlo error of the draws: the PPD mean is the average of f_s(x*) over draws,
+    # with standard error sd(f) / sqrt(ESS); its epistemic variance is a sample variance of
+    # (Gaussian) f_s, with standard error var(f) * sqrt(2 / ESS). ESS comes from the chain's
+    # autocorrelation. 4.5 standard errors on each of 4 points: a false failure < 1e-4.
+    f = ppd.loc.double()  # [S, 4], per-draw predictive means
+    ess = effective_sample_size(f.unsqueeze(0), chain_dim=0, sample_dim=1)
+    assert (ess > 100).all(), ess  # the chain mixes; otherwise the tolerance is meaningless
+    mean_se = exact_epi.sqrt() / ess.sqrt()
+    assert ((ppd.mean.double() - exact_mean).abs() < 4.5 * mean_se).all(), (
+        ppd.mean,
+        exact_mean,
+        mean_se,
+    )
+    epi_se = exact_epi * (2 / ess).sqrt()
+    assert ((ppd.epistemic_variance.double() - exact_epi).abs() < 4.5 * epi_se).all()
+    # the total predictive std adds the known noise; its error follows from the variance's
+    exact_std = (exact_epi + NOISE**2).sqrt()
+    assert ((ppd.stddev.double() - exact_std).abs() < 4.5 * epi_se / (2 * exact_std)).all()
+
+    # the PPD is built from exactly the MCMC draws
+    again = forward_draws(model, mcmc.get_samples(), xq)
+    assert torch.allclose(again.squeeze(-1), ppd.loc)
+
+
+def test_nuts_seed_is_reproducible_and_leaves_caller_rng_alone():
+    model, x, y = _linear_problem()
+    xq = torch.zeros(1, 1)
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = nuts_ppd(model, x, y, xq, num_warmup=30, num_samples=30, progress=False, seed=5)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's RNG stream is untouched
+    b = nuts_ppd(model, x, y, xq, num_warmup=30, num_samples=30, progress=False, seed=5)
+    assert torch.equal(a.loc, b.loc)
+    two = nuts_ppd(
+        model, x, y, xq, num_warmup=30, num_samples=20, num_chains=2, progress=False, seed=5
+    )
+    assert two.num_draws == 40
+
+
+def test_nuts_uses_full_batch_plate_and_restores_model_state():
+    # A dataset_size left from minibatch SVI would temper the likelihood; NUTS must ignore it.
+    model, x, y = _linear_problem()
+    model.likelihood.dataset_size = 2000
+    model.train()
+    xq = torch.tensor([[1.5]])
+    ppd = nuts_ppd(model, x, y, xq, num_warmup=150, num_samples=300, progress=False, seed=0)
+    exact_mean, exact_epi = _exact_linear_ppd(x, y, xq)
+    # with a 100x tempered likelihood the epistemic variance would be ~100x too small
+    assert ppd.epistemic_variance.item() > 0.3 * exact_epi.item()
+    assert model.likelihood.dataset_size == 2000 and model.training
+
+
+def test_nuts_rejects_bad_input():
+    model, x, y = _linear_problem()
+    with pytest.raises(ValueError, match="20 points but y_train has 19"):
+        nuts_ppd(model, x, y[:19], x, progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        nuts_ppd(model, x, torch.full_like(y, math.nan), x, progress=False)
+    with pytest.raises(ValueError, match="x_query points have shape"):
+        nuts_ppd(model, x, y, torch.zeros(3, 2), progress=False)
+    with pytest.raises(ValueError, match="num_samples"):
+        nuts_ppd(model, x, y, x, num_samples=0, progress=False)
+    with pytest.raises(ValueError, match="num_chains"):
+        nuts_ppd(model, x, y, x, num_chains=0, progress=False)
+    with pytest.raises(ValueError, match="BayesianModel"):
+        nuts_ppd(torch.nn.Linear(1, 1), x, y, x, progress=False)
+
+
+def test_exact_gp_is_reexported():
+    assert exact_gp_ppd is gp_exact_gp_ppd
+    ppd = exact_gp_ppd(
+        torch.zeros(0), torch.zeros(0), torch.zeros(2), outputscale=1.0, noise_std=0.1
+    )
+    assert torch.allclose(ppd.variance, torch.full((2,), 1.01))
