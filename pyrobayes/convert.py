@@ -57,11 +57,19 @@ class BayesianParam:
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
+    r"""A pattern matches a parameter path as a dotted prefix (``"classifier"``), a glob
+    (``"*.bias"``) or a regular expression (``r"bert\.encoder\.layer\.[45]\..*"``)."""
     for p in patterns:
-        if any(ch in p for ch in "*?[") and fnmatch.fnmatchcase(path, p):
+        prefix = p.rstrip(".")
+        if path == prefix or path.startswith(prefix + "."):
             return True
-        if p == path or path.startswith(p if p.endswith(".") else p + ".") or re.fullmatch(p, path):
+        if fnmatch.fnmatchcase(path, p):
             return True
+        try:
+            if re.fullmatch(p, path):
+                return True
+        except re.error:
+            pass
     return False
 
 

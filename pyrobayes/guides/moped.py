@@ -30,6 +30,7 @@ from __future__ import annotations
 from enum import Enum
 
 import torch
+from pyro import poutine
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
 from pyro.nn import PyroParam
@@ -63,6 +64,12 @@ def _init_values(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pretrained_values(model).items()}
 
 
+def _latent_only(model):
+    # The guide is over weights only; hiding the observation lets it be set up from
+    # inputs alone (without targets the 'obs' site would look like a discrete latent).
+    return poutine.block(model, hide=["obs"])
+
+
 class _Setup:
     def setup(self, *args, **kwargs) -> None:
         """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
@@ -92,7 +99,8 @@ class MOPEDNormal(_Setup, AutoNormal):
         )
         self._pretrained = _init_values(model)
         super().__init__(
-            model, init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible)
+            _latent_only(model),
+            init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
         )
 
     def _setup_prototype(self, *args, **kwargs):
@@ -114,6 +122,14 @@ class MOPEDNormal(_Setup, AutoNormal):
         # The clones are now owned by the guide; drop ours so memory is not held twice.
         self._pretrained = {}
 
+    def loc_and_scale(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current variational mean and std of one weight site."""
+        if self.prototype_trace is None:
+            raise RuntimeError(
+                "the guide is not set up yet: call guide.setup(*inputs) or fit first"
+            )
+        return self._get_loc_and_scale(site)
+
 
 class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     """Low-rank-plus-diagonal multivariate Normal with the MOPED mean and diagonal.
@@ -129,7 +145,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
         self.delta, self.min_scale = float(delta), float(min_scale)
         self._pretrained = _init_values(model)
         super().__init__(
-            model,
+            _latent_only(model),
             init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
             rank=rank,
         )

@@ -316,13 +316,20 @@ def fit(
         t0, total, seen = time.perf_counter(), 0.0, 0
         for step, batch in enumerate(loader):
             xs, kw, y = _split_batch(batch, device)
-            value = svi.step(*xs, y=y, **kw)
+            cause = None
+            try:
+                value = svi.step(*xs, y=y, **kw)
+            except ValueError as exc:
+                # Pyro's argument validation is how a NaN parameter usually surfaces.
+                if "invalid values" not in str(exc):
+                    raise
+                value, cause = math.nan, exc
             if not math.isfinite(value):
                 where = _diagnose(model, guide, xs, kw, y)
                 raise FloatingPointError(
                     f"ELBO loss became {value} at epoch {epoch}, step {step}: first non-finite {where}. "
                     "Try a smaller learning rate, a smaller MOPED delta or a larger min_scale."
-                )
+                ) from cause
             total += value
             seen += len(y)
         # SVI returns the full-data loss estimate per step; average the steps, per point.

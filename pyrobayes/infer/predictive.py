@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites, site_priors
+from pyrobayes.model import default_output
 
 __all__ = ["PosteriorPredictive", "sample_prior", "sample_posterior", "forward_draws"]
 
@@ -121,7 +122,7 @@ def forward_draws(
     if next(twin.parameters(), torch.empty(0, device=device)).device != device:
         twin.to(device)  # the twin is not a registered submodule, so it follows lazily
     twin.eval()
-    output_fn = getattr(model, "output_fn", None) or (lambda o: o)
+    output_fn = getattr(model, "output_fn", None) or default_output
     stacked = {paths[0]: draws[site] for site, paths in sites.items()}
 
     def one(params, *xs):
