@@ -1,0 +1,59 @@
+"""Built-in data and loaders, all through Hugging Face ``datasets``.
+
+* images: :func:`load_digits` (scikit-learn's 8x8 digits, the offline default),
+  :func:`load_mnist` (Hub or a local file in MNIST's format), :func:`to_tensors`,
+  :func:`image_ood` (flipped / transposed / uniform-noise images for OOD detection);
+* text: :func:`load_sentiment` (a shipped, hand-written sentiment set),
+  :func:`load_ood_sentences` (neutral sentences from other domains), :func:`load_glue`,
+  :func:`load_text_classification` (your own file), :func:`tokenize`;
+* regression: :func:`regression_from_prior` (1-D data drawn from a BNN prior) and
+  :func:`load_csv_regression`.
+
+Example::
+
+    >>> from pyrobayes.data import load_digits, to_tensors
+    >>> x_train, y_train = to_tensors(load_digits()["train"])
+"""
+
+from pyrobayes.data._io import DataUnavailableError, load_any
+from pyrobayes.data.images import (
+    DIGITS_SHAPE,
+    ImageOOD,
+    image_ood,
+    load_digits,
+    load_mnist,
+    to_tensors,
+)
+from pyrobayes.data.regression import RegressionData, load_csv_regression, regression_from_prior
+from pyrobayes.data.text import (
+    DATA_DIR,
+    GLUE_TASKS,
+    load_glue,
+    load_ood_sentences,
+    load_sentiment,
+    load_text_classification,
+    text_columns_of,
+    tokenize,
+)
+
+__all__ = [
+    "DATA_DIR",
+    "DIGITS_SHAPE",
+    "GLUE_TASKS",
+    "DataUnavailableError",
+    "ImageOOD",
+    "RegressionData",
+    "image_ood",
+    "load_any",
+    "load_csv_regression",
+    "load_digits",
+    "load_glue",
+    "load_mnist",
+    "load_ood_sentences",
+    "load_sentiment",
+    "load_text_classification",
+    "regression_from_prior",
+    "text_columns_of",
+    "to_tensors",
+    "tokenize",
+]
