@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -184,6 +185,62 @@ def _diagnose(model, guide, xs, kw, y) -> str:
     return "no single site (the ELBO estimate itself overflowed)"
 
 
+class _SVIStepper:
+    """Pyro's own SVI with a Pyro optimiser."""
+
+    def __init__(self, model, guide, elbo, optim):
+        self.optim = optim
+        self.svi = SVI(model, guide, optim, elbo)
+
+    def step(self, *args, **kwargs) -> float:
+        return self.svi.step(*args, **kwargs)
+
+    def get_state(self) -> dict:
+        return self.optim.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.optim.set_state(state)
+
+
+class _TorchStepper:
+    r"""``elbo.loss_and_grads`` plus one torch optimiser over every trainable parameter
+    of the guide and the model (PyroModules keep their parameters as ordinary
+    ``nn.Parameter``\ s, so this is the same objective SVI optimises)."""
+
+    def __init__(self, scaled_model, scaled_guide, model, guide, elbo, make_optim):
+        self.scaled_model, self.scaled_guide = scaled_model, scaled_guide
+        self.model, self.guide, self.elbo = model, guide, elbo
+        self.make_optim, self.opt, self._pending = make_optim, None, None
+
+    def _build(self, *args, **kwargs) -> None:
+        if getattr(self.guide, "prototype_trace", "absent") is None:
+            self.guide._setup_prototype(*args, **kwargs)
+        params = {
+            id(p): p for m in (self.guide, self.model) for p in m.parameters() if p.requires_grad
+        }
+        self.opt = self.make_optim(list(params.values()))
+        if self._pending is not None:
+            self.opt.load_state_dict(self._pending)
+            self._pending = None
+
+    def step(self, *args, **kwargs) -> float:
+        if self.opt is None:
+            self._build(*args, **kwargs)
+        loss = self.elbo.loss_and_grads(self.scaled_model, self.scaled_guide, *args, **kwargs)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def get_state(self) -> dict:
+        return self.opt.state_dict() if self.opt is not None else {}
+
+    def set_state(self, state: dict) -> None:
+        if self.opt is None:
+            self._pending = state or None
+        else:
+            self.opt.load_state_dict(state)
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
@@ -227,6 +284,7 @@ def fit(
     shuffle: bool = True,
     seed: int | None = 0,
     device: torch.device | str | None = None,
+    validate: bool = False,
     progress: bool = True,
 ) -> History:
     """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
@@ -237,7 +295,10 @@ def fit(
             such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
             likelihood plate, so each minibatch ELBO is unbiased for the full data.
         epochs, batch_size, lr: loop length, batch size for tensor data, Adam step size.
-        optim: any Pyro optimiser (default ``pyro.optim.Adam({"lr": lr})``).
+        optim: a Pyro optimiser (then Pyro's ``SVI`` runs the loop), or a callable that
+            builds a ``torch.optim.Optimizer`` from a parameter list (default: ``Adam(lr)``
+            over all guide and model parameters at once: one fused update instead of
+            Pyro's one optimiser per parameter, which dominates the step time of small nets).
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).
         num_particles: ELBO samples per step.
         kl_weight: :math:`\\beta`, a number or ``f(epoch, epochs) -> float`` (annealing).
@@ -247,6 +308,8 @@ def fit(
             existing file, training continues from it (at most one epoch is lost).
         seed: seeds Pyro and the batch order (``None``: leave global RNG alone).
         device: where data batches go (default: the model's device).
+        validate: keep Pyro's distribution-argument validation on inside the loop (the
+            data are validated once up front; per-step validation costs ~30% of a step).
         progress: show a tqdm bar.
 
     Raises:
@@ -280,7 +343,6 @@ def fit(
         model.likelihood.dataset_size = n_data
     elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
     elbo = elbo_cls(num_particles=num_particles, vectorize_particles=vectorize_particles)
-    optim = optim or pyro.optim.Adam({"lr": lr})
     weight = {"beta": 1.0}
 
     def scaled_model(*a, **k):
@@ -291,7 +353,18 @@ def fit(
         with _ScaleLatents(weight["beta"]):
             return guide(*a, **k)
 
-    svi = SVI(scaled_model, scaled_guide, optim, elbo)
+    stepper = (
+        _SVIStepper(scaled_model, scaled_guide, elbo, optim)
+        if isinstance(optim, pyro.optim.PyroOptim)
+        else _TorchStepper(
+            scaled_model,
+            scaled_guide,
+            model,
+            guide,
+            elbo,
+            optim or functools.partial(torch.optim.Adam, lr=lr),
+        )
+    )
 
     history, start_epoch = History(), 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -302,7 +375,7 @@ def fit(
         guide.setup(*xs, y=y, **kw) if hasattr(guide, "setup") else guide(*xs, y=y, **kw)
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
-        optim.set_state(state["optim"])
+        stepper.set_state(state["optim"])
         history.records = list(state["history"])
         start_epoch = int(state["epoch"])
         torch.set_rng_state(state["rng"])
@@ -318,7 +391,8 @@ def fit(
             xs, kw, y = _split_batch(batch, device)
             cause = None
             try:
-                value = svi.step(*xs, y=y, **kw)
+                with pyro.validation_enabled(validate):
+                    value = stepper.step(*xs, y=y, **kw)
             except ValueError as exc:
                 # Pyro's argument validation is how a NaN parameter usually surfaces.
                 if "invalid values" not in str(exc):
@@ -354,7 +428,7 @@ def fit(
                     "epoch": epoch + 1,
                     "model": model.state_dict(),
                     "guide": guide.state_dict(),
-                    "optim": optim.get_state(),
+                    "optim": stepper.get_state(),
                     "history": history.records,
                     "rng": torch.get_rng_state(),
                     "loader_rng": loader.generator.get_state()
