@@ -208,7 +208,7 @@ def train_pfn(
         dynamic_ncols=True,
     )
     window: list[float] = []
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
     step = start_step
     for step in range(start_step, config.steps):
         for g in opt.param_groups:
@@ -239,7 +239,7 @@ def train_pfn(
             window = []
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             if not config.progress:
-                rate = (done - start_step) / max(1e-9, time.perf_counter() - t0)
+                rate = (done - start_step) / max(1e-9, time.perf_counter() - t_start)
                 print(
                     f"step {done}/{config.steps} loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
                     f"{rate:.2f} steps/s elapsed {elapsed:.0f}s",
@@ -293,6 +293,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=d.n_heads)
     parser.add_argument("--d-ff", type=int, default=d.d_ff)
     parser.add_argument("--bars", type=int, default=d.num_bars)
+    parser.add_argument(
+        "--border-samples", type=int, default=d.border_samples, help="prior y draws for the borders"
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
@@ -340,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         n_heads=args.heads,
         d_ff=args.d_ff,
         num_bars=args.bars,
+        border_samples=args.border_samples,
         seed=args.seed,
         progress=not args.no_progress,
         log_every=args.log_every,
