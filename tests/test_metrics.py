@@ -386,3 +386,28 @@ def test_classification_metrics_reject_bad_labels(labels, message):
 def test_float_integer_labels_and_numpy_are_accepted():
     ppd = CategoricalPPD(PROBS.unsqueeze(0))
     assert accuracy(ppd, LABELS.double()) == accuracy(ppd, LABELS.numpy()) == pytest.approx(0.6)
+
+
+def test_grid_crps_and_kl_on_the_pfn_bar_distribution():
+    # The PFN's output type goes through the grid CRPS; check it against a Monte-Carlo
+    # estimate from its own sampler (5 standard errors, as for the mixture) and check that
+    # the grid KL of a bar distribution to itself is 0 and to a shifted copy is positive.
+    from pyrobayes.pfn.bar import BarDistribution
+
+    g = torch.Generator().manual_seed(3)
+    borders = torch.linspace(-2, 2, 21, dtype=torch.float64)
+    bar = BarDistribution(borders, torch.randn(3, 20, generator=g, dtype=torch.float64))
+    y = torch.tensor([0.1, -1.7, 2.6], dtype=torch.float64)
+    exact = crps(bar, y, reduction="none")
+    n = 200_000
+    torch.manual_seed(0)
+    x, x2 = bar.sample((n,)), bar.sample((n,))
+    per_pair = (x - y).abs() - 0.5 * (x - x2).abs()
+    est, se = per_pair.mean(0), per_pair.std(0) / math.sqrt(n)
+    assert ((exact - est).abs() < 5 * se).all(), (exact, est, se)
+    assert torch.allclose(
+        kl_divergence_grid(bar, bar), torch.zeros(3, dtype=torch.float64), atol=1e-9
+    )
+    shifted = BarDistribution(borders, bar.logits.roll(1, -1))
+    assert (kl_divergence_grid(bar, shifted) > 0.01).all()
+    assert set(regression_metrics(bar, y)) >= {"nll", "crps", "coverage_90"}
