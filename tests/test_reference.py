@@ -82,6 +82,7 @@ def test_nuts_matches_conjugate_linear_regression():
     assert torch.allclose(again.squeeze(-1), ppd.loc)
 
 
+@pytest.mark.filterwarnings("ignore:num_chains=2 is more than available_cpu")
 def test_nuts_seed_is_reproducible_and_leaves_caller_rng_alone():
     model, x, y = _linear_problem()
     xq = torch.zeros(1, 1)
