@@ -79,6 +79,7 @@ def save_checkpoint(
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = weights.with_name(weights.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": FORMAT})
+    os.chmod(tmp, 0o644)  # safetensors creates 0600 files; checkpoints ship as package data
     os.replace(tmp, weights)
     _atomic_write_json(
         meta,
