@@ -62,6 +62,10 @@ class Likelihood(PyroModule):
         """Network outputs for ``S`` draws, shape ``[S, N, ...]``, to the PPD."""
         raise NotImplementedError
 
+    def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-point log-likelihood ``log p(y_i | f(x_i))`` (no plate scaling), shape ``[B]``."""
+        raise NotImplementedError
+
 
 class Gaussian(Likelihood):
     """:math:`y \\sim \\mathcal N(f(x), \\sigma^2)`, with ``sigma`` fixed or learned (as a
@@ -95,6 +99,11 @@ class Gaussian(Likelihood):
             pyro.sample("obs", dist.Normal(loc, self.scale).to_event(loc.dim() - 1), obs=y)
         return loc
 
+    def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loc = self._squeeze(outputs)
+        lp = dist.Normal(loc, self.scale).log_prob(self._squeeze(y).to(loc.dtype))
+        return lp.reshape(lp.shape[0], -1).sum(-1)
+
     def ppd(self, outputs: torch.Tensor) -> NormalMixturePPD:
         loc = self._squeeze(outputs)
         return NormalMixturePPD(loc, self.scale.detach().to(loc.dtype))
@@ -117,6 +126,12 @@ class Categorical(Likelihood):
         with self._plate(outputs.shape[0], outputs.device):
             pyro.sample("obs", dist.Categorical(logits=outputs).to_event(outputs.dim() - 2), obs=y)
         return outputs
+
+    def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        lp = -torch.nn.functional.cross_entropy(
+            outputs.flatten(0, -2), y.flatten(), reduction="none"
+        )
+        return lp.reshape(outputs.shape[0], -1).sum(-1)
 
     def ppd(self, outputs: torch.Tensor) -> CategoricalPPD:
         return CategoricalPPD.from_logits(outputs)
