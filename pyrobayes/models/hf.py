@@ -34,6 +34,8 @@ __all__ = [
     "default_model_path",
     "load_sequence_classifier",
     "bayesian_include",
+    "parse_part",
+    "parameters_under",
     "BayesianPart",
     "encoder_layers",
     "head_modules",
@@ -202,6 +204,22 @@ class BayesianPart(str, Enum):
 _LAST_K = re.compile(r"last:(\d+)")
 
 
+def parse_part(part: str) -> int | None:
+    """``"head"`` -> 0, ``"head+last"`` -> 1, ``"last:K"`` -> K, ``"all"`` -> None (every
+    parameter); anything else is a ``ValueError`` listing the valid parts."""
+    p = part.strip().lower() if isinstance(part, str) else None
+    if p == BayesianPart.ALL.value:
+        return None
+    if p == BayesianPart.HEAD.value:
+        return 0
+    if p == BayesianPart.HEAD_LAST.value:
+        return 1
+    if p is not None and (m := _LAST_K.fullmatch(p)):
+        return int(m.group(1))
+    valid = ", ".join([b.value for b in BayesianPart] + ["last:K"])
+    raise ValueError(f"unknown Bayesian part {part!r}; valid parts: {valid}")
+
+
 def bayesian_include(model: nn.Module, part: str = "head+last") -> list[str]:
     """Include patterns for :func:`~pyrobayes.convert.to_pyro` that make one part of a
     transformer classifier Bayesian.
@@ -221,25 +239,22 @@ def bayesian_include(model: nn.Module, part: str = "head+last") -> list[str]:
         >>> bayesian_include(model, "last:2")
         ['bert.encoder.layer.4', 'bert.encoder.layer.5', 'bert.pooler.dense', 'classifier']
     """
-    if not isinstance(part, str):
-        raise ValueError(f"part must be a string, got {part!r}")
-    p = part.strip().lower()
-    if p == BayesianPart.ALL.value:
-        tops = {n.split(".", 1)[0] for n, _ in model.named_parameters()}
-        return sorted(tops)
-    if p == BayesianPart.HEAD.value:
-        k = 0
-    elif p == BayesianPart.HEAD_LAST.value:
-        k = 1
-    elif m := _LAST_K.fullmatch(p):
-        k = int(m.group(1))
-    else:
-        valid = ", ".join([b.value for b in BayesianPart] + ["last:K"])
-        raise ValueError(f"unknown Bayesian part {part!r}; valid parts: {valid}")
+    k = parse_part(part)
+    if k is None:
+        return sorted({n.split(".", 1)[0] for n, _ in model.named_parameters()})
     layers = encoder_layers(model)
     if k > len(layers):
         raise ValueError(f"{part!r} asks for {k} layers but the model has only {len(layers)}")
     return sorted(head_modules(model) + (layers[len(layers) - k :] if k else []))
+
+
+def parameters_under(model: nn.Module, patterns: list[str]) -> list[str]:
+    """Names of the parameters that the module-path ``patterns`` cover."""
+    return [
+        n
+        for n, _ in model.named_parameters()
+        if any(n == p or n.startswith(p + ".") for p in patterns)
+    ]
 
 
 def model_inputs(
