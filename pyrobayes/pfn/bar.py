@@ -21,7 +21,7 @@ Example::
     >>> import torch
     >>> from pyrobayes.pfn.bar import BarDistribution
     >>> d = BarDistribution(torch.linspace(-3, 3, 101), torch.zeros(100))
-    >>> float(d.cdf(torch.tensor(0.0)))
+    >>> round(float(d.cdf(torch.tensor(0.0))), 6)
     0.5
 """
 

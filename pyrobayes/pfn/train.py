@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import sys
 import time
@@ -45,6 +46,8 @@ from pyrobayes.pfn.model import PFN, PFNConfig, Task
 from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior
 
 __all__ = ["TrainConfig", "TrainResult", "train_pfn", "add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -240,10 +243,9 @@ def train_pfn(
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             if not config.progress:
                 rate = (done - start_step) / max(1e-9, time.perf_counter() - t_start)
-                print(
+                logger.info(
                     f"step {done}/{config.steps} loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
-                    f"{rate:.2f} steps/s elapsed {elapsed:.0f}s",
-                    flush=True,
+                    f"{rate:.2f} steps/s elapsed {elapsed:.0f}s"
                 )
         if config.checkpoint_every and done % config.checkpoint_every == 0:
             seconds_now = seconds + time.perf_counter() - t0
@@ -332,6 +334,12 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``pyrobayes pfn train``; returns the exit code."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_progress and not logger.handlers:
+        # log lines replace the progress bar (e.g. under nohup)
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
