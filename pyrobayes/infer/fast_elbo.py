@@ -23,6 +23,7 @@ import math
 
 import torch
 from pyro.infer.autoguide import AutoNormal
+from torch.distributions import Independent, Normal, biject_to
 from torch.func import functional_call
 
 from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites, site_priors
@@ -48,6 +49,7 @@ class FusedMeanFieldELBO:
         self.net, _ = _converted_root(model)
         self.sites = bayesian_sites(model)
         self.beta = 1.0
+        self._getters = None
 
     def _fixed(self) -> dict[str, torch.Tensor]:
         # Live parameters (not detached): deterministic weights keep training as in SVI.
@@ -57,20 +59,33 @@ class FusedMeanFieldELBO:
                 out[name] = t
         return out
 
+    def _resolve(self) -> None:
+        """Per site, direct handles on the guide's tensors and a cheap prior log-density.
+
+        Going through ``PyroModule.__getattr__`` for every level of every site name costs
+        more than the arithmetic on a small net, so the leaves are looked up once."""
+        self._getters = {
+            site: (_leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
+            for site in self.sites
+        }
+        self._priors = {site: _fast_log_prob(d) for site, d in site_priors(self.model).items()}
+
     def loss(
         self, *inputs, y: torch.Tensor, eps: dict[str, torch.Tensor] | None = None, **kwargs
     ) -> torch.Tensor:
-        priors = site_priors(self.model)
+        if self._getters is None:
+            self._resolve()
         log_p = log_q = 0.0
         weights = {}
         for site, paths in self.sites.items():
-            loc, scale = self.guide._get_loc_and_scale(site)
+            get_loc, get_scale = self._getters[site]
+            loc, scale = get_loc(), get_scale()
             e = eps[site] if eps is not None else torch.randn_like(loc)
             w = loc + scale * e
             weights[paths[0]] = w
             # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
             log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
-            log_p = log_p + priors[site].log_prob(w)
+            log_p = log_p + self._priors[site](w)
         twin = self.net._pyrobayes_twin
         twin.train(self.model.training)
         out = self.model.output_fn(
@@ -81,3 +96,40 @@ class FusedMeanFieldELBO:
         n = lik.dataset_size or batch
         log_lik = lik.log_prob(out, y).sum() * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
+
+
+def _leaf(root, name: str):
+    """A zero-argument getter for the guide tensor of site ``name`` under ``root``."""
+    module = root
+    *path, attr = name.split(".")
+    for part in path:
+        module = module._modules[part]
+    if attr + "_unconstrained" in module._parameters:
+        raw = module._parameters[attr + "_unconstrained"]
+        transform = biject_to(module._pyro_params[attr][0])
+        if isinstance(transform, torch.distributions.transforms.IndependentTransform):
+            transform = transform.base_transform
+        if transform == torch.distributions.transforms.identity_transform:
+            return lambda: raw
+        return lambda: transform(raw)
+    if attr in module._buffers:  # frozen means
+        return lambda: module._buffers[attr]
+    raise KeyError(f"guide has no parameter for site {name!r}")
+
+
+def _fast_log_prob(d):
+    """``d.log_prob`` for an ``Independent(Normal)`` prior whose scale is one number
+    broadcast over the parameter, without materialising the broadcast scale (twice)."""
+    base = d.base_dist if isinstance(d, Independent) else None
+    if isinstance(base, Normal) and all(st == 0 for st in base.scale.stride()):
+        scale = base.scale.reshape(-1)[0]
+        loc = base.loc
+        const = float(torch.log(scale)) + _HALF_LOG_2PI
+        if all(st == 0 for st in loc.stride()):
+            loc = loc.reshape(-1)[0]
+
+        def log_prob(w):
+            return -0.5 * ((w - loc) / scale).pow(2).sum() - w.numel() * const
+
+        return log_prob
+    return d.log_prob
