@@ -181,3 +181,25 @@ def test_minilm_selected_layers_and_forward(minilm_path):
     latent = {n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]}
     assert latent == set(bayesian_sites(bm)) and len(latent) == n_expected
     assert torch.equal(model.classifier.weight, before)
+
+
+def test_cnn_conversion_and_vectorised_forward():
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    bnn = to_pyro(cnn, prior="layerwise", name="cnn")
+    assert sorted(bayesian_sites(bnn)) == [
+        "cnn.0.bias",
+        "cnn.0.weight",
+        "cnn.3.bias",
+        "cnn.3.weight",
+    ]
+    # Conv fan-in = in_channels * kernel area = 9
+    assert torch.allclose(site_priors(bnn)["cnn.0.weight"].base_dist.scale, torch.tensor(1 / 3))
+    x = torch.randn(5, 1, 8, 8)
+    draws = sample_prior(bnn, 3)
+    out = forward_draws(bnn, draws, x)
+    assert out.shape == (3, 5, 3)
+    one = {s: v[1] for s, v in draws.items()}
+    with torch.no_grad():
+        direct = pyro.poutine.condition(bnn, data=one)(x)
+    assert torch.allclose(out[1], direct, atol=1e-5)

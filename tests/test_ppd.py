@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, normal_ppd
+
+
+def mixture():
+    g = torch.Generator().manual_seed(0)
+    return NormalMixturePPD(torch.randn(40, 6, generator=g), 0.2 + torch.rand(40, 6, generator=g))
+
+
+def test_mixture_moments_follow_the_law_of_total_variance():
+    p = mixture()
+    assert torch.allclose(p.mean, p.loc.mean(0))
+    expected = (p.scale**2 + p.loc**2).mean(0) - p.loc.mean(0) ** 2
+    assert torch.allclose(p.variance, expected, atol=1e-6)
+    s = p.sample((200_000,))
+    assert s.shape == (200_000, 6)
+    # Monte-Carlo standard error of the mean is sd/sqrt(n) ~ 0.003; allow 5 of them
+    assert torch.allclose(s.mean(0), p.mean, atol=5 * float(p.stddev.max()) / math.sqrt(200_000))
+    assert torch.allclose(s.var(0), p.variance, rtol=0.02)
+
+
+def test_mixture_density_integrates_to_one_and_matches_cdf():
+    p = mixture()
+    y = torch.linspace(-12, 12, 20001)[:, None].expand(-1, 6)
+    dens = p.log_prob(y).exp()
+    assert torch.allclose(torch.trapezoid(dens, y[:, 0], dim=0), torch.ones(6), atol=1e-4)
+    h = 1e-3
+    fd = (p.cdf(y[5000:5003] + h) - p.cdf(y[5000:5003] - h)) / (2 * h)
+    assert torch.allclose(fd, dens[5000:5003], rtol=1e-3, atol=1e-6)
+
+
+def test_icdf_inverts_cdf_and_intervals_nest():
+    p = mixture()
+    for q in (0.01, 0.3, 0.5, 0.9, 0.999):
+        assert torch.allclose(p.cdf(p.icdf(torch.tensor(q))), torch.full((6,), q), atol=1e-5)
+    lo50, hi50 = p.interval(0.5)
+    lo90, hi90 = p.interval(0.9)
+    assert (lo90 < lo50).all() and (hi50 < hi90).all()
+    with pytest.raises(ValueError, match="strictly inside"):
+        p.icdf(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        p.interval(1.5)
+
+
+def test_single_normal_matches_torch():
+    p = normal_ppd(torch.tensor([0.0, 1.0]), 2.0)
+    ref = torch.distributions.Normal(torch.tensor([0.0, 1.0]), 2.0)
+    y = torch.tensor([0.3, -1.0])
+    assert torch.allclose(p.log_prob(y), ref.log_prob(y))
+    assert torch.allclose(p.icdf(torch.tensor(0.975)), ref.icdf(torch.tensor(0.975)), atol=1e-4)
+
+
+def test_bad_mixture_inputs():
+    with pytest.raises(ValueError, match="non-finite"):
+        NormalMixturePPD(torch.tensor([[float("nan")]]), 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        NormalMixturePPD(torch.zeros(2, 3), 0.0)
+
+
+def test_categorical_entropy_decomposition():
+    # two confident draws that disagree: low aleatoric, high epistemic uncertainty
+    p = CategoricalPPD(torch.tensor([[[0.99, 0.01]], [[0.01, 0.99]]]))
+    assert torch.allclose(p.probs, torch.tensor([[0.5, 0.5]]))
+    assert p.entropy().item() == pytest.approx(math.log(2), abs=1e-6)
+    h = -(0.99 * math.log(0.99) + 0.01 * math.log(0.01))
+    assert p.aleatoric_entropy().item() == pytest.approx(h, abs=1e-6)
+    assert p.mutual_information().item() == pytest.approx(math.log(2) - h, abs=1e-6)
+    assert p.log_prob(torch.tensor([1])).item() == pytest.approx(math.log(0.5), abs=1e-6)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]"):
+        p.log_prob(torch.tensor([2]))
+    # averaging probabilities, not logits: agreeing draws keep MI at zero
+    same = CategoricalPPD.from_logits(torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]]))
+    assert same.mutual_information().item() == pytest.approx(0.0, abs=1e-7)
