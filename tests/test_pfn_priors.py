@@ -67,3 +67,19 @@ def test_bnn_prior_batched_draws_match_the_model_prior():
     assert (
         abs(y.var() / var_ref - 1) < 0.1
     )  # relative s.e. of a variance from ~3000 sets ~ 0.03-0.05
+
+
+def test_bnn_prior_with_categorical_likelihood_gives_labels():
+    from pyrobayes.convert import to_pyro
+    from pyrobayes.likelihoods import Categorical
+    from pyrobayes.model import BayesianModel
+    from pyrobayes.models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = BayesianModel(to_pyro(MLP(2, (8,), 3), prior="normal"), Categorical())
+    prior = BNNPrior(model, x_low=(-1.0, 0.0), x_high=(1.0, 2.0), num_features=2)
+    assert prior.task == "classification"
+    x, y = prior.sample(16, 30)
+    assert x.shape == (16, 30, 2) and y.shape == (16, 30)
+    assert set(y.unique().tolist()) <= {0.0, 1.0, 2.0} and len(y.unique()) > 1
+    assert (x[..., 1] >= 0).all() and (x[..., 1] <= 2).all()
