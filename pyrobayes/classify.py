@@ -218,12 +218,13 @@ def _save(result: ClassifyResult, out: str | None, verbose: bool) -> None:
 
 def run_digits(
     epochs: int = 30,
-    svi_epochs: int = 100,
+    svi_epochs: int = 300,
     num_samples: int = 100,
     delta: float = 0.05,
-    prior_scale: float = 1.0,
+    prior_scale: float = 5.0,
     lr: float = 1e-3,
     svi_lr: float = 1e-2,
+    svi_loss: str = "trace_elbo",
     batch_size: int = 64,
     seed: int = 0,
     out: str | None = None,
@@ -238,8 +239,13 @@ def run_digits(
     then makes every weight Bayesian with MOPED's prior
     :math:`\\mathcal N(w_\\text{MLE}, s^2)` (``s = prior_scale``) and guide
     :math:`q(w) = \\mathcal N(w_\\text{MLE}, (\\delta |w_\\text{MLE}|)^2)`, fitted by SVI
-    (full-data ELBO, no KL down-weighting) for ``svi_epochs`` epochs. Both are scored on the
-    597 test images and on three OOD sets made from them (:func:`~pyrobayes.data.image_ood`).
+    (full-data ELBO, no KL down-weighting; ``svi_loss="meanfield"`` would use the analytic
+    Normal-Normal KL instead of its Monte Carlo estimate) for ``svi_epochs`` epochs. Both are scored on the 597 test images and
+    on three OOD sets made from them (:func:`~pyrobayes.data.image_ood`).
+
+    The defaults (prior scale 5, 300 SVI epochs at lr 0.01) come from a small sweep: with
+    narrower priors (0.1-1) or fewer epochs the mean-field posterior stays under-confident
+    (ECE 0.03-0.13), and a zero-centred fan-in prior collapses to the prior.
 
     ``smoke=True``: 200 training images, 2 + 2 epochs, 4 draws (for tests and CI).
     """
@@ -289,6 +295,7 @@ def run_digits(
         epochs=svi_epochs,
         batch_size=batch_size,
         lr=svi_lr,
+        loss=svi_loss,
         seed=seed,
         progress=progress,
     )
@@ -311,6 +318,7 @@ def run_digits(
         "delta": delta,
         "prior_scale": prior_scale,
         "svi_lr": svi_lr,
+        "svi_loss": svi_loss,
         "batch_size": batch_size,
         "seed": seed,
         "device": str(dev),
@@ -373,13 +381,14 @@ def run_text(
     task: str = "sentiment",
     model_name: str | None = None,
     bayes: str = "head+last",
-    epochs: int = 3,
+    epochs: int = 5,
     svi_epochs: int = 20,
     num_samples: int = 30,
     delta: float = 0.05,
-    prior_scale: float = 0.1,
-    lr: float = 5e-5,
-    svi_lr: float = 1e-2,
+    prior_scale: float = 0.02,
+    lr: float = 1e-4,
+    svi_lr: float = 5e-2,
+    svi_loss: str = "meanfield",
     batch_size: int = 16,
     max_length: int = 64,
     seed: int = 0,
@@ -400,6 +409,11 @@ def run_text(
     rest is frozen at its fine-tuned value. SVI runs ``svi_epochs`` epochs. Both are scored
     on the test split (GLUE: validation) and, for single-sentence tasks, on the shipped
     out-of-domain sentences.
+
+    The defaults (prior scale 0.02, SVI lr 0.05 for 20 epochs) come from a small sweep on
+    the shipped set: with 350 sentences and ~1.9M Bayesian weights the posterior of most
+    weights is their prior, so a prior as wide as the weights themselves (0.1) wrecks the
+    fine-tuned layer, while 0.01 hardly changes the predictions.
 
     ``smoke=True``: 8 training and 6 test/OOD sentences, one epoch each, 2 draws.
     """
@@ -506,6 +520,7 @@ def run_text(
         loader,
         epochs=svi_epochs,
         lr=svi_lr,
+        loss=svi_loss,
         seed=seed,
         progress=progress,
         device=dev,
@@ -539,6 +554,7 @@ def run_text(
         "prior_scale": prior_scale,
         "lr": lr,
         "svi_lr": svi_lr,
+        "svi_loss": svi_loss,
         "batch_size": batch_size,
         "max_length": max_length,
         "seed": seed,
@@ -566,10 +582,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "dataset", choices=[t.value for t in Task], help="digits (MLP) or text (MiniLM BERT)"
     )
     parser.add_argument(
-        "--epochs", type=int, default=None, help="deterministic training epochs (digits 30, text 3)"
+        "--epochs", type=int, default=None, help="deterministic training epochs (digits 30, text 5)"
     )
     parser.add_argument(
-        "--svi-epochs", type=int, default=None, help="SVI epochs (digits 100, text 20)"
+        "--svi-epochs", type=int, default=None, help="SVI epochs (digits 300, text 20)"
     )
     parser.add_argument(
         "--num-samples", type=int, default=None, help="posterior draws (digits 100, text 30)"
@@ -579,7 +595,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prior-scale",
         type=float,
         default=None,
-        help="std of the prior around the pretrained weights (digits 1.0, text 0.1)",
+        help="std of the prior around the pretrained weights (digits 5.0, text 0.02)",
     )
     parser.add_argument(
         "--bayes", default="head+last", help="text: Bayesian part: head, head+last, last:K, all"
