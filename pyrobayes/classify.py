@@ -181,21 +181,19 @@ def _tables(
 def _save(result: ClassifyResult, out: str | None, verbose: bool) -> None:
     if out is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure renders with Agg whatever pyplot's backend is, and never opens a window.
+    from matplotlib.figure import Figure
 
     from pyrobayes.plotting import plot_reliability
 
     os.makedirs(out, exist_ok=True)
-    fig, axes = plt.subplots(1, len(result.ppds), figsize=(4.5 * len(result.ppds), 4.5))
+    fig = Figure(figsize=(4.5 * len(result.ppds), 4.5))
+    axes = fig.subplots(1, len(result.ppds))
     for ax, (name, ppd) in zip(axes, result.ppds.items()):
         plot_reliability(ppd, result.labels, ax=ax, title=f"{result.task}: {name}")
     fig.tight_layout()
     png = os.path.join(out, f"reliability_{result.task}.png")
     fig.savefig(png, dpi=110)
-    plt.close(fig)
     md = os.path.join(out, f"classify_{result.task}.md")
     with open(md, "w") as f:
         f.write(result.report() + "\n")
@@ -419,7 +417,13 @@ def run_text(
     """
     import datasets
 
-    from pyrobayes.data import load_glue, load_ood_sentences, load_sentiment, tokenize
+    from pyrobayes.data import (
+        load_glue,
+        load_ood_sentences,
+        load_sentiment,
+        text_columns_of,
+        tokenize,
+    )
     from pyrobayes.infer import fit
     from pyrobayes.model import to_bayesian
     from pyrobayes.models.hf import (
@@ -454,27 +458,9 @@ def run_text(
         test_split = "validation" if "validation" in dd else next(s for s in dd if s != "train")
     train, test = dd["train"], dd[test_split]
     ood = load_ood_sentences().select_columns(["sentence"])
-    text_cols = [c for c in train.column_names if c != "label"]
-    single = (
-        "sentence" in train.column_names
-        and len(
-            [
-                c
-                for c in text_cols
-                if c
-                in (
-                    "sentence1",
-                    "sentence2",
-                    "question",
-                    "premise",
-                    "hypothesis",
-                    "question1",
-                    "question2",
-                )
-            ]
-        )
-        == 0
-    )
+    # The other-domain sentences are single sentences: they only make sense as OOD inputs
+    # for single-sentence tasks (not for sentence-pair tasks such as MNLI).
+    single = len(text_columns_of(train)) == 1
     if smoke:
         epochs, svi_epochs, num_samples = min(epochs, 1), min(svi_epochs, 1), min(num_samples, 2)
         max_length, batch_size = min(max_length, 24), min(batch_size, 8)
