@@ -252,7 +252,9 @@ def write_section(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer SVI epochs and draws")
-    ap.add_argument("--only", choices=["digits", "text"], default=None)
+    ap.add_argument(
+        "--only", choices=["digits", "text"], default=None, help="run one part (prints only)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--digits-svi-epochs", type=int, default=None, help="default: run_digits'")
     ap.add_argument(
@@ -295,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += part + [""]
         print("\n".join(part), flush=True)
     text = "\n".join(lines).rstrip() + "\n"
-    if not args.no_write:
+    # A partial run (--only) must not replace the section with half of it.
+    if not args.no_write and args.only is None:
         write_section(text)
         print(f"wrote {RESULTS}")
     return 0
