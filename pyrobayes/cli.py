@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:
         # Bad input is the user's to fix: one clear line, no traceback.
         print(f"pyrobayes {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,16 @@ MODULES = [
     "pyrobayes.infer.fit",
     "pyrobayes.infer.predictive",
     "pyrobayes.models.mlp",
+    "pyrobayes.models.hf",
+    "pyrobayes.data.images",
+    "pyrobayes.data.text",
+    "pyrobayes.data.regression",
+    "pyrobayes.metrics",
+    "pyrobayes.compare",
+    "pyrobayes.plotting",
+    "pyrobayes.reference",
+    "pyrobayes.gp",
+    "pyrobayes.pfn",
 ]
 
 
