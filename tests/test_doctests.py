@@ -12,6 +12,7 @@ MODULES = [
     "pyrobayes.likelihoods",
     "pyrobayes.model",
     "pyrobayes.guides.moped",
+    "pyrobayes.guides.local_reparam",
     "pyrobayes.infer.fit",
     "pyrobayes.infer.predictive",
     "pyrobayes.models.mlp",

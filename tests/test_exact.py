@@ -36,7 +36,8 @@ def exact(x, y):
     return mu, cov, lam
 
 
-def test_svi_matches_exact_meanfield_posterior_and_ppd():
+@pytest.mark.parametrize("local_reparam", [False, True])
+def test_svi_matches_exact_meanfield_posterior_and_ppd(local_reparam):
     x, y, xq, yq = data()
     mu, cov, lam = exact(x, y)
     net = nn.Linear(2, 1).double()
@@ -51,13 +52,23 @@ def test_svi_matches_exact_meanfield_posterior_and_ppd():
         prior="normal",
         prior_kwargs={"scale": S_PRIOR},
         likelihood=Gaussian(SIGMA),
-        name="blr",
+        name=f"blr{int(local_reparam)}",
     )
     optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.9985})
-    fit(model, guide, (x, y), epochs=2500, batch_size=N, optim=optim, progress=False, seed=0)
+    fit(
+        model,
+        guide,
+        (x, y),
+        epochs=2500,
+        batch_size=N,
+        optim=optim,
+        progress=False,
+        seed=0,
+        local_reparam=local_reparam,
+    )
 
-    loc_w, scale_w = guide.loc_and_scale("blr.net.weight")
-    loc_b, scale_b = guide.loc_and_scale("blr.net.bias")
+    loc_w, scale_w = guide.loc_and_scale(f"blr{int(local_reparam)}.net.weight")
+    loc_b, scale_b = guide.loc_and_scale(f"blr{int(local_reparam)}.net.bias")
     loc = torch.cat([loc_w.flatten(), loc_b]).detach()
     scale = torch.cat([scale_w.flatten(), scale_b]).detach()
     mf_std = lam.diagonal().rsqrt()

@@ -19,6 +19,7 @@ checks the value against Pyro's traces for the same weight draw.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,6 +28,7 @@ from torch.distributions import Independent, Normal, biject_to
 from torch.func import functional_call
 
 from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites, site_priors
+from pyrobayes.guides.local_reparam import LocalReparameterization
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -49,6 +51,7 @@ class FusedMeanFieldELBO:
         self.net, _ = _converted_root(model)
         self.sites = bayesian_sites(model)
         self.beta = 1.0
+        self.local_reparam = False
         self._getters = None
 
     def _fixed(self) -> dict[str, torch.Tensor]:
@@ -75,22 +78,25 @@ class FusedMeanFieldELBO:
     ) -> torch.Tensor:
         if self._getters is None:
             self._resolve()
-        log_p = log_q = 0.0
-        weights = {}
-        for site, paths in self.sites.items():
-            get_loc, get_scale = self._getters[site]
-            loc, scale = get_loc(), get_scale()
-            e = eps[site] if eps is not None else torch.randn_like(loc)
-            w = loc + scale * e
-            weights[paths[0]] = w
-            # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
-            log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
-            log_p = log_p + self._priors[site](w)
-        twin = self.net._pyrobayes_twin
-        twin.train(self.model.training)
-        out = self.model.output_fn(
-            functional_call(twin, {**self._fixed(), **weights}, inputs, kwargs)
-        )
+        with LocalReparameterization() if self.local_reparam else contextlib.nullcontext() as lrt:
+            log_p = log_q = 0.0
+            weights = {}
+            for site, paths in self.sites.items():
+                get_loc, get_scale = self._getters[site]
+                loc, scale = get_loc(), get_scale()
+                e = eps[site] if eps is not None else torch.randn_like(loc)
+                w = loc + scale * e
+                weights[paths[0]] = w
+                if lrt is not None:
+                    lrt.register(w, loc, scale)
+                # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
+                log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
+                log_p = log_p + self._priors[site](w)
+            twin = self.net._pyrobayes_twin
+            twin.train(self.model.training)
+            out = self.model.output_fn(
+                functional_call(twin, {**self._fixed(), **weights}, inputs, kwargs)
+            )
         lik = self.model.likelihood
         batch = out.shape[0]
         n = lik.dataset_size or batch
