@@ -12,7 +12,7 @@ The public API in one place::
 """
 
 from pyrobayes.convert import bayesian_sites, to_pyro
-from pyrobayes.guides import MOPEDLowRank, MOPEDNormal, moped_guide
+from pyrobayes.guides import LocalReparameterization, MOPEDLowRank, MOPEDNormal, moped_guide
 from pyrobayes.infer import (
     EarlyStopping,
     History,
@@ -45,6 +45,7 @@ __all__ = [
     "Gaussian",
     "History",
     "LayerwiseNormalPrior",
+    "LocalReparameterization",
     "MOPEDLowRank",
     "MOPEDNormal",
     "NormalMixturePPD",
