@@ -418,7 +418,11 @@ def fit(
         state = load_fit_checkpoint(ckpt)
         first = next(iter(loader))
         xs, kw, y = _split_batch(first, device)
-        guide.setup(*xs, y=y, **kw) if hasattr(guide, "setup") else guide(*xs, y=y, **kw)
+        # the guide's parameters must exist before their saved values can be loaded
+        if hasattr(guide, "setup"):
+            guide.setup(*xs, y=y, **kw)
+        else:
+            guide(*xs, y=y, **kw)
         model.load_state_dict(state["model"])
         guide.load_state_dict(state["guide"])
         stepper.set_state(state["optim"])
