@@ -233,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
         num_samples=args.num_samples, nuts_warmup=args.nuts_warmup, nuts_samples=args.nuts_samples,
         data=args.data, x_col=args.x_col, y_col=args.y_col, out=args.out, progress=not args.no_progress,
     )
+    # Every network here is tiny: a second thread costs more in synchronisation than it
+    # saves, and on a busy machine far more (seen: 40x slower SVI steps with 2 threads).
+    torch.set_num_threads(1)
     if cfg.n_train > 50 and cfg.data is None:
         raise ValueError("n-train must be <= 50: the shipped PFNs were trained with up to 50 points")
     result = run_compare(cfg)
