@@ -16,7 +16,10 @@ __all__ = ["main", "build_parser"]
 
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 _COMMANDS = {
-    "compare": ("pyrobayes.compare_job", "compare PPDs of SVI, a PFN and a reference on 1-D regression"),
+    "compare": (
+        "pyrobayes.compare_job",
+        "compare PPDs of SVI, a PFN and a reference on 1-D regression",
+    ),
     "classify": ("pyrobayes.classify", "Bayesian classifiers from pretrained nets (digits, text)"),
 }
 _PFN_COMMANDS = {"train": ("pyrobayes.pfn.train", "train a PFN on a prior over data sets")}
@@ -29,7 +32,9 @@ def _add(sub, name: str, module: str, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyrobayes", description="Bayesian deep learning with Pyro: SVI, PFNs, references.")
+    parser = argparse.ArgumentParser(
+        prog="pyrobayes", description="Bayesian deep learning with Pyro: SVI, PFNs, references."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         _add(sub, name, module, help_text)
@@ -42,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        import datasets
+
+        datasets.disable_progress_bars()  # its "Generating split" bars too
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, ConnectionError) as exc:

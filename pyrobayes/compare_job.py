@@ -61,9 +61,19 @@ class CompareConfig:
             PriorChoice(self.prior)
         except ValueError:
             raise ValueError(f"unknown prior {self.prior!r}; valid: bnn, gp") from None
-        for name in ("n_train", "n_test", "mlp_steps", "svi_steps", "num_samples", "nuts_warmup", "nuts_samples"):
+        for name in (
+            "n_train",
+            "n_test",
+            "mlp_steps",
+            "svi_steps",
+            "num_samples",
+            "nuts_warmup",
+            "nuts_samples",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.n_train < 2:
             raise ValueError("n-train must be at least 2")
         if not self.svi_lr > 0 or not self.delta > 0:
@@ -104,13 +114,31 @@ def _load_data(cfg: CompareConfig):
         from pyrobayes.pfn import GPPrior
 
         torch.manual_seed(cfg.seed)
-        xs, ys = GPPrior(lengthscale=0.5, outputscale=1.0, noise_std=0.1).sample(1, cfg.n_train + cfg.n_test)
+        xs, ys = GPPrior(lengthscale=0.5, outputscale=1.0, noise_std=0.1).sample(
+            1, cfg.n_train + cfg.n_test
+        )
         xs, ys = xs.reshape(-1, 1), ys.reshape(-1)
         grid = torch.linspace(-2, 2, 200)[:, None]
         n = cfg.n_train
-        return xs[:n], ys[:n], xs[n:], ys[n:], grid, None, "1-D GP prior (RBF, lengthscale 0.5, noise 0.1)"
+        return (
+            xs[:n],
+            ys[:n],
+            xs[n:],
+            ys[n:],
+            grid,
+            None,
+            "1-D GP prior (RBF, lengthscale 0.5, noise 0.1)",
+        )
     d = regression_from_prior(n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed)
-    return d.x_train, d.y_train, d.x_test, d.y_test, d.x_grid, (d.x_grid, d.f_grid), "default BNN prior (1-50-50-1 tanh, noise 0.1)"
+    return (
+        d.x_train,
+        d.y_train,
+        d.x_test,
+        d.y_test,
+        d.x_grid,
+        (d.x_grid, d.f_grid),
+        "default BNN prior (1-50-50-1 tanh, noise 0.1)",
+    )
 
 
 def _fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
@@ -131,12 +159,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     import pyro
 
     from pyrobayes.compare import compare_ppds
+    from pyrobayes.guides import MOPEDNormal
     from pyrobayes.infer import PosteriorPredictive, fit
     from pyrobayes.models.mlp import default_regression_model
     from pyrobayes.pfn import pretrained
     from pyrobayes.plotting import plot_ppd_comparison
     from pyrobayes.ppd import normal_ppd
-    from pyrobayes.guides import MOPEDNormal
 
     out = Path(cfg.out)
     x_tr, y_tr, x_te, y_te, grid, truth, note = _load_data(cfg)
@@ -156,7 +184,16 @@ def run_compare(cfg: CompareConfig) -> dict:
     t0 = time.perf_counter()
     model = default_regression_model(net=mlp)
     guide = MOPEDNormal(model, delta=cfg.delta)
-    fit(model, guide, (x_tr, y_tr), epochs=cfg.svi_steps, batch_size=len(x_tr), lr=cfg.svi_lr, progress=cfg.progress, seed=cfg.seed)
+    fit(
+        model,
+        guide,
+        (x_tr, y_tr),
+        epochs=cfg.svi_steps,
+        batch_size=len(x_tr),
+        lr=cfg.svi_lr,
+        progress=cfg.progress,
+        seed=cfg.seed,
+    )
     pp = PosteriorPredictive(model, guide, num_samples=cfg.num_samples)
     test_ppds["SVI (MOPED)"] = pp(x_te)
     times["SVI (MOPED)"] = t_mlp + time.perf_counter() - t0
@@ -188,12 +225,21 @@ def run_compare(cfg: CompareConfig) -> dict:
         ref_model = default_regression_model()
         t0 = time.perf_counter()
         ppd, mcmc = nuts_ppd(
-            ref_model, x_tr, y_tr, x_te, num_warmup=cfg.nuts_warmup, num_samples=cfg.nuts_samples,
-            progress=cfg.progress, seed=cfg.seed, return_mcmc=True,
+            ref_model,
+            x_tr,
+            y_tr,
+            x_te,
+            num_warmup=cfg.nuts_warmup,
+            num_samples=cfg.nuts_samples,
+            progress=cfg.progress,
+            seed=cfg.seed,
+            return_mcmc=True,
         )
         times[ref_name] = time.perf_counter() - t0
         test_ppds[ref_name] = ppd
-        grid_ppds[ref_name] = ref_model.likelihood.ppd(forward_draws(ref_model, mcmc.get_samples(), grid))
+        grid_ppds[ref_name] = ref_model.likelihood.ppd(
+            forward_draws(ref_model, mcmc.get_samples(), grid)
+        )
 
     table = compare_ppds(test_ppds, y_te, times=times, reference=ref_name)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +247,13 @@ def run_compare(cfg: CompareConfig) -> dict:
     fig.suptitle(f"Posterior predictives, n_train={len(x_tr)} — {note}", fontsize=9)
     files = {"png": out / "compare.png", "json": out / "compare.json", "md": out / "compare.md"}
     fig.savefig(files["png"], dpi=110, bbox_inches="tight")
-    payload = {"config": asdict(cfg), "data": note, "n_train": len(x_tr), "n_test": len(x_te), "table": table.to_dict()}
+    payload = {
+        "config": asdict(cfg),
+        "data": note,
+        "n_train": len(x_tr),
+        "n_test": len(x_te),
+        "table": table.to_dict(),
+    }
     files["json"].write_text(json.dumps(payload, indent=2, default=str))
     md = (
         f"# pyrobayes compare\n\nData: {note}; {len(x_tr)} training and {len(x_te)} test points, seed {cfg.seed}.\n"
@@ -214,18 +266,38 @@ def run_compare(cfg: CompareConfig) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CompareConfig()
-    p.add_argument("--prior", choices=[c.value for c in PriorChoice], default=d.prior, help="prior the data are drawn from (and the PFN/reference used)")
+    p.add_argument(
+        "--prior",
+        choices=[c.value for c in PriorChoice],
+        default=d.prior,
+        help="prior the data are drawn from (and the PFN/reference used)",
+    )
     p.add_argument("--data", default=None, help="CSV file with your own 1-D regression data")
     p.add_argument("--x", dest="x_col", default=d.x_col, help="input column of --data")
     p.add_argument("--y", dest="y_col", default=d.y_col, help="target column of --data")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="training points drawn from the prior (<= 50)")
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=d.n_train,
+        help="training points drawn from the prior (<= 50)",
+    )
     p.add_argument("--n-test", type=int, default=d.n_test)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--mlp-steps", type=int, default=d.mlp_steps, help="full-batch Adam steps of the frequentist MLP")
+    p.add_argument(
+        "--mlp-steps",
+        type=int,
+        default=d.mlp_steps,
+        help="full-batch Adam steps of the frequentist MLP",
+    )
     p.add_argument("--svi-steps", type=int, default=d.svi_steps, help="full-batch SVI steps")
     p.add_argument("--svi-lr", type=float, default=d.svi_lr, help="Adam step size of SVI")
     p.add_argument("--delta", type=float, default=d.delta, help="MOPED relative initial scale")
-    p.add_argument("--num-samples", type=int, default=d.num_samples, help="posterior draws of the SVI predictive")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=d.num_samples,
+        help="posterior draws of the SVI predictive",
+    )
     p.add_argument("--nuts-warmup", type=int, default=d.nuts_warmup)
     p.add_argument("--nuts-samples", type=int, default=d.nuts_samples)
     p.add_argument("--out", default=d.out, help="output folder for compare.png/.json/.md")
@@ -234,16 +306,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = CompareConfig(
-        prior=args.prior, n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-        mlp_steps=args.mlp_steps, svi_steps=args.svi_steps, svi_lr=args.svi_lr, delta=args.delta,
-        num_samples=args.num_samples, nuts_warmup=args.nuts_warmup, nuts_samples=args.nuts_samples,
-        data=args.data, x_col=args.x_col, y_col=args.y_col, out=args.out, progress=not args.no_progress,
+        prior=args.prior,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        seed=args.seed,
+        mlp_steps=args.mlp_steps,
+        svi_steps=args.svi_steps,
+        svi_lr=args.svi_lr,
+        delta=args.delta,
+        num_samples=args.num_samples,
+        nuts_warmup=args.nuts_warmup,
+        nuts_samples=args.nuts_samples,
+        data=args.data,
+        x_col=args.x_col,
+        y_col=args.y_col,
+        out=args.out,
+        progress=not args.no_progress,
     )
     # Every network here is tiny: a second thread costs more in synchronisation than it
     # saves, and on a busy machine far more (seen: 40x slower SVI steps with 2 threads).
     torch.set_num_threads(1)
     if cfg.n_train > 50 and cfg.data is None:
-        raise ValueError("n-train must be <= 50: the shipped PFNs were trained with up to 50 points")
+        raise ValueError(
+            "n-train must be <= 50: the shipped PFNs were trained with up to 50 points"
+        )
     result = run_compare(cfg)
     print(result["table"].to_markdown())
     print("wrote " + ", ".join(str(f) for f in result["files"].values()))
