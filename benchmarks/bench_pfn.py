@@ -251,7 +251,9 @@ def render(gp_table, gp_overall, bnn_table, bnn_meta, command: str) -> str:
             "",
             f"{m['datasets']} fresh datasets from the prior of `default_regression_model()` (1-50-50-1 tanh, "
             f"noise 0.1), n_train in {m['n_train']}, {m['n_query']} held-out queries; all methods use the same "
-            "Bayesian model. Time = wall seconds per dataset (fit + predict).",
+            "Bayesian model. Time = wall seconds per dataset (fit + predict). SVI and NUTS results are cached "
+            "per dataset (`--cache`), so their times come from the run that filled the cache; compare time "
+            "ratios only as far as the machine load of both runs was alike.",
             "",
             "| method | NLL | s.e. | gap vs " + (m["ref"] or "-") + " | s / dataset | x PFN time |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
