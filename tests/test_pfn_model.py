@@ -239,6 +239,11 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
     assert load_checkpoint(tmp_path / "r").checkpoint_info["training"]["steps"] == 20
+    with pytest.raises(ValueError, match="cannot resume"):
+        train_pfn(
+            GPPrior(lengthscale=1.0),
+            TrainConfig(steps=30, out=str(tmp_path / "r"), resume=True, **kw),
+        )
 
 
 def test_cli_trains_and_writes_a_checkpoint(tmp_path, capsys):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -174,6 +175,13 @@ def train_pfn(
         raise ValueError("resume=True needs an out path to resume from")
     if resume_from:
         model = load_checkpoint(out)
+        if json.dumps(model.config.prior, sort_keys=True) != json.dumps(
+            prior.describe(), sort_keys=True
+        ):
+            raise ValueError(
+                f"cannot resume {out}: it was trained on prior {model.config.prior}, "
+                f"not {prior.describe()}"
+            )
     elif model is None:
         model = PFN(make_config(prior, config))
     if model.config.max_train < config.max_train:
