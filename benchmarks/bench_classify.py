@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import RESULTS, write_section  # noqa: E402
+
 SECTION = "## bench_classify.py"
 
 
@@ -241,17 +242,6 @@ def bench_text(args) -> tuple[list[str], dict]:
     return lines, {"table": r.table.to_dict(), "checks": checks, "timing": timing, "memory_mb": mem}
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text + "\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text + "\n"
-    )
-    RESULTS.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer SVI epochs and draws")
@@ -302,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines).rstrip() + "\n"
     # A partial run (--only) must not replace the section with half of it.
     if not args.no_write and args.only is None:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"wrote {RESULTS}")
     return 0
 

@@ -12,16 +12,6 @@ from pyrobayes.metrics import classification_metrics, kl_divergence_grid, regres
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, normal_ppd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of small tensor ops: on a shared, loaded CPU, intra-op threads only add
-    # hand-off latency (ms per op). Results do not depend on the thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _regression_ppds():
     g = torch.Generator().manual_seed(0)
     y = torch.randn(40, generator=g, dtype=torch.float64)

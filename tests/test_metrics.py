@@ -30,16 +30,6 @@ from pyrobayes.metrics import (
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of small tensor ops: on a shared, loaded CPU, intra-op threads only add
-    # hand-off latency (ms per op). Results do not depend on the thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class LaplacePPD(RegressionPPD):
     """A non-Normal regression PPD (closed-form CRPS known) to exercise the grid CRPS."""
 

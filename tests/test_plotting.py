@@ -23,16 +23,6 @@ from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, normal_ppd  # noqa: 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of small tensor ops (bisection quantiles): on a shared, loaded CPU,
-    # intra-op threads only add hand-off latency. Results do not depend on it.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _save(fig, path):
     fig.savefig(path, dpi=60)
     data = path.read_bytes()

@@ -13,17 +13,6 @@ from pyrobayes.gp import exact_gp_ppd as gp_exact_gp_ppd
 from pyrobayes.ppd import NormalMixturePPD
 from pyrobayes.reference import exact_gp_ppd, nuts_ppd
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Thousands of small tensor ops: on a shared, loaded CPU, intra-op threads only add
-    # hand-off latency (ms per op). Results do not depend on the thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 NOISE, PRIOR_STD = 0.3, 1.0
 
 
