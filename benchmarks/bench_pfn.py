@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,9 @@ import torch
 
 from pyrobayes.pfn import BNNPrior, GPPrior, pretrained
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import write_section  # noqa: E402
+
 SECTION = "## bench_pfn.py"
 GP_BUCKETS = [(1, 5), (6, 10), (11, 20), (21, 30), (31, 40), (41, 50)]
 
@@ -282,17 +283,6 @@ def render(gp_table, gp_overall, bnn_table, bnn_meta, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = (
-        pattern.sub(lambda _: text + "\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text + "\n"
-    )
-    RESULTS.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -338,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(gp_table, gp_overall, bnn_table, bnn_meta, command.strip())
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
     return 0
 
 
