@@ -106,6 +106,11 @@ def _bnn_datasets(num: int, n_query: int, seed: int) -> list[tuple[torch.Tensor,
     return sets
 
 
+# Step sizes: random-start mean-field needs the larger one to move at all; MOPED starts at a
+# fitted MLP and does better with the main job's smaller one (compare_job.CompareConfig).
+SVI_LR = {"meanfield": 1e-2, "moped": 1e-3}
+
+
 def _svi(kind: str, xt, yt, xq, yq, steps: int, seed: int) -> float:
     from pyro.infer.autoguide import AutoNormal
 
@@ -129,7 +134,14 @@ def _svi(kind: str, xt, yt, xq, yq, steps: int, seed: int) -> float:
         model = default_regression_model(net=net)
         guide = moped_guide(model, "normal", delta=0.1)
     fit(
-        model, guide, (xt, yt), epochs=steps, batch_size=len(xt), lr=1e-2, progress=False, seed=seed
+        model,
+        guide,
+        (xt, yt),
+        epochs=steps,
+        batch_size=len(xt),
+        lr=SVI_LR[kind],
+        progress=False,
+        seed=seed,
     )
     ppd = PosteriorPredictive(model, guide, num_samples=200)(xq)
     return -ppd.log_prob(yq).mean().item()
@@ -159,10 +171,12 @@ def bench_bnn(
     store = json.loads(cache.read_text()) if cache.exists() else {}
     methods: dict[str, callable] = {}
     for s in svi_steps:
-        methods[f"SVI mean-field, random start, {s} steps"] = lambda d, i, s=s: _svi(
-            "meanfield", *d, s, i
+        methods[f"SVI mean-field, random start, {s} steps, lr {SVI_LR['meanfield']:g}"] = (
+            lambda d, i, s=s: _svi("meanfield", *d, s, i)
         )
-        methods[f"SVI MOPED from fitted MLP, {s} steps"] = lambda d, i, s=s: _svi("moped", *d, s, i)
+        methods[f"SVI MOPED from fitted MLP, {s} steps, lr {SVI_LR['moped']:g}"] = (
+            lambda d, i, s=s: _svi("moped", *d, s, i)
+        )
     for w, n in nuts:
         methods[f"NUTS {w} warmup / {n} samples"] = lambda d, i, w=w, n=n: _nuts(*d, w, n, i)
     results: dict[str, list[tuple[float, float]]] = {}
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gp-datasets", type=int, default=500)
     ap.add_argument("--bnn-datasets", type=int, default=20)
     ap.add_argument("--n-query", type=int, default=50)
-    ap.add_argument("--svi-steps", type=int, nargs="*", default=[1000])
+    ap.add_argument("--svi-steps", type=int, nargs="*", default=[2000])
     ap.add_argument(
         "--nuts",
         nargs="*",
