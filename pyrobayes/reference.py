@@ -42,14 +42,6 @@ from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
 __all__ = ["exact_gp_ppd", "nuts_ppd"]
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for t in model.buffers():
-        return t.device
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
-
-
 def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.is_floating_point() and not torch.isfinite(t).all():
@@ -166,7 +158,7 @@ def nuts_ppd(
             "nuts_ppd needs a pyrobayes BayesianModel (a converted network with a likelihood), "
             f"got {type(model).__name__}"
         )
-    device = _model_device(model)
+    device = model.device
     xt = _as_input(x_train, device, "x_train")
     yt = _as_input(y_train, device, "y_train")
     xq = _as_input(x_query, device, "x_query")

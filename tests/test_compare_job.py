@@ -5,8 +5,23 @@ import pytest
 from pyrobayes.cli import main
 from pyrobayes.compare_job import CompareConfig, run_compare
 
-SMOKE = ["--n-train", "8", "--n-test", "30", "--mlp-steps", "50", "--svi-steps", "20", "--num-samples", "20",
-         "--nuts-warmup", "5", "--nuts-samples", "5", "--no-progress"]
+SMOKE = [
+    "--n-train",
+    "8",
+    "--n-test",
+    "30",
+    "--mlp-steps",
+    "50",
+    "--svi-steps",
+    "20",
+    "--num-samples",
+    "20",
+    "--nuts-warmup",
+    "5",
+    "--nuts-samples",
+    "5",
+    "--no-progress",
+]
 
 
 def test_cli_compare_gp_writes_three_files(tmp_path, capsys):
@@ -23,8 +38,19 @@ def test_cli_compare_gp_writes_three_files(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_bnn_prior_with_nuts(tmp_path):
-    res = run_compare(CompareConfig(n_train=8, n_test=30, mlp_steps=50, svi_steps=20, num_samples=20,
-                                    nuts_warmup=20, nuts_samples=20, out=str(tmp_path), progress=False))
+    res = run_compare(
+        CompareConfig(
+            n_train=8,
+            n_test=30,
+            mlp_steps=50,
+            svi_steps=20,
+            num_samples=20,
+            nuts_warmup=20,
+            nuts_samples=20,
+            out=str(tmp_path),
+            progress=False,
+        )
+    )
     assert set(res["ppds"]) == {"MLP + noise", "SVI (MOPED)", "PFN (bnn-1d)", "NUTS"}
     assert (tmp_path / "compare.png").exists()
 
@@ -33,7 +59,25 @@ def test_cli_compare_reads_csv(tmp_path):
     csv = tmp_path / "d.csv"
     rows = "\n".join(f"{i / 10},{(i / 10) ** 2},{i}" for i in range(30))
     csv.write_text("t,v,idx\n" + rows + "\n")
-    assert main(["compare", "--prior", "gp", "--data", str(csv), "--x", "t", "--y", "v", *SMOKE, "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--prior",
+                "gp",
+                "--data",
+                str(csv),
+                "--x",
+                "t",
+                "--y",
+                "v",
+                *SMOKE,
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "o" / "compare.md").read_text().count("|") > 10
 
 

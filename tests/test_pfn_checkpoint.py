@@ -18,14 +18,6 @@ from pyrobayes.pfn import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)

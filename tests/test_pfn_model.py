@@ -21,15 +21,6 @@ from pyrobayes.pfn import train as train_mod
 from pyrobayes.ppd import CategoricalPPD
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks gain nothing from intra-op threads and oversubscribe a shared CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny(task="regression", **kw) -> PFN:
     torch.manual_seed(0)
     if task == "regression":

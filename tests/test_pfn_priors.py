@@ -7,14 +7,6 @@ from pyrobayes.gp import rbf_kernel
 from pyrobayes.pfn import BNNPrior, GPPrior
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_gp_prior_draws_have_the_kernel_covariance():
     torch.manual_seed(0)
     prior = GPPrior(lengthscale=0.5, outputscale=1.0, noise_std=0.1)

@@ -27,8 +27,9 @@ from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Independent, Normal, biject_to
 from torch.func import functional_call
 
-from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites, site_priors
+from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
+from pyrobayes.infer.predictive import fixed_tensors
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -53,14 +54,6 @@ class FusedMeanFieldELBO:
         self.beta = 1.0
         self.local_reparam = False
         self._getters = None
-
-    def _fixed(self) -> dict[str, torch.Tensor]:
-        # Live parameters (not detached): deterministic weights keep training as in SVI.
-        out = dict(self.net.named_parameters())
-        for name, t in self.net.named_buffers():
-            if not name.endswith(PRETRAINED_SUFFIX):
-                out[name] = t
-        return out
 
     def _resolve(self) -> None:
         """Per site, direct handles on the guide's tensors and a cheap prior log-density.
@@ -95,7 +88,9 @@ class FusedMeanFieldELBO:
             twin = self.net._pyrobayes_twin
             twin.train(self.model.training)
             out = self.model.output_fn(
-                functional_call(twin, {**self._fixed(), **weights}, inputs, kwargs)
+                functional_call(
+                    twin, {**fixed_tensors(self.net, detach=False), **weights}, inputs, kwargs
+                )
             )
         lik = self.model.likelihood
         batch = out.shape[0]

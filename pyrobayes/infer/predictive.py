@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import pyro
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -37,14 +36,6 @@ from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites
 from pyrobayes.model import default_output
 
 __all__ = ["PosteriorPredictive", "sample_prior", "sample_posterior", "forward_draws"]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.buffers():
-        return t.device
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -76,11 +67,12 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     return sites
 
 
-def _fixed_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
-    """Deterministic parameters and buffers of the converted net, keyed like the twin's."""
+def fixed_tensors(net: nn.Module, detach: bool = True) -> dict[str, torch.Tensor]:
+    """Deterministic parameters and buffers of the converted net, keyed like the twin's
+    (``detach=False`` keeps the live parameters, so training through them still works)."""
     out = {}
     for name, t in net.named_parameters():
-        out[name] = t.detach()
+        out[name] = t.detach() if detach else t
     for name, t in net.named_buffers():
         if not name.endswith(PRETRAINED_SUFFIX):
             out[name] = t
@@ -117,7 +109,7 @@ def forward_draws(
     if inputs_batched and any(x.shape[0] != num_draws for x in inputs):
         raise ValueError("with inputs_batched=True every input needs a leading dimension of size S")
     twin = net._pyrobayes_twin
-    fixed = _fixed_tensors(net)
+    fixed = fixed_tensors(net)
     device = next(iter(fixed.values())).device if fixed else next(iter(draws.values())).device
     if next(twin.parameters(), torch.empty(0, device=device)).device != device:
         twin.to(device)  # the twin is not a registered submodule, so it follows lazily
@@ -188,6 +180,5 @@ class PosteriorPredictive:
 
 def prior_predictive(model: nn.Module, *inputs, num_samples: int = 100, **kwargs):
     """The prior predictive PPD at ``inputs`` (weights from their priors)."""
-    with pyro.poutine.block():
-        draws = sample_prior(model, num_samples)
+    draws = sample_prior(model, num_samples)
     return model.likelihood.ppd(forward_draws(model, draws, *inputs, **kwargs))
