@@ -161,7 +161,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     from pyrobayes.compare import compare_ppds
     from pyrobayes.guides import MOPEDNormal
     from pyrobayes.infer import PosteriorPredictive, fit
-    from pyrobayes.models.mlp import default_regression_model
+    from pyrobayes.models.mlp import DEFAULT_REGRESSION, default_regression_model
     from pyrobayes.pfn import pretrained
     from pyrobayes.plotting import plot_ppd_comparison
     from pyrobayes.ppd import normal_ppd
@@ -176,7 +176,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     mlp = _fit_mlp(x_tr, y_tr, cfg.mlp_steps, cfg.seed)
     t_mlp = time.perf_counter() - t0
     with torch.no_grad():
-        noise = 0.1
+        noise = DEFAULT_REGRESSION["noise"]  # the prior's noise, as every other method uses
         test_ppds["MLP + noise"] = normal_ppd(mlp(x_te).squeeze(-1), noise)
         grid_ppds["MLP + noise"] = normal_ppd(mlp(grid).squeeze(-1), noise)
     times["MLP + noise"] = t_mlp
