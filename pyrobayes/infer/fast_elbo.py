@@ -94,7 +94,7 @@ class FusedMeanFieldELBO:
             )
         lik = self.model.likelihood
         batch = out.shape[0]
-        n = lik.dataset_size or batch
+        n = lik.plate_size(batch)
         log_lik = lik.log_prob(out, y).sum() * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
 
