@@ -1,6 +1,13 @@
 """Inference: the SVI loop and the vectorised posterior predictive."""
 
-from pyrobayes.infer.fit import EarlyStopping, History, LossKind, fit, load_fit_checkpoint
+from pyrobayes.infer.fit import (
+    EarlyStopping,
+    History,
+    LossKind,
+    LRSchedule,
+    fit,
+    load_fit_checkpoint,
+)
 from pyrobayes.infer.predictive import (
     PosteriorPredictive,
     forward_draws,
@@ -13,6 +20,7 @@ __all__ = [
     "EarlyStopping",
     "History",
     "LossKind",
+    "LRSchedule",
     "PosteriorPredictive",
     "fit",
     "forward_draws",
