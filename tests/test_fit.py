@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pyro
@@ -433,3 +434,18 @@ def test_minibatch_cosine_fit_recovers_the_exact_meanfield_optimum():
     # shrink the stds by sqrt(6), far outside 10%.
     assert torch.allclose(loc, mu, atol=0.1 * float(mf_std.min()))
     assert torch.allclose(scale, mf_std, rtol=0.1)
+
+
+def test_fit_config_and_keywords():
+    from pyrobayes.infer import FitConfig
+
+    x, y = regression(20)
+    cfg = FitConfig(epochs=3, batch_size=10, lr=0.02, progress=False)
+    assert len(fit(*new_model(), (x, y), cfg)) == 3
+    assert len(fit(*new_model(), (x, y), cfg, epochs=2)) == 2  # keywords override
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['epoch'\]"):
+        fit(*new_model(), (x, y), epoch=2)
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        FitConfig(epochs=-1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 5

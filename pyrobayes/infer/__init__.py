@@ -2,6 +2,7 @@
 
 from pyrobayes.infer.fit import (
     EarlyStopping,
+    FitConfig,
     History,
     LossKind,
     LRSchedule,
@@ -18,6 +19,7 @@ from pyrobayes.infer.predictive import (
 
 __all__ = [
     "EarlyStopping",
+    "FitConfig",
     "History",
     "LossKind",
     "LRSchedule",

@@ -21,17 +21,22 @@ Example::
     >>> history = fit(model, guide, (x, y), epochs=2, batch_size=32, progress=False)
     >>> len(history)
     2
+    >>> from pyrobayes.infer import FitConfig
+    >>> cfg = FitConfig(epochs=3, batch_size=32, lr_schedule="cosine", progress=False)
+    >>> len(fit(model, guide, (x, y), cfg, epochs=1))   # keywords override the config
+    1
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -63,6 +68,7 @@ __all__ = [
     "EarlyStopping",
     "LossKind",
     "LRSchedule",
+    "FitConfig",
     "CHECKPOINT_FORMAT",
     "load_fit_checkpoint",
 ]
@@ -349,21 +355,10 @@ def _save(path: Path, epoch: int, model, guide, stepper, loader, history: Histor
     )
 
 
-def _make_stepper(
-    model,
-    guide,
-    *,
-    loss_kind,
-    num_particles,
-    vectorize_particles,
-    optim,
-    lr,
-    fused,
-    local_reparam,
-    weight,
-):
+def _make_stepper(model, guide, cfg: FitConfig, weight: dict):
+    loss_kind, optim, num_particles = LossKind(cfg.loss), cfg.optim, cfg.num_particles
     elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
-    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=vectorize_particles)
+    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=cfg.vectorize_particles)
 
     def scaled_model(*a, **k):
         with _ScaleLatents(weight["beta"]):
@@ -374,7 +369,7 @@ def _make_stepper(
             return guide(*a, **k)
 
     # foreach: one fused update over all tensors (torch only picks it by default on GPUs)
-    make_optim = optim or functools.partial(torch.optim.Adam, lr=lr, foreach=True)
+    make_optim = optim or functools.partial(torch.optim.Adam, lr=cfg.lr, foreach=True)
     is_pyro = isinstance(optim, pyro.optim.PyroOptim)
     can_fuse = (
         loss_kind is LossKind.TRACE_ELBO
@@ -382,16 +377,16 @@ def _make_stepper(
         and not is_pyro
         and supports_fused(model, guide)
     )
-    if fused and not can_fuse:
+    if cfg.fused and not can_fuse:
         raise ValueError(
             "fused=True needs loss='trace_elbo', num_particles=1, a torch optimiser, "
             "a BayesianModel and an AutoNormal-family guide"
         )
     if is_pyro:
         return SVIStepper(scaled_model, scaled_guide, elbo, optim)
-    if can_fuse and fused is not False:
+    if can_fuse and cfg.fused is not False:
         stepper = FusedStepper(model, guide, make_optim, weight)
-        stepper.fused.local_reparam = local_reparam
+        stepper.fused.local_reparam = cfg.local_reparam
         return stepper
     return TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)
 
@@ -419,41 +414,12 @@ def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -
     ) from cause
 
 
-def fit(
-    model: torch.nn.Module,
-    guide: torch.nn.Module,
-    data: DataLoader | Sequence[torch.Tensor],
-    *,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    optim: pyro.optim.PyroOptim | None = None,
-    loss: str | LossKind = "trace_elbo",
-    num_particles: int = 1,
-    vectorize_particles: bool = False,
-    kl_weight: float | Callable[[int, int], float] = 1.0,
-    lr_schedule: str | LRSchedule | Callable[[int, int], float] = "constant",
-    lr_schedule_options: Mapping[str, Any] | None = None,
-    callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    shuffle: bool = True,
-    seed: int | None = 0,
-    device: torch.device | str | None = None,
-    validate: bool = False,
-    fused: bool | None = None,
-    local_reparam: bool = False,
-    progress: bool = True,
-) -> History:
-    """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
+@dataclass(frozen=True)
+class FitConfig:
+    """Every option of :func:`fit` (``fit(model, guide, data, config=cfg)`` or the same
+    names as keywords; keywords given with a config override its fields).
 
-    Args:
-        model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
-        data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
-            such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
-            likelihood plate inside the loop only (:func:`pyrobayes.likelihoods.data_size`),
-            so each minibatch ELBO is unbiased for the full data and the model is left
-            unchanged for NUTS, ``Predictive`` or tracing afterwards.
+    Attributes:
         epochs, batch_size, lr: loop length, batch size for tensor data, Adam step size.
         optim: a Pyro optimiser (then Pyro's ``SVI`` runs the loop; a
             ``pyro.optim.PyroLRScheduler`` is stepped once per epoch), or a callable that
@@ -461,7 +427,7 @@ def fit(
             over all guide and model parameters at once: one fused update instead of
             Pyro's one optimiser per parameter, which dominates the step time of small nets).
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).
-        num_particles: ELBO samples per step.
+        num_particles, vectorize_particles: ELBO samples per step.
         kl_weight: :math:`\\beta`, a number or ``f(epoch, epochs) -> float`` (annealing).
         lr_schedule: learning rate :math:`\\eta_t = \\eta_0 f(t, T)` over the ``T`` steps
             of the whole fit (:class:`LRSchedule`: ``"constant"``, ``"cosine"``, ``"step"``)
@@ -472,6 +438,7 @@ def fit(
         checkpoint: JSON file (plus ``<checkpoint>.safetensors``) written atomically after
             every epoch; with ``resume=True`` and an existing file, training continues from
             it (at most one epoch is lost), also into a model converted under another name.
+        shuffle: reshuffle tensor data every epoch.
         seed: seeds Pyro and the batch order (``None``: leave global RNG alone).
         device: where data batches go (default: the model's device).
         validate: keep Pyro's distribution-argument validation on inside the loop (the
@@ -484,6 +451,69 @@ def fit(
             (:class:`~pyrobayes.guides.LocalReparameterization`): the same ELBO in
             expectation with lower-variance gradients.
         progress: show progress (a tqdm bar in terminals, a few plain lines in logs).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optim: Any = None
+    loss: str | LossKind = "trace_elbo"
+    num_particles: int = 1
+    vectorize_particles: bool = False
+    kl_weight: float | Callable[[int, int], float] = 1.0
+    lr_schedule: str | LRSchedule | Callable[[int, int], float] = "constant"
+    lr_schedule_options: Mapping[str, Any] | None = None
+    callbacks: Sequence[Callable[[dict[str, Any]], bool | None]] = ()
+    checkpoint: str | os.PathLike | None = None
+    resume: bool = False
+    shuffle: bool = True
+    seed: int | None = 0
+    device: torch.device | str | None = None
+    validate: bool = False
+    fused: bool | None = None
+    local_reparam: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        try:
+            LossKind(self.loss)
+        except ValueError:
+            raise ValueError(
+                f"unknown loss {self.loss!r}; valid: {', '.join(k.value for k in LossKind)}"
+            ) from None
+        object.__setattr__(self, "callbacks", tuple(self.callbacks))
+
+
+def _config(config: FitConfig | None, options: dict[str, Any]) -> FitConfig:
+    valid = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TypeError(f"fit() got unknown option(s) {unknown}; valid: {sorted(valid)}")
+    return dataclasses.replace(config, **options) if config is not None else FitConfig(**options)
+
+
+def fit(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: DataLoader | Sequence[torch.Tensor],
+    config: FitConfig | None = None,
+    **options: Any,
+) -> History:
+    """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
+
+    Args:
+        model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
+        data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
+            such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
+            likelihood plate inside the loop only (:func:`pyrobayes.likelihoods.data_size`),
+            so each minibatch ELBO is unbiased for the full data and the model is left
+            unchanged for NUTS, ``Predictive`` or tracing afterwards.
+        config: a :class:`FitConfig`; ``**options``: its fields as keywords (``epochs=``,
+            ``lr=``, ``lr_schedule=``, ``checkpoint=``, ...; they override ``config``).
 
     Raises:
         ValueError: bad options; NaN/inf in a batch (naming epoch, batch and input) before
@@ -491,53 +521,41 @@ def fit(
         FloatingPointError: the loss became NaN/inf; the message names epoch, step and
             site, and the guide, model and optimiser are left at their last finite state.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    try:
-        loss_kind = LossKind(loss)
-    except ValueError:
-        raise ValueError(
-            f"unknown loss {loss!r}; valid: {', '.join(k.value for k in LossKind)}"
-        ) from None
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    loader = _make_loader(data, batch_size, shuffle, seed)
+    cfg = _config(config, options)
+    if cfg.seed is not None:
+        pyro.set_rng_seed(cfg.seed)
+    loader = _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed)
     n_data = _data_size(loader)
     steps_per_epoch = _len_or_none(loader)
-    lr_factor = _lr_factor_fn(lr_schedule, lr_schedule_options, epochs, steps_per_epoch)
+    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
+    device = cfg.device
     if device is None:
         device = next((t.device for t in model.buffers()), torch.device("cpu"))
     model.train()
     weight = {"beta": 1.0}
-    stepper = _make_stepper(
-        model, guide, loss_kind=loss_kind, num_particles=num_particles,
-        vectorize_particles=vectorize_particles, optim=optim, lr=lr, fused=fused,
-        local_reparam=local_reparam, weight=weight,
-    )  # fmt: skip
+    stepper = _make_stepper(model, guide, cfg, weight)
     if lr_factor is not None and not stepper.supports_lr_factor:
         raise ValueError(
             "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
             "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
         )
     # The fused step registers its own draws; Pyro's traced paths use the messenger.
-    pyro_lrt = local_reparam and not isinstance(stepper, FusedStepper)
+    pyro_lrt = cfg.local_reparam and not isinstance(stepper, FusedStepper)
 
     def lrt():
         return LocalReparameterization() if pyro_lrt else contextlib.nullcontext()
 
     history, start_epoch = History(), 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.exists():
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
+    if ckpt is not None and cfg.resume and ckpt.exists():
         start_epoch = _resume(ckpt, model, guide, stepper, loader, device, history)
 
-    callbacks = list(callbacks)
+    epochs = cfg.epochs
     total_steps = epochs * (steps_per_epoch or 0)
-    bar = progress_bar(range(start_epoch, epochs), enabled=progress, desc="SVI", unit="epoch")
+    bar = progress_bar(range(start_epoch, epochs), enabled=cfg.progress, desc="SVI", unit="epoch")
     with data_size(n_data):
         for epoch in bar:
-            weight["beta"] = _kl_weight_at(kl_weight, epoch, epochs)
+            weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
             t0, total, seen, steps = time.perf_counter(), 0.0, 0, 0
             for step, batch in enumerate(loader):
                 xs, kw, y = _split_batch(batch, device)
@@ -548,25 +566,19 @@ def fit(
                     )
                 total += _run_step(
                     stepper, model, guide, xs, kw, y,
-                    epoch=epoch, step=step, validate=validate, lrt=lrt,
+                    epoch=epoch, step=step, validate=cfg.validate, lrt=lrt,
                 )  # fmt: skip
                 seen += len(y)
                 steps += 1
             if steps == 0:
                 raise ValueError(f"the DataLoader yielded no batches in epoch {epoch}")
-            if isinstance(optim, pyro.optim.PyroLRScheduler):
-                optim.step()
-            # SVI returns the full-data loss estimate per step; average the steps, per point.
-            record = {
-                "epoch": epoch + 1,
-                "loss": total / steps / (n_data or seen),
-                "kl_weight": weight["beta"],
-                "seconds": time.perf_counter() - t0,
-            }
+            if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
+                cfg.optim.step()
+            record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)
             if lr_factor is not None:
                 record["lr_factor"] = stepper.lr_factor
             stop = False
-            for cb in callbacks:
+            for cb in cfg.callbacks:
                 stop = bool(cb(record)) or stop
             history.records.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
@@ -577,6 +589,16 @@ def fit(
                 break
     bar.close()
     return history
+
+
+def _epoch_record(epoch: int, total: float, steps: int, n: int, weight: dict, t0: float) -> dict:
+    # SVI returns the full-data loss estimate per step; average the steps, per point.
+    return {
+        "epoch": epoch + 1,
+        "loss": total / steps / n,
+        "kl_weight": weight["beta"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def _len_or_none(loader) -> int | None:
