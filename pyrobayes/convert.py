@@ -38,7 +38,7 @@ from torch import nn
 
 from pyrobayes.priors import Prior, get_prior
 
-__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted"]
+__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted", "check_input_dtype"]
 
 PRETRAINED_SUFFIX = "_pretrained"
 
@@ -125,7 +125,15 @@ def to_pyro(
         The converted ``PyroModule``; calling it inside SVI draws one weight sample per site.
 
     Raises:
-        ValueError: unknown prior, a pattern that matches no parameter, or nothing selected.
+        ValueError: unknown prior, a pattern that matches no parameter, an include pattern
+            that matches only frozen parameters (without ``include_frozen``), a tied
+            parameter included under one name and excluded under another, or nothing
+            selected.
+
+    Tied parameters (one tensor under several paths, e.g. GPT-2's ``lm_head.weight`` and
+    ``transformer.wte.weight``) form one site: including any of its paths makes the
+    shared tensor Bayesian everywhere it is used. Excluding one of its paths while
+    including another is contradictory and raises.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"to_pyro expects an nn.Module, got {type(module).__name__}")
@@ -166,9 +174,29 @@ def to_pyro(
             frozen.extend(paths)
             if not include_frozen:
                 continue
+        if selected and len(selected) < len(paths):
+            excluded = [path for path in paths if _matches(path, excludes)]
+            if excluded:
+                # A tied parameter is one tensor, hence one site: it cannot be Bayesian
+                # under one name and deterministic under another.
+                raise ValueError(
+                    f"parameters {selected} and {excluded} are tied (one tensor, one sample "
+                    "site) but the first are included and the second excluded; include or "
+                    "exclude all of them"
+                )
         if selected:
             owner, attr = _split(paths[0])
             chosen.append(BayesianParam(owner, attr, tuple(paths[1:])))
+    if not include_frozen and includes:
+        frozen_set = set(frozen)
+        for pattern in includes:
+            hits = [path for path in all_paths if _matches(path, [pattern])]
+            if hits and all(path in frozen_set for path in hits):
+                raise ValueError(
+                    f"include pattern {pattern!r} matches only frozen parameters "
+                    f"(requires_grad=False), e.g. {hits[0]!r}; pass include_frozen=True to "
+                    "make them Bayesian"
+                )
     if not chosen:
         raise ValueError(
             "no parameter was selected to become Bayesian; check include/exclude/include_types"
@@ -282,3 +310,31 @@ def pretrained_values(module: nn.Module) -> dict[str, torch.Tensor]:
         site: getattr(modules[c.owner], c.attr + PRETRAINED_SUFFIX)
         for site, c in zip(names, net._pyrobayes_sites)
     }
+
+
+def check_input_dtype(net: nn.Module, *inputs, **kwargs) -> None:
+    """Raise a ``TypeError`` naming both dtypes when a floating-point input's dtype differs
+    from the network's (Pyro would otherwise fail deep inside a trace with a matmul error).
+
+    Integer inputs (token ids, masks) are not checked.
+
+    >>> import torch
+    >>> check_input_dtype(torch.nn.Linear(2, 1).double(), torch.zeros(1, 2))
+    Traceback (most recent call last):
+    ...
+    TypeError: input 0 has dtype torch.float32 but the network's weights are torch.float64; cast the input with .to(torch.float64)
+    """
+    dtype = next(
+        (t.dtype for t in itertools.chain(net.parameters(), net.buffers()) if t.is_floating_point()),
+        None,
+    )
+    if dtype is None:
+        return
+    named = list(enumerate(inputs)) + list(kwargs.items())
+    for key, x in named:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+            what = f"input {key}" if isinstance(key, int) else f"input {key!r}"
+            raise TypeError(
+                f"{what} has dtype {x.dtype} but the network's weights are {dtype}; "
+                f"cast the input with .to({dtype})"
+            )

@@ -47,11 +47,16 @@ class GuideKind(str, Enum):
 
 
 def _check_delta(delta: float, min_scale: float) -> None:
+    # bool is an int subclass: `delta=True` would silently mean delta = 1.
     if not (
-        isinstance(delta, (int, float)) and delta > 0 and delta == delta and delta != float("inf")
+        isinstance(delta, (int, float))
+        and not isinstance(delta, bool)
+        and delta > 0 and delta == delta and delta != float("inf")
     ):
         raise ValueError(f"MOPED delta must be a positive finite number, got {delta!r}")
-    if not (min_scale > 0):
+    if isinstance(min_scale, bool) or not (
+        isinstance(min_scale, (int, float)) and 0 < min_scale < float("inf")
+    ):
         raise ValueError(f"min_scale must be positive, got {min_scale!r}")
 
 
