@@ -38,7 +38,7 @@ from torch import nn
 
 from pyrobayes.priors import Prior, get_prior
 
-__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted", "check_input_dtype"]
+__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted", "check_input_dtype", "check_sites"]
 
 PRETRAINED_SUFFIX = "_pretrained"
 
@@ -338,3 +338,32 @@ def check_input_dtype(net: nn.Module, *inputs, **kwargs) -> None:
                 f"{what} has dtype {x.dtype} but the network's weights are {dtype}; "
                 f"cast the input with .to({dtype})"
             )
+
+
+def check_sites(module: nn.Module, names: Iterable[str], what: str = "draws") -> None:
+    """Raise a ``ValueError`` listing the *difference* between the model's Bayesian sites
+    and ``names`` (the keys of a draw dict, a guide's sites, a checkpoint): the sites
+    ``what`` lacks and the names the model does not have (a renamed network shows up as
+    both, e.g. ``bnn3.0.weight`` missing and ``bnn1.0.weight`` unexpected).
+
+    >>> import torch
+    >>> bnn = to_pyro(torch.nn.Linear(2, 1), name="a")
+    >>> check_sites(bnn, ["b.weight", "a.bias"])
+    Traceback (most recent call last):
+    ...
+    ValueError: draws do not match the model's sites: missing ['a.weight']; unexpected ['b.weight']
+    """
+    expected = list(bayesian_sites(module))
+    given = list(names)
+    missing = [s for s in expected if s not in set(given)]
+    if not missing:
+        return
+    unexpected = [s for s in given if s not in set(expected)]
+    raise ValueError(
+        f"{what} do not match the model's sites: missing {_head(missing)}; "
+        f"unexpected {_head(unexpected)}"
+    )
+
+
+def _head(names: list[str], k: int = 5) -> str:
+    return f"{names[:k]}" + (f" (+{len(names) - k} more)" if len(names) > k else "")

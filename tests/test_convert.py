@@ -266,3 +266,16 @@ def test_to_bayesian_rejects_bad_delta(delta):
 
     with pytest.raises(ValueError, match="delta"):
         to_bayesian(mlp(), delta=delta, name="bd")
+
+
+def test_check_sites_prints_the_difference():
+    from pyrobayes.convert import check_sites
+
+    bnn = to_pyro(mlp(), name="cs")
+    check_sites(bnn, bayesian_sites(bnn))  # equal: no error
+    other = {s.replace("cs.", "zz."): None for s in bayesian_sites(bnn)}
+    with pytest.raises(ValueError) as err:
+        check_sites(bnn, other, "guide sites")
+    msg = str(err.value)
+    assert "missing ['cs.0.weight', 'cs.0.bias'" in msg
+    assert "unexpected ['zz.0.weight', 'zz.0.bias'" in msg
