@@ -38,7 +38,16 @@ from torch import nn
 
 from pyrobayes.priors import Prior, get_prior
 
-__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted", "check_input_dtype", "check_sites"]
+__all__ = [
+    "to_pyro",
+    "bayesian_sites",
+    "BayesianParam",
+    "is_converted",
+    "check_input_dtype",
+    "check_sites",
+    "map_draws",
+    "twin_needs_loop",
+]
 
 PRETRAINED_SUFFIX = "_pretrained"
 
@@ -224,7 +233,12 @@ def to_pyro(
         value = getattr(layer, c.attr).detach().clone()
         delattr(layer, c.attr)
         layer.register_buffer(c.attr + PRETRAINED_SUFFIX, value)
-        setattr(layer, c.attr, PyroSample(_prior_fn(prior_obj, c.attr)))
+        # PyroModule's own __setattr__, not the layer's: RNNBase.__setattr__ would first
+        # write the new value into ``_flat_weights``, which for Pyro RNNs is a descriptor
+        # that re-reads every weight attribute, and this one was just deleted. Pyro's
+        # descriptor then rebuilds ``_flat_weights`` from the *sampled* weights on every
+        # access, so recurrent layers see each draw.
+        PyroModule.__setattr__(layer, c.attr, PyroSample(_prior_fn(prior_obj, c.attr)))
         for alias in c.aliases:
             a_owner, a_attr = _split(alias)
             alias_layer = modules[a_owner]
@@ -325,7 +339,11 @@ def check_input_dtype(net: nn.Module, *inputs, **kwargs) -> None:
     TypeError: input 0 has dtype torch.float32 but the network's weights are torch.float64; cast the input with .to(torch.float64)
     """
     dtype = next(
-        (t.dtype for t in itertools.chain(net.parameters(), net.buffers()) if t.is_floating_point()),
+        (
+            t.dtype
+            for t in itertools.chain(net.parameters(), net.buffers())
+            if t.is_floating_point()
+        ),
         None,
     )
     if dtype is None:
@@ -367,3 +385,57 @@ def check_sites(module: nn.Module, names: Iterable[str], what: str = "draws") ->
 
 def _head(names: list[str], k: int = 5) -> str:
     return f"{names[:k]}" + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+# Layers whose fused kernels (aten::lstm, aten::gru, aten::rnn_tanh/relu) have no vmap
+# batching rule and no fallback: vmapping over weight draws raises.
+_UNBATCHABLE = (nn.RNNBase,)
+
+
+def twin_needs_loop(module: nn.Module) -> bool:
+    """Whether the converted network's twin holds a layer that ``torch.func.vmap`` cannot
+    batch over weight draws (recurrent layers), so draws must be evaluated one by one."""
+    net, _ = _converted_root(module)
+    return any(isinstance(m, _UNBATCHABLE) for m in net._pyrobayes_twin.modules())
+
+
+def map_draws(fn, in_dims: tuple, *, chunk_size: int | None = None, loop: bool = False):
+    """``torch.func.vmap(fn, in_dims, randomness="different", chunk_size=...)``, or with
+    ``loop=True`` the same mapping as a Python loop over the leading draw dimension
+    (results stacked), for networks :func:`twin_needs_loop` flags.
+
+    ``in_dims`` follows ``vmap``: ``0`` maps an argument (a tensor or a dict of tensors)
+    over its first dimension, ``None`` passes it whole to every call.
+
+    >>> import torch
+    >>> f = lambda w, x: x @ w
+    >>> w, x = torch.randn(3, 2, 1), torch.randn(4, 2)
+    >>> a = map_draws(f, (0, None))(w, x)
+    >>> b = map_draws(f, (0, None), loop=True)(w, x)
+    >>> a.shape, bool(torch.allclose(a, b))
+    (torch.Size([3, 4, 1]), True)
+    """
+    if not loop:
+        from torch.func import vmap
+
+        return vmap(fn, in_dims=in_dims, randomness="different", chunk_size=chunk_size)
+
+    def take(arg, dim, i):
+        if dim is None:
+            return arg
+        if isinstance(arg, dict):
+            return {k: v[i] for k, v in arg.items()}
+        return arg[i]
+
+    def size(arg):
+        return len(next(iter(arg.values()))) if isinstance(arg, dict) else len(arg)
+
+    def looped(*args):
+        sizes = {size(a) for a, d in zip(args, in_dims) if d is not None}
+        if len(sizes) != 1:
+            raise ValueError(f"mapped arguments disagree on the number of draws: {sorted(sizes)}")
+        (n,) = sizes
+        outs = [fn(*(take(a, d, i) for a, d in zip(args, in_dims))) for i in range(n)]
+        return torch.stack(outs)
+
+    return looped

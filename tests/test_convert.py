@@ -244,9 +244,7 @@ def test_to_bayesian_passes_include_types():
     from pyrobayes import to_bayesian
 
     net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(8, 1))
-    model, guide = to_bayesian(
-        net, include_types=nn.Linear, likelihood=Gaussian(0.1), name="it"
-    )
+    model, guide = to_bayesian(net, include_types=nn.Linear, likelihood=Gaussian(0.1), name="it")
     assert sorted(bayesian_sites(model)) == ["it.net.2.bias", "it.net.2.weight"]
     guide.setup(torch.randn(3, 1, 6))
     assert guide(torch.randn(3, 1, 6))["it.net.2.weight"].shape == (1, 8)

@@ -51,7 +51,9 @@ def _check_delta(delta: float, min_scale: float) -> None:
     if not (
         isinstance(delta, (int, float))
         and not isinstance(delta, bool)
-        and delta > 0 and delta == delta and delta != float("inf")
+        and delta > 0
+        and delta == delta
+        and delta != float("inf")
     ):
         raise ValueError(f"MOPED delta must be a positive finite number, got {delta!r}")
     if isinstance(min_scale, bool) or not (
