@@ -138,6 +138,9 @@ class MOPEDNormal(_Setup, AutoNormal):
         return self._get_loc_and_scale(site)
 
 
+_LOWRANK_DTYPES = {"torch.float32", "torch.float64"}
+
+
 class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     """Low-rank-plus-diagonal multivariate Normal with the MOPED mean and diagonal.
 
@@ -151,6 +154,15 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.delta, self.min_scale = float(delta), float(min_scale)
         self._pretrained = _init_values(model)
+        low = sorted({str(v.dtype) for v in self._pretrained.values()} - _LOWRANK_DTYPES)
+        if low:
+            # LowRankMultivariateNormal factors its capacitance matrix by Cholesky, which
+            # has no half-precision kernel (and would be too inaccurate in bf16 anyway).
+            raise TypeError(
+                f"MOPEDLowRank needs float32 or float64 weights, got {', '.join(low)}: the "
+                "low-rank Normal's Cholesky has no half-precision kernel. Use the mean-field "
+                "guide (MOPEDNormal, guide='normal') or convert the network with .float()"
+            )
         super().__init__(
             _latent_only(model),
             init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
