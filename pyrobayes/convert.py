@@ -36,6 +36,7 @@ from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from pyrobayes._pyro_compat import pyro_name, set_pyro_name
 from pyrobayes.priors import Prior, get_prior
 
 __all__ = [
@@ -226,7 +227,7 @@ def to_pyro(
     to_pyro_module_(target)
     # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
     # the global param store, so two converted copies of one net would silently share.
-    target._pyro_set_supermodule(name or _unique_name(), target._pyro_context)
+    set_pyro_name(target, name or _unique_name())
     modules = dict(target.named_modules(remove_duplicate=False))
     for c in chosen:
         layer = modules[c.owner]
@@ -297,7 +298,7 @@ def bayesian_sites(module: nn.Module) -> dict[str, list[str]]:
     modules = dict(net.named_modules(remove_duplicate=False))
     out: dict[str, list[str]] = {}
     for c in net._pyrobayes_sites:
-        prefix = modules[c.owner]._pyro_name
+        prefix = pyro_name(modules[c.owner])
         site = f"{prefix}.{c.attr}" if prefix else c.attr
         out[site] = [c.path, *c.aliases]
     return out

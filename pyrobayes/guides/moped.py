@@ -36,6 +36,13 @@ from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
 from pyro.nn import PyroParam
 from pyro.nn.module import PyroModule
 
+from pyrobayes._pyro_compat import (
+    event_dims,
+    init_scale,
+    loc_and_scale,
+    setup_prototype,
+    unconstrained_shapes,
+)
 from pyrobayes.convert import pretrained_values
 
 __all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_scale"]
@@ -81,7 +88,7 @@ class _Setup:
     def setup(self, *args, **kwargs) -> None:
         """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
         if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+            setup_prototype(self, *args, **kwargs)
 
 
 class MOPEDNormal(_Setup, AutoNormal):
@@ -113,9 +120,9 @@ class MOPEDNormal(_Setup, AutoNormal):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         for name, w in self._pretrained.items():
-            if name not in self._event_dims:
+            if name not in event_dims(self):
                 continue
-            event_dim = self._event_dims[name]
+            event_dim = event_dims(self)[name]
             _deep_set_param(
                 self.scales,
                 name,
@@ -135,7 +142,7 @@ class MOPEDNormal(_Setup, AutoNormal):
             raise RuntimeError(
                 "the guide is not set up yet: call guide.setup(*inputs) or fit first"
             )
-        return self._get_loc_and_scale(site)
+        return loc_and_scale(self, site)
 
 
 _LOWRANK_DTYPES = {"torch.float32", "torch.float64"}
@@ -172,7 +179,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         pieces = []
-        for name, shape in self._unconstrained_shapes.items():
+        for name, shape in unconstrained_shapes(self).items():
             if name in self._pretrained:
                 pieces.append(
                     moped_scale(self._pretrained[name], self.delta, self.min_scale).reshape(-1)
@@ -180,7 +187,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             else:
                 pieces.append(
                     self.loc.new_full(
-                        (int(torch.Size(shape).numel()),), 0.5**0.5 * self._init_scale
+                        (int(torch.Size(shape).numel()),), 0.5**0.5 * init_scale(self)
                     )
                 )
         scale = torch.cat(pieces).to(self.loc)
