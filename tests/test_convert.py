@@ -277,3 +277,14 @@ def test_check_sites_prints_the_difference():
     msg = str(err.value)
     assert "missing ['cs.0.weight', 'cs.0.bias'" in msg
     assert "unexpected ['zz.0.weight', 'zz.0.bias'" in msg
+
+
+def test_tiny_gpt2_tied_include_with_exclude_raises():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30, n_positions=8)
+    gpt = transformers.GPT2LMHeadModel(cfg).eval()
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*transformer\.wte\.weight.*tied"):
+        to_pyro(gpt, include="lm_head", exclude="transformer.wte", name="gptx")
+    # Including the head alone makes the shared embedding Bayesian too: one site.
+    sites = bayesian_sites(to_pyro(gpt, include="lm_head", name="gpti"))
+    assert list(sites.values()) == [["transformer.wte.weight", "lm_head.weight"]]
