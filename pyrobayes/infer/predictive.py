@@ -59,6 +59,41 @@ def sample_prior(model: nn.Module, num_draws: int) -> dict[str, torch.Tensor]:
     return {site: d.sample((num_draws,)) for site, d in site_priors(model).items()}
 
 
+def _pull_from_store(guide: nn.Module) -> None:
+    """Load trained values from Pyro's param store into a guide that was just set up here.
+
+    Such a guide was never called, so it holds its initial (pretrained/MOPED) values; if
+    the store holds parameters under its names (e.g. after
+    ``pyro.get_param_store().load(...)``), Pyro semantics say the store wins, and ignoring
+    them would silently predict from the initial values."""
+    import pyro
+    from torch.distributions import biject_to
+
+    prefix = getattr(guide, "_pyro_name", None)
+    if not prefix or not hasattr(guide, "named_pyro_params"):
+        return
+    store = pyro.get_param_store()
+    for name, _ in list(guide.named_pyro_params()):
+        full = f"{prefix}.{name}"
+        if full not in store:
+            continue
+        *path, leaf = name.split(".")
+        module = guide
+        for part in path:
+            module = module._modules[part]
+        constraint = module._pyro_params[leaf][0]
+        raw = module._parameters[leaf + "_unconstrained"]
+        stored = store[full].detach()
+        if stored.shape != raw.shape:
+            raise ValueError(
+                f"Pyro's param store holds {full!r} with shape {tuple(stored.shape)}, but this "
+                f"guide's parameter has shape {tuple(raw.shape)}: the store belongs to another "
+                "model (pyro.clear_param_store() to ignore it)"
+            )
+        with torch.no_grad():
+            raw.copy_(biject_to(constraint).inv(stored.to(raw.device, raw.dtype)))
+
+
 @torch.no_grad()
 def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[str, torch.Tensor]:
     """``{site: Tensor[num_draws, *shape]}`` from a fitted autoguide, drawn in one vectorised
@@ -66,6 +101,7 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     _check_count("num_draws", num_draws)
     if getattr(guide, "prototype_trace", None) is None:
         guide._setup_prototype(*args, **kwargs)
+        _pull_from_store(guide)
     if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
         return {site["name"]: value for site, value in guide._unpack_latent(latent)}
