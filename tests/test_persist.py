@@ -115,3 +115,12 @@ def test_param_store_round_trip_reaches_the_predictive(tmp_path):
     model3, g3 = _make(name="clf")
     with pytest.raises(ValueError, match="belongs to another model"):
         PosteriorPredictive(model3, g3, num_samples=4)(x)
+
+
+@pytest.mark.parametrize("module", ["pyrobayes.persist", "pyrobayes.infer.twin"])
+def test_new_module_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
