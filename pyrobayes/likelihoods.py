@@ -36,7 +36,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
-from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
+from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, as_class_indices
 
 __all__ = [
     "Likelihood",
@@ -167,20 +167,29 @@ class Categorical(Likelihood):
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
-            if y.shape != outputs.shape[:-1]:
-                raise ValueError(
-                    f"labels have shape {tuple(y.shape)} but logits have {tuple(outputs.shape)}"
-                )
-            n_classes = outputs.shape[-1]
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-                raise ValueError(
-                    f"labels must lie in [0, {n_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
-                )
+            y = self._labels(outputs, y)
         with self._plate(outputs.shape[0], outputs.device):
             pyro.sample("obs", dist.Categorical(logits=outputs).to_event(outputs.dim() - 2), obs=y)
         return outputs
 
+    @staticmethod
+    def _labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Class indices checked against the logits (shape, dtype, range, one-hot)."""
+        if outputs.shape[-1] < 2:
+            raise ValueError(
+                f"a categorical likelihood needs one logit per class, but the network outputs "
+                f"shape {tuple(outputs.shape)} ({outputs.shape[-1]} output); for regression "
+                "pass likelihood=Gaussian(...)"
+            )
+        y = as_class_indices(y, outputs.shape[-1], logits_shape=outputs.shape)
+        if y.shape != outputs.shape[:-1]:
+            raise ValueError(
+                f"labels have shape {tuple(y.shape)} but logits have {tuple(outputs.shape)}"
+            )
+        return y
+
     def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = self._labels(outputs, y)
         lp = -torch.nn.functional.cross_entropy(
             outputs.flatten(0, -2), y.flatten(), reduction="none"
         )

@@ -25,11 +25,10 @@ import math
 import torch
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Independent, Normal, biject_to
-from torch.func import functional_call
 
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.predictive import fixed_tensors
+from pyrobayes.infer.twin import fixed_tensors, twin_forward
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -87,10 +86,13 @@ class FusedMeanFieldELBO:
                 log_p = log_p + self._priors[site](w)
             twin = self.net._pyrobayes_twin
             twin.train(self.model.training)
-            out = self.model.output_fn(
-                functional_call(
-                    twin, {**fixed_tensors(self.net, detach=False), **weights}, inputs, kwargs
-                )
+            out = twin_forward(
+                self.model,
+                weights,
+                *inputs,
+                net=self.net,
+                fixed=fixed_tensors(self.net, detach=False),
+                **kwargs,
             )
         lik = self.model.likelihood
         batch = out.shape[0]
