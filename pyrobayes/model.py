@@ -21,6 +21,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyrobayes._pyro_compat import pyro_name
 from pyrobayes.convert import check_input_dtype, to_pyro
 from pyrobayes.guides.moped import moped_guide
 from pyrobayes.likelihoods import Likelihood, get_likelihood
@@ -57,7 +58,7 @@ class BayesianModel(PyroModule):
     ):
         if not hasattr(net, "_pyrobayes_sites"):
             raise ValueError("BayesianModel needs a network converted by pyrobayes.to_pyro")
-        super().__init__(name=net._pyro_name)
+        super().__init__(name=pyro_name(net))
         self.net = net
         self.likelihood = get_likelihood(likelihood)
         self.output_fn = output_fn or default_output

@@ -38,7 +38,10 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro.nn import PyroModule
 from torch import nn
+
+from pyrobayes._pyro_compat import pyro_name, setup_prototype
 
 __all__ = ["save", "load", "FORMAT_TAG", "FORMAT_VERSION"]
 
@@ -47,7 +50,7 @@ FORMAT_VERSION = "1"
 
 
 def _model_name(model: nn.Module) -> str:
-    return str(getattr(model, "_pyro_name", ""))
+    return str(pyro_name(model)) if isinstance(model, PyroModule) else ""
 
 
 def _rename(key: str, old: str, new: str) -> str:
@@ -116,7 +119,7 @@ def load(path: str | os.PathLike, model: nn.Module, guide: nn.Module, *inputs, *
                 "the guide has not been set up: pass example network inputs, "
                 "load(path, model, guide, x)"
             )
-        guide._setup_prototype(*inputs, **kwargs)
+        setup_prototype(guide, *inputs, **kwargs)
     old, new = meta.get("model_name", ""), _model_name(model)
     device = next(iter(model.buffers()), torch.empty(0)).device
     for prefix, module in (("model", model), ("guide", guide)):
@@ -137,7 +140,7 @@ def load(path: str | os.PathLike, model: nn.Module, guide: nn.Module, *inputs, *
     # Stale param-store entries of the same names would override the loaded values the
     # next time the guide is called inside Pyro (PyroModule reads the store first).
     store = pyro.get_param_store()
-    prefix = getattr(guide, "_pyro_name", None)
+    prefix = pyro_name(guide) if isinstance(guide, PyroModule) else None
     if prefix:
         for name, _ in list(guide.named_pyro_params()):
             full = f"{prefix}.{name}"

@@ -88,10 +88,6 @@ def test_lstm_regressor_fit_end_to_end():
     assert out.std(0).mean() > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forward_draws vmaps the twin; needs convert.map_draws(..., loop=twin_needs_loop(model))",
-)
 def test_posterior_predictive_on_lstm():
     torch.manual_seed(0)
     x = torch.randn(8, 5, 2)

@@ -26,6 +26,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Independent, Normal, biject_to
 
+from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.twin import fixed_tensors, twin_forward
@@ -107,9 +108,9 @@ def _leaf(root, name: str):
     *path, attr = name.split(".")
     for part in path:
         module = module._modules[part]
-    if attr + "_unconstrained" in module._parameters:
-        raw = module._parameters[attr + "_unconstrained"]
-        transform = biject_to(module._pyro_params[attr][0])
+    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
+        raw = module._parameters[attr + UNCONSTRAINED_SUFFIX]
+        transform = biject_to(param_constraint(module, attr))
         if isinstance(transform, torch.distributions.transforms.IndependentTransform):
             transform = transform.base_transform
         if transform == torch.distributions.transforms.identity_transform:

@@ -29,8 +29,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from pyro.nn import PyroModule
 from torch import nn
 
+from pyrobayes._pyro_compat import (
+    UNCONSTRAINED_SUFFIX,
+    loc_and_scale,
+    param_constraint,
+    pyro_name,
+    setup_prototype,
+    unpack_latent,
+)
 from pyrobayes.convert import site_priors
 from pyrobayes.infer.twin import fixed_tensors, forward_draws
 
@@ -69,7 +78,7 @@ def _pull_from_store(guide: nn.Module) -> None:
     import pyro
     from torch.distributions import biject_to
 
-    prefix = getattr(guide, "_pyro_name", None)
+    prefix = pyro_name(guide) if isinstance(guide, PyroModule) else None
     if not prefix or not hasattr(guide, "named_pyro_params"):
         return
     store = pyro.get_param_store()
@@ -81,8 +90,8 @@ def _pull_from_store(guide: nn.Module) -> None:
         module = guide
         for part in path:
             module = module._modules[part]
-        constraint = module._pyro_params[leaf][0]
-        raw = module._parameters[leaf + "_unconstrained"]
+        constraint = param_constraint(module, leaf)
+        raw = module._parameters[leaf + UNCONSTRAINED_SUFFIX]
         stored = store[full].detach()
         if stored.shape != raw.shape:
             raise ValueError(
@@ -100,14 +109,14 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     pass (``args``/``kwargs`` are the model inputs, needed only if the guide is not set up)."""
     _check_count("num_draws", num_draws)
     if getattr(guide, "prototype_trace", None) is None:
-        guide._setup_prototype(*args, **kwargs)
+        setup_prototype(guide, *args, **kwargs)
         _pull_from_store(guide)
     if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
-        return {site["name"]: value for site, value in guide._unpack_latent(latent)}
+        return {site["name"]: value for site, value in unpack_latent(guide, latent)}
     sites = {}
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
-        loc, scale = guide._get_loc_and_scale(name)
+        loc, scale = loc_and_scale(guide, name)
         draw = loc + scale * torch.randn(
             (num_draws, *loc.shape), dtype=loc.dtype, device=loc.device
         )

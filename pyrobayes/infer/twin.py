@@ -30,9 +30,16 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
-from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites
+from pyrobayes.convert import (
+    PRETRAINED_SUFFIX,
+    _converted_root,
+    bayesian_sites,
+    check_sites,
+    map_draws,
+    twin_needs_loop,
+)
 from pyrobayes.model import default_output
 
 __all__ = ["fixed_tensors", "twin_forward", "forward_draws", "check_input_features"]
@@ -129,9 +136,8 @@ def forward_draws(
     """
     net, _ = _converted_root(model)
     sites = bayesian_sites(model)
-    missing = [s for s in sites if s not in draws]
-    if missing:
-        raise ValueError(f"draws are missing sites {missing[:3]}; expected {list(sites)[:3]} ...")
+    if any(s not in draws for s in sites):
+        check_sites(model, draws, "draws")
     num = {int(draws[s].shape[0]) for s in sites}
     if len(num) != 1:
         raise ValueError(f"draws disagree on the number of samples: {sorted(num)}")
@@ -155,7 +161,8 @@ def forward_draws(
     in_dims = (0, *([0 if inputs_batched else None] * len(inputs)))
     try:
         with torch.no_grad():
-            return vmap(one, in_dims=in_dims, randomness="different", chunk_size=chunk_size)(
+            # recurrent twins have no vmap batching rule: the same map as a loop
+            return map_draws(one, in_dims, chunk_size=chunk_size, loop=twin_needs_loop(model))(
                 stacked, *inputs
             )
     finally:
