@@ -258,14 +258,16 @@ class NUTSInfo:
         return self.draws
 
 
-def _ppd(model, out, draws, potential):
+def _ppd(
+    model: torch.nn.Module, out: torch.Tensor, draws: dict[str, torch.Tensor], potential: Potential
+) -> NormalMixturePPD | CategoricalPPD:
     lik = model.likelihood
     if not potential.extra_sites:
         return lik.ppd(out)
-    # a latent likelihood parameter varies per draw: condition each draw's value in
+    # a latent noise scale varies per draw: each mixture component gets its own sigma_s
     scale_site = [s for s in potential.extra_sites if s.endswith("scale")]
-    if len(scale_site) == 1 and hasattr(lik, "_squeeze"):
-        loc = lik._squeeze(out)
+    if len(scale_site) == 1 and len(potential.extra_sites) == 1:
+        loc = out.squeeze(-1) if out.dim() > 2 and out.shape[-1] == 1 else out
         scale = draws[scale_site[0]].reshape(loc.shape[0], *([1] * (loc.dim() - 1)))
         return NormalMixturePPD(loc, scale.to(loc.dtype).expand_as(loc))
     raise NotImplementedError(
