@@ -187,7 +187,8 @@ def nuts_ppd(
         if num_chains > 1:
             # distinct starts around the same point, so R-hat can see a chain that is stuck
             u0 = {
-                s: u + init_jitter * torch.randn((num_chains, *u.shape), dtype=u.dtype, device=u.device)
+                s: u
+                + init_jitter * torch.randn((num_chains, *u.shape), dtype=u.dtype, device=u.device)
                 for s, u in u0.items()
             }
         kernel = NUTS(
@@ -206,7 +207,8 @@ def nuts_ppd(
             initial_params=u0,
             disable_progbar=not progress,
             # forked workers cannot re-initialise CUDA
-            mp_context=mp_context or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
+            mp_context=mp_context
+            or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
             transforms={},
         )
         mcmc.run()
@@ -291,15 +293,24 @@ def _initial_values(potential: Potential, init: Any, map_steps: int) -> dict[str
         elif isinstance(init, dict):
             unknown = [k for k in init if k not in values]
             if unknown:
-                raise ValueError(f"init has unknown sites {unknown[:3]}; latent sites are {list(values)[:3]} ...")
+                raise ValueError(
+                    f"init has unknown sites {unknown[:3]}; latent sites are {list(values)[:3]} ..."
+                )
             values.update({k: torch.as_tensor(v).detach().to(values[k]) for k, v in init.items()})
         else:
-            raise ValueError(f"init must be a dict of site values or an nn.Module, got {type(init).__name__}")
+            raise ValueError(
+                f"init must be a dict of site values or an nn.Module, got {type(init).__name__}"
+            )
         for k, v in values.items():
             if v.shape != potential.init_values[k].shape:
-                raise ValueError(f"init for {k!r} has shape {tuple(v.shape)}, expected {tuple(potential.init_values[k].shape)}")
+                raise ValueError(
+                    f"init for {k!r} has shape {tuple(v.shape)}, expected {tuple(potential.init_values[k].shape)}"
+                )
     if map_steps > 0:
-        u = {s: t.detach().clone().requires_grad_(True) for s, t in potential.unconstrain(values).items()}
+        u = {
+            s: t.detach().clone().requires_grad_(True)
+            for s, t in potential.unconstrain(values).items()
+        }
         opt = torch.optim.Adam(list(u.values()), lr=1e-2)
         for _ in range(map_steps):
             opt.zero_grad()

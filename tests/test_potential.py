@@ -84,7 +84,9 @@ def test_potential_ignores_minibatch_dataset_size():
 
 def test_potential_with_constrained_latent_noise_site():
     torch.manual_seed(0)
-    model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian())
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian()
+    )
     x = torch.linspace(-2, 2, 15)[:, None]
     y = 0.5 * x[:, 0] + 0.2 * torch.randn(15)
     pot = _check(model, x, y, seed=2)
@@ -93,12 +95,21 @@ def test_potential_with_constrained_latent_noise_site():
 
 def test_nuts_samples_latent_noise_and_maps_it_back():
     torch.manual_seed(0)
-    model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian())
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian()
+    )
     g = torch.Generator().manual_seed(3)
     x = torch.rand(60, 1, generator=g) * 4 - 2
     y = 0.5 * x[:, 0] + 0.2 * torch.randn(60, generator=g)
     ppd, info = nuts_ppd(
-        model, x, y, torch.zeros(2, 1), num_warmup=150, num_samples=200, progress=False, seed=0,
+        model,
+        x,
+        y,
+        torch.zeros(2, 1),
+        num_warmup=150,
+        num_samples=200,
+        progress=False,
+        seed=0,
         return_mcmc=True,
     )
     sigma = info.draws["likelihood.scale"]
@@ -115,7 +126,9 @@ def test_nuts_init_from_network_and_rejects_bad_init():
     net = torch.nn.Linear(1, 1)
     model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), "gaussian")
     x = torch.linspace(-1, 1, 10)[:, None]
-    ppd = nuts_ppd(model, x, x[:, 0], x[:2], init=net, num_warmup=20, num_samples=10, progress=False, seed=0)
+    ppd = nuts_ppd(
+        model, x, x[:, 0], x[:2], init=net, num_warmup=20, num_samples=10, progress=False, seed=0
+    )
     assert ppd.num_draws == 10
     with pytest.raises(ValueError, match="unknown sites"):
         nuts_ppd(model, x, x[:, 0], x[:2], init={"nope": torch.zeros(1)}, progress=False)
