@@ -241,7 +241,7 @@ class NUTSInfo:
     def from_mcmc(cls, mcmc: MCMC, draws: dict[str, torch.Tensor]) -> NUTSInfo:
         diag = mcmc.diagnostics()
         r_hat, ess = [], []
-        for site, d in diag.items():
+        for d in diag.values():
             if not isinstance(d, dict) or "r_hat" not in d:
                 continue
             r_hat.append(torch.as_tensor(d["r_hat"]).flatten())
