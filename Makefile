@@ -33,6 +33,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_svi.py
 	$(BIN)/python benchmarks/bench_pfn.py
 	$(BIN)/python benchmarks/bench_classify.py
+	$(BIN)/python benchmarks/bench_reference.py
 
 clean:
 	rm -rf $(VENV) pyrobayes-out build *.egg-info

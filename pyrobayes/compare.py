@@ -77,6 +77,8 @@ _LABELS = {
     "brier": "Brier",
     KL_COLUMN: "KL(ref‖·)",
     TIME_COLUMN: "time (s)",
+    "r_hat": "R-hat",
+    "ess": "ESS",
 }
 
 
@@ -321,6 +323,7 @@ def compare_ppds(
     levels: Sequence[float] = DEFAULT_LEVELS,
     n_bins: int = 15,
     ood_scores: Sequence[OODScore | str] = ("entropy", "mutual_information"),
+    diagnostics: Mapping[str, Mapping[str, float]] | None = None,
 ) -> ComparisonTable:
     """Score several PPDs of the same held-out points and tabulate them.
 
@@ -340,6 +343,8 @@ def compare_ppds(
         times: ``{method name: seconds}``.
         reference: name of the reference method.
         ood_ppds: ``{method name: PPD on OOD inputs}`` (classification only).
+        diagnostics: ``{method name: {column: value}}`` shown next to that method's scores,
+            e.g. ``{"NUTS": {"r_hat": 1.01, "ess": 310.0}}`` (``None`` for other methods).
 
     Example::
 
@@ -395,6 +400,10 @@ def compare_ppds(
     extra = sorted(set(ood_ppds) - set(ppds))
     if extra:
         raise ValueError(f"ood_ppds given for unknown methods {extra}; methods: {list(ppds)}")
+    diagnostics = dict(diagnostics or {})
+    extra = sorted(set(diagnostics) - set(ppds))
+    if extra:
+        raise ValueError(f"diagnostics given for unknown methods {extra}; methods: {list(ppds)}")
 
     per_method: dict[str, dict[str, float]] = {}
     for name, ppd in ppds.items():
@@ -411,6 +420,7 @@ def compare_ppds(
                 m[KL_COLUMN] = kl_divergence_grid(ppds[reference], ppd, reduction="mean")
             else:
                 m[KL_COLUMN] = _categorical_kl(_as_cat(ppds[reference]), _as_cat(ppd))
+        m.update({c: float(v) for c, v in diagnostics.get(name, {}).items()})
         m[TIME_COLUMN] = times.get(name)
         per_method[name] = m
 

@@ -17,6 +17,7 @@ Example (a fast smoke run)::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 import warnings
@@ -170,6 +171,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     x_tr, y_tr, x_te, y_te, grid, truth, note = _load_data(cfg)
     pyro.set_rng_seed(cfg.seed)
     times: dict[str, float] = {}
+    diagnostics: dict[str, dict[str, float]] = {}  # max R-hat / min ESS of the NUTS reference
     test_ppds, grid_ppds = {}, {}
 
     t0 = time.perf_counter()
@@ -181,6 +183,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         grid_ppds["MLP + noise"] = normal_ppd(mlp(grid).squeeze(-1), noise)
     times["MLP + noise"] = t_mlp
 
+    mlp_weights = copy.deepcopy(mlp)  # NUTS starts from these (conversion reuses ``mlp``)
     t0 = time.perf_counter()
     model = default_regression_model(net=mlp)
     guide = MOPEDNormal(model, delta=cfg.delta)
@@ -224,7 +227,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         ref_name = "NUTS"
         ref_model = default_regression_model()
         t0 = time.perf_counter()
-        ppd, mcmc = nuts_ppd(
+        ppd, info = nuts_ppd(
             ref_model,
             x_tr,
             y_tr,
@@ -234,14 +237,14 @@ def run_compare(cfg: CompareConfig) -> dict:
             progress=cfg.progress,
             seed=cfg.seed,
             return_mcmc=True,
+            init=mlp_weights,  # start where the posterior mass is, not at a prior draw
         )
         times[ref_name] = time.perf_counter() - t0
+        diagnostics[ref_name] = {"r_hat": info.max_r_hat, "ess": info.min_ess}
         test_ppds[ref_name] = ppd
-        grid_ppds[ref_name] = ref_model.likelihood.ppd(
-            forward_draws(ref_model, mcmc.get_samples(), grid)
-        )
+        grid_ppds[ref_name] = ref_model.likelihood.ppd(forward_draws(ref_model, info.draws, grid))
 
-    table = compare_ppds(test_ppds, y_te, times=times, reference=ref_name)
+    table = compare_ppds(test_ppds, y_te, times=times, reference=ref_name, diagnostics=diagnostics)
     out.mkdir(parents=True, exist_ok=True)
     fig, _ = plot_ppd_comparison(grid, grid_ppds, train=(x_tr, y_tr), truth=truth, ncols=2)
     fig.suptitle(f"Posterior predictives, n_train={len(x_tr)} — {note}", fontsize=9)

@@ -28,18 +28,20 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pyro.infer import MCMC, NUTS
-from pyro.infer.autoguide.initialization import init_to_sample
 
 from pyrobayes.gp import exact_gp_ppd
+from pyrobayes.infer.potential import Potential
 from pyrobayes.infer.predictive import forward_draws
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
 
-__all__ = ["exact_gp_ppd", "nuts_ppd"]
+__all__ = ["NUTSInfo", "exact_gp_ppd", "nuts_ppd"]
 
 
 def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
@@ -96,8 +98,12 @@ def nuts_ppd(
     return_mcmc: bool = False,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
-    init_strategy: Any = None,
     chunk_size: int | None = 256,
+    init: Any = None,
+    map_steps: int = 0,
+    step_size: float = 0.01,
+    init_jitter: float = 0.01,
+    mp_context: str | None = None,
 ) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, MCMC]:
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
@@ -174,24 +180,141 @@ def nuts_ppd(
             f"{tuple(xt.shape[1:])}"
         )
 
-    kernel = NUTS(
-        model,
-        target_accept_prob=target_accept_prob,
-        max_tree_depth=max_tree_depth,
-        init_strategy=init_strategy if init_strategy is not None else init_to_sample,
-    )
-    mcmc = MCMC(
-        kernel,
-        num_samples=num_samples,
-        warmup_steps=num_warmup,
-        num_chains=num_chains,
-        disable_progbar=not progress,
-        # forked workers cannot re-initialise CUDA
-        mp_context="spawn" if device.type == "cuda" and num_chains > 1 else None,
-    )
     with _full_batch_eval(model), _seeded(seed, device):
-        mcmc.run(xt, y=yt)
-        draws = mcmc.get_samples()
+        potential = Potential(model, xt, yt)
+        init_values = _initial_values(potential, init, map_steps)
+        u0 = potential.unconstrain(init_values)
+        if num_chains > 1:
+            # distinct starts around the same point, so R-hat can see a chain that is stuck
+            u0 = {
+                s: u
+                + init_jitter * torch.randn((num_chains, *u.shape), dtype=u.dtype, device=u.device)
+                for s, u in u0.items()
+            }
+        kernel = NUTS(
+            potential_fn=potential,
+            step_size=step_size,
+            adapt_step_size=True,
+            adapt_mass_matrix=True,
+            target_accept_prob=target_accept_prob,
+            max_tree_depth=max_tree_depth,
+        )
+        mcmc = MCMC(
+            kernel,
+            num_samples=num_samples,
+            warmup_steps=num_warmup,
+            num_chains=num_chains,
+            initial_params=u0,
+            disable_progbar=not progress,
+            # forked workers cannot re-initialise CUDA
+            mp_context=mp_context
+            or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
+            transforms={},
+        )
+        mcmc.run()
+        unconstrained = mcmc.get_samples()
+        draws = potential.constrain(unconstrained)
         out = forward_draws(model, draws, xq, chunk_size=chunk_size)
-    ppd = model.likelihood.ppd(out)
-    return (ppd, mcmc) if return_mcmc else ppd
+    ppd = _ppd(model, out, draws, potential)
+    info = NUTSInfo.from_mcmc(mcmc, draws)
+    if info.max_r_hat > 1.05:
+        warnings.warn(
+            f"NUTS has not converged: max R-hat {info.max_r_hat:.3f} > 1.05 "
+            f"(min ESS {info.min_ess:.0f}); run more warmup/samples or more chains",
+            stacklevel=2,
+        )
+    return (ppd, info) if return_mcmc else ppd
+
+
+@dataclass
+class NUTSInfo:
+    """Diagnostics of a NUTS run: ``max_r_hat`` and ``min_ess`` over all latent
+    coordinates (Pyro's split Gelman--Rubin and effective sample size), the ``MCMC``
+    object and the constrained ``draws`` ``{site: Tensor[S, *shape]}``."""
+
+    max_r_hat: float
+    min_ess: float
+    mcmc: MCMC
+    draws: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_mcmc(cls, mcmc: MCMC, draws: dict[str, torch.Tensor]) -> NUTSInfo:
+        diag = mcmc.diagnostics()
+        r_hat, ess = [], []
+        for d in diag.values():
+            if not isinstance(d, dict) or "r_hat" not in d:
+                continue
+            r_hat.append(torch.as_tensor(d["r_hat"]).flatten())
+            ess.append(torch.as_tensor(d["n_eff"]).flatten())
+        r = torch.cat(r_hat)
+        r = r[torch.isfinite(r)]
+        return cls(
+            max_r_hat=float(r.max()) if r.numel() else float("nan"),
+            min_ess=float(torch.cat(ess).min()),
+            mcmc=mcmc,
+            draws=draws,
+        )
+
+    def get_samples(self) -> dict[str, torch.Tensor]:
+        """The constrained draws (what ``MCMC.get_samples`` would give on the traced model)."""
+        return self.draws
+
+
+def _ppd(
+    model: torch.nn.Module, out: torch.Tensor, draws: dict[str, torch.Tensor], potential: Potential
+) -> NormalMixturePPD | CategoricalPPD:
+    lik = model.likelihood
+    if not potential.extra_sites:
+        return lik.ppd(out)
+    # a latent noise scale varies per draw: each mixture component gets its own sigma_s
+    scale_site = [s for s in potential.extra_sites if s.endswith("scale")]
+    if len(scale_site) == 1 and len(potential.extra_sites) == 1:
+        loc = out.squeeze(-1) if out.dim() > 2 and out.shape[-1] == 1 else out
+        scale = draws[scale_site[0]].reshape(loc.shape[0], *([1] * (loc.dim() - 1)))
+        return NormalMixturePPD(loc, scale.to(loc.dtype).expand_as(loc))
+    raise NotImplementedError(
+        f"PPD with latent likelihood sites {potential.extra_sites} is only built for a "
+        "Gaussian scale site"
+    )
+
+
+def _initial_values(potential: Potential, init: Any, map_steps: int) -> dict[str, torch.Tensor]:
+    """Constrained starting values: the given weights (dict of sites, or a network with the
+    converted net's parameter names), else the prior draw of the setup trace; then
+    ``map_steps`` of Adam on the potential (a MAP start, where the posterior mass is)."""
+    values = dict(potential.init_values)
+    if init is not None:
+        if isinstance(init, torch.nn.Module):
+            params = dict(init.named_parameters())
+            for site, path in potential.weight_paths.items():
+                if path not in params:
+                    raise ValueError(f"init network has no parameter {path!r} (site {site!r})")
+                values[site] = params[path].detach().to(values[site])
+        elif isinstance(init, dict):
+            unknown = [k for k in init if k not in values]
+            if unknown:
+                raise ValueError(
+                    f"init has unknown sites {unknown[:3]}; latent sites are {list(values)[:3]} ..."
+                )
+            values.update({k: torch.as_tensor(v).detach().to(values[k]) for k, v in init.items()})
+        else:
+            raise ValueError(
+                f"init must be a dict of site values or an nn.Module, got {type(init).__name__}"
+            )
+        for k, v in values.items():
+            if v.shape != potential.init_values[k].shape:
+                raise ValueError(
+                    f"init for {k!r} has shape {tuple(v.shape)}, expected {tuple(potential.init_values[k].shape)}"
+                )
+    if map_steps > 0:
+        u = {
+            s: t.detach().clone().requires_grad_(True)
+            for s, t in potential.unconstrain(values).items()
+        }
+        opt = torch.optim.Adam(list(u.values()), lr=1e-2)
+        for _ in range(map_steps):
+            opt.zero_grad()
+            potential(u).backward()
+            opt.step()
+        values = potential.constrain({s: t.detach() for s, t in u.items()})
+    return values
