@@ -305,7 +305,10 @@ class TabularBNNPrior:
         if d not in self._models:
             from pyrobayes.models.tabular import tabular_regression_model
 
-            self._models[d] = tabular_regression_model(d, noise_prior=self.noise_prior)
+            # building initialises (unused) weights; keep that off the global RNG stream so
+            # a resumed training draws exactly the datasets an uninterrupted one would
+            with torch.random.fork_rng(devices=[]):
+                self._models[d] = tabular_regression_model(d, noise_prior=self.noise_prior)
         return self._models[d]
 
     def describe(self) -> dict[str, Any]:
