@@ -267,3 +267,25 @@ def test_tabular_training_runs_and_resumes(tmp_path):
     assert full.model.config.input_mode == "tabular"
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_shipped_bnn_tabular_checkpoint():
+    from pyrobayes.pfn.checkpoint import checkpoint_paths
+    from pyrobayes.pfn.pretrained import CHECKPOINT_DIR
+
+    weights, meta = checkpoint_paths(CHECKPOINT_DIR / "bnn-tabular")
+    assert weights.stat().st_size <= 25 * 2**20
+    pfn = pretrained("bnn-tabular")
+    c = pfn.config
+    assert c.input_mode == "tabular" and c.num_features >= 10 and c.max_train >= 500
+    assert c.prior["kind"] == "bnn-tabular"
+    torch.manual_seed(5)
+    for d in (1, 10):
+        x = torch.randn(520, d)
+        y = 50 + 10 * torch.tanh(x[:, 0])
+        ppd = pfn.predict(x[:500], y[:500], x[500:])
+        assert ppd.batch_shape == (20,) and torch.isfinite(ppd.log_prob(y[500:])).all()
+    with pytest.raises(ValueError, match="at most"):
+        pfn.predict(
+            torch.randn(c.max_train + 1, 2), torch.randn(c.max_train + 1), torch.randn(1, 2)
+        )
