@@ -121,24 +121,82 @@ class Likelihood(PyroModule):
 
 
 class Gaussian(Likelihood):
-    """:math:`y \\sim \\mathcal N(f(x), \\sigma^2)`, with ``sigma`` fixed or learned (as a
-    point estimate, type-II maximum likelihood)."""
+    """:math:`y \\sim \\mathcal N(f(x), \\sigma^2)`, with ``sigma`` fixed, learned (as a
+    point estimate, type-II maximum likelihood) or latent with a prior.
+
+    Args:
+        scale: the fixed (or initial learned) noise std.
+        learn_scale: learn ``sigma`` as a parameter.
+        noise_prior: a distribution over positive reals; makes ``sigma`` a latent site
+            ``pyro.sample("noise_scale", noise_prior)`` drawn once per model execution
+            before the data plate, so NUTS samples it, an autoguide fits it and a PFN
+            trained on this model's prior integrates it out. ``scale`` is then unused.
+        dataset_size: the plate's ``N``.
+
+    With a latent noise, :meth:`ppd` needs the per-draw scales (``noise_scale=``).
+
+    Example::
+
+        >>> import pyro.distributions as dist
+        >>> lik = Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8))
+        >>> lik.ppd(torch.zeros(3, 4, 1), noise_scale=torch.tensor([0.1, 0.2, 0.3])).batch_shape
+        torch.Size([4])
+    """
+
+    NOISE_SITE = "noise_scale"
 
     def __init__(
-        self, scale: float = 0.1, learn_scale: bool = False, dataset_size: int | None = None
+        self,
+        scale: float = 0.1,
+        learn_scale: bool = False,
+        dataset_size: int | None = None,
+        noise_prior: torch.distributions.Distribution | None = None,
     ):
         super().__init__(dataset_size)
         if not (float(scale) > 0):
             raise ValueError(f"Gaussian noise scale must be positive, got {scale!r}")
+        if noise_prior is not None:
+            if learn_scale:
+                raise ValueError("Gaussian: give either learn_scale=True or noise_prior, not both")
+            if not isinstance(noise_prior, torch.distributions.Distribution):
+                raise TypeError(
+                    f"noise_prior must be a torch/pyro distribution, got {type(noise_prior).__name__}"
+                )
+            if noise_prior.batch_shape != torch.Size() or noise_prior.event_shape != torch.Size():
+                raise ValueError(
+                    "noise_prior must be a scalar distribution (empty batch/event shape)"
+                )
+            support = noise_prior.support
+            if not (
+                support is constraints.positive
+                or isinstance(support, constraints.greater_than | constraints.interval)
+                and float(getattr(support, "lower_bound", -1.0)) >= 0
+            ):
+                raise ValueError(f"noise_prior must have positive support, got {support}")
+        self.noise_prior = noise_prior
         self.learn_scale = learn_scale
         if learn_scale:
             self.scale = PyroParam(torch.tensor(float(scale)), constraint=constraints.positive)
         else:
             self.register_buffer("scale", torch.tensor(float(scale)))
 
+    @property
+    def latent_noise(self) -> bool:
+        """Whether the noise std is a latent ``"noise_scale"`` site."""
+        return self.noise_prior is not None
+
     @staticmethod
     def _squeeze(f: torch.Tensor) -> torch.Tensor:
         return f.squeeze(-1) if f.dim() > 1 and f.shape[-1] == 1 else f
+
+    def _noise_prior_on(self, device: torch.device, dtype: torch.dtype):
+        # Distributions do not follow .to(); move the prior's tensors lazily instead.
+        p = self.noise_prior
+        if hasattr(p, "loc") and hasattr(p, "scale") and isinstance(p, dist.LogNormal):
+            return dist.LogNormal(p.loc.to(device, dtype), p.scale.to(device, dtype))
+        if isinstance(p, dist.HalfNormal):
+            return dist.HalfNormal(p.scale.to(device, dtype))
+        return p
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         loc = self._squeeze(outputs)
@@ -148,18 +206,48 @@ class Gaussian(Likelihood):
                 raise ValueError(
                     f"targets have shape {tuple(y.shape)} but the network predicts {tuple(loc.shape)}"
                 )
+        if self.latent_noise:
+            # one sigma per model execution, outside the data plate (it is shared by all points)
+            sigma = pyro.sample(self.NOISE_SITE, self._noise_prior_on(loc.device, loc.dtype))
+        else:
+            sigma = self.scale
         with self._plate(loc.shape[0], loc.device):
-            pyro.sample("obs", dist.Normal(loc, self.scale).to_event(loc.dim() - 1), obs=y)
+            pyro.sample("obs", dist.Normal(loc, sigma).to_event(loc.dim() - 1), obs=y)
         return loc
 
-    def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _draw_scale(self, loc: torch.Tensor, noise_scale) -> torch.Tensor:
+        """The noise std as a tensor broadcastable to ``loc`` (``[S, ...]``)."""
+        if noise_scale is None:
+            if self.latent_noise:
+                raise ValueError(
+                    "this Gaussian has a latent noise scale: pass the per-draw values as "
+                    f"noise_scale= (the {self.NOISE_SITE!r} site of the posterior draws)"
+                )
+            return self.scale.detach().to(loc.dtype)
+        s = torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
+        if s.dim() == 1 and loc.dim() >= 1 and s.shape[0] == loc.shape[0]:
+            s = s.reshape(s.shape[0], *([1] * (loc.dim() - 1)))
+        return s
+
+    def log_prob(
+        self, outputs: torch.Tensor, y: torch.Tensor, noise_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-point log-likelihood; ``noise_scale`` (a scalar) is required for a latent noise."""
         loc = self._squeeze(outputs)
-        lp = dist.Normal(loc, self.scale).log_prob(self._squeeze(y).to(loc.dtype))
+        if noise_scale is None:
+            sigma = self._draw_scale(loc, None)
+        else:
+            sigma = torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
+        lp = dist.Normal(loc, sigma).log_prob(self._squeeze(y).to(loc.dtype))
         return lp.reshape(lp.shape[0], -1).sum(-1)
 
-    def ppd(self, outputs: torch.Tensor) -> NormalMixturePPD:
+    def ppd(
+        self, outputs: torch.Tensor, noise_scale: torch.Tensor | None = None
+    ) -> NormalMixturePPD:
+        """Mixture over the ``S`` draws ``outputs [S, N, ...]``; ``noise_scale`` (``[S]`` or a
+        scalar) overrides the fixed scale and is required when the noise is latent."""
         loc = self._squeeze(outputs)
-        return NormalMixturePPD(loc, self.scale.detach().to(loc.dtype))
+        return NormalMixturePPD(loc, self._draw_scale(loc, noise_scale))
 
 
 class Categorical(Likelihood):

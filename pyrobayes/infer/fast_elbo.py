@@ -39,7 +39,13 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def supports_fused(model, guide) -> bool:
     """The fused step applies to a BayesianModel whose only latent sites are its weights,
     under an ``AutoNormal``-family guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`)."""
-    return isinstance(guide, AutoNormal) and hasattr(model, "likelihood") and hasattr(model, "net")
+    return (
+        isinstance(guide, AutoNormal)
+        and hasattr(model, "likelihood")
+        and hasattr(model, "net")
+        # a latent likelihood site (Gaussian(noise_prior=...)) is not in the fused step
+        and not getattr(model.likelihood, "latent_noise", False)
+    )
 
 
 class FusedMeanFieldELBO:

@@ -13,9 +13,9 @@ Example::
 
 from pyrobayes.pfn.bar import BarCriterion, BarDistribution, borders_from_samples
 from pyrobayes.pfn.checkpoint import load_checkpoint, save_checkpoint
-from pyrobayes.pfn.model import PFN, PFNConfig, Task
+from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
 from pyrobayes.pfn.pretrained import pretrained
-from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior
+from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior, TabularBNNPrior
 from pyrobayes.pfn.train import TrainConfig, TrainResult, train_pfn
 
 __all__ = [
@@ -27,6 +27,9 @@ __all__ = [
     "borders_from_samples",
     "GPPrior",
     "BNNPrior",
+    "TabularBNNPrior",
+    "InputMode",
+    "standardise_split",
     "DatasetPrior",
     "train_pfn",
     "TrainConfig",

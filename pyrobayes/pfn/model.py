@@ -35,7 +35,7 @@ from torch import nn
 from pyrobayes.pfn.bar import BarCriterion, BarDistribution
 from pyrobayes.ppd import CategoricalPPD
 
-__all__ = ["PFN", "PFNConfig", "Task"]
+__all__ = ["PFN", "PFNConfig", "Task", "InputMode", "standardise_split"]
 
 
 class Task(str, Enum):
@@ -54,6 +54,71 @@ class Task(str, Enum):
             ) from None
 
 
+class InputMode(str, Enum):
+    """How a PFN reads its inputs.
+
+    * ``"box"``: exactly ``num_features`` inputs, standardised by the moments of the uniform
+      box ``[x_low, x_high]`` the prior draws from; targets by the fixed ``y_loc/y_scale``
+      (the 1-D checkpoints).
+    * ``"tabular"``: 1..``num_features`` inputs; every dataset's features and targets are
+      standardised by its own training split (:func:`standardise_split`), standardised
+      features are clipped to ``[x_low, x_high]``, then zero-padded to ``num_features``
+      and multiplied by :math:`\\sqrt{D/d}` so the squared norm of a token's input does not
+      depend on how many features ``d`` a dataset uses.
+    """
+
+    BOX = "box"
+    TABULAR = "tabular"
+
+    @classmethod
+    def parse(cls, value: str | InputMode) -> InputMode:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown input_mode {value!r}; choose one of {[m.value for m in cls]}"
+            ) from None
+
+
+def standardise_split(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_query: torch.Tensor,
+    y_query: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor
+]:
+    """Standardise a batch of datasets by each one's training split.
+
+    Shapes ``x_* [B, n|m, d]``, ``y_* [B, n|m]``. Features and targets get
+    :math:`(v - \\bar v_{\\text{train}}) / s_{\\text{train}}` (population std). Where the
+    std is undefined or zero (``n < 2``, a constant column) the scale is 1 and, for
+    ``n = 0``, the location 0, so constant columns become exactly zero.
+
+    Returns ``(x_train, y_train, x_query, y_query, y_loc [B], y_scale [B])``.
+    """
+    n = x_train.shape[1]
+    if n == 0:
+        zeros = y_train.new_zeros(y_train.shape[0])
+        return x_train, y_train, x_query, y_query, zeros, zeros + 1
+    x_loc = x_train.mean(1, keepdim=True)
+    x_sd = x_train.std(1, unbiased=False, keepdim=True)
+    x_sd = torch.where(x_sd > eps * (1 + x_loc.abs()), x_sd, torch.ones_like(x_sd))
+    y_loc = y_train.mean(1)
+    y_sd = y_train.std(1, unbiased=False)
+    y_sd = torch.where(y_sd > eps * (1 + y_loc.abs()), y_sd, torch.ones_like(y_sd))
+    loc, sd = y_loc.unsqueeze(1), y_sd.unsqueeze(1)
+    return (
+        (x_train - x_loc) / x_sd,
+        (y_train - loc) / sd,
+        (x_query - x_loc) / x_sd,
+        None if y_query is None else (y_query - loc) / sd,
+        y_loc,
+        y_sd,
+    )
+
+
 @dataclass(frozen=True)
 class PFNConfig:
     """Architecture, data normalisation and training-domain description of a PFN.
@@ -61,7 +126,10 @@ class PFNConfig:
     Stored as JSON beside every checkpoint. ``x_low``/``x_high`` is the box the prior
     draws inputs from (inputs are mapped to zero mean, unit variance of that uniform
     box); ``y_loc``/``y_scale`` standardise targets before the ``y`` embedding;
-    ``borders`` are the bar borders in raw target units (regression only).
+    ``borders`` are the bar borders in raw target units (regression only), or in
+    training-split-standardised units for ``input_mode="tabular"``. ``input_mode`` (see
+    :class:`InputMode`) is ``"box"`` for fixed-dimension PFNs; with ``"tabular"``,
+    ``num_features`` is the maximum number of features.
     """
 
     num_features: int = 1
@@ -79,9 +147,11 @@ class PFNConfig:
     borders: tuple[float, ...] = ()
     num_classes: int = 0
     prior: dict[str, Any] = field(default_factory=dict)
+    input_mode: str = "box"
 
     def __post_init__(self) -> None:
         Task.parse(self.task)
+        InputMode.parse(self.input_mode)
         for name in ("num_features", "d_model", "n_layers", "n_heads", "d_ff", "max_train"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(
@@ -186,6 +256,9 @@ class PFN(nn.Module):
         self.config = config
         c = config
         self.task = Task.parse(c.task)
+        self.input_mode = InputMode.parse(c.input_mode)
+        if self.input_mode is InputMode.TABULAR and self.task is not Task.REGRESSION:
+            raise ValueError("input_mode='tabular' is implemented for regression PFNs only")
         self.x_encoder = nn.Linear(c.num_features, c.d_model)
         if self.task is Task.REGRESSION:
             self.y_encoder: nn.Module = nn.Linear(1, c.d_model)
@@ -217,14 +290,28 @@ class PFN(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def _encode_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_mode is InputMode.BOX:
+            return (x - self.x_loc) / self.x_scale
+        d, dmax = x.shape[-1], self.config.num_features
+        if not 1 <= d <= dmax:
+            raise ValueError(f"this PFN takes 1..{dmax} features, got {d}")
+        x = x.clamp(self.config.x_low[0], self.config.x_high[0])
+        # zero-pad to the maximum width; sqrt(D/d) keeps E|x|^2 = D whatever d is
+        return nn.functional.pad(x, (0, dmax - d)) * (dmax / d) ** 0.5
+
     def forward(
         self, x_train: torch.Tensor, y_train: torch.Tensor, x_query: torch.Tensor
     ) -> torch.Tensor:
-        """Logits ``[B, m, K]`` of the predictive at each query (raw data in)."""
+        """Logits ``[B, m, K]`` of the predictive at each query.
+
+        ``"box"`` PFNs take raw data; ``"tabular"`` PFNs take data already standardised by
+        :func:`standardise_split` (as :meth:`predict` and training do), ``d <= num_features``.
+        """
         c = self.config
         n, m = x_train.shape[1], x_query.shape[1]
-        xt = (x_train - self.x_loc) / self.x_scale
-        xq = (x_query - self.x_loc) / self.x_scale
+        xt = self._encode_inputs(x_train)
+        xq = self._encode_inputs(x_query)
         if self.task is Task.REGRESSION:
             ey = self.y_encoder(((y_train - c.y_loc) / c.y_scale).unsqueeze(-1))
         else:
@@ -251,14 +338,19 @@ class PFN(nn.Module):
         d = self.config.num_features
         if t.dim() == 1:
             # [n] means n scalar inputs for 1-D models; a single point otherwise is ambiguous.
-            if d != 1:
+            if d != 1 and self.input_mode is InputMode.BOX:
                 raise ValueError(
                     f"{name} has shape {tuple(t.shape)} but this PFN expects [n, {d}] inputs"
                 )
             t = t.unsqueeze(-1)
         if t.dim() != 2:
             raise ValueError(f"{name} must have shape [n] or [n, d], got {tuple(t.shape)}")
-        if t.shape[1] != d:
+        if self.input_mode is InputMode.TABULAR:
+            if not 1 <= t.shape[1] <= d:
+                raise ValueError(
+                    f"{name} has {t.shape[1]} features but this PFN was trained on 1..{d} features"
+                )
+        elif t.shape[1] != d:
             raise ValueError(f"{name} has {t.shape[1]} features but this PFN was trained on {d}")
         t = t.to(device=self.device, dtype=self.x_encoder.weight.dtype)
         if not torch.isfinite(t).all():
@@ -280,7 +372,14 @@ class PFN(nn.Module):
             x_train: ``[n]`` or ``[n, d]`` (``n = 0`` gives the prior predictive).
             y_train: ``[n]`` targets (class labels for classification).
             x_query: ``[m]`` or ``[m, d]``.
-            strict: raise instead of warning when inputs leave the training box.
+            strict: raise instead of warning when inputs leave the training box or
+                targets leave the range of targets the PFN was trained on.
+
+        A ``"tabular"`` PFN standardises features and targets by the training split itself
+        (raw-unit data just work), drops features that are constant on the training split
+        (so zero-padding columns change nothing), and returns the bar PPD in raw target
+        units: its borders are :math:`\\mu_y + s_y b_k`, so the log-density includes the
+        Jacobian :math:`-\\log s_y`.
 
         Returns:
             :class:`BarDistribution` (regression) or a one-draw :class:`CategoricalPPD`,
@@ -323,6 +422,8 @@ class PFN(nn.Module):
                 raise ValueError("classification y_train must hold integer labels")
             if ((yt < 0) | (yt >= c.num_classes)).any():
                 raise ValueError(f"labels must lie in [0, {c.num_classes - 1}]")
+        if self.input_mode is InputMode.TABULAR:
+            return self._predict_tabular(xt, yt, xq, strict)
         low = torch.tensor(c.x_low, device=self.device)
         high = torch.tensor(c.x_high, device=self.device)
         for name, t in (("x_train", xt), ("x_query", xq)):
@@ -334,10 +435,50 @@ class PFN(nn.Module):
                 if strict:
                     raise ValueError(msg)
                 warnings.warn(msg, stacklevel=2)
+        if self.task is Task.REGRESSION:
+            self._check_targets(yt, strict, "y_train")
+        return self.distribution(self._forward_eval(xt, yt, xq))
+
+    def _forward_eval(self, xt: torch.Tensor, yt: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
         was_training = self.training
         self.eval()
         try:
-            logits = self(xt.unsqueeze(0), yt.unsqueeze(0), xq.unsqueeze(0))[0]
+            return self(xt.unsqueeze(0), yt.unsqueeze(0), xq.unsqueeze(0))[0]
         finally:
             self.train(was_training)
-        return self.distribution(logits)
+
+    def _check_targets(self, y: torch.Tensor, strict: bool, what: str) -> None:
+        """Warn (or raise) when targets leave the bar borders' range: the prior put
+        (almost) no mass there, so the PPD is an extrapolation that silently shrinks
+        towards the trained range (e.g. predictive means near 4.5 for targets near 100)."""
+        lo, hi = self.config.borders[0], self.config.borders[-1]
+        if y.numel() and (float(y.min()) < lo or float(y.max()) > hi):
+            msg = (
+                f"{what} spans [{float(y.min()):.4g}, {float(y.max()):.4g}], outside the range "
+                f"[{lo:.4g}, {hi:.4g}] of targets this PFN was trained on; its predictions are not "
+                "the prior's PPD there (rescale the targets, or use a PFN that standardises them)"
+            )
+            if strict:
+                raise ValueError(msg)
+            warnings.warn(msg, stacklevel=3)
+
+    def _predict_tabular(
+        self, xt: torch.Tensor, yt: torch.Tensor, xq: torch.Tensor, strict: bool
+    ) -> BarDistribution:
+        if xq.shape[1] != xt.shape[1]:
+            raise ValueError(f"x_query has {xq.shape[1]} features but x_train has {xt.shape[1]}")
+        n = xt.shape[0]
+        if n >= 2:
+            # constant-on-train columns carry no information (and are what padding looks like)
+            sd = xt.std(0, unbiased=False)
+            keep = sd > 1e-8 * (1 + xt.mean(0).abs())
+            if not keep.any():
+                keep[0] = True
+            xt, xq = xt[:, keep], xq[:, keep]
+        xs, ys, qs, _, y_loc, y_scale = standardise_split(
+            xt.unsqueeze(0), yt.unsqueeze(0), xq.unsqueeze(0)
+        )
+        self._check_targets(ys[0], strict, "y_train (standardised by its own mean and std)")
+        logits = self._forward_eval(xs[0], ys[0], qs[0])
+        borders = self.criterion.borders.to(logits.dtype)
+        return BarDistribution(y_loc[0] + y_scale[0] * borders, logits)

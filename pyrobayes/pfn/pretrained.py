@@ -5,6 +5,10 @@
 * ``"bnn-1d"``: the prior of :func:`pyrobayes.models.mlp.default_regression_model`
   (1-50-50-1 tanh MLP, fan-in Normal weights, N(0, 1) biases, noise std 0.1),
   x ~ U[-2, 2], up to 50 training points.
+* ``"bnn-tabular"``: the prior of :func:`pyrobayes.models.tabular.tabular_regression_model`
+  (d-50-50-1 tanh MLP, fan-in priors, LogNormal noise std) for 1..10 standardised
+  features and up to 512 training points; raw-unit data are standardised by the
+  training split inside ``predict``.
 
 How they were trained (command, steps, time, loss) is in ``checkpoints/README.md``.
 
@@ -35,10 +39,11 @@ class PretrainedName(str, Enum):
 
     GP_1D = "gp-1d"
     BNN_1D = "bnn-1d"
+    BNN_TABULAR = "bnn-tabular"
 
 
 def pretrained(name: str | PretrainedName, device: torch.device | str | None = None) -> PFN:
-    """Load a shipped PFN checkpoint by name (``"gp-1d"`` or ``"bnn-1d"``).
+    """Load a shipped PFN checkpoint by name (``"gp-1d"``, ``"bnn-1d"`` or ``"bnn-tabular"``).
 
     Args:
         name: checkpoint name.

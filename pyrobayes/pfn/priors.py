@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Protocol
 
 import torch
@@ -29,7 +30,7 @@ import torch
 from pyrobayes.gp import exact_gp_ppd, rbf_kernel
 from pyrobayes.ppd import NormalMixturePPD
 
-__all__ = ["DatasetPrior", "GPPrior", "BNNPrior"]
+__all__ = ["DatasetPrior", "GPPrior", "BNNPrior", "TabularBNNPrior", "FeatureKind"]
 
 
 class DatasetPrior(Protocol):
@@ -230,3 +231,145 @@ class BNNPrior:
         else:
             y = torch.distributions.Categorical(logits=out).sample().to(x.dtype)
         return x, y
+
+
+class FeatureKind(str, Enum):
+    """Marginal types of the synthetic tabular features."""
+
+    GAUSSIAN = "gaussian"
+    LOGNORMAL = "lognormal"
+    UNIFORM = "uniform"
+    STUDENT_T = "student_t"
+    BINARY = "binary"
+    ORDINAL = "ordinal"
+
+
+class TabularBNNPrior:
+    """Tabular regression datasets from :func:`~pyrobayes.models.tabular.tabular_regression_model`.
+
+    Per batch a feature count :math:`d \\sim U\\{d_{\\min}..d_{\\max}\\}`; per dataset:
+
+    * features from a Gaussian copula: :math:`z = \\varepsilon A^\\top` with
+      :math:`A = I + \\rho G` row-normalised (:math:`G` standard normal, :math:`\\rho \\sim
+      U(0, \\text{max\\_corr})`), then each column independently becomes one of
+      :class:`FeatureKind` (Gaussian; log-normal :math:`e^{s z}`, :math:`s \\sim U(0.5, 1.5)`;
+      uniform :math:`\\Phi(z)`; Student-t with 3 degrees of freedom; binary
+      :math:`1[z > c]`, :math:`c \\sim N(0, 0.7^2)`; ordinal :math:`\\lfloor k\\Phi(z)\\rfloor`,
+      :math:`k \\sim U\\{3..7\\}`) with equal probability, and every column is standardised
+      over the dataset (the network's inputs look like standardised real features);
+    * :math:`\\theta \\sim p(\\theta)` and :math:`\\sigma \\sim p(\\sigma)` of the tabular model
+      (the noise prior of ``noise_prior``), :math:`y = f_\\theta(x) + \\sigma\\varepsilon`.
+
+    ``sample`` returns ``x [B, L, d]`` (``d`` varies between calls) and ``y [B, L]``;
+    ``last_noise`` holds the ``[B]`` noise draws of the last call. Training (and
+    :meth:`PFN.predict <pyrobayes.pfn.PFN.predict>`) then standardise each dataset by its
+    training split.
+
+    Example::
+
+        >>> prior = TabularBNNPrior(max_features=4)
+        >>> x, y = prior.sample(3, 20)
+        >>> x.shape[0], x.shape[1], 1 <= x.shape[2] <= 4
+        (3, 20, True)
+    """
+
+    task = "regression"
+
+    def __init__(
+        self,
+        max_features: int = 10,
+        min_features: int = 1,
+        max_corr: float = 1.0,
+        noise_prior: torch.distributions.Distribution | None = None,
+        x_clip: float = 6.0,
+    ):
+        from pyrobayes.models.tabular import tabular_noise_prior
+
+        if not 1 <= int(min_features) <= int(max_features):
+            raise ValueError(
+                f"need 1 <= min_features <= max_features, got {min_features}, {max_features}"
+            )
+        if max_corr < 0 or x_clip <= 0:
+            raise ValueError("max_corr must be >= 0 and x_clip > 0")
+        self.max_features, self.min_features = int(max_features), int(min_features)
+        self.num_features = self.max_features
+        self.max_corr = float(max_corr)
+        self.noise_prior = noise_prior if noise_prior is not None else tabular_noise_prior()
+        # standardised features are clipped to this box in the PFN
+        self.x_low, self.x_high = _box(-float(x_clip), float(x_clip), self.num_features)
+        self._models: dict[int, Any] = {}
+        self.last_noise: torch.Tensor | None = None
+
+    def model(self, d: int):
+        """The tabular model for ``d`` features (built once per ``d``)."""
+        if d not in self._models:
+            from pyrobayes.models.tabular import tabular_regression_model
+
+            # building initialises (unused) weights; keep that off the global RNG stream so
+            # a resumed training draws exactly the datasets an uninterrupted one would
+            with torch.random.fork_rng(devices=[]):
+                self._models[d] = tabular_regression_model(d, noise_prior=self.noise_prior)
+        return self._models[d]
+
+    def describe(self) -> dict[str, Any]:
+        p = self.noise_prior
+        return {
+            "kind": "bnn-tabular",
+            "model": "tabular_regression_model: d-50-50-1 tanh, W ~ N(0, 1/fan_in), b ~ N(0, 1)",
+            "noise_prior": f"{type(p).__name__}("
+            + ", ".join(
+                f"{k}={float(getattr(p, k)):.6g}" for k in ("loc", "scale") if hasattr(p, k)
+            )
+            + ")",
+            "min_features": self.min_features,
+            "max_features": self.max_features,
+            "max_corr": self.max_corr,
+            "feature_kinds": [k.value for k in FeatureKind],
+            "x_low": list(self.x_low),
+            "x_high": list(self.x_high),
+        }
+
+    @torch.no_grad()
+    def sample_features(self, batch_size: int, seq_len: int, d: int) -> torch.Tensor:
+        """``[B, L, d]`` standardised synthetic features (see the class docstring)."""
+        B, L = batch_size, seq_len
+        g = torch.randn(B, d, d)
+        rho = self.max_corr * torch.rand(B, 1, 1)
+        a = torch.eye(d) + rho * g
+        a = a / a.norm(dim=-1, keepdim=True)
+        z = torch.randn(B, L, d) @ a.transpose(1, 2)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        kinds = torch.randint(len(FeatureKind), (B, 1, d))
+        s = 0.5 + torch.rand(B, 1, d)
+        chi2 = torch.distributions.Chi2(3.0).sample((B, L, d))
+        cut = 0.7 * torch.randn(B, 1, d)
+        levels = torch.randint(3, 8, (B, 1, d)).to(z.dtype)
+        u = normal.cdf(z).clamp(1e-6, 1 - 1e-6)
+        options = torch.stack(
+            [
+                z,
+                torch.exp(s * z),
+                u,
+                z / (chi2 / 3.0).sqrt(),
+                (z > cut).to(z.dtype),
+                torch.floor(levels * u).clamp(max=levels - 1),
+            ]
+        )
+        x = torch.gather(options, 0, kinds.expand(B, L, d).unsqueeze(0)).squeeze(0)
+        sd = x.std(1, unbiased=False, keepdim=True)
+        sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+        return (x - x.mean(1, keepdim=True)) / sd
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` datasets of ``seq_len`` points sharing one random ``d``."""
+        from pyrobayes.infer import forward_draws, sample_prior
+
+        d = int(torch.randint(self.min_features, self.max_features + 1, ()).item())
+        x = self.sample_features(batch_size, seq_len, d)
+        model = self.model(d)
+        draws = sample_prior(model, batch_size)
+        f = forward_draws(model, draws, x, inputs_batched=True).reshape(batch_size, seq_len)
+        sigma = self.noise_prior.sample((batch_size,)).to(f.dtype)
+        self.last_noise = sigma
+        return x, f + sigma.unsqueeze(1) * torch.randn_like(f)

@@ -43,12 +43,15 @@ from pyrobayes.pfn.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from pyrobayes.pfn.model import PFN, PFNConfig, Task
-from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior
+from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
+from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior, TabularBNNPrior
 
 __all__ = ["TrainConfig", "TrainResult", "train_pfn", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
+
+
+SIZE_SAMPLING = ("uniform", "log_uniform")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,11 @@ class TrainConfig:
 
     ``seq_len`` points per dataset, of which ``n ~ U{min_train..max_train}`` are
     training points (``seq_len > max_train`` so there is always at least one query).
+    With ``size_sampling="log_uniform"``, ``n`` is log-uniform on ``min_train..max_train``
+    (attention costs grow with :math:`n^2`, so most steps are cheap and a few are large);
+    with ``num_queries`` set, each step's datasets have ``n + num_queries`` points
+    (``seq_len`` is then unused) and, with ``tokens_per_step`` set, the batch shrinks to
+    ``min(batch_size, tokens_per_step // (n + num_queries))`` datasets (at least 1).
     ``warmup_steps=None`` means 5% of ``steps``. ``time_limit`` (seconds) stops early
     with a checkpoint. ``out=None`` trains without writing checkpoints.
     """
@@ -84,11 +92,23 @@ class TrainConfig:
     resume: bool = False
     time_limit: float | None = None
     device: str | None = None
+    size_sampling: str = "uniform"
+    num_queries: int | None = None
+    tokens_per_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
-        if not 0 <= self.min_train <= self.max_train < self.seq_len:
+        if self.size_sampling not in SIZE_SAMPLING:
+            raise ValueError(
+                f"unknown size_sampling {self.size_sampling!r}; choose one of {list(SIZE_SAMPLING)}"
+            )
+        if self.num_queries is not None and self.num_queries < 1:
+            raise ValueError(f"num_queries must be positive, got {self.num_queries}")
+        if self.tokens_per_step is not None and self.tokens_per_step < 1:
+            raise ValueError(f"tokens_per_step must be positive, got {self.tokens_per_step}")
+        seq_len = self.max_train + 1 if self.num_queries is not None else self.seq_len
+        if not 0 <= self.min_train <= self.max_train < seq_len:
             raise ValueError(
                 f"need 0 <= min_train <= max_train < seq_len, got {self.min_train}, {self.max_train}, {self.seq_len}"
             )
@@ -113,11 +133,24 @@ class TrainResult:
 def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
     """The :class:`PFNConfig` for ``prior``: borders and y-normalisation from prior samples."""
     task = Task.parse(prior.task)
-    n_sets = max(1, math.ceil(config.border_samples / config.seq_len))
+    tabular = isinstance(prior, TabularBNNPrior)
     ys = []
-    for start in range(0, n_sets, 512):  # chunks keep the BNN's batched forward small
-        _, y = prior.sample(min(512, n_sets - start), config.seq_len)
-        ys.append(y.reshape(-1).to("cpu", torch.float64))
+    if tabular:
+        # borders for what the PFN predicts: query targets standardised by a training split
+        # of the sizes training uses
+        total = 0
+        while total < config.border_samples:
+            n = _sample_train_size(config)
+            m = config.num_queries or (config.seq_len - n)
+            x, y = prior.sample(64, n + m)
+            *_, yq, _, _ = standardise_split(x[:, :n], y[:, :n], x[:, n:], y[:, n:])
+            ys.append(yq.reshape(-1).to("cpu", torch.float64))
+            total += yq.numel()
+    else:
+        n_sets = max(1, math.ceil(config.border_samples / config.seq_len))
+        for start in range(0, n_sets, 512):  # chunks keep the BNN's batched forward small
+            _, y = prior.sample(min(512, n_sets - start), config.seq_len)
+            ys.append(y.reshape(-1).to("cpu", torch.float64))
     y = torch.cat(ys)
     common = dict(
         num_features=prior.num_features,
@@ -130,7 +163,11 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
         x_low=tuple(prior.x_low),
         x_high=tuple(prior.x_high),
         prior=prior.describe(),
+        input_mode=(InputMode.TABULAR if tabular else InputMode.BOX).value,
     )
+    if task is Task.REGRESSION and tabular:
+        borders = borders_from_samples(y, config.num_bars)
+        return PFNConfig(**common, borders=tuple(float(b) for b in borders))
     if task is Task.REGRESSION:
         borders = borders_from_samples(y, config.num_bars)
         return PFNConfig(
@@ -140,6 +177,16 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
             borders=tuple(float(b) for b in borders),
         )
     return PFNConfig(**common, num_classes=int(y.max().item()) + 1)
+
+
+def _sample_train_size(config: TrainConfig) -> int:
+    """``n`` for one step (torch's global RNG, so resume replays it exactly)."""
+    lo, hi = config.min_train, config.max_train
+    if config.size_sampling == "log_uniform":
+        u = float(torch.rand(()).item())
+        n = int(math.exp(math.log(lo + 1) + u * (math.log(hi + 1) - math.log(lo + 1)))) - 1
+        return min(hi, max(lo, n))
+    return int(torch.randint(lo, hi + 1, ()).item())
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -224,11 +271,18 @@ def train_pfn(
     for step in range(start_step, config.steps):
         for g in opt.param_groups:
             g["lr"] = config.lr * _lr_factor(step, config)
-        n = int(torch.randint(config.min_train, config.max_train + 1, ()).item())
-        x, y = prior.sample(config.batch_size, config.seq_len)
+        n = _sample_train_size(config)
+        seq_len = config.seq_len if config.num_queries is None else n + config.num_queries
+        batch = config.batch_size
+        if config.tokens_per_step is not None:
+            batch = max(1, min(batch, config.tokens_per_step // seq_len))
+        x, y = prior.sample(batch, seq_len)
         x, y = x.to(device), y.to(device)
-        logits = model(x[:, :n], y[:, :n], x[:, n:])
-        loss = model.loss(logits, y[:, n:]).mean()
+        xt, yt, xq, yq = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
+        if model.input_mode is InputMode.TABULAR:
+            xt, yt, xq, yq, _, _ = standardise_split(xt, yt, xq, yq)
+        logits = model(xt, yt, xq)
+        loss = model.loss(logits, yq).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"PFN training loss became {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -281,7 +335,7 @@ def train_pfn(
 
 # -- command line -------------------------------------------------------------------
 
-PRIORS = ("gp", "bnn")
+PRIORS = ("gp", "bnn", "bnn-tabular")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,6 +351,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--seq-len", type=int, default=d.seq_len)
     parser.add_argument("--max-train", type=int, default=d.max_train)
+    parser.add_argument("--min-train", type=int, default=d.min_train)
+    parser.add_argument(
+        "--size-sampling",
+        choices=SIZE_SAMPLING,
+        default=d.size_sampling,
+        help="distribution of the training-set size n per step",
+    )
+    parser.add_argument(
+        "--num-queries",
+        type=int,
+        default=None,
+        help="queries per dataset (then seq_len = n + this)",
+    )
+    parser.add_argument(
+        "--tokens-per-step", type=int, default=None, help="shrink the batch for large n"
+    )
+    parser.add_argument(
+        "--max-features", type=int, default=10, help="bnn-tabular: maximum number of features"
+    )
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--d-model", type=int, default=d.d_model)
     parser.add_argument("--layers", type=int, default=d.n_layers)
@@ -335,6 +408,8 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
         return GPPrior(args.lengthscale, args.outputscale, args.noise_std, args.x_low, args.x_high)
     if args.prior == "bnn":
         return BNNPrior(x_low=args.x_low, x_high=args.x_high)
+    if args.prior == "bnn-tabular":
+        return TabularBNNPrior(max_features=args.max_features)
     raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
 
 
@@ -353,6 +428,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         max_train=args.max_train,
+        min_train=args.min_train,
+        size_sampling=args.size_sampling,
+        num_queries=args.num_queries,
+        tokens_per_step=args.tokens_per_step,
         lr=args.lr,
         d_model=args.d_model,
         n_layers=args.layers,
