@@ -115,6 +115,24 @@ class Likelihood(PyroModule):
         """Network outputs for ``S`` draws, shape ``[S, N, ...]``, to the PPD."""
         raise NotImplementedError
 
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """Names of the likelihood's own latent sample sites (e.g. a noise scale with a
+        prior); the network's weight sites are not among them."""
+        return ()
+
+    def sample_latents(self, num_draws: int) -> dict[str, torch.Tensor]:
+        """``{site: Tensor[num_draws]}`` drawn from the priors of :attr:`latent_sites`."""
+        return {}
+
+    def ppd_from_draws(self, outputs: torch.Tensor, draws: dict[str, torch.Tensor]):
+        """The PPD of per-draw ``outputs`` given the matching posterior (or prior) draws of
+        the likelihood's latent sites; ignores weight sites in ``draws``."""
+        missing = [s for s in self.latent_sites if s not in draws]
+        if missing:
+            raise ValueError(f"draws lack the likelihood's latent site(s) {missing}")
+        return self.ppd(outputs, **{s: draws[s] for s in self.latent_sites})
+
     def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-point log-likelihood ``log p(y_i | f(x_i))`` (no plate scaling), shape ``[B]``."""
         raise NotImplementedError
@@ -184,6 +202,15 @@ class Gaussian(Likelihood):
     def latent_noise(self) -> bool:
         """Whether the noise std is a latent ``"noise_scale"`` site."""
         return self.noise_prior is not None
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        return (self.NOISE_SITE,) if self.latent_noise else ()
+
+    def sample_latents(self, num_draws: int) -> dict[str, torch.Tensor]:
+        if not self.latent_noise:
+            return {}
+        return {self.NOISE_SITE: self.noise_prior.sample((num_draws,))}
 
     @staticmethod
     def _squeeze(f: torch.Tensor) -> torch.Tensor:

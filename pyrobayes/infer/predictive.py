@@ -189,10 +189,27 @@ class PosteriorPredictive:
         for x in inputs:
             if torch.is_tensor(x) and x.is_floating_point() and not torch.isfinite(x).all():
                 raise ValueError("inputs contain NaN or inf")
-        return self.model.likelihood.ppd(self.outputs(*inputs, **kwargs))
+        lik = self.model.likelihood
+        if not lik.latent_sites:
+            return lik.ppd(self.outputs(*inputs, **kwargs))
+        # a latent likelihood site (a noise scale) varies per draw along with the weights
+        self.model.eval()
+        outs, latents = [], {s: [] for s in lik.latent_sites}
+        for draws in posterior_chunks(
+            self.guide, self.num_samples, self.chunk_size, *inputs, **kwargs
+        ):
+            outs.append(
+                forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)
+            )
+            for s in latents:
+                latents[s].append(draws[s])
+        return lik.ppd_from_draws(torch.cat(outs), {s: torch.cat(v) for s, v in latents.items()})
 
 
 def prior_predictive(model: nn.Module, *inputs, num_samples: int = 100, **kwargs):
     """The prior predictive PPD at ``inputs`` (weights from their priors)."""
     draws = sample_prior(model, num_samples)
-    return model.likelihood.ppd(forward_draws(model, draws, *inputs, **kwargs))
+    lik = model.likelihood
+    return lik.ppd_from_draws(
+        forward_draws(model, draws, *inputs, **kwargs), lik.sample_latents(num_samples)
+    )
