@@ -262,7 +262,10 @@ class Gaussian(Likelihood):
         """Per-point log-likelihood; ``noise_scale`` (a scalar) is required for a latent noise."""
         loc = self._squeeze(outputs)
         if noise_scale is None:
-            sigma = self._draw_scale(loc, None)
+            if self.latent_noise:
+                self._draw_scale(loc, None)  # raises: a latent noise needs its draw
+            # not detached: a learned scale (type-II ML) gets its gradient through here
+            sigma = self.scale.to(loc.dtype)
         else:
             sigma = torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
         lp = dist.Normal(loc, sigma).log_prob(self._squeeze(y).to(loc.dtype))
