@@ -12,6 +12,16 @@ which equals the expected KL from the true PPD to :math:`q_\\phi` plus a constan
 (Müller et al. 2022, Cor. 1.1). AdamW, linear warmup then cosine decay, gradient-norm
 clipping, periodic checkpoints (weights + optimizer/RNG state) and exact resume.
 
+Under ``torchrun`` (a ``torch.distributed`` group, initialised here from torchrun's
+environment when none exists) the PFN is wrapped in ``DistributedDataParallel``: every
+rank draws its own ``batch_size`` datasets per step (``batch_size`` is per rank; the
+global batch is ``K * batch_size``) from seeds ``(seed, step, rank)``, the split ``n``
+from ``(seed, step)`` (the same on every rank), DDP averages the gradients, the logged
+loss is the mean over ranks and only rank 0 writes checkpoints. Seeding by step makes a
+resumed run draw exactly what the uninterrupted one would have. ``precision="bf16"``
+runs the forward pass under bf16 autocast on CUDA; ``compile=True`` runs it through
+``torch.compile``.
+
 Example::
 
     >>> from pyrobayes.pfn import GPPrior, TrainConfig, train_pfn
@@ -23,18 +33,22 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from pyrobayes import distributed as dist_
 from pyrobayes.pfn.bar import borders_from_samples
 from pyrobayes.pfn.checkpoint import (
     checkpoint_paths,
@@ -46,9 +60,17 @@ from pyrobayes.pfn.checkpoint import (
 from pyrobayes.pfn.model import PFN, PFNConfig, Task
 from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior
 
-__all__ = ["TrainConfig", "TrainResult", "train_pfn", "add_arguments", "run"]
+__all__ = ["TrainConfig", "TrainResult", "Precision", "train_pfn", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
+
+
+class Precision(str, Enum):
+    """Arithmetic of the forward pass: ``fp32``, or ``bf16`` autocast (CUDA only; the
+    weights, optimiser state and loss reduction stay fp32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,9 @@ class TrainConfig:
     ``seq_len`` points per dataset, of which ``n ~ U{min_train..max_train}`` are
     training points (``seq_len > max_train`` so there is always at least one query).
     ``warmup_steps=None`` means 5% of ``steps``. ``time_limit`` (seconds) stops early
-    with a checkpoint. ``out=None`` trains without writing checkpoints.
+    with a checkpoint. ``out=None`` trains without writing checkpoints. ``precision``:
+    :class:`Precision` (``"bf16"`` on CUDA only); ``compile``: ``torch.compile`` the forward
+    pass. Under torch.distributed ``batch_size`` is per rank.
     """
 
     steps: int = 10_000
@@ -84,8 +108,15 @@ class TrainConfig:
     resume: bool = False
     time_limit: float | None = None
     device: str | None = None
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            Precision(self.precision)
+        except ValueError:
+            valid = ", ".join(p.value for p in Precision)
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {valid}") from None
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
         if not 0 <= self.min_train <= self.max_train < self.seq_len:
@@ -167,6 +198,13 @@ def train_pfn(
         :class:`TrainResult` with the trained model (eval mode) and the loss history.
     """
     config = config or TrainConfig()
+    device = torch.device(config.device) if config.device else None
+    distributed = dist_.maybe_init(
+        device if device is not None else (model.device if model else None)
+    )
+    if distributed and device is not None and device.type == "cuda" and device.index is None:
+        device = dist_.local_device()  # one GPU per rank
+    main = dist_.is_main()
     torch.manual_seed(config.seed)
     start_step, history, seconds = 0, [], 0.0
     out = Path(config.out) if config.out else None
@@ -188,9 +226,10 @@ def train_pfn(
         raise ValueError(
             f"model was built for max_train={model.config.max_train} < {config.max_train}"
         )
-    device = torch.device(config.device) if config.device else model.device
+    device = device if device is not None else model.device
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    forward = _forward(model, device, distributed, config)
     if resume_from:
         info = load_training_state(out, opt)
         start_step, history, seconds = (
@@ -200,7 +239,7 @@ def train_pfn(
         )
 
     def checkpoint(step: int) -> None:
-        if out is None:
+        if out is None or not main:
             return
         meta = {
             "steps": step,
@@ -214,7 +253,7 @@ def train_pfn(
     bar = tqdm(
         total=config.steps,
         initial=start_step,
-        disable=not config.progress,
+        disable=not (config.progress and main),
         desc="pfn",
         dynamic_ncols=True,
     )
@@ -224,18 +263,26 @@ def train_pfn(
     for step in range(start_step, config.steps):
         for g in opt.param_groups:
             g["lr"] = config.lr * _lr_factor(step, config)
-        n = int(torch.randint(config.min_train, config.max_train + 1, ()).item())
+        if distributed:
+            # the split is shared (one global batch); the datasets differ per rank
+            gen = torch.Generator().manual_seed(dist_.rank_seed(config.seed, step))
+            n = int(torch.randint(config.min_train, config.max_train + 1, (), generator=gen))
+            torch.manual_seed(dist_.rank_seed(config.seed, step, dist_.rank() + 1))
+        else:
+            n = int(torch.randint(config.min_train, config.max_train + 1, ()).item())
         x, y = prior.sample(config.batch_size, config.seq_len)
         x, y = x.to(device), y.to(device)
-        logits = model(x[:, :n], y[:, :n], x[:, n:])
-        loss = model.loss(logits, y[:, n:]).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"PFN training loss became {loss.item()} at step {step}")
+        with forward.autocast():
+            logits = forward(x[:, :n], y[:, :n], x[:, n:])
+        loss = model.loss(logits.float(), y[:, n:]).mean()
+        value = dist_.all_reduce_mean(loss.item(), device) if distributed else loss.item()
+        if not math.isfinite(value):  # the mean: every rank stops together
+            raise FloatingPointError(f"PFN training loss became {value} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         opt.step()
-        window.append(loss.item())
+        window.append(value)
         bar.update(1)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
@@ -249,7 +296,7 @@ def train_pfn(
             history.append(entry)
             window = []
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            if not config.progress:
+            if not config.progress and main:
                 rate = (done - start_step) / max(1e-9, time.perf_counter() - t_start)
                 logger.info(
                     f"step {done}/{config.steps} loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
@@ -259,9 +306,11 @@ def train_pfn(
             seconds_now = seconds + time.perf_counter() - t0
             seconds, t0 = seconds_now, time.perf_counter()
             checkpoint(done)
-        if config.time_limit is not None and seconds + time.perf_counter() - t0 > config.time_limit:
-            step = done
-            break
+        if config.time_limit is not None:
+            over = seconds + time.perf_counter() - t0 > config.time_limit
+            if dist_.any_rank(over, device) if distributed else over:  # ranks stop together
+                step = done
+                break
     else:
         step = config.steps
     bar.close()
@@ -277,6 +326,41 @@ def train_pfn(
         )
     checkpoint(step)
     return TrainResult(model=model.eval(), history=history, steps=step, seconds=seconds)
+
+
+class _Forward:
+    """The PFN's forward pass as training runs it: through DDP under torch.distributed,
+    ``torch.compile`` on request, bf16 autocast on CUDA on request."""
+
+    def __init__(self, fn, amp: bool, device: torch.device):
+        self.fn, self.amp, self.device = fn, amp, device
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _forward(model: PFN, device: torch.device, distributed: bool, config: TrainConfig) -> _Forward:
+    fn = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        fn = DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        fn = torch.compile(fn)
+    amp = Precision(config.precision) is Precision.BF16
+    if amp and device.type != "cuda":
+        warnings.warn(
+            f"precision='bf16' applies to CUDA only; training on {device} runs in fp32",
+            stacklevel=3,
+        )
+        amp = False
+    return _Forward(fn, amp, device)
 
 
 # -- command line -------------------------------------------------------------------
