@@ -406,7 +406,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-progress", action="store_true", help="log lines instead of a tqdm bar"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--device", default=None, help="cpu or cuda (under torchrun: cuda:LOCAL_RANK per rank)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision],
+        default=d.precision,
+        help="bf16: autocast the forward pass (CUDA only)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     parser.add_argument("--lengthscale", type=float, default=0.5, help="GP prior RBF lengthscale")
     parser.add_argument("--outputscale", type=float, default=1.0, help="GP prior kernel variance")
     parser.add_argument("--noise-std", type=float, default=0.1, help="GP prior noise std")
@@ -416,7 +425,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_prior(args: argparse.Namespace) -> DatasetPrior:
     if args.prior == "gp":
-        return GPPrior(args.lengthscale, args.outputscale, args.noise_std, args.x_low, args.x_high)
+        # datasets are drawn where training runs, so sampling is no host-side bottleneck
+        device = getattr(args, "device", None)
+        if device and torch.device(device).type == "cuda" and dist_.world_size() > 1:
+            device = dist_.local_device()
+        return GPPrior(
+            args.lengthscale,
+            args.outputscale,
+            args.noise_std,
+            args.x_low,
+            args.x_high,
+            device=device,
+        )
     if args.prior == "bnn":
         return BNNPrior(x_low=args.x_low, x_high=args.x_high)
     raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
@@ -452,8 +472,12 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         time_limit=args.time_limit,
         device=args.device,
+        precision=args.precision,
+        compile=args.compile,
     )
     result = train_pfn(build_prior(args), config)
+    if not dist_.is_main():
+        return 0
     weights, meta = checkpoint_paths(args.out)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; wrote {weights}"
