@@ -30,10 +30,10 @@ def _worker(rank, world, port, fn, args):
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    try:
-        fn(rank, *args)
-    finally:
-        dist.destroy_process_group()
+    fn(rank, *args)
+    # tearing gloo down while the peer is still mid-collective aborts the process
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def spawn(fn, *args, world=2):
@@ -177,6 +177,7 @@ def _fit_ckpt(rank, ckpt, out, epochs, die_at):
         torch.save({"loc": loc, "scale": scale, "losses": h.losses}, out)
 
 
+@pytest.mark.slow
 def test_dead_rank_leaves_the_checkpoint_and_the_run_resumes(tmp_path):
     """Rank 1 dies after epoch 3's steps; rank 0 has written epoch 2's checkpoint (it
     cannot pass epoch 3's stop all-reduce without rank 1). Resuming with 2 ranks gives
