@@ -2,7 +2,7 @@
 
 import math
 import os
-import socket
+import tempfile
 
 import pytest
 import torch
@@ -18,17 +18,17 @@ from pyrobayes.likelihoods import data_size
 from pyrobayes.pfn import GPPrior, TrainConfig, train_pfn
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store() -> str:
+    """A fresh file rendezvous: unlike a TCP store hosted by rank 0, it does not vanish
+    when rank 0 exits first (gloo then intermittently aborts the slower rank)."""
+    return "file://" + os.path.join(tempfile.mkdtemp(prefix="pyrobayes-dist-"), "store")
 
 
-def _worker(rank, world, port, fn, args):
+def _worker(rank, world, store, fn, args):
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+        "gloo", init_method=store, rank=rank, world_size=world
     )
     fn(rank, *args)
     # tearing gloo down while the peer is still mid-collective aborts the process
@@ -37,7 +37,7 @@ def _worker(rank, world, port, fn, args):
 
 
 def spawn(fn, *args, world=2):
-    mp.spawn(_worker, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, _store(), fn, args), nprocs=world, join=True)
 
 
 # -- conjugate Bayesian linear regression ------------------------------------------
