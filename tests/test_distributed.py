@@ -27,9 +27,7 @@ def _store() -> str:
 def _worker(rank, world, store, fn, args):
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-    dist.init_process_group(
-        "gloo", init_method=store, rank=rank, world_size=world
-    )
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     fn(rank, *args)
     # tearing gloo down while the peer is still mid-collective aborts the process
     dist.barrier()
@@ -287,3 +285,52 @@ def test_bf16_on_cpu_warns_and_runs_fp32():
         train_pfn(HalvesPrior(1, 2, 16), cfg, model=_pfn_model())
     with pytest.raises(ValueError, match="unknown precision"):
         TrainConfig(precision="fp8")
+
+
+def test_shard_loader_keeps_the_users_loader_and_refuses_streams():
+    from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
+
+    from pyrobayes.distributed import shard_loader
+
+    ds = TensorDataset(torch.arange(10.0), torch.arange(10.0))
+
+    def collate(batch):
+        return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+    user = DataLoader(ds, batch_size=3, shuffle=True, collate_fn=collate, drop_last=True)
+    loader = shard_loader(user, 64, False, 0, None)
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
+    assert loader.batch_size == 3 and loader.collate_fn is collate and loader.drop_last
+    seen = torch.cat([b[0] for b in loader]).tolist()  # one rank: all of it, 3 full batches
+    assert len(seen) == 9 and len(set(seen)) == 9
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield from zip(torch.arange(3.0), torch.arange(3.0))
+
+    with pytest.raises(ValueError, match="IterableDataset"):
+        shard_loader(DataLoader(Stream(), batch_size=2), 64, False, 0, None)
+
+
+def _train_resumable(rank, out, steps, time_limit, result):
+    cfg = TrainConfig(steps=steps, batch_size=2, out=str(out), resume=True, checkpoint_every=0,
+                      time_limit=time_limit, **PFN_CFG)  # fmt: skip
+    res = train_pfn(
+        GPPrior(), cfg, model=None if (out.with_suffix(".json")).exists() else _pfn_model()
+    )
+    if rank == 0:
+        torch.save({"history": res.history, "state": res.model.state_dict()}, result)
+
+
+@pytest.mark.slow
+def test_ddp_train_pfn_resumes_exactly(tmp_path):
+    """Stop a 2-rank run after its first step (time_limit=0), resume it to 4 steps: the
+    weights equal those of an uninterrupted 2-rank run (datasets seeded by step and rank,
+    AdamW state restored from rank 0's checkpoint)."""
+    spawn(_train_resumable, tmp_path / "a", 4, 0.0, tmp_path / "first.pt")
+    assert torch.load(tmp_path / "first.pt")["history"][-1]["step"] == 1
+    spawn(_train_resumable, tmp_path / "a", 4, None, tmp_path / "resumed.pt")
+    spawn(_train_resumable, tmp_path / "b", 4, None, tmp_path / "fresh.pt")
+    resumed, fresh = torch.load(tmp_path / "resumed.pt"), torch.load(tmp_path / "fresh.pt")
+    for k, v in fresh["state"].items():
+        torch.testing.assert_close(resumed["state"][k], v, rtol=0, atol=0)
