@@ -61,9 +61,7 @@ def _store() -> str:
 
 def _worker(rank: int, world: int, store: str, args, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=store, rank=rank, world_size=world
-    )
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
     result = train_pfn(GPPrior(), _pfn_config(args, args.batch // world))
     if rank == 0:
         torch.save({"seconds": result.seconds, "loss": result.final_loss}, out)
@@ -141,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
+    load = os.getloadavg()
     rows = pfn_rows(args)
     base = rows[0]["datasets_per_s"]
     lines = [
@@ -148,10 +147,12 @@ def main(argv=None) -> int:
         "",
         f"PFN training (GP prior, default architecture d_model=128, 4 layers, seq_len 75), "
         f"{args.steps} steps of a global batch of {args.batch} datasets; one torch thread per "
-        f"process; `python benchmarks/bench_distributed.py"
-        f"{' --device ' + args.device if args.device else ''}`. The CPU is the 2-core "
-        "development machine, shared with other jobs while this ran: the 2-process row "
-        "competes with them for the second core.",
+        f"process; `python benchmarks/bench_distributed.py --steps {args.steps} --batch "
+        f"{args.batch} --procs {args.procs}"
+        f"{' --device ' + args.device if args.device else ''}`. CPU: {os.cpu_count()} cores, "
+        f"shared with other jobs while this ran (1-minute load average {load[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after): the processes compete with them for the cores, so "
+        "these rows measure this busy machine, not the scaling of an idle one.",
         "",
         "| setup | loop seconds | datasets/s | vs 1 CPU process |",
         "|---|---:|---:|---:|",
