@@ -15,6 +15,7 @@ MODULES = [
     "pyrobayes.guides.local_reparam",
     "pyrobayes.infer.fit",
     "pyrobayes.infer.steppers",
+    "pyrobayes.distributed",
     "pyrobayes.infer.fit_checkpoint",
     "pyrobayes.progress",
     "pyrobayes.infer.predictive",

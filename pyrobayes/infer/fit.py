@@ -49,6 +49,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.utils.data import DataLoader, TensorDataset
 
+from pyrobayes import distributed as dist_
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_elbo import supports_fused
 from pyrobayes.infer.fit_checkpoint import (
@@ -153,8 +154,7 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> DataLoader:
-    """The loader of a fit. A distributed run would wrap the tensor data set in a
-    ``DistributedSampler`` here and nowhere else."""
+    """The loader of a fit (validated, unsharded; :func:`_shard` shards it)."""
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
@@ -174,8 +174,19 @@ def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> Data
     raise TypeError("data must be a tuple of tensors (inputs..., targets) or a torch DataLoader")
 
 
+def _shard(data, loader: DataLoader, cfg: FitConfig) -> DataLoader:
+    """Under torch.distributed, this rank's shard of the data (a ``DistributedSampler``)."""
+    if not dist_.is_distributed():
+        return loader
+    source = data if isinstance(data, DataLoader) else loader.dataset.tensors
+    return dist_.shard_loader(
+        source, cfg.batch_size, cfg.shuffle, cfg.seed, lambda d: TensorDataset(*d)
+    )
+
+
 def _data_size(loader: DataLoader) -> int | None:
-    """``N`` of the likelihood plate (a distributed run would return the global size)."""
+    """``N`` of the likelihood plate: the size of the whole data set, also on a rank that
+    only sees its shard (its sampler draws from ``loader.dataset``, the global data)."""
     try:
         n = len(loader.dataset)
     except TypeError:
@@ -515,6 +526,18 @@ def fit(
         config: a :class:`FitConfig`; ``**options``: its fields as keywords (``epochs=``,
             ``lr=``, ``lr_schedule=``, ``checkpoint=``, ...; they override ``config``).
 
+    Under ``torchrun`` (or any initialised ``torch.distributed`` group; ``fit`` initialises
+    one from torchrun's environment variables itself) every rank passes the same full
+    data; each trains on its ``DistributedSampler`` shard with the likelihood scaled by
+    the global ``N``, the KL counted once per rank's full-data estimate, and gradients and
+    loss averaged across ranks (:mod:`pyrobayes.distributed`), so a step equals the
+    single-process step on the union batch up to the Monte-Carlo draws, which are
+    independent per rank (seeded by ``(seed, rank, epoch)``). Only rank 0 writes the
+    checkpoint and shows progress; every rank returns the same history. Resume works with
+    any number of ranks (the checkpoint holds no per-rank state): with the same number it
+    reproduces the uninterrupted run, with another it continues from the same parameters
+    and optimiser state with the new ranks' shards and draws.
+
     Raises:
         ValueError: bad options; NaN/inf in a batch (naming epoch, batch and input) before
             any update; a loader with no batches; a checkpoint that does not fit the model.
@@ -522,18 +545,27 @@ def fit(
             site, and the guide, model and optimiser are left at their last finite state.
     """
     cfg = _config(config, options)
-    if cfg.seed is not None:
-        pyro.set_rng_seed(cfg.seed)
-    loader = _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed)
-    n_data = _data_size(loader)
-    steps_per_epoch = _len_or_none(loader)
-    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
     device = cfg.device
     if device is None:
         device = next((t.device for t in model.buffers()), torch.device("cpu"))
+    distributed = dist_.maybe_init(device)
+    if cfg.seed is not None:
+        pyro.set_rng_seed(cfg.seed)
+    base_seed = _base_seed(cfg.seed, device) if distributed else None
+    loader = _shard(data, _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed), cfg)
+    n_data = _data_size(loader)
+    steps_per_epoch = _len_or_none(loader)
+    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
     model.train()
     weight = {"beta": 1.0}
     stepper = _make_stepper(model, guide, cfg, weight)
+    if distributed:
+        if isinstance(stepper, SVIStepper):
+            raise ValueError(
+                "a Pyro optimiser cannot average gradients across ranks under "
+                "torch.distributed; pass a torch optimiser (optim=None or a callable)"
+            )
+        stepper.sync = dist_.GradSync()
     if lr_factor is not None and not stepper.supports_lr_factor:
         raise ValueError(
             "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
@@ -552,10 +584,15 @@ def fit(
 
     epochs = cfg.epochs
     total_steps = epochs * (steps_per_epoch or 0)
-    bar = progress_bar(range(start_epoch, epochs), enabled=cfg.progress, desc="SVI", unit="epoch")
-    with data_size(n_data):
+    main = dist_.is_main()  # only rank 0 shows progress and writes checkpoints
+    bar = progress_bar(
+        range(start_epoch, epochs), enabled=cfg.progress and main, desc="SVI", unit="epoch"
+    )
+    with data_size(n_data):  # the global N on every rank
         for epoch in bar:
             weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
+            if distributed:
+                _distributed_epoch(loader, base_seed, epoch)
             t0, total, seen, steps = time.perf_counter(), 0.0, 0, 0
             for step, batch in enumerate(loader):
                 xs, kw, y = _split_batch(batch, device)
@@ -580,15 +617,39 @@ def fit(
             stop = False
             for cb in cfg.callbacks:
                 stop = bool(cb(record)) or stop
+            if distributed:
+                record["world_size"] = dist_.world_size()
+                stop = dist_.any_rank(stop, device)  # all ranks stop together
             history.records.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if ckpt is not None:
+            if ckpt is not None and main:
                 _save(ckpt, epoch + 1, model, guide, stepper, loader, history)
             if stop:
                 history.stopped_early = True
                 break
     bar.close()
     return history
+
+
+def _base_seed(seed: int | None, device) -> int:
+    """The seed every rank derives its own streams from: ``seed``, or rank 0's initial
+    torch seed when ``seed=None`` (ranks started alike would otherwise draw alike)."""
+    if seed is not None:
+        return int(seed)
+    t = torch.tensor([torch.initial_seed() & 0x7FFFFFFFFFFFFFFF], device=device)
+    dist_.broadcast_tensors([t])
+    return int(t)
+
+
+def _distributed_epoch(loader: DataLoader, base_seed: int, epoch: int) -> None:
+    """Per epoch on each rank: the shard order of ``DistributedSampler(seed, epoch)`` and
+    Monte-Carlo draws seeded by ``(seed, rank, epoch)``. Independent draws per rank make
+    the averaged gradient a ``K``-draw estimate (lower variance); seeding by epoch makes a
+    resumed run independent of the RNG state of the rank that wrote the checkpoint."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    pyro.set_rng_seed(dist_.rank_seed(base_seed, dist_.rank(), epoch))
 
 
 def _epoch_record(epoch: int, total: float, steps: int, n: int, weight: dict, t0: float) -> dict:

@@ -8,7 +8,9 @@
 The torch steppers skip the update when the loss is not finite, so the parameters stay
 at their last finite values for the error ``fit`` raises. They also scale every parameter
 group's learning rate by ``lr_factor`` (a learning-rate schedule):
-:math:`\\eta_t = \\eta_0 \\cdot f(t)`.
+:math:`\\eta_t = \\eta_0 \\cdot f(t)`. Under ``torch.distributed`` their ``sync`` hook
+(:class:`pyrobayes.distributed.GradSync`) broadcasts the parameters from rank 0 once they
+exist and averages gradients and loss across ranks before every update.
 
 Example::
 
@@ -67,6 +69,8 @@ class TorchStepper:
         self.make_optim, self.opt, self._pending = make_optim, None, None
         self.lr_factor = 1.0
         self._base_lrs: list[float] = []
+        self.sync = None  # a GradSync under torch.distributed
+        self.params: list = []
 
     def _build(self, *args, **kwargs) -> None:
         if getattr(self.guide, "prototype_trace", "absent") is None:
@@ -74,7 +78,11 @@ class TorchStepper:
         params = {
             id(p): p for m in (self.guide, self.model) for p in m.parameters() if p.requires_grad
         }
-        self.opt = self.make_optim(list(params.values()))
+        self.params = list(params.values())
+        if self.sync is not None:
+            # guides create their parameters lazily (and may draw them): rank 0's win
+            self.sync.after_build(self.params, (self.guide, self.model))
+        self.opt = self.make_optim(self.params)
         if self._pending is not None:
             self.opt.load_state_dict(self._pending)
             self._pending = None
@@ -84,6 +92,9 @@ class TorchStepper:
             g["initial_lr"] = lr
 
     def _update(self, loss: float) -> float:
+        if self.sync is not None:
+            # the mean loss decides for every rank, so all skip or all step
+            loss = self.sync.reduce(self.params, loss)
         if math.isfinite(loss):
             for g, lr in zip(self.opt.param_groups, self._base_lrs):
                 g["lr"] = lr * self.lr_factor

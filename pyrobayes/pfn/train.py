@@ -12,6 +12,16 @@ which equals the expected KL from the true PPD to :math:`q_\\phi` plus a constan
 (Müller et al. 2022, Cor. 1.1). AdamW, linear warmup then cosine decay, gradient-norm
 clipping, periodic checkpoints (weights + optimizer/RNG state) and exact resume.
 
+Under ``torchrun`` (a ``torch.distributed`` group, initialised here from torchrun's
+environment when none exists) the PFN is wrapped in ``DistributedDataParallel``: every
+rank draws its own ``batch_size`` datasets per step (``batch_size`` is per rank; the
+global batch is ``K * batch_size``) from seeds ``(seed, step, rank)``, the split ``n``
+from ``(seed, step)`` (the same on every rank), DDP averages the gradients, the logged
+loss is the mean over ranks and only rank 0 writes checkpoints. Seeding by step makes a
+resumed run draw exactly what the uninterrupted one would have. ``precision="bf16"``
+runs the forward pass under bf16 autocast on CUDA; ``compile=True`` runs it through
+``torch.compile``.
+
 Example::
 
     >>> from pyrobayes.pfn import GPPrior, TrainConfig, train_pfn
@@ -23,18 +33,22 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from pyrobayes import distributed as dist_
 from pyrobayes.pfn.bar import borders_from_samples
 from pyrobayes.pfn.checkpoint import (
     checkpoint_paths,
@@ -46,12 +60,20 @@ from pyrobayes.pfn.checkpoint import (
 from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
 from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior, TabularBNNPrior
 
-__all__ = ["TrainConfig", "TrainResult", "train_pfn", "add_arguments", "run"]
+__all__ = ["TrainConfig", "TrainResult", "Precision", "train_pfn", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
 
 SIZE_SAMPLING = ("uniform", "log_uniform")
+
+
+class Precision(str, Enum):
+    """Arithmetic of the forward pass: ``fp32``, or ``bf16`` autocast (CUDA only; the
+    weights, optimiser state and loss reduction stay fp32)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -66,7 +88,9 @@ class TrainConfig:
     (``seq_len`` is then unused) and, with ``tokens_per_step`` set, the batch shrinks to
     ``min(batch_size, tokens_per_step // (n + num_queries))`` datasets (at least 1).
     ``warmup_steps=None`` means 5% of ``steps``. ``time_limit`` (seconds) stops early
-    with a checkpoint. ``out=None`` trains without writing checkpoints.
+    with a checkpoint. ``out=None`` trains without writing checkpoints. ``precision``:
+    :class:`Precision` (``"bf16"`` on CUDA only); ``compile``: ``torch.compile`` the forward
+    pass. Under torch.distributed ``batch_size`` is per rank.
     """
 
     steps: int = 10_000
@@ -95,8 +119,15 @@ class TrainConfig:
     size_sampling: str = "uniform"
     num_queries: int | None = None
     tokens_per_step: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            Precision(self.precision)
+        except ValueError:
+            valid = ", ".join(p.value for p in Precision)
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {valid}") from None
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
         if self.size_sampling not in SIZE_SAMPLING:
@@ -179,14 +210,15 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
     return PFNConfig(**common, num_classes=int(y.max().item()) + 1)
 
 
-def _sample_train_size(config: TrainConfig) -> int:
-    """``n`` for one step (torch's global RNG, so resume replays it exactly)."""
+def _sample_train_size(config: TrainConfig, generator: torch.Generator | None = None) -> int:
+    """``n`` for one step (torch's global RNG unless ``generator``, so resume replays it
+    exactly; under torch.distributed a generator shared by all ranks)."""
     lo, hi = config.min_train, config.max_train
     if config.size_sampling == "log_uniform":
-        u = float(torch.rand(()).item())
+        u = float(torch.rand((), generator=generator).item())
         n = int(math.exp(math.log(lo + 1) + u * (math.log(hi + 1) - math.log(lo + 1)))) - 1
         return min(hi, max(lo, n))
-    return int(torch.randint(lo, hi + 1, ()).item())
+    return int(torch.randint(lo, hi + 1, (), generator=generator).item())
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -214,6 +246,13 @@ def train_pfn(
         :class:`TrainResult` with the trained model (eval mode) and the loss history.
     """
     config = config or TrainConfig()
+    device = torch.device(config.device) if config.device else None
+    distributed = dist_.maybe_init(
+        device if device is not None else (model.device if model else None)
+    )
+    if distributed and device is not None and device.type == "cuda" and device.index is None:
+        device = dist_.local_device()  # one GPU per rank
+    main = dist_.is_main()
     torch.manual_seed(config.seed)
     start_step, history, seconds = 0, [], 0.0
     out = Path(config.out) if config.out else None
@@ -235,9 +274,10 @@ def train_pfn(
         raise ValueError(
             f"model was built for max_train={model.config.max_train} < {config.max_train}"
         )
-    device = torch.device(config.device) if config.device else model.device
+    device = device if device is not None else model.device
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    forward = _forward(model, device, distributed, config)
     if resume_from:
         info = load_training_state(out, opt)
         start_step, history, seconds = (
@@ -247,7 +287,7 @@ def train_pfn(
         )
 
     def checkpoint(step: int) -> None:
-        if out is None:
+        if out is None or not main:
             return
         meta = {
             "steps": step,
@@ -261,7 +301,7 @@ def train_pfn(
     bar = tqdm(
         total=config.steps,
         initial=start_step,
-        disable=not config.progress,
+        disable=not (config.progress and main),
         desc="pfn",
         dynamic_ncols=True,
     )
@@ -271,7 +311,13 @@ def train_pfn(
     for step in range(start_step, config.steps):
         for g in opt.param_groups:
             g["lr"] = config.lr * _lr_factor(step, config)
-        n = _sample_train_size(config)
+        if distributed:
+            # the split is shared (one global batch); the datasets differ per rank
+            gen = torch.Generator().manual_seed(dist_.rank_seed(config.seed, step))
+            n = _sample_train_size(config, generator=gen)
+            torch.manual_seed(dist_.rank_seed(config.seed, step, dist_.rank() + 1))
+        else:
+            n = _sample_train_size(config)
         seq_len = config.seq_len if config.num_queries is None else n + config.num_queries
         batch = config.batch_size
         if config.tokens_per_step is not None:
@@ -281,15 +327,17 @@ def train_pfn(
         xt, yt, xq, yq = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
         if model.input_mode is InputMode.TABULAR:
             xt, yt, xq, yq, _, _ = standardise_split(xt, yt, xq, yq)
-        logits = model(xt, yt, xq)
-        loss = model.loss(logits, yq).mean()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"PFN training loss became {loss.item()} at step {step}")
+        with forward.autocast():
+            logits = forward(xt, yt, xq)
+        loss = model.loss(logits.float(), yq).mean()
+        value = dist_.all_reduce_mean(loss.item(), device) if distributed else loss.item()
+        if not math.isfinite(value):  # the mean: every rank stops together
+            raise FloatingPointError(f"PFN training loss became {value} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         opt.step()
-        window.append(loss.item())
+        window.append(value)
         bar.update(1)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
@@ -303,7 +351,7 @@ def train_pfn(
             history.append(entry)
             window = []
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            if not config.progress:
+            if not config.progress and main:
                 rate = (done - start_step) / max(1e-9, time.perf_counter() - t_start)
                 logger.info(
                     f"step {done}/{config.steps} loss {entry['loss']:.4f} lr {entry['lr']:.2e} "
@@ -313,9 +361,11 @@ def train_pfn(
             seconds_now = seconds + time.perf_counter() - t0
             seconds, t0 = seconds_now, time.perf_counter()
             checkpoint(done)
-        if config.time_limit is not None and seconds + time.perf_counter() - t0 > config.time_limit:
-            step = done
-            break
+        if config.time_limit is not None:
+            over = seconds + time.perf_counter() - t0 > config.time_limit
+            if dist_.any_rank(over, device) if distributed else over:  # ranks stop together
+                step = done
+                break
     else:
         step = config.steps
     bar.close()
@@ -331,6 +381,41 @@ def train_pfn(
         )
     checkpoint(step)
     return TrainResult(model=model.eval(), history=history, steps=step, seconds=seconds)
+
+
+class _Forward:
+    """The PFN's forward pass as training runs it: through DDP under torch.distributed,
+    ``torch.compile`` on request, bf16 autocast on CUDA on request."""
+
+    def __init__(self, fn, amp: bool, device: torch.device):
+        self.fn, self.amp, self.device = fn, amp, device
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _forward(model: PFN, device: torch.device, distributed: bool, config: TrainConfig) -> _Forward:
+    fn = model
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        fn = DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        fn = torch.compile(fn)
+    amp = Precision(config.precision) is Precision.BF16
+    if amp and device.type != "cuda":
+        warnings.warn(
+            f"precision='bf16' applies to CUDA only; training on {device} runs in fp32",
+            stacklevel=3,
+        )
+        amp = False
+    return _Forward(fn, amp, device)
 
 
 # -- command line -------------------------------------------------------------------
@@ -395,7 +480,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-progress", action="store_true", help="log lines instead of a tqdm bar"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--device", default=None, help="cpu or cuda (under torchrun: cuda:LOCAL_RANK per rank)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision],
+        default=d.precision,
+        help="bf16: autocast the forward pass (CUDA only)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
     parser.add_argument("--lengthscale", type=float, default=0.5, help="GP prior RBF lengthscale")
     parser.add_argument("--outputscale", type=float, default=1.0, help="GP prior kernel variance")
     parser.add_argument("--noise-std", type=float, default=0.1, help="GP prior noise std")
@@ -405,7 +499,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_prior(args: argparse.Namespace) -> DatasetPrior:
     if args.prior == "gp":
-        return GPPrior(args.lengthscale, args.outputscale, args.noise_std, args.x_low, args.x_high)
+        # datasets are drawn where training runs, so sampling is no host-side bottleneck
+        device = getattr(args, "device", None)
+        if device and torch.device(device).type == "cuda" and dist_.world_size() > 1:
+            device = dist_.local_device()
+        return GPPrior(
+            args.lengthscale,
+            args.outputscale,
+            args.noise_std,
+            args.x_low,
+            args.x_high,
+            device=device,
+        )
     if args.prior == "bnn":
         return BNNPrior(x_low=args.x_low, x_high=args.x_high)
     if args.prior == "bnn-tabular":
@@ -447,8 +552,12 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         time_limit=args.time_limit,
         device=args.device,
+        precision=args.precision,
+        compile=args.compile,
     )
     result = train_pfn(build_prior(args), config)
+    if not dist_.is_main():
+        return 0
     weights, meta = checkpoint_paths(args.out)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; wrote {weights}"
