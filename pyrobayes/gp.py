@@ -169,12 +169,16 @@ def gp_log_marginal(
     yt = torch.as_tensor(y).to(torch.float64).reshape(-1)
     ls = torch.as_tensor(lengthscales, dtype=torch.float64).reshape(-1)
     z = xt / ls
-    k = rbf_kernel(z, z, 1.0, float(outputscale)) + float(noise_std) ** 2 * torch.eye(len(yt), dtype=torch.float64)
+    k = rbf_kernel(z, z, 1.0, float(outputscale)) + float(noise_std) ** 2 * torch.eye(
+        len(yt), dtype=torch.float64
+    )
     chol = torch.linalg.cholesky(k)
     alpha = torch.cholesky_solve(yt.unsqueeze(-1), chol).squeeze(-1)
     n = len(yt)
     return float(
-        -0.5 * (yt * alpha).sum() - torch.log(torch.diagonal(chol)).sum() - 0.5 * n * math.log(2 * math.pi)
+        -0.5 * (yt * alpha).sum()
+        - torch.log(torch.diagonal(chol)).sum()
+        - 0.5 * n * math.log(2 * math.pi)
     )
 
 
@@ -256,7 +260,9 @@ def fit_ard_gp(
     if not torch.isfinite(yt).all():
         raise ValueError("y_train contains NaN or infinite values")
     if steps < 1 or not lr > 0 or not init_noise_std > 0:
-        raise ValueError(f"need steps >= 1, lr > 0, init_noise_std > 0; got {steps}, {lr}, {init_noise_std}")
+        raise ValueError(
+            f"need steps >= 1, lr > 0, init_noise_std > 0; got {steps}, {lr}, {init_noise_std}"
+        )
     d = xt.shape[1]
 
     class _GP(gpytorch.models.ExactGP):
@@ -284,7 +290,9 @@ def fit_ard_gp(
     n = xt.shape[0]
     # exact Cholesky throughout: GPyTorch switches to conjugate gradients above 800 points
     with gpytorch.settings.max_cholesky_size(max(n + 1, 800)):
-        for _ in tqdm(range(steps), desc="GP marginal likelihood", disable=not progress, leave=False):
+        for _ in tqdm(
+            range(steps), desc="GP marginal likelihood", disable=not progress, leave=False
+        ):
             opt.zero_grad()
             loss = -mll(model(xt), yt)
             loss.backward()

@@ -484,8 +484,15 @@ def plot_coverage(
         if not pts:
             continue
         a = np.array(pts)
-        ax.errorbar(a[:, 0], a[:, 1], yerr=a[:, 2], marker=markers[i % len(markers)],
-                    color=f"C{i % 10}", capsize=3, label=m)
+        ax.errorbar(
+            a[:, 0],
+            a[:, 1],
+            yerr=a[:, 2],
+            marker=markers[i % len(markers)],
+            color=f"C{i % 10}",
+            capsize=3,
+            label=m,
+        )
     ax.set_xlabel("nominal level")
     ax.set_ylabel("empirical coverage")
     ax.set_xlim(lo, 1.0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -72,7 +73,9 @@ class TabularConfig:
         nargs="+",
         type=str,
     )
-    y_col: str | None = _opt(None, "target column (built-in sets know theirs)", flag="--y", type=str)
+    y_col: str | None = _opt(
+        None, "target column (built-in sets know theirs)", flag="--y", type=str
+    )
     splits: int = _opt(10, "number of random train/test splits")
     test_fraction: float = _opt(0.1, "held-out fraction of each split")
     seed: int = _opt(0, "seed of the splits and of every method")
@@ -96,7 +99,9 @@ class TabularConfig:
             raise ValueError("--data is required: diabetes, motorcycle or a CSV file")
         for name in ("splits", "mlp_steps", "svi_steps", "num_samples", "nuts_samples", "gp_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.nuts_warmup < 0:
             raise ValueError(f"nuts-warmup must be >= 0, got {self.nuts_warmup}")
         if self.nuts_splits is not None and self.nuts_splits < 1:
@@ -166,7 +171,9 @@ class Split:
     test_index: torch.Tensor
 
 
-def make_splits(n: int, k: int, test_fraction: float = 0.1, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_splits(
+    n: int, k: int, test_fraction: float = 0.1, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``k`` random ``(train_index, test_index)`` partitions of ``range(n)``, each holding
     out ``round(test_fraction * n)`` (at least 1) rows; seeded, independent across splits.
 
@@ -355,9 +362,7 @@ def _run_split(
         from pyrobayes.reference import nuts_ppd
 
         # the same prior; with no latent noise in this install, the noise SVI fitted
-        ref_model, _ = _bayesian_model(
-            d, None, info.get("svi_noise_std", noise), learn_noise=False
-        )
+        ref_model, _ = _bayesian_model(d, None, info.get("svi_noise_std", noise), learn_noise=False)
         xq = s.x_test if grid is None else torch.cat([s.x_test, grid])
         t0 = time.perf_counter()
         ppd, mcmc = nuts_ppd(
@@ -378,8 +383,16 @@ def _run_split(
             grid_ppds["NUTS"] = _slice_mixture(ppd, slice(m, None))
         try:
             diag = mcmc.diagnostics()
-            rhat = [float(v["r_hat"].max()) for v in diag.values() if isinstance(v, dict) and "r_hat" in v]
-            ess = [float(v["n_eff"].min()) for v in diag.values() if isinstance(v, dict) and "n_eff" in v]
+            rhat = [
+                float(v["r_hat"].max())
+                for v in diag.values()
+                if isinstance(v, dict) and "r_hat" in v
+            ]
+            ess = [
+                float(v["n_eff"].min())
+                for v in diag.values()
+                if isinstance(v, dict) and "n_eff" in v
+            ]
             info["nuts"] = {
                 "max_r_hat": max(rhat) if rhat else None,
                 "min_ess": min(ess) if ess else None,
@@ -421,6 +434,7 @@ def run_tabular(cfg: TabularConfig) -> dict:
 
     tables, infos = [], []
     first: dict[str, Any] = {}
+    t_start = time.perf_counter()
     for k, (tr, te) in enumerate(splits):
         s = standardise_split(tab.x, tab.y, tr, te)
         grid = None
@@ -432,10 +446,19 @@ def run_tabular(cfg: TabularConfig) -> dict:
         ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k)
         raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
         table = compare_ppds(
-            raw, s.y_test_raw, times=times, reference="NUTS" if "NUTS" in raw else None, levels=LEVELS
+            raw,
+            s.y_test_raw,
+            times=times,
+            reference="NUTS" if "NUTS" in raw else None,
+            levels=LEVELS,
         )
         tables.append(table)
         infos.append(info)
+        print(  # one line per split: a long run should show it is alive even without bars
+            f"split {k + 1}/{len(splits)} done ({time.perf_counter() - t_start:.0f} s so far)",
+            file=sys.stderr,
+            flush=True,
+        )
         if grid is not None:
             first = {
                 "grid": grid_raw.float(),
@@ -447,7 +470,13 @@ def run_tabular(cfg: TabularConfig) -> dict:
         methods.remove("NUTS")
     summary = mean_se_table(tables, methods=methods)
     files = _write(cfg, tab, summary, tables, infos, notes, first, n_train, len(splits[0][1]))
-    return {"table": summary, "split_tables": tables, "notes": notes, "infos": infos, "files": files}
+    return {
+        "table": summary,
+        "split_tables": tables,
+        "notes": notes,
+        "infos": infos,
+        "files": files,
+    }
 
 
 def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> dict:
@@ -491,7 +520,8 @@ def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> d
         "x and y standardised on each training split; every method sees every training row. "
         "Scores in raw target units (NLL includes log of the y scale); mean ± standard error over "
         "splits. Times are wall-clock seconds per split (SVI includes the MLP pre-training).\n\n"
-        f"{summary.to_markdown()}\n\n" + (f"Notes:\n\n{note_md}\n" if notes else "")
+        f"{summary.to_markdown()}\n\n"
+        + (f"Notes:\n\n{note_md}\n" if notes else "")
         + "![NLL and calibration](compare.png)\n"
         + ("\n![PPD bands](compare-bands.png)\n" if first else "")
     )

@@ -11,7 +11,7 @@ from pyrobayes.cli import main
 from pyrobayes.compare import ComparisonRow, ComparisonTable, mean_se_table
 from pyrobayes.data.tabular import load_tabular
 from pyrobayes.gp import fit_ard_gp, gp_log_marginal
-from pyrobayes.ppd import AffinePPD, NormalMixturePPD, affine_ppd, normal_ppd
+from pyrobayes.ppd import AffinePPD, NormalMixturePPD, affine_ppd
 from pyrobayes.tabular_job import (
     TabularConfig,
     _load_pfn,
@@ -45,7 +45,9 @@ def test_builtin_sets_are_the_real_data():
 
 
 def test_csv_with_several_feature_columns(tmp_path):
-    path = _csv(tmp_path, "a,b,c,y\n" + "".join(f"{i},{i * i},{-i},{2 * i + 1}\n" for i in range(6)))
+    path = _csv(
+        tmp_path, "a,b,c,y\n" + "".join(f"{i},{i * i},{-i},{2 * i + 1}\n" for i in range(6))
+    )
     t = load_tabular(path, ["a", "c"], "y")
     assert t.feature_names == ("a", "c") and t.x.shape == (6, 2)
     assert t.x[:, 1].tolist() == [-float(i) for i in range(6)]
@@ -57,7 +59,12 @@ def test_csv_with_several_feature_columns(tmp_path):
     "text, x, y, message",
     [
         ("a,b,y\n1,x1,1\n2,x2,2\n3,x3,3\n4,x4,5\n", ["a", "b"], "y", "column 'b' is not numeric"),
-        ("a,b,y\n1,7,1\n2,7,2\n3,7,3\n4,7,5\n", ["a", "b"], "y", "constant feature column(s) ['b']"),
+        (
+            "a,b,y\n1,7,1\n2,7,2\n3,7,3\n4,7,5\n",
+            ["a", "b"],
+            "y",
+            "constant feature column(s) ['b']",
+        ),
         ("a,y\n1,1\n2,\n,3\n4,5\n5,6\n", ["a"], "y", "2 row(s) have a missing, NaN"),
         ("a,y\n1,1\n2,2\n", ["a"], "y", "2 row(s), need at least 4"),
         ("a,y\n1,1\n2,2\n3,3\n4,5\n", ["q"], "y", "available columns: ['a', 'y']"),
@@ -222,6 +229,22 @@ def test_real_data_job_end_to_end(tmp_path, capsys):
 
 def test_bad_real_data_from_the_cli(tmp_path, capsys):
     path = _csv(tmp_path, "a,b,y\n1,k,1\n2,l,2\n3,m,3\n4,n,5\n5,o,6\n")
-    assert main(["compare", "--data", path, "--x", "all", "--y", "y", *TINY, "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                path,
+                "--x",
+                "all",
+                "--y",
+                "y",
+                *TINY,
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "column 'b' is not numeric" in err and not (tmp_path / "o").exists()

@@ -65,7 +65,9 @@ def _to_float(values: Sequence, column: str, what: str) -> np.ndarray:
             out.append(float("nan"))
             continue
         if isinstance(v, bool):
-            raise ValueError(f"{what}: column {column!r} is boolean (row {i} holds {v!r}), not a number")
+            raise ValueError(
+                f"{what}: column {column!r} is boolean (row {i} holds {v!r}), not a number"
+            )
         try:
             out.append(float(v))
         except (TypeError, ValueError):
