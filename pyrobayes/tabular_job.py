@@ -454,6 +454,15 @@ def run_tabular(cfg: TabularConfig) -> dict:
         )
         tables.append(table)
         infos.append(info)
+        # each split's scores as soon as they exist: a long run stopped early keeps them
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
+            fh.write(
+                json.dumps(
+                    {"split": k, "table": json.loads(table.to_json()), "info": info}, default=str
+                )
+                + "\n"
+            )
         print(  # one line per split: a long run should show it is alive even without bars
             f"split {k + 1}/{len(splits)} done ({time.perf_counter() - t_start:.0f} s so far)",
             file=sys.stderr,
