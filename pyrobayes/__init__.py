@@ -25,6 +25,7 @@ from pyrobayes.infer import (
 )
 from pyrobayes.likelihoods import Categorical, Gaussian, get_likelihood
 from pyrobayes.model import BayesianModel, to_bayesian
+from pyrobayes.persist import load, save
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd
 from pyrobayes.priors import (
     LayerwiseNormalPrior,
@@ -61,11 +62,13 @@ __all__ = [
     "forward_draws",
     "get_likelihood",
     "get_prior",
+    "load",
     "moped_guide",
     "normal_ppd",
     "prior_predictive",
     "sample_posterior",
     "sample_prior",
+    "save",
     "to_bayesian",
     "to_pyro",
 ]

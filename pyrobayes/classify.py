@@ -356,22 +356,20 @@ def bayesian_text_ppd(
     batches of ``batch_size``.
     """
     from pyrobayes.infer import forward_draws, sample_posterior
+    from pyrobayes.infer.predictive import posterior_chunks
     from pyrobayes.models.hf import model_inputs
 
     model.eval()
     n_weights = sum(int(torch.as_tensor(v).numel()) for v in sample_posterior(guide, 1).values())
     chunk = max(1, min(num_samples, int(max_floats_per_chunk // max(1, n_weights))))
     device = next(iter(model.buffers())).device
-    outs, done = [], 0
-    while done < num_samples:
-        k = min(chunk, num_samples - done)
-        draws = sample_posterior(guide, k)
+    outs = []
+    for draws in posterior_chunks(guide, num_samples, chunk):
         per_batch = []
         for start in range(0, len(encoded), batch_size):
             inputs = model_inputs(encoded[start : start + batch_size], device)
             per_batch.append(forward_draws(model, draws, **inputs))
         outs.append(torch.cat(per_batch, dim=1))
-        done += k
     return model.likelihood.ppd(torch.cat(outs))
 
 

@@ -36,9 +36,19 @@ from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
+from pyrobayes._pyro_compat import pyro_name, set_pyro_name
 from pyrobayes.priors import Prior, get_prior
 
-__all__ = ["to_pyro", "bayesian_sites", "BayesianParam", "is_converted"]
+__all__ = [
+    "to_pyro",
+    "bayesian_sites",
+    "BayesianParam",
+    "is_converted",
+    "check_input_dtype",
+    "check_sites",
+    "map_draws",
+    "twin_needs_loop",
+]
 
 PRETRAINED_SUFFIX = "_pretrained"
 
@@ -125,7 +135,15 @@ def to_pyro(
         The converted ``PyroModule``; calling it inside SVI draws one weight sample per site.
 
     Raises:
-        ValueError: unknown prior, a pattern that matches no parameter, or nothing selected.
+        ValueError: unknown prior, a pattern that matches no parameter, an include pattern
+            that matches only frozen parameters (without ``include_frozen``), a tied
+            parameter included under one name and excluded under another, or nothing
+            selected.
+
+    Tied parameters (one tensor under several paths, e.g. GPT-2's ``lm_head.weight`` and
+    ``transformer.wte.weight``) form one site: including any of its paths makes the
+    shared tensor Bayesian everywhere it is used. Excluding one of its paths while
+    including another is contradictory and raises.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"to_pyro expects an nn.Module, got {type(module).__name__}")
@@ -166,9 +184,29 @@ def to_pyro(
             frozen.extend(paths)
             if not include_frozen:
                 continue
+        if selected and len(selected) < len(paths):
+            excluded = [path for path in paths if _matches(path, excludes)]
+            if excluded:
+                # A tied parameter is one tensor, hence one site: it cannot be Bayesian
+                # under one name and deterministic under another.
+                raise ValueError(
+                    f"parameters {selected} and {excluded} are tied (one tensor, one sample "
+                    "site) but the first are included and the second excluded; include or "
+                    "exclude all of them"
+                )
         if selected:
             owner, attr = _split(paths[0])
             chosen.append(BayesianParam(owner, attr, tuple(paths[1:])))
+    if not include_frozen and includes:
+        frozen_set = set(frozen)
+        for pattern in includes:
+            hits = [path for path in all_paths if _matches(path, [pattern])]
+            if hits and all(path in frozen_set for path in hits):
+                raise ValueError(
+                    f"include pattern {pattern!r} matches only frozen parameters "
+                    f"(requires_grad=False), e.g. {hits[0]!r}; pass include_frozen=True to "
+                    "make them Bayesian"
+                )
     if not chosen:
         raise ValueError(
             "no parameter was selected to become Bayesian; check include/exclude/include_types"
@@ -189,14 +227,19 @@ def to_pyro(
     to_pyro_module_(target)
     # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
     # the global param store, so two converted copies of one net would silently share.
-    target._pyro_set_supermodule(name or _unique_name(), target._pyro_context)
+    set_pyro_name(target, name or _unique_name())
     modules = dict(target.named_modules(remove_duplicate=False))
     for c in chosen:
         layer = modules[c.owner]
         value = getattr(layer, c.attr).detach().clone()
         delattr(layer, c.attr)
         layer.register_buffer(c.attr + PRETRAINED_SUFFIX, value)
-        setattr(layer, c.attr, PyroSample(_prior_fn(prior_obj, c.attr)))
+        # PyroModule's own __setattr__, not the layer's: RNNBase.__setattr__ would first
+        # write the new value into ``_flat_weights``, which for Pyro RNNs is a descriptor
+        # that re-reads every weight attribute, and this one was just deleted. Pyro's
+        # descriptor then rebuilds ``_flat_weights`` from the *sampled* weights on every
+        # access, so recurrent layers see each draw.
+        PyroModule.__setattr__(layer, c.attr, PyroSample(_prior_fn(prior_obj, c.attr)))
         for alias in c.aliases:
             a_owner, a_attr = _split(alias)
             alias_layer = modules[a_owner]
@@ -255,7 +298,7 @@ def bayesian_sites(module: nn.Module) -> dict[str, list[str]]:
     modules = dict(net.named_modules(remove_duplicate=False))
     out: dict[str, list[str]] = {}
     for c in net._pyrobayes_sites:
-        prefix = modules[c.owner]._pyro_name
+        prefix = pyro_name(modules[c.owner])
         site = f"{prefix}.{c.attr}" if prefix else c.attr
         out[site] = [c.path, *c.aliases]
     return out
@@ -282,3 +325,118 @@ def pretrained_values(module: nn.Module) -> dict[str, torch.Tensor]:
         site: getattr(modules[c.owner], c.attr + PRETRAINED_SUFFIX)
         for site, c in zip(names, net._pyrobayes_sites)
     }
+
+
+def check_input_dtype(net: nn.Module, *inputs, **kwargs) -> None:
+    """Raise a ``TypeError`` naming both dtypes when a floating-point input's dtype differs
+    from the network's (Pyro would otherwise fail deep inside a trace with a matmul error).
+
+    Integer inputs (token ids, masks) are not checked.
+
+    >>> import torch
+    >>> check_input_dtype(torch.nn.Linear(2, 1).double(), torch.zeros(1, 2))
+    Traceback (most recent call last):
+    ...
+    TypeError: input 0 has dtype torch.float32 but the network's weights are torch.float64; cast the input with .to(torch.float64)
+    """
+    dtype = next(
+        (
+            t.dtype
+            for t in itertools.chain(net.parameters(), net.buffers())
+            if t.is_floating_point()
+        ),
+        None,
+    )
+    if dtype is None:
+        return
+    named = list(enumerate(inputs)) + list(kwargs.items())
+    for key, x in named:
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+            what = f"input {key}" if isinstance(key, int) else f"input {key!r}"
+            raise TypeError(
+                f"{what} has dtype {x.dtype} but the network's weights are {dtype}; "
+                f"cast the input with .to({dtype})"
+            )
+
+
+def check_sites(module: nn.Module, names: Iterable[str], what: str = "draws") -> None:
+    """Raise a ``ValueError`` listing the *difference* between the model's Bayesian sites
+    and ``names`` (the keys of a draw dict, a guide's sites, a checkpoint): the sites
+    ``what`` lacks and the names the model does not have (a renamed network shows up as
+    both, e.g. ``bnn3.0.weight`` missing and ``bnn1.0.weight`` unexpected).
+
+    >>> import torch
+    >>> bnn = to_pyro(torch.nn.Linear(2, 1), name="a")
+    >>> check_sites(bnn, ["b.weight", "a.bias"])
+    Traceback (most recent call last):
+    ...
+    ValueError: draws do not match the model's sites: missing ['a.weight']; unexpected ['b.weight']
+    """
+    expected = list(bayesian_sites(module))
+    given = list(names)
+    missing = [s for s in expected if s not in set(given)]
+    if not missing:
+        return
+    unexpected = [s for s in given if s not in set(expected)]
+    raise ValueError(
+        f"{what} do not match the model's sites: missing {_head(missing)}; "
+        f"unexpected {_head(unexpected)}"
+    )
+
+
+def _head(names: list[str], k: int = 5) -> str:
+    return f"{names[:k]}" + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+# Layers whose fused kernels (aten::lstm, aten::gru, aten::rnn_tanh/relu) have no vmap
+# batching rule and no fallback: vmapping over weight draws raises.
+_UNBATCHABLE = (nn.RNNBase,)
+
+
+def twin_needs_loop(module: nn.Module) -> bool:
+    """Whether the converted network's twin holds a layer that ``torch.func.vmap`` cannot
+    batch over weight draws (recurrent layers), so draws must be evaluated one by one."""
+    net, _ = _converted_root(module)
+    return any(isinstance(m, _UNBATCHABLE) for m in net._pyrobayes_twin.modules())
+
+
+def map_draws(fn, in_dims: tuple, *, chunk_size: int | None = None, loop: bool = False):
+    """``torch.func.vmap(fn, in_dims, randomness="different", chunk_size=...)``, or with
+    ``loop=True`` the same mapping as a Python loop over the leading draw dimension
+    (results stacked), for networks :func:`twin_needs_loop` flags.
+
+    ``in_dims`` follows ``vmap``: ``0`` maps an argument (a tensor or a dict of tensors)
+    over its first dimension, ``None`` passes it whole to every call.
+
+    >>> import torch
+    >>> f = lambda w, x: x @ w
+    >>> w, x = torch.randn(3, 2, 1), torch.randn(4, 2)
+    >>> a = map_draws(f, (0, None))(w, x)
+    >>> b = map_draws(f, (0, None), loop=True)(w, x)
+    >>> a.shape, bool(torch.allclose(a, b))
+    (torch.Size([3, 4, 1]), True)
+    """
+    if not loop:
+        from torch.func import vmap
+
+        return vmap(fn, in_dims=in_dims, randomness="different", chunk_size=chunk_size)
+
+    def take(arg, dim, i):
+        if dim is None:
+            return arg
+        if isinstance(arg, dict):
+            return {k: v[i] for k, v in arg.items()}
+        return arg[i]
+
+    def size(arg):
+        return len(next(iter(arg.values()))) if isinstance(arg, dict) else len(arg)
+
+    def looped(*args):
+        sizes = {size(a) for a, d in zip(args, in_dims) if d is not None}
+        if len(sizes) != 1:
+            raise ValueError(f"mapped arguments disagree on the number of draws: {sorted(sizes)}")
+        (n,) = sizes
+        outs = [fn(*(take(a, d, i) for a, d in zip(args, in_dims))) for i in range(n)]
+        return torch.stack(outs)
+
+    return looped

@@ -25,6 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from enum import Enum
 
 import pyro
@@ -33,9 +36,54 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
-from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
+from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, as_class_indices
 
-__all__ = ["Likelihood", "Gaussian", "Categorical", "LikelihoodKind", "get_likelihood"]
+__all__ = [
+    "Likelihood",
+    "Gaussian",
+    "Categorical",
+    "LikelihoodKind",
+    "get_likelihood",
+    "data_size",
+    "current_data_size",
+]
+
+# The N of the plate while a training loop runs. A context variable, not an attribute on the
+# model: state left on the model after ``fit`` would silently temper the likelihood for
+# anyone who later traces it on a subset (NUTS, Predictive, a hand-written SVI loop).
+_DATA_SIZE: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "pyrobayes_data_size", default=None
+)
+
+
+@contextlib.contextmanager
+def data_size(n: int | None) -> Iterator[None]:
+    """Within the block, likelihood plates take ``n`` as the data set size ``N`` (so a
+    minibatch of ``B`` points is scaled by ``N/B``); outside it they see only the batch.
+
+    ``fit`` enters this around its loop; a distributed loop would pass the *global* ``N``.
+
+    >>> import torch
+    >>> from pyrobayes.likelihoods import Gaussian, data_size
+    >>> import pyro
+    >>> lik = Gaussian(1.0)
+    >>> with data_size(40):
+    ...     tr = pyro.poutine.trace(lik).get_trace(torch.zeros(10), torch.zeros(10))
+    >>> tr.nodes["obs"]["scale"]
+    4.0
+    """
+    if n is not None and int(n) < 1:
+        raise ValueError(f"data size must be >= 1, got {n}")
+    token = _DATA_SIZE.set(None if n is None else int(n))
+    try:
+        yield
+    finally:
+        _DATA_SIZE.reset(token)
+
+
+def current_data_size() -> int | None:
+    """The ``N`` set by the innermost :func:`data_size` block, or ``None``."""
+    return _DATA_SIZE.get()
 
 
 class LikelihoodKind(str, Enum):
@@ -44,15 +92,20 @@ class LikelihoodKind(str, Enum):
 
 
 class Likelihood(PyroModule):
-    """Base class. ``dataset_size`` is the ``N`` of the plate; ``None`` means "the batch is
-    the whole data set" (``fit`` sets it from the data it is given)."""
+    """Base class. ``dataset_size`` is a fixed ``N`` for the plate chosen by the user;
+    ``None`` (the default) means the ``N`` of an enclosing :func:`data_size` block (``fit``
+    opens one from the data it is given) and otherwise "the batch is the whole data set"."""
 
     def __init__(self, dataset_size: int | None = None):
         super().__init__()
         self.dataset_size = dataset_size
 
+    def plate_size(self, batch_size: int) -> int:
+        """The plate's ``N`` for a batch of ``batch_size`` points."""
+        return self.dataset_size or current_data_size() or batch_size
+
     def _plate(self, batch_size: int, device: torch.device):
-        size = self.dataset_size or batch_size
+        size = self.plate_size(batch_size)
         if size < batch_size:
             raise ValueError(f"batch of {batch_size} points is larger than dataset_size={size}")
         subsample = None if size == batch_size else torch.arange(batch_size, device=device)
@@ -114,20 +167,29 @@ class Categorical(Likelihood):
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
-            if y.shape != outputs.shape[:-1]:
-                raise ValueError(
-                    f"labels have shape {tuple(y.shape)} but logits have {tuple(outputs.shape)}"
-                )
-            n_classes = outputs.shape[-1]
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-                raise ValueError(
-                    f"labels must lie in [0, {n_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
-                )
+            y = self._labels(outputs, y)
         with self._plate(outputs.shape[0], outputs.device):
             pyro.sample("obs", dist.Categorical(logits=outputs).to_event(outputs.dim() - 2), obs=y)
         return outputs
 
+    @staticmethod
+    def _labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Class indices checked against the logits (shape, dtype, range, one-hot)."""
+        if outputs.shape[-1] < 2:
+            raise ValueError(
+                f"a categorical likelihood needs one logit per class, but the network outputs "
+                f"shape {tuple(outputs.shape)} ({outputs.shape[-1]} output); for regression "
+                "pass likelihood=Gaussian(...)"
+            )
+        y = as_class_indices(y, outputs.shape[-1], logits_shape=outputs.shape)
+        if y.shape != outputs.shape[:-1]:
+            raise ValueError(
+                f"labels have shape {tuple(y.shape)} but logits have {tuple(outputs.shape)}"
+            )
+        return y
+
     def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = self._labels(outputs, y)
         lp = -torch.nn.functional.cross_entropy(
             outputs.flatten(0, -2), y.flatten(), reduction="none"
         )

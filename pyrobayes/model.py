@@ -21,7 +21,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyrobayes.convert import to_pyro
+from pyrobayes._pyro_compat import pyro_name
+from pyrobayes.convert import check_input_dtype, to_pyro
 from pyrobayes.guides.moped import moped_guide
 from pyrobayes.likelihoods import Likelihood, get_likelihood
 from pyrobayes.priors import Prior
@@ -57,12 +58,13 @@ class BayesianModel(PyroModule):
     ):
         if not hasattr(net, "_pyrobayes_sites"):
             raise ValueError("BayesianModel needs a network converted by pyrobayes.to_pyro")
-        super().__init__(name=net._pyro_name)
+        super().__init__(name=pyro_name(net))
         self.net = net
         self.likelihood = get_likelihood(likelihood)
         self.output_fn = output_fn or default_output
 
     def forward(self, *inputs, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        check_input_dtype(self.net, *inputs, **kwargs)
         out = self.output_fn(self.net(*inputs, **kwargs))
         return self.likelihood(out, y)
 
@@ -82,6 +84,8 @@ def to_bayesian(
     guide: str = "normal",
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
+    include_types: type | tuple[type, ...] | None = None,
+    include_frozen: bool = False,
     output_fn: Callable[[Any], torch.Tensor] | None = None,
     name: str | None = None,
     prior_kwargs: dict | None = None,
@@ -98,10 +102,18 @@ def to_bayesian(
             weights; pass ``prior_kwargs`` for its options, e.g. ``{"scale": 0.1}``).
         likelihood: ``"categorical"`` (logits), ``"gaussian"`` or a Likelihood object.
         guide: ``"normal"`` (mean field) or ``"lowrank"`` (pass ``rank=``).
-        include, exclude: which parameters become Bayesian (see :func:`to_pyro`).
+        include, exclude, include_types, include_frozen: which parameters become Bayesian
+            (see :func:`to_pyro`).
     """
     bnn = to_pyro(
-        net, prior=prior, include=include, exclude=exclude, name=name, **(prior_kwargs or {})
+        net,
+        prior=prior,
+        include=include,
+        exclude=exclude,
+        include_types=include_types,
+        include_frozen=include_frozen,
+        name=name,
+        **(prior_kwargs or {}),
     )
     model = BayesianModel(bnn, likelihood, output_fn=output_fn)
     if guide == "normal":

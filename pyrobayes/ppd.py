@@ -261,6 +261,36 @@ def affine_ppd(
     return AffinePPD(ppd, loc, scale)
 
 
+def as_class_indices(y, num_classes: int, logits_shape: torch.Size | None = None) -> torch.Tensor:
+    """Validate class labels and return them as a ``long`` tensor.
+
+    Integer tensors pass; floating tensors pass only if every value is a whole number
+    (e.g. labels stored as float in a data file), anything else (``1.7``) is an error
+    rather than being truncated to a class. One-hot labels (same shape as the logits)
+    are rejected with a hint to take the argmax."""
+    y = torch.as_tensor(y)
+    if y.dtype == torch.bool:
+        raise ValueError("labels are booleans; pass class indices (0 .. num_classes-1) as ints")
+    if logits_shape is not None and num_classes > 1 and tuple(y.shape) == tuple(logits_shape):
+        raise ValueError(
+            f"labels of shape {tuple(y.shape)} match the logits' shape: they look one-hot, "
+            "pass class indices (argmax) instead, e.g. y.argmax(-1)"
+        )
+    if y.is_floating_point() or y.is_complex():
+        if y.is_complex() or not torch.isfinite(y).all() or (y != y.round()).any():
+            raise ValueError(
+                "a categorical likelihood needs integer class labels, got non-integer values "
+                f"(e.g. {y.flatten()[(y != y.round()).flatten()][:3].tolist()}); for real-valued "
+                "targets use likelihood=Gaussian(...)"
+            )
+        y = y.long()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
+        )
+    return y.long()
+
+
 class CategoricalPPD(Distribution):
     """Categorical PPD: class probabilities averaged over ``S`` posterior draws.
 
@@ -310,9 +340,7 @@ class CategoricalPPD(Distribution):
         return self.probs.argmax(-1)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        value = torch.as_tensor(value, device=self.probs.device).long()
-        if ((value < 0) | (value >= self.num_classes)).any():
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
+        value = as_class_indices(value, self.num_classes).to(self.probs.device)
         logp = self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log()
         logp = (
             logp.expand(value.shape + (self.num_classes,))

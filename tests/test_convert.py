@@ -203,3 +203,88 @@ def test_cnn_conversion_and_vectorised_forward():
     with torch.no_grad():
         direct = pyro.poutine.condition(bnn, data=one)(x)
     assert torch.allclose(out[1], direct, atol=1e-5)
+
+
+class _Tied(nn.Module):
+    """An embedding shared with the output head, as in GPT-2."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(5, 4)
+        self.lm_head = nn.Linear(4, 5, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, ids):
+        return self.lm_head(self.wte(ids))
+
+
+def test_tied_parameter_included_and_excluded_raises_naming_both():
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*wte\.weight|wte\.weight.*lm_head"):
+        to_pyro(_Tied(), include="lm_head", exclude="wte", name="tied_x")
+
+
+def test_tied_parameter_included_by_one_name_is_one_site():
+    bnn = to_pyro(_Tied(), include="lm_head", name="tied_i")
+    sites = bayesian_sites(bnn)
+    assert len(sites) == 1
+    (paths,) = sites.values()
+    assert set(paths) == {"wte.weight", "lm_head.weight"}
+
+
+def test_include_of_frozen_parameter_mentions_include_frozen():
+    net = mlp()
+    net[2].requires_grad_(False)
+    with pytest.raises(ValueError, match="include_frozen=True"):
+        to_pyro(net, include="2.", name="frz")
+    bnn = to_pyro(net, include="2.", include_frozen=True, name="frz2")
+    assert sorted(bayesian_sites(bnn)) == ["frz2.2.bias", "frz2.2.weight"]
+
+
+def test_to_bayesian_passes_include_types():
+    from pyrobayes import to_bayesian
+
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(8, 1))
+    model, guide = to_bayesian(net, include_types=nn.Linear, likelihood=Gaussian(0.1), name="it")
+    assert sorted(bayesian_sites(model)) == ["it.net.2.bias", "it.net.2.weight"]
+    guide.setup(torch.randn(3, 1, 6))
+    assert guide(torch.randn(3, 1, 6))["it.net.2.weight"].shape == (1, 8)
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float64, torch.bfloat16])
+def test_input_dtype_mismatch_names_both_dtypes(model_dtype):
+    model = BayesianModel(to_pyro(mlp().to(model_dtype), name=f"dt{model_dtype}"), Gaussian(0.1))
+    with pytest.raises(TypeError, match=rf"torch.float32.*{model_dtype}"):
+        model(torch.randn(4, 3))
+    assert model(torch.randn(4, 3, dtype=model_dtype)).dtype == model_dtype
+
+
+@pytest.mark.parametrize("delta", [True, 0.0, -0.1, float("nan"), float("inf")])
+def test_to_bayesian_rejects_bad_delta(delta):
+    from pyrobayes import to_bayesian
+
+    with pytest.raises(ValueError, match="delta"):
+        to_bayesian(mlp(), delta=delta, name="bd")
+
+
+def test_check_sites_prints_the_difference():
+    from pyrobayes.convert import check_sites
+
+    bnn = to_pyro(mlp(), name="cs")
+    check_sites(bnn, bayesian_sites(bnn))  # equal: no error
+    other = {s.replace("cs.", "zz."): None for s in bayesian_sites(bnn)}
+    with pytest.raises(ValueError) as err:
+        check_sites(bnn, other, "guide sites")
+    msg = str(err.value)
+    assert "missing ['cs.0.weight', 'cs.0.bias'" in msg
+    assert "unexpected ['zz.0.weight', 'zz.0.bias'" in msg
+
+
+def test_tiny_gpt2_tied_include_with_exclude_raises():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30, n_positions=8)
+    gpt = transformers.GPT2LMHeadModel(cfg).eval()
+    with pytest.raises(ValueError, match=r"lm_head\.weight.*transformer\.wte\.weight.*tied"):
+        to_pyro(gpt, include="lm_head", exclude="transformer.wte", name="gptx")
+    # Including the head alone makes the shared embedding Bayesian too: one site.
+    sites = bayesian_sites(to_pyro(gpt, include="lm_head", name="gpti"))
+    assert list(sites.values()) == [["transformer.wte.weight", "lm_head.weight"]]

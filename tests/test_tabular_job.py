@@ -198,8 +198,8 @@ def test_config_drives_the_command_line():
 
 
 TINY = [
-    "--splits", "2", "--mlp-steps", "100", "--svi-steps", "50", "--num-samples", "20",
-    "--nuts-warmup", "10", "--nuts-samples", "10", "--gp-steps", "30", "--no-progress",
+    "--splits", "2", "--mlp-steps", "60", "--svi-steps", "30", "--num-samples", "20",
+    "--nuts-warmup", "5", "--nuts-samples", "5", "--gp-steps", "30", "--no-progress",
 ]  # fmt: skip
 
 

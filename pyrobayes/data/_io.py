@@ -58,6 +58,14 @@ def _check_files_exist(files) -> None:
     missing = [f for f in items if "*" not in f and "://" not in f and not os.path.exists(f)]
     if missing:
         raise FileNotFoundError(f"data file(s) not found: {missing}")
+    _check_not_empty(f for f in items if "*" not in f and "://" not in f)
+
+
+def _check_not_empty(files) -> None:
+    # `datasets` fails on a 0-byte file with a bare "DatasetGenerationError"; name the file.
+    empty = [f for f in files if os.path.isfile(f) and os.path.getsize(f) == 0]
+    if empty:
+        raise ValueError(f"data file(s) {empty} are empty (0 bytes): no header and no rows")
 
 
 def load_any(
@@ -97,6 +105,7 @@ def load_any(
             builder, extra = _builder_for(data_files)
         return _as_dict(_load_dataset(builder, data_files=data_files, **extra, **kwargs))
     if os.path.isfile(name_or_path):
+        _check_not_empty([name_or_path])
         builder, extra = _builder_for(name_or_path)
         return _as_dict(
             _load_dataset(builder, data_files={"train": name_or_path}, **extra, **kwargs)

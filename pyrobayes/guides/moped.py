@@ -36,6 +36,13 @@ from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
 from pyro.nn import PyroParam
 from pyro.nn.module import PyroModule
 
+from pyrobayes._pyro_compat import (
+    event_dims,
+    init_scale,
+    loc_and_scale,
+    setup_prototype,
+    unconstrained_shapes,
+)
 from pyrobayes.convert import pretrained_values
 
 __all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_scale"]
@@ -47,11 +54,18 @@ class GuideKind(str, Enum):
 
 
 def _check_delta(delta: float, min_scale: float) -> None:
+    # bool is an int subclass: `delta=True` would silently mean delta = 1.
     if not (
-        isinstance(delta, (int, float)) and delta > 0 and delta == delta and delta != float("inf")
+        isinstance(delta, (int, float))
+        and not isinstance(delta, bool)
+        and delta > 0
+        and delta == delta
+        and delta != float("inf")
     ):
         raise ValueError(f"MOPED delta must be a positive finite number, got {delta!r}")
-    if not (min_scale > 0):
+    if isinstance(min_scale, bool) or not (
+        isinstance(min_scale, (int, float)) and 0 < min_scale < float("inf")
+    ):
         raise ValueError(f"min_scale must be positive, got {min_scale!r}")
 
 
@@ -74,7 +88,7 @@ class _Setup:
     def setup(self, *args, **kwargs) -> None:
         """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
         if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+            setup_prototype(self, *args, **kwargs)
 
 
 class MOPEDNormal(_Setup, AutoNormal):
@@ -106,9 +120,9 @@ class MOPEDNormal(_Setup, AutoNormal):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         for name, w in self._pretrained.items():
-            if name not in self._event_dims:
+            if name not in event_dims(self):
                 continue
-            event_dim = self._event_dims[name]
+            event_dim = event_dims(self)[name]
             _deep_set_param(
                 self.scales,
                 name,
@@ -128,7 +142,10 @@ class MOPEDNormal(_Setup, AutoNormal):
             raise RuntimeError(
                 "the guide is not set up yet: call guide.setup(*inputs) or fit first"
             )
-        return self._get_loc_and_scale(site)
+        return loc_and_scale(self, site)
+
+
+_LOWRANK_DTYPES = {"torch.float32", "torch.float64"}
 
 
 class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
@@ -144,6 +161,15 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.delta, self.min_scale = float(delta), float(min_scale)
         self._pretrained = _init_values(model)
+        low = sorted({str(v.dtype) for v in self._pretrained.values()} - _LOWRANK_DTYPES)
+        if low:
+            # LowRankMultivariateNormal factors its capacitance matrix by Cholesky, which
+            # has no half-precision kernel (and would be too inaccurate in bf16 anyway).
+            raise TypeError(
+                f"MOPEDLowRank needs float32 or float64 weights, got {', '.join(low)}: the "
+                "low-rank Normal's Cholesky has no half-precision kernel. Use the mean-field "
+                "guide (MOPEDNormal, guide='normal') or convert the network with .float()"
+            )
         super().__init__(
             _latent_only(model),
             init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
@@ -153,7 +179,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         pieces = []
-        for name, shape in self._unconstrained_shapes.items():
+        for name, shape in unconstrained_shapes(self).items():
             if name in self._pretrained:
                 pieces.append(
                     moped_scale(self._pretrained[name], self.delta, self.min_scale).reshape(-1)
@@ -161,7 +187,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             else:
                 pieces.append(
                     self.loc.new_full(
-                        (int(torch.Size(shape).numel()),), 0.5**0.5 * self._init_scale
+                        (int(torch.Size(shape).numel()),), 0.5**0.5 * init_scale(self)
                     )
                 )
         scale = torch.cat(pieces).to(self.loc)

@@ -1,6 +1,14 @@
 """Inference: the SVI loop and the vectorised posterior predictive."""
 
-from pyrobayes.infer.fit import EarlyStopping, History, LossKind, fit, load_fit_checkpoint
+from pyrobayes.infer.fit import (
+    EarlyStopping,
+    FitConfig,
+    History,
+    LossKind,
+    LRSchedule,
+    fit,
+    load_fit_checkpoint,
+)
 from pyrobayes.infer.predictive import (
     PosteriorPredictive,
     forward_draws,
@@ -11,8 +19,10 @@ from pyrobayes.infer.predictive import (
 
 __all__ = [
     "EarlyStopping",
+    "FitConfig",
     "History",
     "LossKind",
+    "LRSchedule",
     "PosteriorPredictive",
     "fit",
     "forward_draws",

@@ -25,11 +25,11 @@ import math
 import torch
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Independent, Normal, biject_to
-from torch.func import functional_call
 
+from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.predictive import fixed_tensors
+from pyrobayes.infer.twin import fixed_tensors, twin_forward
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -87,14 +87,17 @@ class FusedMeanFieldELBO:
                 log_p = log_p + self._priors[site](w)
             twin = self.net._pyrobayes_twin
             twin.train(self.model.training)
-            out = self.model.output_fn(
-                functional_call(
-                    twin, {**fixed_tensors(self.net, detach=False), **weights}, inputs, kwargs
-                )
+            out = twin_forward(
+                self.model,
+                weights,
+                *inputs,
+                net=self.net,
+                fixed=fixed_tensors(self.net, detach=False),
+                **kwargs,
             )
         lik = self.model.likelihood
         batch = out.shape[0]
-        n = lik.dataset_size or batch
+        n = lik.plate_size(batch)
         log_lik = lik.log_prob(out, y).sum() * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
 
@@ -105,9 +108,9 @@ def _leaf(root, name: str):
     *path, attr = name.split(".")
     for part in path:
         module = module._modules[part]
-    if attr + "_unconstrained" in module._parameters:
-        raw = module._parameters[attr + "_unconstrained"]
-        transform = biject_to(module._pyro_params[attr][0])
+    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
+        raw = module._parameters[attr + UNCONSTRAINED_SUFFIX]
+        transform = biject_to(param_constraint(module, attr))
         if isinstance(transform, torch.distributions.transforms.IndependentTransform):
             transform = transform.base_transform
         if transform == torch.distributions.transforms.identity_transform:

@@ -21,16 +21,22 @@ Example::
     >>> history = fit(model, guide, (x, y), epochs=2, batch_size=32, progress=False)
     >>> len(history)
     2
+    >>> from pyrobayes.infer import FitConfig
+    >>> cfg = FitConfig(epochs=3, batch_size=32, lr_schedule="cosine", progress=False)
+    >>> len(fit(model, guide, (x, y), cfg, epochs=1))   # keywords override the config
+    1
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -39,29 +45,49 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO, supports_fused
+from pyrobayes.infer.fast_elbo import supports_fused
+from pyrobayes.infer.fit_checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_state_dict,
+    load_fit_checkpoint,
+    rename_prefix,
+    save_fit_checkpoint,
+)
+from pyrobayes.infer.steppers import FusedStepper, SVIStepper, TorchStepper
+from pyrobayes.likelihoods import data_size
+from pyrobayes.progress import progress_bar
 
 __all__ = [
     "fit",
     "History",
     "EarlyStopping",
     "LossKind",
+    "LRSchedule",
+    "FitConfig",
     "CHECKPOINT_FORMAT",
     "load_fit_checkpoint",
 ]
-
-CHECKPOINT_FORMAT = "pyrobayes-fit-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class LossKind(str, Enum):
     TRACE_ELBO = "trace_elbo"
     MEANFIELD = "meanfield"
+
+
+class LRSchedule(str, Enum):
+    r"""Learning-rate factor :math:`f(t)` over the ``T`` steps of a fit: ``constant`` (1),
+    ``cosine`` (:math:`\tfrac12(1+\cos \pi t/T)`), ``step`` (:math:`\gamma^{\lfloor e/s
+    \rfloor}` at epoch ``e``, options ``step_size`` (epochs, default ``epochs // 3``) and
+    ``gamma`` (default 0.1))."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+    STEP = "step"
 
 
 @dataclass
@@ -127,6 +153,8 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 
 def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> DataLoader:
+    """The loader of a fit. A distributed run would wrap the tensor data set in a
+    ``DistributedSampler`` here and nowhere else."""
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
@@ -146,6 +174,17 @@ def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> Data
     raise TypeError("data must be a tuple of tensors (inputs..., targets) or a torch DataLoader")
 
 
+def _data_size(loader: DataLoader) -> int | None:
+    """``N`` of the likelihood plate (a distributed run would return the global size)."""
+    try:
+        n = len(loader.dataset)
+    except TypeError:
+        return None
+    if n == 0:
+        raise ValueError("data is empty")
+    return n
+
+
 def _split_batch(batch, device) -> tuple[tuple, dict, torch.Tensor]:
     """``(*inputs, y)`` tuples, or dicts with a ``labels``/``label`` key (Hugging Face)."""
     if isinstance(batch, Mapping):
@@ -159,6 +198,19 @@ def _split_batch(batch, device) -> tuple[tuple, dict, torch.Tensor]:
     return tuple(x.to(device) for x in xs), {}, y.to(device)
 
 
+def _check_batch(xs: tuple, kw: dict, y: torch.Tensor, epoch: int, step: int) -> None:
+    """NaN/inf in a batch would turn every parameter NaN in one step: refuse it first."""
+    named = [(f"input {i}", x) for i, x in enumerate(xs)]
+    named += [(f"input {k!r}", v) for k, v in kw.items()] + [("targets", y)]
+    for name, t in named:
+        try:
+            _check_finite(name, t)
+        except ValueError as exc:
+            raise ValueError(
+                f"epoch {epoch}, batch {step}: {exc}; the guide was not updated with it"
+            ) from None
+
+
 def _kl_weight_at(kl_weight, epoch: int, epochs: int) -> float:
     w = kl_weight(epoch, epochs) if callable(kl_weight) else kl_weight
     if not (0 <= float(w) < math.inf):
@@ -166,11 +218,49 @@ def _kl_weight_at(kl_weight, epoch: int, epochs: int) -> float:
     return float(w)
 
 
+def _lr_factor_fn(
+    schedule, options: Mapping[str, Any] | None, epochs: int, steps_per_epoch: int | None
+) -> Callable[[int, int], float] | None:
+    """``f(step, total_steps) -> factor`` for a schedule name or callable; ``None``: constant."""
+    options = dict(options or {})
+    if callable(schedule):
+        if options:
+            raise ValueError("lr_schedule_options only apply to a named schedule")
+        return schedule
+    try:
+        kind = LRSchedule(schedule)
+    except ValueError:
+        valid = ", ".join(k.value for k in LRSchedule)
+        raise ValueError(
+            f"unknown lr_schedule {schedule!r}; valid: {valid}, or a callable"
+        ) from None
+    allowed = {"step_size", "gamma"} if kind is LRSchedule.STEP else set()
+    if set(options) - allowed:
+        raise ValueError(
+            f"lr_schedule {kind.value!r} takes options {sorted(allowed)}, got {sorted(options)}"
+        )
+    if kind is LRSchedule.CONSTANT:
+        return None
+    if steps_per_epoch is None:
+        raise ValueError("a learning-rate schedule needs a DataLoader with a length")
+    if kind is LRSchedule.COSINE:
+        return lambda t, total: 0.5 * (1 + math.cos(math.pi * min(t, total) / max(total, 1)))
+    step_size = int(options.get("step_size", max(epochs // 3, 1)))
+    gamma = float(options.get("gamma", 0.1))
+    if step_size < 1 or not gamma > 0:
+        raise ValueError(f"step schedule needs step_size >= 1 and gamma > 0, got {options}")
+    return lambda t, total: gamma ** ((t // steps_per_epoch) // step_size)
+
+
 def _diagnose(model, guide, xs, kw, y) -> str:
     """Name the first site (or parameter) whose value or log-density is not finite."""
     for name, value in pyro.get_param_store().items():
         if not torch.isfinite(value).all():
             return f"parameter {name!r}"
+    for m in (guide, model):
+        for name, value in m.named_parameters():
+            if not torch.isfinite(value).all():
+                return f"parameter {name!r}"
     try:
         guide_tr = pyro.poutine.trace(guide).get_trace(*xs, y=y, **kw)
         model_tr = pyro.poutine.trace(pyro.poutine.replay(model, trace=guide_tr)).get_trace(
@@ -189,148 +279,166 @@ def _diagnose(model, guide, xs, kw, y) -> str:
     return "no single site (the ELBO estimate itself overflowed)"
 
 
-class _SVIStepper:
-    """Pyro's own SVI with a Pyro optimiser."""
-
-    def __init__(self, model, guide, elbo, optim):
-        self.optim = optim
-        self.svi = SVI(model, guide, optim, elbo)
-
-    def step(self, *args, **kwargs) -> float:
-        return self.svi.step(*args, **kwargs)
-
-    def get_state(self) -> dict:
-        return self.optim.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.optim.set_state(state)
+def _snapshot(model, guide, stepper) -> dict:
+    """A copy of everything a step changes (for the Pyro-SVI path, which updates inside
+    ``svi.step`` and cannot skip a non-finite update the way the torch steppers do)."""
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "guide": copy.deepcopy(guide.state_dict()),
+        "optim": copy.deepcopy(stepper.get_state()),
+    }
 
 
-class _TorchStepper:
-    r"""``elbo.loss_and_grads`` plus one torch optimiser over every trainable parameter
-    of the guide and the model (PyroModules keep their parameters as ordinary
-    ``nn.Parameter``\ s, so this is the same objective SVI optimises)."""
-
-    def __init__(self, scaled_model, scaled_guide, model, guide, elbo, make_optim):
-        self.scaled_model, self.scaled_guide = scaled_model, scaled_guide
-        self.model, self.guide, self.elbo = model, guide, elbo
-        self.make_optim, self.opt, self._pending = make_optim, None, None
-
-    def _build(self, *args, **kwargs) -> None:
-        if getattr(self.guide, "prototype_trace", "absent") is None:
-            self.guide._setup_prototype(*args, **kwargs)
-        params = {
-            id(p): p for m in (self.guide, self.model) for p in m.parameters() if p.requires_grad
-        }
-        self.opt = self.make_optim(list(params.values()))
-        if self._pending is not None:
-            self.opt.load_state_dict(self._pending)
-            self._pending = None
-
-    def step(self, *args, **kwargs) -> float:
-        if self.opt is None:
-            self._build(*args, **kwargs)
-        loss = self.elbo.loss_and_grads(self.scaled_model, self.scaled_guide, *args, **kwargs)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return float(loss)
-
-    def get_state(self) -> dict:
-        return self.opt.state_dict() if self.opt is not None else {}
-
-    def set_state(self, state: dict) -> None:
-        if self.opt is None:
-            self._pending = state or None
-        else:
-            self.opt.load_state_dict(state)
+def _restore(model, guide, stepper, snap: dict | None) -> None:
+    if snap is None:
+        return
+    model.load_state_dict(snap["model"])
+    # a guide whose parameters the failing (first) step created has no finite state to keep
+    guide.load_state_dict(snap["guide"], strict=bool(snap["guide"]))
+    stepper.set_state(snap["optim"])
 
 
-class _FusedStepper(_TorchStepper):
-    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser."""
-
-    def __init__(self, model, guide, make_optim, weight):
-        super().__init__(model, guide, model, guide, None, make_optim)
-        self.fused = FusedMeanFieldELBO(model, guide)
-        self.weight = weight
-
-    def step(self, *args, **kwargs) -> float:
-        if self.opt is None:
-            self._build(*args, **kwargs)
-        self.fused.beta = self.weight["beta"]
-        loss = self.fused.loss(*args, **kwargs)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+def _pyro_name(model) -> str | None:
+    return getattr(model, "_pyro_name", None)
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+def _ensure_guide_params(guide, loader, device) -> None:
+    """The guide's parameters must exist before saved values can be loaded into them."""
+    first = next(iter(loader), None)
+    if first is None:
+        raise ValueError("the DataLoader yields no batches; nothing to resume with")
+    xs, kw, y = _split_batch(first, device)
+    if hasattr(guide, "setup"):
+        guide.setup(*xs, y=y, **kw)
+    else:
+        guide(*xs, y=y, **kw)
 
 
-def load_fit_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`fit` without executing any code."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable pyrobayes fit checkpoint: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a pyrobayes fit checkpoint (format tag missing)")
-    if state.get("version") != CHECKPOINT_VERSION:
+def _resume(path: Path, model, guide, stepper, loader, device, history: History) -> int:
+    """Load a checkpoint into ``model``, ``guide``, the optimiser and the RNGs; the epoch."""
+    state = load_fit_checkpoint(path)
+    _ensure_guide_params(guide, loader, device)
+    saved_name, name = state.get("pyro_name"), _pyro_name(model)
+    hint = ""
+    if saved_name and name and saved_name != name:
+        # the same architecture converted under another auto-generated name: map the names
+        state["model"] = rename_prefix(state["model"], saved_name, name)
+        state["guide"] = rename_prefix(state["guide"], saved_name, name)
+        hint = f" (checkpoint model {saved_name!r} mapped onto {name!r})"
+    check_state_dict("model", model, state["model"], hint)
+    check_state_dict("guide", guide, state["guide"], hint)
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
+    stepper.set_state(state["optim"])
+    history.records = list(state["history"])
+    torch.set_rng_state(state["rng"])
+    if isinstance(loader.generator, torch.Generator) and state.get("loader_rng") is not None:
+        loader.generator.set_state(state["loader_rng"])
+    return int(state["epoch"])
+
+
+def _save(path: Path, epoch: int, model, guide, stepper, loader, history: History) -> None:
+    gen = loader.generator if isinstance(loader.generator, torch.Generator) else None
+    save_fit_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "pyro_name": _pyro_name(model),
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "optim": stepper.get_state(),
+            "history": history.records,
+            "rng": torch.get_rng_state(),
+            "loader_rng": gen.get_state() if gen is not None else None,
+        },
+    )
+
+
+def _make_stepper(model, guide, cfg: FitConfig, weight: dict):
+    loss_kind, optim, num_particles = LossKind(cfg.loss), cfg.optim, cfg.num_particles
+    elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
+    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=cfg.vectorize_particles)
+
+    def scaled_model(*a, **k):
+        with _ScaleLatents(weight["beta"]):
+            return model(*a, **k)
+
+    def scaled_guide(*a, **k):
+        with _ScaleLatents(weight["beta"]):
+            return guide(*a, **k)
+
+    # foreach: one fused update over all tensors (torch only picks it by default on GPUs)
+    make_optim = optim or functools.partial(torch.optim.Adam, lr=cfg.lr, foreach=True)
+    is_pyro = isinstance(optim, pyro.optim.PyroOptim)
+    can_fuse = (
+        loss_kind is LossKind.TRACE_ELBO
+        and num_particles == 1
+        and not is_pyro
+        and supports_fused(model, guide)
+    )
+    if cfg.fused and not can_fuse:
         raise ValueError(
-            f"{path} has checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}"
+            "fused=True needs loss='trace_elbo', num_particles=1, a torch optimiser, "
+            "a BayesianModel and an AutoNormal-family guide"
         )
-    return state
+    if is_pyro:
+        return SVIStepper(scaled_model, scaled_guide, elbo, optim)
+    if can_fuse and cfg.fused is not False:
+        stepper = FusedStepper(model, guide, make_optim, weight)
+        stepper.fused.local_reparam = cfg.local_reparam
+        return stepper
+    return TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)
 
 
-def fit(
-    model: torch.nn.Module,
-    guide: torch.nn.Module,
-    data: DataLoader | Sequence[torch.Tensor],
-    *,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    optim: pyro.optim.PyroOptim | None = None,
-    loss: str | LossKind = "trace_elbo",
-    num_particles: int = 1,
-    vectorize_particles: bool = False,
-    kl_weight: float | Callable[[int, int], float] = 1.0,
-    callbacks: Iterable[Callable[[dict[str, Any]], bool | None]] = (),
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = False,
-    shuffle: bool = True,
-    seed: int | None = 0,
-    device: torch.device | str | None = None,
-    validate: bool = False,
-    fused: bool | None = None,
-    local_reparam: bool = False,
-    progress: bool = True,
-) -> History:
-    """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
+def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -> float:
+    """One step; on a non-finite loss restore the last finite state and raise."""
+    snap = _snapshot(model, guide, stepper) if isinstance(stepper, SVIStepper) else None
+    cause = None
+    try:
+        with pyro.validation_enabled(validate), lrt():
+            value = stepper.step(*xs, y=y, **kw)
+    except ValueError as exc:
+        # Pyro's argument validation is how a NaN parameter usually surfaces.
+        if "invalid values" not in str(exc):
+            raise
+        value, cause = math.nan, exc
+    if math.isfinite(value):
+        return value
+    where = _diagnose(model, guide, xs, kw, y)
+    _restore(model, guide, stepper, snap)  # torch steppers skipped the update themselves
+    raise FloatingPointError(
+        f"ELBO loss became {value} at epoch {epoch}, step {step}: first non-finite {where}. "
+        "The guide, model and optimiser keep their last finite state. "
+        "Try a smaller learning rate, a smaller MOPED delta or a larger min_scale."
+    ) from cause
 
-    Args:
-        model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
-        data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
-            such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
-            likelihood plate, so each minibatch ELBO is unbiased for the full data.
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every option of :func:`fit` (``fit(model, guide, data, config=cfg)`` or the same
+    names as keywords; keywords given with a config override its fields).
+
+    Attributes:
         epochs, batch_size, lr: loop length, batch size for tensor data, Adam step size.
-        optim: a Pyro optimiser (then Pyro's ``SVI`` runs the loop), or a callable that
+        optim: a Pyro optimiser (then Pyro's ``SVI`` runs the loop; a
+            ``pyro.optim.PyroLRScheduler`` is stepped once per epoch), or a callable that
             builds a ``torch.optim.Optimizer`` from a parameter list (default: ``Adam(lr)``
             over all guide and model parameters at once: one fused update instead of
             Pyro's one optimiser per parameter, which dominates the step time of small nets).
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).
-        num_particles: ELBO samples per step.
+        num_particles, vectorize_particles: ELBO samples per step.
         kl_weight: :math:`\\beta`, a number or ``f(epoch, epochs) -> float`` (annealing).
+        lr_schedule: learning rate :math:`\\eta_t = \\eta_0 f(t, T)` over the ``T`` steps
+            of the whole fit (:class:`LRSchedule`: ``"constant"``, ``"cosine"``, ``"step"``)
+            or a callable ``f(step, total_steps) -> factor``; torch optimisers only.
+        lr_schedule_options: ``{"step_size": epochs, "gamma": factor}`` for ``"step"``.
         callbacks: called with each epoch's record (they may add keys); returning ``True``
             stops training (see :class:`EarlyStopping`).
-        checkpoint: file written atomically after every epoch; with ``resume=True`` and an
-            existing file, training continues from it (at most one epoch is lost).
+        checkpoint: JSON file (plus ``<checkpoint>.safetensors``) written atomically after
+            every epoch; with ``resume=True`` and an existing file, training continues from
+            it (at most one epoch is lost), also into a model converted under another name.
+        shuffle: reshuffle tensor data every epoch.
         seed: seeds Pyro and the batch order (``None``: leave global RNG alone).
         device: where data batches go (default: the model's device).
         validate: keep Pyro's distribution-argument validation on inside the loop (the
@@ -342,152 +450,159 @@ def fit(
         local_reparam: evaluate linear layers by local reparameterisation
             (:class:`~pyrobayes.guides.LocalReparameterization`): the same ELBO in
             expectation with lower-variance gradients.
-        progress: show a tqdm bar.
+        progress: show progress (a tqdm bar in terminals, a few plain lines in logs).
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optim: Any = None
+    loss: str | LossKind = "trace_elbo"
+    num_particles: int = 1
+    vectorize_particles: bool = False
+    kl_weight: float | Callable[[int, int], float] = 1.0
+    lr_schedule: str | LRSchedule | Callable[[int, int], float] = "constant"
+    lr_schedule_options: Mapping[str, Any] | None = None
+    callbacks: Sequence[Callable[[dict[str, Any]], bool | None]] = ()
+    checkpoint: str | os.PathLike | None = None
+    resume: bool = False
+    shuffle: bool = True
+    seed: int | None = 0
+    device: torch.device | str | None = None
+    validate: bool = False
+    fused: bool | None = None
+    local_reparam: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        try:
+            LossKind(self.loss)
+        except ValueError:
+            raise ValueError(
+                f"unknown loss {self.loss!r}; valid: {', '.join(k.value for k in LossKind)}"
+            ) from None
+        object.__setattr__(self, "callbacks", tuple(self.callbacks))
+
+
+def _config(config: FitConfig | None, options: dict[str, Any]) -> FitConfig:
+    valid = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise TypeError(f"fit() got unknown option(s) {unknown}; valid: {sorted(valid)}")
+    return dataclasses.replace(config, **options) if config is not None else FitConfig(**options)
+
+
+def fit(
+    model: torch.nn.Module,
+    guide: torch.nn.Module,
+    data: DataLoader | Sequence[torch.Tensor],
+    config: FitConfig | None = None,
+    **options: Any,
+) -> History:
+    """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
+
+    Args:
+        model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
+        data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
+            such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
+            likelihood plate inside the loop only (:func:`pyrobayes.likelihoods.data_size`),
+            so each minibatch ELBO is unbiased for the full data and the model is left
+            unchanged for NUTS, ``Predictive`` or tracing afterwards.
+        config: a :class:`FitConfig`; ``**options``: its fields as keywords (``epochs=``,
+            ``lr=``, ``lr_schedule=``, ``checkpoint=``, ...; they override ``config``).
 
     Raises:
-        FloatingPointError: the loss became NaN/inf; the message names epoch, step and site.
+        ValueError: bad options; NaN/inf in a batch (naming epoch, batch and input) before
+            any update; a loader with no batches; a checkpoint that does not fit the model.
+        FloatingPointError: the loss became NaN/inf; the message names epoch, step and
+            site, and the guide, model and optimiser are left at their last finite state.
     """
-    from tqdm.auto import tqdm
-
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-    try:
-        loss_kind = LossKind(loss)
-    except ValueError:
-        raise ValueError(
-            f"unknown loss {loss!r}; valid: {', '.join(k.value for k in LossKind)}"
-        ) from None
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    loader = _make_loader(data, batch_size, shuffle, seed)
-    try:
-        n_data = len(loader.dataset)
-    except TypeError:
-        n_data = None
-    if n_data == 0:
-        raise ValueError("data is empty")
+    cfg = _config(config, options)
+    if cfg.seed is not None:
+        pyro.set_rng_seed(cfg.seed)
+    loader = _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed)
+    n_data = _data_size(loader)
+    steps_per_epoch = _len_or_none(loader)
+    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
+    device = cfg.device
     if device is None:
         device = next((t.device for t in model.buffers()), torch.device("cpu"))
     model.train()
-    if hasattr(model, "likelihood"):
-        model.likelihood.dataset_size = n_data
-    elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
-    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=vectorize_particles)
     weight = {"beta": 1.0}
-
-    def scaled_model(*a, **k):
-        with _ScaleLatents(weight["beta"]):
-            return model(*a, **k)
-
-    def scaled_guide(*a, **k):
-        with _ScaleLatents(weight["beta"]):
-            return guide(*a, **k)
-
-    # foreach: one fused update over all tensors (torch only picks it by default on GPUs)
-    make_optim = optim or functools.partial(torch.optim.Adam, lr=lr, foreach=True)
-    can_fuse = (
-        loss_kind is LossKind.TRACE_ELBO
-        and num_particles == 1
-        and not isinstance(optim, pyro.optim.PyroOptim)
-        and supports_fused(model, guide)
-    )
-    if fused and not can_fuse:
+    stepper = _make_stepper(model, guide, cfg, weight)
+    if lr_factor is not None and not stepper.supports_lr_factor:
         raise ValueError(
-            "fused=True needs loss='trace_elbo', num_particles=1, a torch optimiser, "
-            "a BayesianModel and an AutoNormal-family guide"
+            "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
+            "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
         )
-    if isinstance(optim, pyro.optim.PyroOptim):
-        stepper = _SVIStepper(scaled_model, scaled_guide, elbo, optim)
-    elif can_fuse and fused is not False:
-        stepper = _FusedStepper(model, guide, make_optim, weight)
-        stepper.fused.local_reparam = local_reparam
-    else:
-        stepper = _TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)
-
     # The fused step registers its own draws; Pyro's traced paths use the messenger.
-    pyro_lrt = local_reparam and not isinstance(stepper, _FusedStepper)
+    pyro_lrt = cfg.local_reparam and not isinstance(stepper, FusedStepper)
 
-    def lrt_context():
+    def lrt():
         return LocalReparameterization() if pyro_lrt else contextlib.nullcontext()
 
     history, start_epoch = History(), 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and resume and ckpt.exists():
-        state = load_fit_checkpoint(ckpt)
-        first = next(iter(loader))
-        xs, kw, y = _split_batch(first, device)
-        # the guide's parameters must exist before their saved values can be loaded
-        if hasattr(guide, "setup"):
-            guide.setup(*xs, y=y, **kw)
-        else:
-            guide(*xs, y=y, **kw)
-        model.load_state_dict(state["model"])
-        guide.load_state_dict(state["guide"])
-        stepper.set_state(state["optim"])
-        history.records = list(state["history"])
-        start_epoch = int(state["epoch"])
-        torch.set_rng_state(state["rng"])
-        if isinstance(loader.generator, torch.Generator) and state.get("loader_rng") is not None:
-            loader.generator.set_state(state["loader_rng"])
+    ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
+    if ckpt is not None and cfg.resume and ckpt.exists():
+        start_epoch = _resume(ckpt, model, guide, stepper, loader, device, history)
 
-    callbacks = list(callbacks)
-    bar = tqdm(range(start_epoch, epochs), disable=not progress, desc="SVI", unit="epoch")
-    for epoch in bar:
-        weight["beta"] = _kl_weight_at(kl_weight, epoch, epochs)
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        for step, batch in enumerate(loader):
-            xs, kw, y = _split_batch(batch, device)
-            cause = None
-            try:
-                with pyro.validation_enabled(validate), lrt_context():
-                    value = stepper.step(*xs, y=y, **kw)
-            except ValueError as exc:
-                # Pyro's argument validation is how a NaN parameter usually surfaces.
-                if "invalid values" not in str(exc):
-                    raise
-                value, cause = math.nan, exc
-            if not math.isfinite(value):
-                where = _diagnose(model, guide, xs, kw, y)
-                raise FloatingPointError(
-                    f"ELBO loss became {value} at epoch {epoch}, step {step}: first non-finite {where}. "
-                    "Try a smaller learning rate, a smaller MOPED delta or a larger min_scale."
-                ) from cause
-            total += value
-            seen += len(y)
-        # SVI returns the full-data loss estimate per step; average the steps, per point.
-        steps = max(step + 1, 1)
-        record = {
-            "epoch": epoch + 1,
-            "loss": total / steps / (n_data or seen),
-            "kl_weight": weight["beta"],
-            "seconds": time.perf_counter() - t0,
-        }
-        stop = False
-        for cb in callbacks:
-            stop = bool(cb(record)) or stop
-        history.records.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4g}")
-        if ckpt is not None:
-            _save_checkpoint(
-                ckpt,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "guide": guide.state_dict(),
-                    "optim": stepper.get_state(),
-                    "history": history.records,
-                    "rng": torch.get_rng_state(),
-                    "loader_rng": loader.generator.get_state()
-                    if isinstance(loader.generator, torch.Generator)
-                    else None,
-                },
-            )
-        if stop:
-            history.stopped_early = True
-            break
+    epochs = cfg.epochs
+    total_steps = epochs * (steps_per_epoch or 0)
+    bar = progress_bar(range(start_epoch, epochs), enabled=cfg.progress, desc="SVI", unit="epoch")
+    with data_size(n_data):
+        for epoch in bar:
+            weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
+            t0, total, seen, steps = time.perf_counter(), 0.0, 0, 0
+            for step, batch in enumerate(loader):
+                xs, kw, y = _split_batch(batch, device)
+                _check_batch(xs, kw, y, epoch, step)
+                if lr_factor is not None:
+                    stepper.lr_factor = float(
+                        lr_factor(epoch * steps_per_epoch + step, total_steps)
+                    )
+                total += _run_step(
+                    stepper, model, guide, xs, kw, y,
+                    epoch=epoch, step=step, validate=cfg.validate, lrt=lrt,
+                )  # fmt: skip
+                seen += len(y)
+                steps += 1
+            if steps == 0:
+                raise ValueError(f"the DataLoader yielded no batches in epoch {epoch}")
+            if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
+                cfg.optim.step()
+            record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)
+            if lr_factor is not None:
+                record["lr_factor"] = stepper.lr_factor
+            stop = False
+            for cb in cfg.callbacks:
+                stop = bool(cb(record)) or stop
+            history.records.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+            if ckpt is not None:
+                _save(ckpt, epoch + 1, model, guide, stepper, loader, history)
+            if stop:
+                history.stopped_early = True
+                break
     bar.close()
     return history
+
+
+def _epoch_record(epoch: int, total: float, steps: int, n: int, weight: dict, t0: float) -> dict:
+    # SVI returns the full-data loss estimate per step; average the steps, per point.
+    return {
+        "epoch": epoch + 1,
+        "loss": total / steps / n,
+        "kl_weight": weight["beta"],
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _len_or_none(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None

@@ -26,40 +26,97 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator
 
 import torch
+from pyro.nn import PyroModule
 from torch import nn
-from torch.func import functional_call, vmap
 
-from pyrobayes.convert import PRETRAINED_SUFFIX, _converted_root, bayesian_sites, site_priors
-from pyrobayes.model import default_output
+from pyrobayes._pyro_compat import (
+    UNCONSTRAINED_SUFFIX,
+    loc_and_scale,
+    param_constraint,
+    pyro_name,
+    setup_prototype,
+    unpack_latent,
+)
+from pyrobayes.convert import site_priors
+from pyrobayes.infer.twin import fixed_tensors, forward_draws
 
-__all__ = ["PosteriorPredictive", "sample_prior", "sample_posterior", "forward_draws"]
+__all__ = [
+    "PosteriorPredictive",
+    "sample_prior",
+    "sample_posterior",
+    "forward_draws",
+    "fixed_tensors",
+    "posterior_chunks",
+]
+
+
+def _check_count(name: str, value) -> None:
+    """A positive whole number (``bool`` and ``2.5`` would otherwise be silently cast)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @torch.no_grad()
 def sample_prior(model: nn.Module, num_draws: int) -> dict[str, torch.Tensor]:
     """``{site: Tensor[num_draws, *shape]}`` drawn from each Bayesian site's prior."""
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    _check_count("num_draws", num_draws)
     return {site: d.sample((num_draws,)) for site, d in site_priors(model).items()}
+
+
+def _pull_from_store(guide: nn.Module) -> None:
+    """Load trained values from Pyro's param store into a guide that was just set up here.
+
+    Such a guide was never called, so it holds its initial (pretrained/MOPED) values; if
+    the store holds parameters under its names (e.g. after
+    ``pyro.get_param_store().load(...)``), Pyro semantics say the store wins, and ignoring
+    them would silently predict from the initial values."""
+    import pyro
+    from torch.distributions import biject_to
+
+    prefix = pyro_name(guide) if isinstance(guide, PyroModule) else None
+    if not prefix or not hasattr(guide, "named_pyro_params"):
+        return
+    store = pyro.get_param_store()
+    for name, _ in list(guide.named_pyro_params()):
+        full = f"{prefix}.{name}"
+        if full not in store:
+            continue
+        *path, leaf = name.split(".")
+        module = guide
+        for part in path:
+            module = module._modules[part]
+        constraint = param_constraint(module, leaf)
+        raw = module._parameters[leaf + UNCONSTRAINED_SUFFIX]
+        stored = store[full].detach()
+        if stored.shape != raw.shape:
+            raise ValueError(
+                f"Pyro's param store holds {full!r} with shape {tuple(stored.shape)}, but this "
+                f"guide's parameter has shape {tuple(raw.shape)}: the store belongs to another "
+                "model (pyro.clear_param_store() to ignore it)"
+            )
+        with torch.no_grad():
+            raw.copy_(biject_to(constraint).inv(stored.to(raw.device, raw.dtype)))
 
 
 @torch.no_grad()
 def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[str, torch.Tensor]:
     """``{site: Tensor[num_draws, *shape]}`` from a fitted autoguide, drawn in one vectorised
     pass (``args``/``kwargs`` are the model inputs, needed only if the guide is not set up)."""
-    if num_draws < 1:
-        raise ValueError(f"num_draws must be >= 1, got {num_draws}")
+    _check_count("num_draws", num_draws)
     if getattr(guide, "prototype_trace", None) is None:
-        guide._setup_prototype(*args, **kwargs)
+        setup_prototype(guide, *args, **kwargs)
+        _pull_from_store(guide)
     if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
-        return {site["name"]: value for site, value in guide._unpack_latent(latent)}
+        return {site["name"]: value for site, value in unpack_latent(guide, latent)}
     sites = {}
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
-        loc, scale = guide._get_loc_and_scale(name)
+        loc, scale = loc_and_scale(guide, name)
         draw = loc + scale * torch.randn(
             (num_draws, *loc.shape), dtype=loc.dtype, device=loc.device
         )
@@ -67,64 +124,18 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     return sites
 
 
-def fixed_tensors(net: nn.Module, detach: bool = True) -> dict[str, torch.Tensor]:
-    """Deterministic parameters and buffers of the converted net, keyed like the twin's
-    (``detach=False`` keeps the live parameters, so training through them still works)."""
-    out = {}
-    for name, t in net.named_parameters():
-        out[name] = t.detach() if detach else t
-    for name, t in net.named_buffers():
-        if not name.endswith(PRETRAINED_SUFFIX):
-            out[name] = t
-    return out
-
-
-def forward_draws(
-    model: nn.Module,
-    draws: Mapping[str, torch.Tensor],
-    *inputs: torch.Tensor,
-    inputs_batched: bool = False,
-    chunk_size: int | None = None,
-    **kwargs,
-) -> torch.Tensor:
-    """The network's outputs under each of ``S`` weight draws: ``Tensor[S, *out_shape]``.
-
-    Args:
-        model: a :class:`~pyrobayes.model.BayesianModel` (or a ``to_pyro`` network).
-        draws: ``{site: Tensor[S, *shape]}`` (from :func:`sample_prior`, a guide, or MCMC).
-        inputs: the network's positional inputs, shared by all draws; with
-            ``inputs_batched=True`` each has a leading ``S`` dimension (one data set per draw).
-        chunk_size: draws evaluated per vectorised call (bounds peak memory).
-        kwargs: keyword inputs of the network (shared by all draws, e.g. ``attention_mask``).
-    """
-    net, _ = _converted_root(model)
-    sites = bayesian_sites(model)
-    missing = [s for s in sites if s not in draws]
-    if missing:
-        raise ValueError(f"draws are missing sites {missing[:3]}; expected {list(sites)[:3]} ...")
-    num = {int(draws[s].shape[0]) for s in sites}
-    if len(num) != 1:
-        raise ValueError(f"draws disagree on the number of samples: {sorted(num)}")
-    (num_draws,) = num
-    if inputs_batched and any(x.shape[0] != num_draws for x in inputs):
-        raise ValueError("with inputs_batched=True every input needs a leading dimension of size S")
-    twin = net._pyrobayes_twin
-    fixed = fixed_tensors(net)
-    device = next(iter(fixed.values())).device if fixed else next(iter(draws.values())).device
-    if next(twin.parameters(), torch.empty(0, device=device)).device != device:
-        twin.to(device)  # the twin is not a registered submodule, so it follows lazily
-    twin.eval()
-    output_fn = getattr(model, "output_fn", None) or default_output
-    stacked = {paths[0]: draws[site] for site, paths in sites.items()}
-
-    def one(params, *xs):
-        return output_fn(functional_call(twin, {**fixed, **params}, xs, kwargs))
-
-    in_dims = (0, *([0 if inputs_batched else None] * len(inputs)))
-    with torch.no_grad():
-        return vmap(one, in_dims=in_dims, randomness="different", chunk_size=chunk_size)(
-            stacked, *inputs
-        )
+def posterior_chunks(
+    guide: nn.Module, num_samples: int, chunk_size: int | None, *args, **kwargs
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``num_samples`` guide draws, yielded ``chunk_size`` at a time (``None``: all at once),
+    so the weight samples of a large network never all live in memory together."""
+    _check_count("num_samples", num_samples)
+    step = num_samples if chunk_size is None else chunk_size
+    done = 0
+    while done < num_samples:
+        n = min(step, num_samples - done)
+        yield sample_posterior(guide, n, *args, **kwargs)
+        done += n
 
 
 class PosteriorPredictive:
@@ -135,6 +146,8 @@ class PosteriorPredictive:
         guide: its fitted guide (any Pyro autoguide over the weight sites).
         num_samples: number of posterior weight draws ``S``.
         chunk_size: draws evaluated per vectorised call; ``None`` for all at once.
+        mc_dropout: keep the network's ``nn.Dropout*`` layers active during the draws
+            (MC dropout on top of the weight posterior); BatchNorm etc. stay in eval mode.
 
     Calling it with the network's inputs returns a
     :class:`~pyrobayes.ppd.NormalMixturePPD` (Gaussian likelihood) or a
@@ -147,13 +160,14 @@ class PosteriorPredictive:
         guide: nn.Module,
         num_samples: int = 100,
         chunk_size: int | None = 32,
+        mc_dropout: bool = False,
     ):
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+        _check_count("num_samples", num_samples)
+        if chunk_size is not None:
+            _check_count("chunk_size", chunk_size)
         self.model, self.guide = model, guide
         self.num_samples, self.chunk_size = int(num_samples), chunk_size
+        self.mc_dropout = bool(mc_dropout)
 
     def draws(self, *inputs, **kwargs) -> dict[str, torch.Tensor]:
         return sample_posterior(self.guide, self.num_samples, *inputs, **kwargs)
@@ -162,14 +176,14 @@ class PosteriorPredictive:
         """Per-draw network outputs ``[S, *out_shape]``; draws are made chunk by chunk so
         that weight samples of large networks never all live in memory at once."""
         self.model.eval()
-        step = self.chunk_size or self.num_samples
-        outs, done = [], 0
-        while done < self.num_samples:
-            n = min(step, self.num_samples - done)
-            draws = sample_posterior(self.guide, n, *inputs, **kwargs)
-            outs.append(forward_draws(self.model, draws, *inputs, **kwargs))
-            done += n
-        return torch.cat(outs)
+        return torch.cat(
+            [
+                forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)
+                for draws in posterior_chunks(
+                    self.guide, self.num_samples, self.chunk_size, *inputs, **kwargs
+                )
+            ]
+        )
 
     def __call__(self, *inputs, **kwargs):
         for x in inputs:

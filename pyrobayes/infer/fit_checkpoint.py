@@ -1,0 +1,173 @@
+"""Checkpoints of the SVI loop: safetensors for the tensors, JSON for everything else.
+
+A checkpoint at ``path`` is two files: ``path`` (JSON: format tag, version, epoch,
+history, optimiser hyper-parameters and structure, the model's Pyro name) and
+``path.safetensors`` (model and guide state dicts, optimiser state tensors, RNG states).
+Loading never unpickles, so a checkpoint cannot execute code.
+
+Both files are written to temporaries and moved into place with ``os.replace``; the tensor
+file first, the JSON last. The JSON records a random token that the tensor file repeats in
+its metadata, so a crash between the two moves is detected as a mismatched pair instead of
+silently mixing two epochs.
+
+Example::
+
+    >>> import tempfile, torch, os
+    >>> from pyrobayes.infer.fit_checkpoint import save_fit_checkpoint, load_fit_checkpoint
+    >>> d = tempfile.mkdtemp()
+    >>> save_fit_checkpoint(os.path.join(d, "fit.json"), {"epoch": 1, "model": {"w": torch.ones(2)}})
+    >>> load_fit_checkpoint(os.path.join(d, "fit.json"))["model"]["w"]
+    tensor([1., 1.])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_fit_checkpoint",
+    "load_fit_checkpoint",
+    "tensor_path",
+    "check_state_dict",
+    "rename_prefix",
+]
+
+CHECKPOINT_FORMAT = "pyrobayes-fit-checkpoint"
+CHECKPOINT_VERSION = 2
+
+
+def tensor_path(path: str | os.PathLike) -> Path:
+    """The safetensors file that goes with the JSON checkpoint ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ".safetensors")
+
+
+def _encode(obj: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON tree of ``obj`` with each tensor moved into ``tensors`` under a path key."""
+    if torch.is_tensor(obj):
+        # a copy: safetensors refuses tensors that share storage (e.g. tied weights)
+        tensors[key] = obj.detach().to("cpu", copy=True).contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        # keys may be ints (torch optimiser state): keep them typed
+        return {"__dict__": [[k, _encode(v, f"{key}/{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} at {key!r} in a fit checkpoint")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: _decode(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        raise ValueError(f"unknown entry {sorted(obj)} in the checkpoint")
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_fit_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _encode(state, "", tensors)
+    token = secrets.token_hex(8)
+    header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "token": token}
+    meta = {k: str(v) for k, v in header.items()}
+    _atomic_write(tensor_path(path), lambda p: save_file(tensors, str(p), metadata=meta))
+    text = json.dumps({**header, "state": tree})
+    _atomic_write(path, lambda p: p.write_text(text))  # the commit point
+
+
+def load_fit_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`pyrobayes.fit` without executing any code."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"{path} is not a readable pyrobayes fit checkpoint (not JSON: {exc})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a pyrobayes fit checkpoint (format tag missing)")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {meta.get('version')}, expected {CHECKPOINT_VERSION}"
+        )
+    tpath = tensor_path(path)
+    if not tpath.exists():
+        raise ValueError(f"checkpoint {path} has no tensor file {tpath.name}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(tpath), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(tpath))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{tpath} is not a readable safetensors file: {exc}") from None
+    if header.get("token") != meta.get("token"):
+        raise ValueError(f"{path} and {tpath.name} belong to different saves (interrupted write?)")
+    return _decode(meta["state"], tensors)
+
+
+def rename_prefix(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
+    """Replace the dotted name component ``old`` by ``new`` in every key (the model's
+    auto-generated Pyro name appears inside the guide's parameter names)."""
+    if old == new:
+        return state
+
+    def fix(key: str) -> str:
+        parts = key.split(".")
+        return ".".join(new if p == old else p for p in parts)
+
+    return {fix(k): v for k, v in state.items()}
+
+
+def check_state_dict(
+    what: str, module: torch.nn.Module, state: dict[str, torch.Tensor], hint: str = ""
+) -> None:
+    """Raise a ``ValueError`` naming missing, unexpected and wrongly shaped entries."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"the checkpoint's {what} does not match this {what}{hint}:"]
+    if missing:
+        lines.append("  missing from the checkpoint: " + ", ".join(missing))
+    if unexpected:
+        lines.append("  unexpected in the checkpoint: " + ", ".join(unexpected))
+    if shapes:
+        lines.append("  wrong shape: " + "; ".join(shapes))
+    raise ValueError("\n".join(lines))

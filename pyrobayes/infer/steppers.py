@@ -1,0 +1,124 @@
+"""One optimisation step of the SVI loop, three ways (used by :func:`pyrobayes.fit`).
+
+* :class:`SVIStepper`: Pyro's own ``SVI`` with a Pyro optimiser.
+* :class:`TorchStepper`: Pyro's ELBO for the gradients, one torch optimiser for the update.
+* :class:`FusedStepper`: the fused mean-field ELBO (:mod:`pyrobayes.infer.fast_elbo`)
+  with a torch optimiser.
+
+The torch steppers skip the update when the loss is not finite, so the parameters stay
+at their last finite values for the error ``fit`` raises. They also scale every parameter
+group's learning rate by ``lr_factor`` (a learning-rate schedule):
+:math:`\\eta_t = \\eta_0 \\cdot f(t)`.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes import to_bayesian, Gaussian
+    >>> from pyrobayes.infer.steppers import FusedStepper
+    >>> model, guide = to_bayesian(torch.nn.Linear(1, 1), likelihood=Gaussian(0.1))
+    >>> stepper = FusedStepper(model, guide, lambda ps: torch.optim.Adam(ps, lr=0.01), {"beta": 1.0})
+    >>> x = torch.randn(8, 1)
+    >>> loss = stepper.step(x, y=x[:, 0])
+    >>> loss > 0
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+from pyro.infer import SVI
+
+from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
+
+__all__ = ["SVIStepper", "TorchStepper", "FusedStepper"]
+
+
+class SVIStepper:
+    """Pyro's own SVI with a Pyro optimiser."""
+
+    supports_lr_factor = False
+
+    def __init__(self, model, guide, elbo, optim):
+        self.optim = optim
+        self.svi = SVI(model, guide, optim, elbo)
+        self.lr_factor = 1.0
+
+    def step(self, *args, **kwargs) -> float:
+        return self.svi.step(*args, **kwargs)
+
+    def get_state(self) -> dict:
+        return self.optim.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.optim.set_state(state)
+
+
+class TorchStepper:
+    r"""``elbo.loss_and_grads`` plus one torch optimiser over every trainable parameter
+    of the guide and the model (PyroModules keep their parameters as ordinary
+    ``nn.Parameter``\ s, so this is the same objective SVI optimises)."""
+
+    supports_lr_factor = True
+
+    def __init__(self, scaled_model, scaled_guide, model, guide, elbo, make_optim):
+        self.scaled_model, self.scaled_guide = scaled_model, scaled_guide
+        self.model, self.guide, self.elbo = model, guide, elbo
+        self.make_optim, self.opt, self._pending = make_optim, None, None
+        self.lr_factor = 1.0
+        self._base_lrs: list[float] = []
+
+    def _build(self, *args, **kwargs) -> None:
+        if getattr(self.guide, "prototype_trace", "absent") is None:
+            self.guide._setup_prototype(*args, **kwargs)
+        params = {
+            id(p): p for m in (self.guide, self.model) for p in m.parameters() if p.requires_grad
+        }
+        self.opt = self.make_optim(list(params.values()))
+        if self._pending is not None:
+            self.opt.load_state_dict(self._pending)
+            self._pending = None
+        # the schedule scales the learning rates the optimiser was built (or resumed) with
+        self._base_lrs = [g.get("initial_lr", g["lr"]) for g in self.opt.param_groups]
+        for g, lr in zip(self.opt.param_groups, self._base_lrs):
+            g["initial_lr"] = lr
+
+    def _update(self, loss: float) -> float:
+        if math.isfinite(loss):
+            for g, lr in zip(self.opt.param_groups, self._base_lrs):
+                g["lr"] = lr * self.lr_factor
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def step(self, *args, **kwargs) -> float:
+        if self.opt is None:
+            self._build(*args, **kwargs)
+        loss = self.elbo.loss_and_grads(self.scaled_model, self.scaled_guide, *args, **kwargs)
+        return self._update(float(loss))
+
+    def get_state(self) -> dict:
+        return self.opt.state_dict() if self.opt is not None else {}
+
+    def set_state(self, state: dict) -> None:
+        if self.opt is None:
+            self._pending = state or None
+        else:
+            self.opt.load_state_dict(state)
+
+
+class FusedStepper(TorchStepper):
+    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser."""
+
+    def __init__(self, model, guide, make_optim, weight):
+        super().__init__(model, guide, model, guide, None, make_optim)
+        self.fused = FusedMeanFieldELBO(model, guide)
+        self.weight = weight
+
+    def step(self, *args, **kwargs) -> float:
+        if self.opt is None:
+            self._build(*args, **kwargs)
+        self.fused.beta = self.weight["beta"]
+        loss = self.fused.loss(*args, **kwargs)
+        loss.backward()
+        return self._update(float(loss.detach()))

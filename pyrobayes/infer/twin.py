@@ -1,0 +1,170 @@
+"""The one twin-forward primitive: the original network evaluated under given weights.
+
+A converted module keeps an untouched deterministic *twin* of the user's network; every
+path that needs ``f_w(x)`` for explicit weights ``w`` (the posterior/prior predictive,
+the fused ELBO, the text classifier's predictive, the PFN prior sampler) goes through
+:func:`twin_forward` (one draw) or :func:`forward_draws` (a stack of ``S`` draws, one
+vectorised ``torch.func.vmap`` call per chunk):
+
+.. math::
+
+    \\text{forward\\_draws}(w_{1:S}, x)_s = g\\big(f_{w_s}(x)\\big), \\qquad s = 1..S,
+
+with ``g`` the model's ``output_fn`` (identity by default).
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes import to_bayesian, Gaussian
+    >>> from pyrobayes.infer.twin import forward_draws
+    >>> from pyrobayes.infer import sample_prior
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    >>> model, _ = to_bayesian(net, likelihood=Gaussian(0.1))
+    >>> forward_draws(model, sample_prior(model, 3), torch.zeros(5, 2)).shape
+    torch.Size([3, 5, 1])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from pyrobayes.convert import (
+    PRETRAINED_SUFFIX,
+    _converted_root,
+    bayesian_sites,
+    check_sites,
+    map_draws,
+    twin_needs_loop,
+)
+from pyrobayes.model import default_output
+
+__all__ = ["fixed_tensors", "twin_forward", "forward_draws", "check_input_features"]
+
+
+def fixed_tensors(net: nn.Module, detach: bool = True) -> dict[str, torch.Tensor]:
+    """Deterministic parameters and buffers of the converted net, keyed like the twin's
+    (``detach=False`` keeps the live parameters, so training through them still works)."""
+    out = {}
+    for name, t in net.named_parameters():
+        out[name] = t.detach() if detach else t
+    for name, t in net.named_buffers():
+        if not name.endswith(PRETRAINED_SUFFIX):
+            out[name] = t
+    return out
+
+
+def twin_forward(
+    model: nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    *inputs,
+    net: nn.Module | None = None,
+    fixed: Mapping[str, torch.Tensor] | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """``output_fn(f_w(*inputs, **kwargs))`` for ONE draw ``w`` (``weights`` keyed by the
+    twin's parameter paths). ``net``/``fixed`` may be passed to skip their look-up in hot
+    loops; the twin's train/eval mode is the caller's choice."""
+    if net is None:
+        net, _ = _converted_root(model)
+    if fixed is None:
+        fixed = fixed_tensors(net)
+    output_fn = getattr(model, "output_fn", None) or default_output
+    return output_fn(functional_call(net._pyrobayes_twin, {**fixed, **weights}, inputs, kwargs))
+
+
+def _first_layer(twin: nn.Module) -> nn.Module | None:
+    for m in twin.modules():
+        if next(m.parameters(recurse=False), None) is not None:
+            return m
+    return None
+
+
+def check_input_features(model: nn.Module, *inputs, inputs_batched: bool = False) -> None:
+    """Raise a clear error when the first input's feature count does not match the first
+    layer (``nn.Linear``/``nn.Conv*``), instead of a deep ``vmap`` traceback."""
+    if not inputs or not torch.is_tensor(inputs[0]) or not inputs[0].is_floating_point():
+        return
+    net, _ = _converted_root(model)
+    first = _first_layer(net._pyrobayes_twin)
+    x = inputs[0]
+    if isinstance(first, nn.Linear):
+        if x.shape[-1] != first.in_features:
+            raise ValueError(
+                f"the network's first layer expects {first.in_features} features, "
+                f"got x of shape {tuple(x.shape)}"
+            )
+    elif isinstance(first, nn.modules.conv._ConvNd):
+        d = len(first.kernel_size)
+        ch_dim = -(d + 1)
+        if x.dim() - int(inputs_batched) >= d + 1 and x.shape[ch_dim] != first.in_channels:
+            raise ValueError(
+                f"the network's first layer expects {first.in_channels} input channels "
+                f"(dim {ch_dim}), got x of shape {tuple(x.shape)}"
+            )
+
+
+def _set_dropout(twin: nn.Module, active: bool) -> None:
+    for m in twin.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.train(active)
+
+
+def forward_draws(
+    model: nn.Module,
+    draws: Mapping[str, torch.Tensor],
+    *inputs: torch.Tensor,
+    inputs_batched: bool = False,
+    chunk_size: int | None = None,
+    mc_dropout: bool = False,
+    **kwargs,
+) -> torch.Tensor:
+    """The network's outputs under each of ``S`` weight draws: ``Tensor[S, *out_shape]``.
+
+    Args:
+        model: a :class:`~pyrobayes.model.BayesianModel` (or a ``to_pyro`` network).
+        draws: ``{site: Tensor[S, *shape]}`` (from :func:`sample_prior`, a guide, or MCMC).
+        inputs: the network's positional inputs, shared by all draws; with
+            ``inputs_batched=True`` each has a leading ``S`` dimension (one data set per draw).
+        chunk_size: draws evaluated per vectorised call (bounds peak memory).
+        mc_dropout: keep ``nn.Dropout*`` layers active (each draw gets its own mask);
+            every other layer (BatchNorm included) stays in eval mode.
+        kwargs: keyword inputs of the network (shared by all draws, e.g. ``attention_mask``).
+    """
+    net, _ = _converted_root(model)
+    sites = bayesian_sites(model)
+    if any(s not in draws for s in sites):
+        check_sites(model, draws, "draws")
+    num = {int(draws[s].shape[0]) for s in sites}
+    if len(num) != 1:
+        raise ValueError(f"draws disagree on the number of samples: {sorted(num)}")
+    (num_draws,) = num
+    if inputs_batched and any(x.shape[0] != num_draws for x in inputs):
+        raise ValueError("with inputs_batched=True every input needs a leading dimension of size S")
+    check_input_features(model, *inputs, inputs_batched=inputs_batched)
+    twin = net._pyrobayes_twin
+    fixed = fixed_tensors(net)
+    device = next(iter(fixed.values())).device if fixed else next(iter(draws.values())).device
+    if next(twin.parameters(), torch.empty(0, device=device)).device != device:
+        twin.to(device)  # the twin is not a registered submodule, so it follows lazily
+    twin.eval()
+    if mc_dropout:
+        _set_dropout(twin, True)
+    stacked = {paths[0]: draws[site] for site, paths in sites.items()}
+
+    def one(params, *xs):
+        return twin_forward(model, params, *xs, net=net, fixed=fixed, **kwargs)
+
+    in_dims = (0, *([0 if inputs_batched else None] * len(inputs)))
+    try:
+        with torch.no_grad():
+            # recurrent twins have no vmap batching rule: the same map as a loop
+            return map_draws(one, in_dims, chunk_size=chunk_size, loop=twin_needs_loop(model))(
+                stacked, *inputs
+            )
+    finally:
+        if mc_dropout:
+            _set_dropout(twin, False)

@@ -1,0 +1,137 @@
+"""Progress output for long loops: a tqdm bar in terminals and notebooks, a few plain lines
+in logs.
+
+With stdout/stderr redirected to a file, tqdm writes one carriage-return update per
+refresh, which turns a log into thousands of overwritten lines. :func:`progress_bar` keeps
+tqdm where someone watches (a TTY, or Jupyter) and otherwise prints a plain line at the
+start, about every 10% and at the end.
+
+Example::
+
+    >>> from pyrobayes.progress import progress_bar
+    >>> total = 0
+    >>> for i in progress_bar(range(3), enabled=False, desc="demo"):
+    ...     total += i
+    >>> total
+    3
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+__all__ = ["progress_bar", "PlainProgress"]
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class PlainProgress:
+    """Iterate and print ``desc: i/total (p%) key=value, ... [elapsed]`` lines at the start,
+    at every ``every`` fraction of ``total`` and at the end (no carriage returns)."""
+
+    def __init__(
+        self,
+        iterable: Iterable,
+        *,
+        desc: str,
+        total: int | None,
+        unit: str,
+        every: float = 0.1,
+        file: TextIO | None = None,
+    ):
+        self.iterable, self.desc, self.unit, self.every = iterable, desc, unit, every
+        self.total = total if total is not None else _len_or_none(iterable)
+        self.file = file
+        self.postfix: dict[str, Any] = {}
+        self.n, self._t0, self._closed = 0, time.perf_counter(), False
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self.postfix = kwargs
+
+    def _line(self) -> None:
+        parts = [f"{self.desc}: {self.n}"]
+        if self.total:
+            parts[0] += f"/{self.total} {self.unit} ({100 * self.n / self.total:.0f}%)"
+        else:
+            parts[0] += f" {self.unit}"
+        parts += [f"{k}={v}" for k, v in self.postfix.items()]
+        parts.append(f"[{time.perf_counter() - self._t0:.1f}s]")
+        print(" ".join(parts), file=self.file or sys.stderr, flush=True)
+
+    def __iter__(self) -> Iterator:
+        self._line()
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            if self.total and self.n < self.total:
+                # integer milestones: a float running fraction skips some (0.3 - 0.3 % 0.1)
+                parts = max(round(1 / self.every), 1)
+                if self.n * parts // self.total > (self.n - 1) * parts // self.total:
+                    self._line()
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._line()
+
+
+class _Silent:
+    def __init__(self, iterable: Iterable):
+        self.iterable = iterable
+
+    def __iter__(self) -> Iterator:
+        return iter(self.iterable)
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _len_or_none(iterable: Iterable) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def progress_bar(
+    iterable: Iterable,
+    *,
+    enabled: bool = True,
+    desc: str = "",
+    total: int | None = None,
+    unit: str = "it",
+    file: TextIO | None = None,
+):
+    """Wrap ``iterable`` with progress output; the result has ``set_postfix`` and ``close``.
+
+    ``enabled=False``: nothing printed. In a terminal (stderr is a TTY) or Jupyter: a tqdm
+    bar. Otherwise (logs, CI, pipes): a :class:`PlainProgress` with about 11 lines."""
+    if not enabled:
+        return _Silent(iterable)
+    stream = file or sys.stderr
+    if _in_notebook() or _is_tty(stream):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, unit=unit, file=file)
+    return PlainProgress(iterable, desc=desc, total=total, unit=unit, file=file)
