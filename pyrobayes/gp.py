@@ -237,7 +237,7 @@ def fit_ard_gp(
         x_train: ``[n]`` or ``[n, d]``; y_train: ``[n]``.
         steps, lr: Adam steps and step size on the (softplus-constrained) hyperparameters.
         init_noise_std: starting noise standard deviation.
-        progress: tqdm bar over the steps.
+        progress: a progress bar over the steps (:func:`pyrobayes.progress.progress_bar`).
 
     Example::
 
@@ -249,7 +249,8 @@ def fit_ard_gp(
         True
     """
     import gpytorch
-    from tqdm.auto import tqdm
+
+    from pyrobayes.progress import progress_bar
 
     xt = _as_points(x_train, "x_train").to(torch.float64)
     yt = torch.as_tensor(y_train).to(torch.float64).reshape(-1)
@@ -290,9 +291,7 @@ def fit_ard_gp(
     n = xt.shape[0]
     # exact Cholesky throughout: GPyTorch switches to conjugate gradients above 800 points
     with gpytorch.settings.max_cholesky_size(max(n + 1, 800)):
-        for _ in tqdm(
-            range(steps), desc="GP marginal likelihood", disable=not progress, leave=False
-        ):
+        for _ in progress_bar(range(steps), enabled=progress, desc="GP marginal likelihood"):
             opt.zero_grad()
             loss = -mll(model(xt), yt)
             loss.backward()
