@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 _COMMANDS = {
     "compare": (
         "pyrobayes.compare_job",
-        "compare PPDs of SVI, a PFN and a reference on 1-D regression",
+        "compare PPDs of SVI, a PFN and a reference (1-D from the prior, or real data: --data)",
     ),
     "classify": ("pyrobayes.classify", "Bayesian classifiers from pretrained nets (digits, text)"),
 }

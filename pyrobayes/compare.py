@@ -47,6 +47,7 @@ __all__ = [
     "ComparisonRow",
     "ComparisonTable",
     "compare_ppds",
+    "mean_se_table",
     "Stopwatch",
     "stopwatch",
 ]
@@ -54,6 +55,7 @@ __all__ = [
 FORMAT = "pyrobayes.comparison/1"
 TIME_COLUMN = "time_s"
 KL_COLUMN = "kl_to_reference"
+SE_SUFFIX = "_se"
 
 
 class ProblemKind(str, Enum):
@@ -114,6 +116,8 @@ class ComparisonRow:
 
     method: str
     values: tuple[float | None, ...]
+    errors: tuple[float | None, ...] | None = None
+    """Standard errors of ``values`` (e.g. over data splits; see :func:`mean_se_table`)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,9 @@ class ComparisonTable:
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate method names in comparison rows: {names}")
         for r in self.rows:
-            if len(r.values) != len(self.columns):
+            if len(r.values) != len(self.columns) or (
+                r.errors is not None and len(r.errors) != len(self.columns)
+            ):
                 raise ValueError(
                     f"row {r.method!r} has {len(r.values)} values for {len(self.columns)} columns"
                 )
@@ -199,7 +205,18 @@ class ComparisonTable:
             "reference": self.reference,
             "num_points": self.num_points,
             "columns": list(self.columns),
-            "rows": [{"method": r.method, **dict(zip(self.columns, r.values))} for r in self.rows],
+            "rows": [
+                {
+                    "method": r.method,
+                    **dict(zip(self.columns, r.values)),
+                    **(
+                        {f"{c}{SE_SUFFIX}": e for c, e in zip(self.columns, r.errors)}
+                        if r.errors is not None
+                        else {}
+                    ),
+                }
+                for r in self.rows
+            ],
         }
 
     @classmethod
@@ -216,7 +233,12 @@ class ComparisonTable:
             missing = [c for c in columns if c not in r]
             if "method" not in r or missing:
                 raise ValueError(f"comparison row {r!r} lacks 'method' or columns {missing}")
-            rows.append(ComparisonRow(r["method"], tuple(_clean(r[c]) for c in columns)))
+            errors = (
+                tuple(_clean(r.get(f"{c}{SE_SUFFIX}")) for c in columns)
+                if any(f"{c}{SE_SUFFIX}" in r for c in columns)
+                else None
+            )
+            rows.append(ComparisonRow(r["method"], tuple(_clean(r[c]) for c in columns), errors))
         return cls(
             kind=data["kind"],
             columns=columns,
@@ -254,8 +276,11 @@ class ComparisonTable:
             if r.method == self.reference:
                 name += " (ref)"
             cells = [name]
-            for c, v in zip(self.columns, r.values):
+            errors = r.errors or (None,) * len(self.columns)
+            for c, v, e in zip(self.columns, r.values, errors):
                 text = "—" if v is None else _format_number(v, precision)
+                if v is not None and e is not None:
+                    text += f" ± {_format_number(e, 2)}"
                 if highlight and v is not None and best.get(c) == r.method and len(self.rows) > 1:
                     text = f"**{text}**"
                 cells.append(text)
@@ -442,6 +467,70 @@ def compare_ppds(
         rows=rows,
         reference=reference,
         num_points=num_points,
+    )
+
+
+def mean_se_table(
+    tables: Sequence[ComparisonTable], methods: Sequence[str] = ()
+) -> ComparisonTable:
+    """Mean and standard error over runs (e.g. random train/test splits) of several tables.
+
+    For each method and column, over the :math:`k` runs where the value exists,
+
+    .. math:: \\bar v = \\frac1k \\sum_i v_i, \\qquad
+              \\mathrm{s.e.} = \\sqrt{\\tfrac{1}{k(k-1)} \\sum_i (v_i - \\bar v)^2}
+
+    (the s.e. is None for :math:`k < 2`). Rows follow ``methods`` (those no table has get a
+    row of ``—``, e.g. a PFN that does not cover the data), then the other methods of the
+    tables in first-seen order. ``num_points`` is the total number of held-out points scored.
+
+    Example::
+
+        >>> a = ComparisonTable("regression", ("nll",), (ComparisonRow("m", (1.0,)),))
+        >>> b = ComparisonTable("regression", ("nll",), (ComparisonRow("m", (3.0,)),))
+        >>> mean_se_table([a, b]).rows[0]
+        ComparisonRow(method='m', values=(2.0,), errors=(1.0,))
+    """
+    if not tables:
+        raise ValueError("mean_se_table needs at least one table")
+    kinds = {t.kind for t in tables}
+    if len(kinds) > 1:
+        raise ValueError(f"cannot average tables of different kinds: {sorted(kinds)}")
+    refs = {t.reference for t in tables}
+    columns: list[str] = []
+    names: list[str] = list(dict.fromkeys(methods))
+    for t in tables:
+        columns.extend(c for c in t.columns if c not in columns)
+        names.extend(m for m in t.methods if m not in names)
+    columns = [c for c in columns if c not in (KL_COLUMN, TIME_COLUMN)] + [
+        c for c in (KL_COLUMN, TIME_COLUMN) if c in columns
+    ]
+    rows = []
+    for m in names:
+        values, errors = [], []
+        for c in columns:
+            vs = [
+                v
+                for t in tables
+                if m in t.methods and c in t.columns and (v := t.row(m)[c]) is not None
+            ]
+            if not vs:
+                values.append(None)
+                errors.append(None)
+                continue
+            k = len(vs)
+            mean = math.fsum(vs) / k
+            values.append(mean)
+            errors.append(
+                math.sqrt(math.fsum((v - mean) ** 2 for v in vs) / (k * (k - 1))) if k > 1 else None
+            )
+        rows.append(ComparisonRow(m, tuple(values), tuple(errors)))
+    return ComparisonTable(
+        kind=kinds.pop(),
+        columns=tuple(columns),
+        rows=tuple(rows),
+        reference=refs.pop() if len(refs) == 1 else None,
+        num_points=sum(t.num_points for t in tables),
     )
 
 

@@ -146,7 +146,7 @@ def _fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.n
     from pyrobayes.models.mlp import MLP
 
     torch.manual_seed(seed)
-    net = MLP(1, (50, 50), 1, "tanh")
+    net = MLP(x.shape[-1], (50, 50), 1, "tanh")
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
@@ -275,9 +275,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.prior,
         help="prior the data are drawn from (and the PFN/reference used)",
     )
-    p.add_argument("--data", default=None, help="CSV file with your own 1-D regression data")
-    p.add_argument("--x", dest="x_col", default=d.x_col, help="input column of --data")
-    p.add_argument("--y", dest="y_col", default=d.y_col, help="target column of --data")
     p.add_argument(
         "--n-train",
         type=int,
@@ -305,9 +302,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nuts-samples", type=int, default=d.nuts_samples)
     p.add_argument("--out", default=d.out, help="output folder for compare.png/.json/.md")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # --data and the real-data protocol's own flags (--x, --y, --splits, --no-nuts, ...)
+    from pyrobayes.tabular_job import add_arguments as add_tabular_arguments
+
+    add_tabular_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "data", None) is not None:
+        # real data: the split protocol of pyrobayes.tabular_job (every row used, raw units)
+        from pyrobayes.tabular_job import run as run_tabular
+
+        return run_tabular(args)
     cfg = CompareConfig(
         prior=args.prior,
         n_train=args.n_train,
@@ -320,9 +326,6 @@ def run(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         nuts_warmup=args.nuts_warmup,
         nuts_samples=args.nuts_samples,
-        data=args.data,
-        x_col=args.x_col,
-        y_col=args.y_col,
         out=args.out,
         progress=not args.no_progress,
     )

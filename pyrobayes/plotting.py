@@ -31,7 +31,14 @@ from torch.distributions import Distribution
 
 from pyrobayes.metrics import _as_regression_ppd, _quantiles, reliability_bins
 
-__all__ = ["plot_ppd", "plot_ppd_comparison", "plot_reliability", "plot_nll_vs_time"]
+__all__ = [
+    "plot_ppd",
+    "plot_ppd_comparison",
+    "plot_reliability",
+    "plot_nll_vs_time",
+    "plot_metric_errorbars",
+    "plot_coverage",
+]
 
 Truth = Callable[[Any], Any] | Sequence[Any] | np.ndarray | torch.Tensor | tuple[Any, Any]
 
@@ -397,4 +404,101 @@ def plot_nll_vs_time(
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize="small")
+    return fig, ax
+
+
+def _table_rows(table: Any, column: str) -> list[tuple[str, float, float]]:
+    """``(method, value, s.e. or 0)`` for the methods that have ``column``."""
+    if not (hasattr(table, "columns") and hasattr(table, "rows")):
+        raise ValueError(f"expected a ComparisonTable, got {type(table).__name__}")
+    if column not in table.columns:
+        raise ValueError(f"the table has no column {column!r}; columns: {list(table.columns)}")
+    j = table.columns.index(column)
+    out = []
+    for r in table.rows:
+        v = r.values[j]
+        if v is None:
+            continue
+        e = r.errors[j] if r.errors is not None and r.errors[j] is not None else 0.0
+        out.append((r.method, float(v), float(e)))
+    return out
+
+
+def plot_metric_errorbars(
+    table: Any, column: str = "nll", ax: Axes | None = None, title: str | None = None
+) -> tuple[Figure, Axes]:
+    """One metric per method with its standard-error bar (e.g. held-out NLL over splits,
+    from :func:`~pyrobayes.compare.mean_se_table`); methods without a value are left out.
+
+    Example::
+
+        >>> from pyrobayes.compare import ComparisonRow, ComparisonTable
+        >>> t = ComparisonTable("regression", ("nll",), (ComparisonRow("GP", (0.4,), (0.05,)),
+        ...                                              ComparisonRow("MLP", (0.9,), (0.2,))))
+        >>> fig, ax = plot_metric_errorbars(t)
+        >>> [t.get_text() for t in ax.get_yticklabels()]
+        ['GP', 'MLP']
+    """
+    rows = _table_rows(table, column)
+    if not rows:
+        raise ValueError(f"no method has a value in column {column!r}")
+    fig, ax = _new_axes(ax, (6.0, 0.5 + 0.45 * len(rows)))
+    ys = np.arange(len(rows))
+    for i, (_, v, e) in enumerate(rows):
+        ax.errorbar(v, ys[i], xerr=e, fmt="o", color=f"C{i % 10}", capsize=4)
+    ax.set_yticks(ys, [m for m, _, _ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{column} (mean ± s.e.)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def plot_coverage(
+    table: Any, ax: Axes | None = None, title: str | None = "Calibration: interval coverage"
+) -> tuple[Figure, Axes]:
+    """Empirical coverage of each method's central intervals against their nominal levels
+    (the table's ``coverage_<level>`` columns, with s.e. bars); calibrated = on the diagonal.
+
+    Example::
+
+        >>> from pyrobayes.compare import ComparisonRow, ComparisonTable
+        >>> t = ComparisonTable("regression", ("coverage_50", "coverage_90"),
+        ...                     (ComparisonRow("GP", (0.52, 0.88)),))
+        >>> fig, ax = plot_coverage(t)
+        >>> len(ax.lines) >= 2  # the diagonal and one method
+        True
+    """
+    cols = [c for c in table.columns if c.startswith("coverage_")]
+    if not cols:
+        raise ValueError("the table has no coverage_<level> columns")
+    nominal = np.array([float(c.removeprefix("coverage_")) / 100 for c in cols])
+    fig, ax = _new_axes(ax, (4.5, 4.5))
+    lo = max(0.0, float(nominal.min()) - 0.15)
+    ax.plot([lo, 1], [lo, 1], color="gray", linestyle="--", label="calibrated")
+    per = {c: {m: (v, e) for m, v, e in _table_rows(table, c)} for c in cols}
+    markers = "osD^v<>pX*"
+    for i, m in enumerate(table.methods):
+        pts = [(nominal[k], *per[c][m]) for k, c in enumerate(cols) if m in per[c]]
+        if not pts:
+            continue
+        a = np.array(pts)
+        ax.errorbar(
+            a[:, 0],
+            a[:, 1],
+            yerr=a[:, 2],
+            marker=markers[i % len(markers)],
+            color=f"C{i % 10}",
+            capsize=3,
+            label=m,
+        )
+    ax.set_xlabel("nominal level")
+    ax.set_ylabel("empirical coverage")
+    ax.set_xlim(lo, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    if title:
+        ax.set_title(title)
     return fig, ax

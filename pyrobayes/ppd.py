@@ -30,7 +30,14 @@ import math
 import torch
 from torch.distributions import Distribution, Normal, constraints
 
-__all__ = ["RegressionPPD", "NormalMixturePPD", "CategoricalPPD", "normal_ppd"]
+__all__ = [
+    "RegressionPPD",
+    "NormalMixturePPD",
+    "CategoricalPPD",
+    "AffinePPD",
+    "normal_ppd",
+    "affine_ppd",
+]
 
 
 class RegressionPPD(Distribution):
@@ -165,6 +172,93 @@ def normal_ppd(loc: torch.Tensor, scale: torch.Tensor | float) -> NormalMixtureP
     return NormalMixturePPD(
         loc.unsqueeze(0), torch.as_tensor(scale, dtype=loc.dtype).expand_as(loc).unsqueeze(0)
     )
+
+
+class AffinePPD(RegressionPPD):
+    """The PPD of :math:`y = a + b\\,z` for :math:`z \\sim` ``base`` and :math:`b > 0`:
+    how a PPD of standardised targets becomes one in raw units.
+
+    .. math::
+
+        \\log p_y(y) = \\log p_z\\big((y - a)/b\\big) - \\log b, \\qquad
+        F_y(y) = F_z\\big((y - a)/b\\big), \\qquad Q_y(q) = a + b\\,Q_z(q),
+
+    (the ``- log b`` is the Jacobian), mean :math:`a + b\\,\\mathbb E z` and variance
+    :math:`b^2 \\mathrm{Var}\\,z`.
+
+    Args:
+        base: any :class:`RegressionPPD` (e.g. a PFN's bar distribution).
+        loc: :math:`a`, a number or a tensor broadcastable to ``base.batch_shape``.
+        scale: :math:`b > 0`, likewise.
+
+    Example::
+
+        >>> base = normal_ppd(torch.zeros(2), 1.0)
+        >>> raw = AffinePPD(base, loc=10.0, scale=2.0)
+        >>> d = raw.log_prob(torch.tensor([10.0, 10.0])) - base.log_prob(torch.zeros(2))
+        >>> round(float(d[0]), 4)  # - log 2, the Jacobian
+        -0.6931
+    """
+
+    def __init__(self, base: RegressionPPD, loc: torch.Tensor | float, scale: torch.Tensor | float):
+        if not isinstance(base, RegressionPPD):
+            raise ValueError(f"AffinePPD needs a RegressionPPD base, got {type(base).__name__}")
+        like = base.mean
+        loc = torch.as_tensor(loc, dtype=like.dtype, device=like.device)
+        scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+        if not torch.isfinite(loc).all() or not torch.isfinite(scale).all() or (scale <= 0).any():
+            raise ValueError("AffinePPD needs a finite loc and a finite, positive scale")
+        self.base, self.loc, self.scale = base, loc, scale
+        super().__init__(batch_shape=base.batch_shape)
+
+    def _z(self, value: torch.Tensor) -> torch.Tensor:
+        value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        return (value - self.loc) / self.scale
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc + self.scale * self.base.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.scale.pow(2) * self.base.variance
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(self._z(value)) - self.scale.log()
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.cdf(self._z(value))
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        return self.loc + self.scale * self.base.icdf(value)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.loc + self.scale * self.base.sample(sample_shape)
+
+    def __repr__(self) -> str:
+        return f"AffinePPD({self.base!r})"
+
+
+def affine_ppd(
+    ppd: RegressionPPD, loc: torch.Tensor | float, scale: torch.Tensor | float
+) -> RegressionPPD:
+    """``ppd`` of :math:`z` mapped to :math:`y = a + b z` (:math:`b > 0`): a
+    :class:`NormalMixturePPD` stays one (exactly: every component moves), anything else is
+    wrapped in :class:`AffinePPD`.
+
+    Example::
+
+        >>> ppd = affine_ppd(normal_ppd(torch.zeros(3), 1.0), loc=5.0, scale=3.0)
+        >>> ppd.mean, ppd.variance
+        (tensor([5., 5., 5.]), tensor([9., 9., 9.]))
+    """
+    if isinstance(ppd, NormalMixturePPD):
+        s = torch.as_tensor(scale, dtype=ppd.loc.dtype, device=ppd.loc.device)
+        a = torch.as_tensor(loc, dtype=ppd.loc.dtype, device=ppd.loc.device)
+        if not torch.isfinite(a).all() or not torch.isfinite(s).all() or (s <= 0).any():
+            raise ValueError("affine_ppd needs a finite loc and a finite, positive scale")
+        return NormalMixturePPD(a + s * ppd.loc, s * ppd.scale)
+    return AffinePPD(ppd, loc, scale)
 
 
 def as_class_indices(y, num_classes: int, logits_shape: torch.Size | None = None) -> torch.Tensor:

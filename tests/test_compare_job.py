@@ -71,6 +71,8 @@ def test_cli_compare_reads_csv(tmp_path):
                 "t",
                 "--y",
                 "v",
+                "--splits",  # --data runs the real-data protocol (pyrobayes.tabular_job)
+                "2",
                 *SMOKE,
                 "--out",
                 str(tmp_path / "o"),

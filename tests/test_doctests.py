@@ -24,6 +24,8 @@ MODULES = [
     "pyrobayes.data.images",
     "pyrobayes.data.text",
     "pyrobayes.data.regression",
+    "pyrobayes.data.tabular",
+    "pyrobayes.tabular_job",
     "pyrobayes.metrics",
     "pyrobayes.compare",
     "pyrobayes.plotting",

@@ -6,8 +6,9 @@
 * text: :func:`load_sentiment` (a shipped, hand-written sentiment set),
   :func:`load_ood_sentences` (neutral sentences from other domains), :func:`load_glue`,
   :func:`load_text_classification` (your own file), :func:`tokenize`;
-* regression: :func:`regression_from_prior` (1-D data drawn from a BNN prior) and
-  :func:`load_csv_regression`.
+* regression: :func:`regression_from_prior` (1-D data drawn from a BNN prior),
+  :func:`load_csv_regression` (one column), :func:`load_tabular` (real tables by name --
+  ``diabetes``, ``motorcycle`` -- or a CSV with several feature columns).
 
 Example::
 
@@ -25,6 +26,7 @@ from pyrobayes.data.images import (
     to_tensors,
 )
 from pyrobayes.data.regression import RegressionData, load_csv_regression, regression_from_prior
+from pyrobayes.data.tabular import BUILTIN_TABLES, TabularData, load_tabular
 from pyrobayes.data.text import (
     DATA_DIR,
     GLUE_TASKS,
@@ -37,12 +39,14 @@ from pyrobayes.data.text import (
 )
 
 __all__ = [
+    "BUILTIN_TABLES",
     "DATA_DIR",
     "DIGITS_SHAPE",
     "GLUE_TASKS",
     "DataUnavailableError",
     "ImageOOD",
     "RegressionData",
+    "TabularData",
     "image_ood",
     "load_any",
     "load_csv_regression",
@@ -51,6 +55,7 @@ __all__ = [
     "load_mnist",
     "load_ood_sentences",
     "load_sentiment",
+    "load_tabular",
     "load_text_classification",
     "regression_from_prior",
     "text_columns_of",

@@ -1,0 +1,553 @@
+"""The real-data comparison, ``pyrobayes compare --data diabetes|motorcycle|file.csv``.
+
+The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
+
+1. ``k`` random 90/10 train/test splits (``--splits``, seeded);
+2. on each split, x (per feature) and y standardised with the *training* split's mean and
+   standard deviation; every method sees every training row;
+3. methods: an MLP with its noise fitted to the training residuals (a point estimate), SVI
+   with a MOPED guide started at that MLP, the tabular PFN (when one covers ``n`` and ``d``;
+   otherwise its row says why), NUTS on the same Bayesian model (the reference) and an
+   exact GP with an ARD RBF kernel whose hyperparameters maximise the marginal likelihood;
+4. every PPD mapped back to raw units, :math:`y = \\mu_y + s_y z`, so that
+   :math:`\\log p(y) = \\log p(z) - \\log s_y` (:func:`~pyrobayes.ppd.affine_ppd`); held-out
+   NLL, CRPS, MAE, RMSE and 50/90/95% coverage in raw units, mean ± standard error over
+   splits (:func:`~pyrobayes.compare.mean_se_table`);
+5. ``compare.md``/``compare.json``/``compare.png``: the table, the held-out NLL with error
+   bars, the calibration (coverage vs nominal) and, for 1-D data, the PPD bands of split 1.
+
+The command line is derived from :class:`TabularConfig` (:func:`add_dataclass_arguments`),
+so each option is written once, with its help text in the field's metadata.
+
+Example (a fast smoke run)::
+
+    pyrobayes compare --data motorcycle --splits 2 --mlp-steps 200 --svi-steps 100 \\
+        --nuts-warmup 20 --nuts-samples 20 --no-progress
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TabularConfig",
+    "Split",
+    "make_splits",
+    "standardise_split",
+    "run_tabular",
+    "add_dataclass_arguments",
+    "config_from_args",
+    "add_arguments",
+    "run",
+]
+
+PFN_NAME = "bnn-tabular"
+LEVELS = (0.5, 0.9, 0.95)
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """Options of the real-data job; each field is one command-line flag
+    (``--field-name``, or ``metadata["flag"]``)."""
+
+    data: str | None = _opt(
+        None, "built-in data set (diabetes, motorcycle) or a CSV file", flag="--data"
+    )
+    x_cols: tuple[str, ...] | None = _opt(
+        None,
+        "feature columns of --data ('all' = every column but --y; default all)",
+        flag="--x",
+        nargs="+",
+        type=str,
+    )
+    y_col: str | None = _opt(
+        None, "target column (built-in sets know theirs)", flag="--y", type=str
+    )
+    splits: int = _opt(10, "number of random train/test splits")
+    test_fraction: float = _opt(0.1, "held-out fraction of each split")
+    seed: int = _opt(0, "seed of the splits and of every method")
+    mlp_steps: int = _opt(2000, "full-batch Adam steps of the frequentist MLP")
+    svi_steps: int = _opt(2000, "full-batch SVI steps")
+    svi_lr: float = _opt(1e-3, "Adam step size of SVI")
+    delta: float = _opt(0.1, "MOPED relative initial scale")
+    num_samples: int = _opt(200, "posterior draws of the SVI predictive")
+    nuts_warmup: int = _opt(200, "NUTS adaptation steps per split")
+    nuts_samples: int = _opt(200, "NUTS draws kept per split")
+    nuts_splits: int | None = _opt(
+        None, "run NUTS on the first K splits only (default: all; the table says so)", type=int
+    )
+    no_nuts: bool = _opt(False, "skip the NUTS reference")
+    gp_steps: int = _opt(300, "Adam steps of the GP's marginal-likelihood fit")
+    out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
+    no_progress: bool = _opt(False, "hide progress bars")
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            raise ValueError("--data is required: diabetes, motorcycle or a CSV file")
+        for name in ("splits", "mlp_steps", "svi_steps", "num_samples", "nuts_samples", "gp_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.nuts_warmup < 0:
+            raise ValueError(f"nuts-warmup must be >= 0, got {self.nuts_warmup}")
+        if self.nuts_splits is not None and self.nuts_splits < 1:
+            raise ValueError(f"nuts-splits must be >= 1, got {self.nuts_splits}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        if not self.svi_lr > 0 or not self.delta > 0:
+            raise ValueError("svi-lr and delta must be positive")
+
+
+# ----------------------------------------------------------------- dataclass -> argparse
+
+
+def _flag(f) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of the dataclass ``cls`` (help from ``metadata["help"]``,
+    flag from ``metadata["flag"]`` or ``--field-name``, ``dest`` = the field name).
+    Booleans become ``store_true`` switches; ``metadata["nargs"]``/``["type"]`` pass
+    through; otherwise the type is the default's. Flags the parser already has (shared
+    with another job on the same subcommand) are skipped: :func:`config_from_args` reads
+    them by ``dest``."""
+    for f in fields(cls):
+        flag = _flag(f)
+        if flag in parser._option_string_actions:
+            continue
+        default = f.default if f.default is not MISSING else None
+        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": f.metadata.get("help")}
+        if isinstance(default, bool):
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = f.metadata.get("type", type(default) if default is not None else str)
+            if "nargs" in f.metadata:
+                kw["nargs"] = f.metadata["nargs"]
+        parser.add_argument(flag, **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build ``cls`` from a namespace filled by :func:`add_dataclass_arguments` (fields
+    missing from it keep their defaults; lists become tuples)."""
+    kw = {}
+    for f in fields(cls):
+        if hasattr(args, f.name):
+            v = getattr(args, f.name)
+            kw[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kw)
+
+
+# ----------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split in standardised units plus the statistics that undo it."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test_raw: torch.Tensor
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: float
+    y_std: float
+    train_index: torch.Tensor
+    test_index: torch.Tensor
+
+
+def make_splits(
+    n: int, k: int, test_fraction: float = 0.1, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``k`` random ``(train_index, test_index)`` partitions of ``range(n)``, each holding
+    out ``round(test_fraction * n)`` (at least 1) rows; seeded, independent across splits.
+
+    Example::
+
+        >>> tr, te = make_splits(20, 3, 0.1, seed=0)[0]
+        >>> len(tr), len(te), sorted(torch.cat([tr, te]).tolist()) == list(range(20))
+        (18, 2, True)
+    """
+    n_test = max(1, int(round(test_fraction * n)))
+    if n - n_test < 2:
+        raise ValueError(f"{n} rows leave fewer than 2 training rows after holding out {n_test}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(k):
+        perm = torch.randperm(n, generator=g)
+        out.append((perm[n_test:].sort().values, perm[:n_test].sort().values))
+    return out
+
+
+def standardise_split(
+    x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor
+) -> Split:
+    """Standardise x (per feature) and y with the training rows' mean and standard deviation
+    only (the test rows never inform them); float32 tensors for the methods."""
+    xtr, ytr = x[train], y[train]
+    xm, xs = xtr.mean(0), xtr.std(0)
+    const = torch.nonzero(xs == 0).reshape(-1).tolist()
+    if const:
+        raise ValueError(
+            f"feature(s) {const} are constant on this training split; standardising would divide by zero"
+        )
+    ym, ys = float(ytr.mean()), float(ytr.std())
+    if ys == 0:
+        raise ValueError("the target is constant on this training split")
+    return Split(
+        x_train=((xtr - xm) / xs).float(),
+        y_train=((ytr - ym) / ys).float(),
+        x_test=((x[test] - xm) / xs).float(),
+        y_test_raw=y[test].float(),
+        x_mean=xm,
+        x_std=xs,
+        y_mean=ym,
+        y_std=ys,
+        train_index=train,
+        test_index=test,
+    )
+
+
+# ----------------------------------------------------------------- methods
+
+
+def _bayesian_model(d: int, net: torch.nn.Module | None, noise: float, learn_noise: bool):
+    """The tabular regression BNN shared by SVI and NUTS: ``pyrobayes.models.
+    tabular_regression_model`` (latent noise scale) when this install has it, else the
+    default prior's d-input MLP with a Gaussian noise at ``noise`` (fitted by SVI as a point
+    estimate if ``learn_noise``). Returns ``(model, latent_noise)``."""
+    try:
+        from pyrobayes.models import tabular_regression_model
+    except ImportError:
+        tabular_regression_model = None
+    if tabular_regression_model is not None:
+        try:
+            return tabular_regression_model(d, net=net), True
+        except TypeError:  # a version without `net=`: start from the prior
+            return tabular_regression_model(d), True
+    from pyrobayes.convert import to_pyro
+    from pyrobayes.likelihoods import Gaussian
+    from pyrobayes.model import BayesianModel
+    from pyrobayes.models.mlp import DEFAULT_REGRESSION, MLP
+    from pyrobayes.priors import LayerwiseNormalPrior
+
+    cfg = DEFAULT_REGRESSION
+    net = net if net is not None else MLP(d, cfg["hidden"], 1, cfg["activation"])
+    prior = LayerwiseNormalPrior(scale=cfg["weight_scale"], bias_scale=cfg["bias_scale"])
+    lik = Gaussian(scale=noise, learn_scale=learn_noise)
+    return BayesianModel(to_pyro(net, prior=prior), lik), False
+
+
+def _load_pfn(n_train: int, d: int) -> tuple[Any, str | None]:
+    """``(pfn, None)`` if the tabular PFN exists and covers ``n_train`` x ``d``, else
+    ``(None, reason)``."""
+    from pyrobayes.pfn import pretrained
+
+    try:
+        pfn = pretrained(PFN_NAME)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        return None, f"PFN: no `{PFN_NAME}` checkpoint in this install ({err}); row left empty"
+    c = pfn.config
+    max_d = int(getattr(c, "max_features", getattr(c, "num_features", d)))
+    max_n = int(getattr(c, "max_train", n_train))
+    if d > max_d or n_train > max_n:
+        return None, (
+            f"PFN ({PFN_NAME}): does not cover these data ({n_train} training rows x {d} "
+            f"features; it was trained on at most {max_n} rows x {max_d} features); row left "
+            "empty rather than truncating the data"
+        )
+    return pfn, None
+
+
+def _slice_mixture(ppd, sl: slice):
+    from pyrobayes.ppd import NormalMixturePPD
+
+    return NormalMixturePPD(ppd.loc[:, sl], ppd.scale[:, sl])
+
+
+def _run_split(
+    s: Split, cfg: TabularConfig, pfn: Any, run_nuts: bool, grid: torch.Tensor | None, k: int
+) -> tuple[dict, dict, dict, dict]:
+    """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of one split."""
+    import pyro
+
+    from pyrobayes.compare_job import _fit_mlp
+    from pyrobayes.gp import fit_ard_gp
+    from pyrobayes.guides import MOPEDNormal
+    from pyrobayes.infer import PosteriorPredictive, fit
+    from pyrobayes.ppd import normal_ppd
+
+    progress = not cfg.no_progress
+    seed = cfg.seed + k
+    d = s.x_train.shape[1]
+    ppds, grid_ppds, times, info = {}, {}, {}, {}
+    pyro.set_rng_seed(seed)
+
+    t0 = time.perf_counter()
+    mlp = _fit_mlp(s.x_train, s.y_train, cfg.mlp_steps, seed)
+    with torch.no_grad():
+        # the maximum-likelihood noise given the fitted mean: sqrt(mean squared residual)
+        noise = float((mlp(s.x_train).squeeze(-1) - s.y_train).pow(2).mean().sqrt().clamp_min(1e-3))
+        ppds["MLP + fitted noise"] = normal_ppd(mlp(s.x_test).squeeze(-1), noise)
+        if grid is not None:
+            grid_ppds["MLP + fitted noise"] = normal_ppd(mlp(grid).squeeze(-1), noise)
+    t_mlp = times["MLP + fitted noise"] = time.perf_counter() - t0
+    info["mlp_noise_std"] = noise
+
+    import copy
+
+    t0 = time.perf_counter()
+    model, latent = _bayesian_model(d, copy.deepcopy(mlp), noise, learn_noise=True)
+    guide = MOPEDNormal(model, delta=cfg.delta)
+    fit(
+        model,
+        guide,
+        (s.x_train, s.y_train),
+        epochs=cfg.svi_steps,
+        batch_size=len(s.x_train),
+        lr=cfg.svi_lr,
+        progress=progress,
+        seed=seed,
+        fused=False if latent else None,
+    )
+    pp = PosteriorPredictive(model, guide, num_samples=cfg.num_samples)
+    ppds["SVI (MOPED)"] = pp(s.x_test)
+    times["SVI (MOPED)"] = t_mlp + time.perf_counter() - t0
+    if grid is not None:
+        grid_ppds["SVI (MOPED)"] = pp(grid)
+    if not latent:
+        info["svi_noise_std"] = float(model.likelihood.scale.detach())
+
+    if pfn is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pfn.predict(s.x_train, s.y_train, s.x_test)  # warm-up: one-off allocations
+            t0 = time.perf_counter()
+            ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, s.x_test)
+            times[f"PFN ({PFN_NAME})"] = time.perf_counter() - t0
+            if grid is not None:
+                grid_ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, grid)
+        if caught:
+            info["pfn_warnings"] = sorted({str(w.message) for w in caught})
+
+    t0 = time.perf_counter()
+    gp = fit_ard_gp(s.x_train, s.y_train, steps=cfg.gp_steps, progress=progress)
+    ppds["exact GP (ARD)"] = gp.predict(s.x_test)
+    times["exact GP (ARD)"] = time.perf_counter() - t0
+    if grid is not None:
+        grid_ppds["exact GP (ARD)"] = gp.predict(grid)
+    info["gp"] = {
+        "lengthscales": [round(v, 4) for v in gp.lengthscales.tolist()],
+        "outputscale": gp.outputscale,
+        "noise_std": gp.noise_std,
+        "log_marginal": gp.log_marginal,
+    }
+
+    if run_nuts:
+        from pyrobayes.reference import nuts_ppd
+
+        # the same prior; with no latent noise in this install, the noise SVI fitted
+        ref_model, _ = _bayesian_model(d, None, info.get("svi_noise_std", noise), learn_noise=False)
+        xq = s.x_test if grid is None else torch.cat([s.x_test, grid])
+        t0 = time.perf_counter()
+        ppd, mcmc = nuts_ppd(
+            ref_model,
+            s.x_train,
+            s.y_train,
+            xq,
+            num_warmup=cfg.nuts_warmup,
+            num_samples=cfg.nuts_samples,
+            progress=progress,
+            seed=seed,
+            return_mcmc=True,
+        )
+        times["NUTS"] = time.perf_counter() - t0
+        m = len(s.x_test)
+        ppds["NUTS"] = _slice_mixture(ppd, slice(0, m)) if grid is not None else ppd
+        if grid is not None:
+            grid_ppds["NUTS"] = _slice_mixture(ppd, slice(m, None))
+        try:
+            diag = mcmc.diagnostics()
+            rhat = [
+                float(v["r_hat"].max())
+                for v in diag.values()
+                if isinstance(v, dict) and "r_hat" in v
+            ]
+            ess = [
+                float(v["n_eff"].min())
+                for v in diag.values()
+                if isinstance(v, dict) and "n_eff" in v
+            ]
+            info["nuts"] = {
+                "max_r_hat": max(rhat) if rhat else None,
+                "min_ess": min(ess) if ess else None,
+            }
+        except Exception as err:  # diagnostics are informative only
+            info["nuts"] = {"diagnostics_error": str(err)}
+    return ppds, grid_ppds, times, info
+
+
+# ----------------------------------------------------------------- the job
+
+
+def run_tabular(cfg: TabularConfig) -> dict:
+    """Run the whole protocol; returns ``{"table", "split_tables", "notes", "files"}``."""
+    from pyrobayes.compare import compare_ppds, mean_se_table
+    from pyrobayes.data.tabular import load_tabular
+    from pyrobayes.ppd import affine_ppd
+
+    tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
+    n, d = tab.x.shape
+    splits = make_splits(n, cfg.splits, cfg.test_fraction, cfg.seed)
+    n_train = len(splits[0][0])
+    notes: list[str] = []
+    pfn, why = _load_pfn(n_train, d)
+    if why:
+        notes.append(why)
+    n_nuts = 0 if cfg.no_nuts else min(cfg.splits, cfg.nuts_splits or cfg.splits)
+    if cfg.no_nuts:
+        notes.append("NUTS: skipped (--no-nuts)")
+    elif n_nuts < cfg.splits:
+        notes.append(f"NUTS: run on the first {n_nuts} of {cfg.splits} splits only (--nuts-splits)")
+    try:
+        from pyrobayes.models import tabular_regression_model  # noqa: F401
+    except ImportError:
+        notes.append(
+            "model: no `tabular_regression_model` (latent noise) in this install; SVI fits the "
+            "noise as a point estimate and NUTS holds it at SVI's value"
+        )
+
+    tables, infos = [], []
+    first: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    for k, (tr, te) in enumerate(splits):
+        s = standardise_split(tab.x, tab.y, tr, te)
+        grid = None
+        if d == 1 and k == 0:
+            lo, hi = float(tab.x.min()), float(tab.x.max())
+            pad = 0.05 * (hi - lo)
+            grid_raw = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)[:, None]
+            grid = ((grid_raw - s.x_mean) / s.x_std).float()
+        ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k)
+        raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
+        table = compare_ppds(
+            raw,
+            s.y_test_raw,
+            times=times,
+            reference="NUTS" if "NUTS" in raw else None,
+            levels=LEVELS,
+        )
+        tables.append(table)
+        infos.append(info)
+        # each split's scores as soon as they exist: a long run stopped early keeps them
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
+            fh.write(
+                json.dumps(
+                    {"split": k, "table": json.loads(table.to_json()), "info": info}, default=str
+                )
+                + "\n"
+            )
+        print(  # one line per split: a long run should show it is alive even without bars
+            f"split {k + 1}/{len(splits)} done ({time.perf_counter() - t_start:.0f} s so far)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if grid is not None:
+            first = {
+                "grid": grid_raw.float(),
+                "ppds": {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in grid_ppds.items()},
+                "train": (tab.x[tr].float(), tab.y[tr].float()),
+            }
+    methods = ["MLP + fitted noise", "SVI (MOPED)", f"PFN ({PFN_NAME})", "exact GP (ARD)", "NUTS"]
+    if cfg.no_nuts:
+        methods.remove("NUTS")
+    summary = mean_se_table(tables, methods=methods)
+    files = _write(cfg, tab, summary, tables, infos, notes, first, n_train, len(splits[0][1]))
+    return {
+        "table": summary,
+        "split_tables": tables,
+        "notes": notes,
+        "infos": infos,
+        "files": files,
+    }
+
+
+def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> dict:
+    from matplotlib.figure import Figure
+
+    from pyrobayes.plotting import plot_coverage, plot_metric_errorbars, plot_ppd_comparison
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"png": out / "compare.png", "json": out / "compare.json", "md": out / "compare.md"}
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    plot_metric_errorbars(summary, "nll", ax=ax1, title="held-out NLL (raw units), mean ± s.e.")
+    plot_coverage(summary, ax=ax2)
+    fig.suptitle(f"{tab.source}: {cfg.splits} splits of {n_train}/{n_test} rows", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(files["png"], dpi=110, bbox_inches="tight")
+    if first:
+        fig2, _ = plot_ppd_comparison(first["grid"], first["ppds"], train=first["train"], ncols=3)
+        fig2.suptitle(f"PPDs of split 1 ({tab.source})", fontsize=9)
+        files["bands"] = out / "compare-bands.png"
+        fig2.savefig(files["bands"], dpi=110, bbox_inches="tight")
+    payload = {
+        "config": asdict(cfg),
+        "data": tab.source,
+        "features": list(tab.feature_names),
+        "target": tab.target_name,
+        "n_train": n_train,
+        "n_test": n_test,
+        "notes": notes,
+        "table": json.loads(summary.to_json()),
+        "split_tables": [json.loads(t.to_json()) for t in tables],
+        "split_info": infos,
+    }
+    files["json"].write_text(json.dumps(payload, indent=2, default=str))
+    note_md = "".join(f"- {x}\n" for x in notes)
+    md = (
+        f"# pyrobayes compare --data {cfg.data}\n\n"
+        f"Data: {tab.source}; target `{tab.target_name}`, {len(tab.feature_names)} feature(s). "
+        f"{cfg.splits} random splits of {n_train} training / {n_test} test rows (seed {cfg.seed}); "
+        "x and y standardised on each training split; every method sees every training row. "
+        "Scores in raw target units (NLL includes log of the y scale); mean ± standard error over "
+        "splits. Times are wall-clock seconds per split (SVI includes the MLP pre-training).\n\n"
+        f"{summary.to_markdown()}\n\n"
+        + (f"Notes:\n\n{note_md}\n" if notes else "")
+        + "![NLL and calibration](compare.png)\n"
+        + ("\n![PPD bands](compare-bands.png)\n" if first else "")
+    )
+    files["md"].write_text(md)
+    return files
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(p, TabularConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(TabularConfig, args)
+    torch.set_num_threads(1)  # tiny nets: a second thread costs more than it saves
+    result = run_tabular(cfg)
+    print(result["table"].to_markdown())
+    for note in result["notes"]:
+        print("note:", note)
+    print("wrote " + ", ".join(str(f) for f in result["files"].values()))
+    return 0
