@@ -220,7 +220,8 @@ def test_real_data_job_end_to_end(tmp_path, capsys):
     for m in ("MLP + fitted noise", "SVI (MOPED)", "exact GP (ARD)", "NUTS"):
         row = table.row(m)
         assert math.isfinite(row["nll"]) and row["coverage_90"] is not None
-    assert "PFN (bnn-tabular)" in table.methods and "PFN" in " ".join(payload["notes"])
+    # the shipped bnn-tabular PFN covers d=2, n=36: it answers like every other method
+    assert math.isfinite(table.row("PFN (bnn-tabular)")["nll"])
     # raw units: y has scale ~5 around 10, so a sane NLL is far from standardised values
     assert table.row("exact GP (ARD)")["rmse"] < 5
     assert "±" in printed and (out / "compare.png").exists()
