@@ -21,11 +21,9 @@ from pyrobayes.classify.result import (
     BAYES,
     DET,
     ClassifyResult,
-    log,
+    finish_result,
     point_ppd,
     resolve_device,
-    save_result,
-    score_tables,
 )
 
 __all__ = ["run_digits"]
@@ -132,7 +130,6 @@ def run_digits(
 
     ppds = {DET: det, BAYES: bay}
     ood = {k: {DET: det_ood[k], BAYES: bay_ood[k]} for k in ood_inputs}
-    table, ood_tables = score_tables(ppds, y_te, ood, "noise", {DET: t_det, BAYES: t_svi})
     steps = math.ceil(len(x_tr) / batch_size)
     info = {
         "n_train": len(x_tr),
@@ -153,7 +150,5 @@ def run_digits(
         "svi_step_seconds": t_svi / max(1, svi_epochs * steps),
         "elbo_loss_per_point": history.losses,
     }
-    result = ClassifyResult("digits", table, ood_tables, ppds, y_te.cpu(), info)
-    log(verbose, result.report())
-    save_result(result, out, verbose)
-    return result
+    times = {DET: t_det, BAYES: t_svi}
+    return finish_result("digits", ppds, y_te, ood, "noise", times, info, out, verbose)

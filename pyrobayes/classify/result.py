@@ -27,7 +27,15 @@ import torch
 from pyrobayes.compare import ComparisonTable, compare_ppds
 from pyrobayes.ppd import CategoricalPPD
 
-__all__ = ["DET", "BAYES", "ClassifyResult", "point_ppd", "score_tables", "save_result"]
+__all__ = [
+    "DET",
+    "BAYES",
+    "ClassifyResult",
+    "point_ppd",
+    "score_tables",
+    "save_result",
+    "finish_result",
+]
 
 DET, BAYES = "deterministic", "bayesian"
 
@@ -108,6 +116,26 @@ def score_tables(
     )
     ood_tables = {name: compare_ppds(ppds, labels, ood_ppds=o) for name, o in ood.items()}
     return table, ood_tables
+
+
+def finish_result(
+    task: str,
+    ppds: Mapping[str, CategoricalPPD],
+    labels: torch.Tensor,
+    ood: Mapping[str, Mapping[str, CategoricalPPD]],
+    main_ood: str | None,
+    times: Mapping[str, float],
+    info: dict,
+    out: str | None,
+    verbose: bool,
+) -> ClassifyResult:
+    """Score (:func:`score_tables`), print the report when ``verbose``, write the files
+    under ``out`` (:func:`save_result`) and return the result; the end of every pipeline."""
+    table, ood_tables = score_tables(ppds, labels, ood, main_ood, times)
+    result = ClassifyResult(task, table, ood_tables, dict(ppds), labels.cpu(), info)
+    log(verbose, result.report())
+    save_result(result, out, verbose)
+    return result
 
 
 def save_result(result: ClassifyResult, out: str | None, verbose: bool) -> None:

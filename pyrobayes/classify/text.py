@@ -26,11 +26,10 @@ from pyrobayes.classify.result import (
     BAYES,
     DET,
     ClassifyResult,
+    finish_result,
     log,
     point_ppd,
     resolve_device,
-    save_result,
-    score_tables,
 )
 from pyrobayes.ppd import CategoricalPPD
 
@@ -217,13 +216,6 @@ def run_text(
 
     ppds = {DET: det, BAYES: bay}
     ood_sets = {"other-domain sentences": {DET: det_ood, BAYES: bay_ood}} if single else {}
-    table, ood_tables = score_tables(
-        ppds,
-        y_te,
-        ood_sets,
-        "other-domain sentences" if single else None,
-        {DET: t_det, BAYES: t_svi},
-    )
     steps = math.ceil(len(enc_train) / batch_size)
     info = {
         "task": task,
@@ -252,8 +244,7 @@ def run_text(
         "svi_step_seconds": t_svi / max(1, svi_epochs * steps),
         "elbo_loss_per_point": history.losses,
     }
-    result = ClassifyResult("text", table, ood_tables, ppds, y_te.cpu(), info)
     log(verbose, f"Bayesian part {bayes!r}: {n_bayes:,} weights in {include}")
-    log(verbose, result.report())
-    save_result(result, out, verbose)
-    return result
+    main_ood = "other-domain sentences" if single else None
+    times = {DET: t_det, BAYES: t_svi}
+    return finish_result("text", ppds, y_te, ood_sets, main_ood, times, info, out, verbose)
