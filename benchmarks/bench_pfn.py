@@ -117,6 +117,7 @@ def _svi(kind: str, xt, yt, xq, yq, steps: int, seed: int) -> float:
     from pyrobayes.guides import moped_guide
     from pyrobayes.infer import PosteriorPredictive, fit
     from pyrobayes.models.mlp import MLP, default_regression_model
+    from pyrobayes.models.train import train_network
 
     pyro.clear_param_store()
     torch.manual_seed(seed)
@@ -125,12 +126,7 @@ def _svi(kind: str, xt, yt, xq, yq, steps: int, seed: int) -> float:
         guide = AutoNormal(model, init_scale=0.05)
     else:  # MOPED: the same Bayesian model, guide centred at a fitted MLP
         net = MLP(1, (50, 50), 1)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        for _ in range(500):
-            opt.zero_grad()
-            loss = (net(xt)[:, 0] - yt).pow(2).mean()
-            loss.backward()
-            opt.step()
+        train_network(net, xt, yt, loss="mse", epochs=500, lr=1e-2, batch_size=None, progress=False)
         model = default_regression_model(net=net)
         guide = moped_guide(model, "normal", delta=0.1)
     fit(

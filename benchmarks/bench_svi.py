@@ -42,23 +42,14 @@ def digits():
 
 
 def train_mlp(x, y, epochs=30, seed=0):
+    """The deterministic baseline: the library's trainer, per-epoch wall times."""
     from pyrobayes.models.mlp import MLP
+    from pyrobayes.models.train import train_network
 
     torch.manual_seed(seed)
     net = MLP(64, (256, 256), 10, activation="relu")
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=True
-    )
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        for xb, yb in loader:
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(xb), yb).backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-    return net.eval(), times
+    history = train_network(net, x, y, epochs=epochs, batch_size=BATCH, seed=seed, progress=False)
+    return net, history.epoch_seconds
 
 
 def build(net, name="digits"):

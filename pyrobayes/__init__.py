@@ -9,6 +9,18 @@ The public API in one place::
     MOPEDNormal, MOPEDLowRank         # MOPED-initialised autoguides
     fit, PosteriorPredictive          # SVI loop; vectorised posterior predictive -> PPD
     NormalMixturePPD, CategoricalPPD  # the PPD types every predictor returns
+
+Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> import pyrobayes
+    >>> model, guide = pyrobayes.to_bayesian(nn.Linear(4, 3))
+    >>> x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    >>> _ = pyrobayes.fit(model, guide, (x, y), epochs=2, progress=False)
+    >>> ppd = pyrobayes.PosteriorPredictive(model, guide, num_samples=8)(x)
+    >>> type(ppd).__name__, tuple(ppd.probs.shape)
+    ('CategoricalPPD', (30, 3))
 """
 
 from pyrobayes.convert import bayesian_sites, to_pyro

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from enum import Enum
 
 import pyro
 import pyro.distributions as dist
@@ -36,6 +35,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, as_class_indices
 
 __all__ = [
@@ -86,7 +86,7 @@ def current_data_size() -> int | None:
     return _DATA_SIZE.get()
 
 
-class LikelihoodKind(str, Enum):
+class LikelihoodKind(Option):
     GAUSSIAN = "gaussian"
     CATEGORICAL = "categorical"
 
@@ -321,9 +321,5 @@ def get_likelihood(spec: str | Likelihood, **kwargs) -> Likelihood:
     """A likelihood from its name (``"gaussian"``, ``"categorical"``) or as is."""
     if isinstance(spec, Likelihood):
         return spec
-    try:
-        kind = LikelihoodKind(spec)
-    except ValueError:
-        valid = ", ".join(k.value for k in LikelihoodKind)
-        raise ValueError(f"unknown likelihood {spec!r}; valid likelihoods: {valid}") from None
+    kind = LikelihoodKind.parse(spec, "likelihood")
     return Gaussian(**kwargs) if kind is LikelihoodKind.GAUSSIAN else Categorical(**kwargs)

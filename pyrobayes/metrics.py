@@ -37,13 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
 from torch.distributions import Categorical, Distribution, Normal
 
+from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd
 
 __all__ = [
@@ -74,14 +74,14 @@ DEFAULT_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)
 _SQRT_PI = math.sqrt(math.pi)
 
 
-class Reduction(str, Enum):
+class Reduction(Option):
     """How a per-point metric is reduced: ``"mean"`` -> float, ``"none"`` -> tensor."""
 
     MEAN = "mean"
     NONE = "none"
 
 
-class CRPSMethod(str, Enum):
+class CRPSMethod(Option):
     """CRPS computation: closed form for Normal mixtures, numerical grid, or ``auto``."""
 
     AUTO = "auto"
@@ -89,7 +89,7 @@ class CRPSMethod(str, Enum):
     GRID = "grid"
 
 
-class OODScore(str, Enum):
+class OODScore(Option):
     """Uncertainty score used to separate out-of-distribution inputs (higher = more OOD).
 
     ``entropy``: total predictive entropy; ``mutual_information``: its epistemic part;
@@ -103,16 +103,8 @@ class OODScore(str, Enum):
     VARIANCE = "variance"
 
 
-def _option(enum_cls: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"unknown {what} {value!r}; valid options: {valid}") from None
-
-
 def _reduce(values: torch.Tensor, reduction: Reduction | str) -> float | torch.Tensor:
-    red = _option(Reduction, reduction, "reduction")
+    red = Reduction.parse(reduction, "reduction")
     if red is Reduction.NONE:
         return values
     return float(values.mean())
@@ -363,7 +355,7 @@ def crps(
     """
     reg = _as_regression_ppd(ppd)
     t = _check_targets(reg, y)
-    how = _option(CRPSMethod, method, "CRPS method")
+    how = CRPSMethod.parse(method, "CRPS method")
     if how is CRPSMethod.AUTO:
         how = CRPSMethod.CLOSED_FORM if isinstance(reg, NormalMixturePPD) else CRPSMethod.GRID
     if how is CRPSMethod.CLOSED_FORM:
@@ -688,7 +680,7 @@ def ood_scores(ppd: Distribution, score: OODScore | str = "entropy") -> torch.Te
         >>> ood_scores(CategoricalPPD(torch.tensor([[[0.5, 0.5]]])), "max_prob")
         tensor([0.5000])
     """
-    kind = _option(OODScore, score, "OOD score")
+    kind = OODScore.parse(score, "OOD score")
     if kind is OODScore.VARIANCE:
         return _as_regression_ppd(ppd).variance
     cat = _as_categorical_ppd(ppd)
@@ -802,6 +794,6 @@ def classification_metrics(
                 f"{cat.num_classes}"
             )
         for s in scores:
-            kind = _option(OODScore, s, "OOD score")
+            kind = OODScore.parse(s, "OOD score")
             out[f"auroc_{kind.value}"] = ood_auroc(cat, ood, kind)
     return out

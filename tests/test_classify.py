@@ -77,6 +77,8 @@ def test_classify_bad_options_fail_fast(capsys):
     assert main(["classify", "text", "--task", "sst3", "--smoke", "--no-progress"]) == 2
     assert "valid tasks: cola, sst2" in capsys.readouterr().err
     assert main(["classify", "text", "--bayes", "tail", "--smoke", "--no-progress"]) == 2
-    assert "valid parts: head, head+last, all, last:K" in capsys.readouterr().err
+    assert "unknown Bayesian part 'tail'; valid: head, head+last, all, last:K" in (
+        capsys.readouterr().err
+    )
     with pytest.raises(SystemExit):
         main(["classify", "images"])

@@ -1,41 +1,34 @@
-"""The runnable examples in the docstrings are part of the test suite."""
+"""The runnable examples in the docstrings are part of the test suite: every public module
+(found by walking the package, see ``conftest.public_modules``) must have one, and all pass."""
 
 import doctest
 import importlib
 
 import pytest
+from conftest import public_modules
 
-MODULES = [
-    "pyrobayes.ppd",
-    "pyrobayes.priors",
-    "pyrobayes.convert",
-    "pyrobayes.likelihoods",
-    "pyrobayes.model",
-    "pyrobayes.guides.moped",
-    "pyrobayes.guides.local_reparam",
-    "pyrobayes.infer.fit",
-    "pyrobayes.infer.steppers",
-    "pyrobayes.distributed",
-    "pyrobayes.infer.fit_checkpoint",
-    "pyrobayes.progress",
-    "pyrobayes.infer.predictive",
-    "pyrobayes.models.mlp",
-    "pyrobayes.models.hf",
-    "pyrobayes.data.images",
-    "pyrobayes.data.text",
-    "pyrobayes.data.regression",
-    "pyrobayes.data.tabular",
-    "pyrobayes.tabular_job",
-    "pyrobayes.metrics",
-    "pyrobayes.compare",
-    "pyrobayes.plotting",
-    "pyrobayes.reference",
-    "pyrobayes.gp",
-    "pyrobayes.pfn",
-]
+MODULES = public_modules()
+# Modules that still lack an example (being edited on other branches). Strict: once one
+# gets an example its test passes unexpectedly and fails, so it must leave this set.
+NO_EXAMPLE_YET = {"pyrobayes.compare_job", "pyrobayes.infer.fast_elbo"}
 
 
-@pytest.mark.parametrize("name", MODULES)
+def test_walk_finds_the_subpackages():
+    # A broken walk (e.g. a subpackage whose import fails silently) would shrink the list.
+    for name in ("pyrobayes.pfn.model", "pyrobayes.infer.fit", "pyrobayes.models.mlp"):
+        assert name in MODULES
+    assert not any(m.split(".")[-1].startswith("_") for m in MODULES)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="no example yet"))
+        if m in NO_EXAMPLE_YET
+        else m
+        for m in MODULES
+    ],
+)
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no runnable example"

@@ -241,7 +241,7 @@ def test_regression_metrics_reject_wrong_kind_and_options():
     with pytest.raises(ValueError, match="regression PPD"):
         accuracy(normal_ppd(torch.zeros(4), 1.0), torch.zeros(4))
     ppd = normal_ppd(torch.zeros(4), 1.0)
-    with pytest.raises(ValueError, match="unknown reduction 'sum'.*'mean'"):
+    with pytest.raises(ValueError, match="unknown reduction 'sum'; valid: mean, none"):
         nll(ppd, torch.zeros(4), reduction="sum")
     with pytest.raises(ValueError, match="unknown CRPS method"):
         crps(ppd, torch.zeros(4), method="exact")

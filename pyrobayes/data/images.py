@@ -8,13 +8,13 @@ the same training code reads either.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from enum import Enum
 
 import datasets
 import numpy as np
 import torch
 
 from pyrobayes.data._io import load_any, require_columns, require_nonempty
+from pyrobayes.options import Option
 
 __all__ = ["load_digits", "load_mnist", "to_tensors", "image_ood", "ImageOOD", "DIGITS_SHAPE"]
 
@@ -195,7 +195,7 @@ def to_tensors(
     return x, y
 
 
-class ImageOOD(str, Enum):
+class ImageOOD(Option):
     """Out-of-distribution image sets built from in-distribution images."""
 
     FLIP = "flip"  # upside down (vertical flip)
@@ -223,11 +223,7 @@ def image_ood(
         >>> image_ood(torch.rand(5, 64), "noise").shape
         torch.Size([5, 64])
     """
-    try:
-        kind = ImageOOD(kind)
-    except ValueError:
-        valid = ", ".join(k.value for k in ImageOOD)
-        raise ValueError(f"unknown OOD kind {kind!r}; valid kinds: {valid}") from None
+    kind = ImageOOD.parse(kind, "OOD kind")
     h, w = image_shape
     if x.dim() != 2 or x.shape[1] != h * w:
         raise ValueError(

@@ -27,8 +27,6 @@ Example::
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
@@ -44,11 +42,12 @@ from pyrobayes._pyro_compat import (
     unconstrained_shapes,
 )
 from pyrobayes.convert import pretrained_values
+from pyrobayes.options import Option
 
 __all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_scale"]
 
 
-class GuideKind(str, Enum):
+class GuideKind(Option):
     NORMAL = "normal"
     LOWRANK = "lowrank"
 
@@ -221,11 +220,7 @@ def _deep_set_buffer(root: PyroModule, name: str, value: torch.Tensor) -> None:
 def moped_guide(model, kind: str | GuideKind = "normal", **kwargs):
     """The guide factory: ``"normal"`` (:class:`MOPEDNormal`) or ``"lowrank"``
     (:class:`MOPEDLowRank`) with their keyword options."""
-    try:
-        kind = GuideKind(kind)
-    except ValueError:
-        valid = ", ".join(k.value for k in GuideKind)
-        raise ValueError(f"unknown guide {kind!r}; valid guides: {valid}") from None
+    kind = GuideKind.parse(kind, "guide")
     return (
         MOPEDNormal(model, **kwargs) if kind is GuideKind.NORMAL else MOPEDLowRank(model, **kwargs)
     )

@@ -38,7 +38,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from pyrobayes.infer.fit_checkpoint import (
 )
 from pyrobayes.infer.steppers import FusedStepper, SVIStepper, TorchStepper
 from pyrobayes.likelihoods import data_size
+from pyrobayes.options import Option
 from pyrobayes.progress import progress_bar
 
 __all__ = [
@@ -75,12 +75,12 @@ __all__ = [
 ]
 
 
-class LossKind(str, Enum):
+class LossKind(Option):
     TRACE_ELBO = "trace_elbo"
     MEANFIELD = "meanfield"
 
 
-class LRSchedule(str, Enum):
+class LRSchedule(Option):
     r"""Learning-rate factor :math:`f(t)` over the ``T`` steps of a fit: ``constant`` (1),
     ``cosine`` (:math:`\tfrac12(1+\cos \pi t/T)`), ``step`` (:math:`\gamma^{\lfloor e/s
     \rfloor}` at epoch ``e``, options ``step_size`` (epochs, default ``epochs // 3``) and
@@ -238,13 +238,7 @@ def _lr_factor_fn(
         if options:
             raise ValueError("lr_schedule_options only apply to a named schedule")
         return schedule
-    try:
-        kind = LRSchedule(schedule)
-    except ValueError:
-        valid = ", ".join(k.value for k in LRSchedule)
-        raise ValueError(
-            f"unknown lr_schedule {schedule!r}; valid: {valid}, or a callable"
-        ) from None
+    kind = LRSchedule.parse(schedule, "lr_schedule", also=["a callable"])
     allowed = {"step_size", "gamma"} if kind is LRSchedule.STEP else set()
     if set(options) - allowed:
         raise ValueError(
@@ -490,12 +484,7 @@ class FitConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
-        try:
-            LossKind(self.loss)
-        except ValueError:
-            raise ValueError(
-                f"unknown loss {self.loss!r}; valid: {', '.join(k.value for k in LossKind)}"
-            ) from None
+        LossKind.parse(self.loss, "loss")
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
 
 

@@ -23,12 +23,12 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from enum import Enum
 
 import torch
 from torch import nn
 
 from pyrobayes.data._io import DataUnavailableError
+from pyrobayes.options import Option
 
 __all__ = [
     "default_model_path",
@@ -194,7 +194,7 @@ def head_modules(model: nn.Module) -> list[str]:
     return owners
 
 
-class BayesianPart(str, Enum):
+class BayesianPart(Option):
     HEAD = "head"
     HEAD_LAST = "head+last"
     ALL = "all"
@@ -207,17 +207,11 @@ _LAST_K = re.compile(r"last:(\d+)")
 def parse_part(part: str) -> int | None:
     """``"head"`` -> 0, ``"head+last"`` -> 1, ``"last:K"`` -> K, ``"all"`` -> None (every
     parameter); anything else is a ``ValueError`` listing the valid parts."""
-    p = part.strip().lower() if isinstance(part, str) else None
-    if p == BayesianPart.ALL.value:
-        return None
-    if p == BayesianPart.HEAD.value:
-        return 0
-    if p == BayesianPart.HEAD_LAST.value:
-        return 1
-    if p is not None and (m := _LAST_K.fullmatch(p)):
+    p = part.strip().lower() if isinstance(part, str) else part
+    if isinstance(p, str) and (m := _LAST_K.fullmatch(p)):
         return int(m.group(1))
-    valid = ", ".join([b.value for b in BayesianPart] + ["last:K"])
-    raise ValueError(f"unknown Bayesian part {part!r}; valid parts: {valid}")
+    kind = BayesianPart.parse(p, "Bayesian part", also=["last:K"])
+    return {BayesianPart.ALL: None, BayesianPart.HEAD: 0, BayesianPart.HEAD_LAST: 1}[kind]
 
 
 def bayesian_include(model: nn.Module, part: str = "head+last") -> list[str]:

@@ -11,15 +11,16 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 
 import torch
 from torch import nn
 
+from pyrobayes.options import Option
+
 __all__ = ["MLP", "Activation", "default_regression_model", "DEFAULT_REGRESSION"]
 
 
-class Activation(str, Enum):
+class Activation(Option):
     TANH = "tanh"
     RELU = "relu"
     GELU = "gelu"
@@ -39,12 +40,7 @@ class MLP(nn.Sequential):
         out_features: int = 1,
         activation: str | Activation = "tanh",
     ):
-        try:
-            act = Activation(activation)
-        except ValueError:
-            raise ValueError(
-                f"unknown activation {activation!r}; valid: {', '.join(a.value for a in Activation)}"
-            ) from None
+        act = Activation.parse(activation)
         sizes = [in_features, *hidden, out_features]
         if any(int(s) < 1 for s in sizes):
             raise ValueError(f"layer sizes must be positive, got {sizes}")

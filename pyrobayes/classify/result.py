@@ -1,0 +1,176 @@
+"""What a classification pipeline measured, how it is scored and written to disk.
+
+:func:`score_tables` turns the test-set and out-of-distribution PPDs of every method into
+:class:`~pyrobayes.compare.ComparisonTable` s (accuracy, NLL, ECE, Brier, OOD AUROC);
+:func:`save_result` writes the markdown report, the JSON and the reliability diagrams.
+
+Example::
+
+    >>> import torch
+    >>> from pyrobayes.classify.result import ClassifyResult, point_ppd, score_tables
+    >>> labels = torch.tensor([0, 1, 1])
+    >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]]))}
+    >>> table, ood_tables = score_tables(ppds, labels, {}, None, {"net": 0.1})
+    >>> round(table.row("net")["accuracy"], 3), ood_tables
+    (0.667, {})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from pyrobayes.compare import ComparisonTable, compare_ppds
+from pyrobayes.ppd import CategoricalPPD
+
+__all__ = [
+    "DET",
+    "BAYES",
+    "ClassifyResult",
+    "point_ppd",
+    "score_tables",
+    "save_result",
+    "finish_result",
+]
+
+DET, BAYES = "deterministic", "bayesian"
+
+
+@dataclass
+class ClassifyResult:
+    """What a pipeline measured.
+
+    Attributes:
+        task: ``"digits"`` or ``"text"``.
+        table: test-set scores of both methods, with OOD AUROC on the main OOD set
+            (uniform noise for digits, other-domain sentences for text) and ``time_s``
+            (deterministic training / fine-tuning time, and SVI time for the Bayesian row).
+        ood_tables: ``{OOD set name: table}`` for every OOD set.
+        ppds: ``{"deterministic", "bayesian"}`` test-set PPDs.
+        labels: test labels.
+        info: sizes, settings and timings (e.g. mean seconds per training step).
+        files: what was written under ``out``.
+    """
+
+    task: str
+    table: ComparisonTable
+    ood_tables: dict[str, ComparisonTable]
+    ppds: dict[str, CategoricalPPD]
+    labels: torch.Tensor
+    info: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def metric(self, method: str, name: str) -> float | None:
+        return self.table.row(method)[name]
+
+    def report(self) -> str:
+        """The markdown tables: main comparison, then one OOD table per OOD set."""
+        parts = [
+            f"### {self.task}: test set ({self.table.num_points} points)",
+            self.table.to_markdown(),
+        ]
+        for name, t in self.ood_tables.items():
+            cols = [c for c in t.columns if c.startswith("auroc")]
+            parts.append(
+                f"OOD AUROC, {name}: "
+                + ", ".join(
+                    f"{m} " + " / ".join(f"{c[6:]} {t.row(m)[c]:.3f}" for c in cols)
+                    for m in t.methods
+                )
+            )
+        return "\n\n".join(parts)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def log(verbose: bool, msg: str) -> None:
+    if verbose:
+        print(msg, flush=True)
+
+
+def point_ppd(logits: torch.Tensor) -> CategoricalPPD:
+    """A deterministic network's prediction: a one-draw :class:`CategoricalPPD`."""
+    return CategoricalPPD.from_logits(logits.detach().unsqueeze(0))
+
+
+def score_tables(
+    ppds: Mapping[str, CategoricalPPD],
+    labels: torch.Tensor,
+    ood: Mapping[str, Mapping[str, CategoricalPPD]],
+    main_ood: str | None,
+    times: Mapping[str, float],
+) -> tuple[ComparisonTable, dict[str, ComparisonTable]]:
+    """The main table (with OOD AUROC on ``ood[main_ood]``) and one table per OOD set."""
+    labels = labels.to(next(iter(ppds.values())).probs.device)
+    table = compare_ppds(
+        ppds, labels, times=times, ood_ppds=ood.get(main_ood) if main_ood else None
+    )
+    ood_tables = {name: compare_ppds(ppds, labels, ood_ppds=o) for name, o in ood.items()}
+    return table, ood_tables
+
+
+def finish_result(
+    task: str,
+    ppds: Mapping[str, CategoricalPPD],
+    labels: torch.Tensor,
+    ood: Mapping[str, Mapping[str, CategoricalPPD]],
+    main_ood: str | None,
+    times: Mapping[str, float],
+    info: dict,
+    out: str | None,
+    verbose: bool,
+) -> ClassifyResult:
+    """Score (:func:`score_tables`), print the report when ``verbose``, write the files
+    under ``out`` (:func:`save_result`) and return the result; the end of every pipeline."""
+    table, ood_tables = score_tables(ppds, labels, ood, main_ood, times)
+    result = ClassifyResult(task, table, ood_tables, dict(ppds), labels.cpu(), info)
+    log(verbose, result.report())
+    save_result(result, out, verbose)
+    return result
+
+
+def save_result(result: ClassifyResult, out: str | None, verbose: bool) -> None:
+    """Write ``reliability_<task>.png``, ``classify_<task>.md`` and ``.json`` under ``out``
+    (nothing when ``out`` is ``None``); the paths go to ``result.files``."""
+    if out is None:
+        return
+    # A bare Figure renders with Agg whatever pyplot's backend is, and never opens a window.
+    from matplotlib.figure import Figure
+
+    from pyrobayes.plotting import plot_reliability
+
+    os.makedirs(out, exist_ok=True)
+    fig = Figure(figsize=(4.5 * len(result.ppds), 4.5))
+    axes = fig.subplots(1, len(result.ppds))
+    for ax, (name, ppd) in zip(axes, result.ppds.items()):
+        plot_reliability(ppd, result.labels, ax=ax, title=f"{result.task}: {name}")
+    fig.tight_layout()
+    png = os.path.join(out, f"reliability_{result.task}.png")
+    fig.savefig(png, dpi=110)
+    md = os.path.join(out, f"classify_{result.task}.md")
+    with open(md, "w") as f:
+        f.write(result.report() + "\n")
+    js = os.path.join(out, f"classify_{result.task}.json")
+    with open(js, "w") as f:
+        json.dump(
+            {
+                "task": result.task,
+                "table": result.table.to_dict(),
+                "ood_tables": {k: v.to_dict() for k, v in result.ood_tables.items()},
+                "info": result.info,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
+    result.files.extend([png, md, js])
+    log(verbose, f"wrote {png}, {md}, {js}")
