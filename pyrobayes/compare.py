@@ -27,7 +27,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from pyrobayes.metrics import (
     kl_divergence_grid,
     regression_metrics,
 )
+from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, RegressionPPD
 
 __all__ = [
@@ -58,7 +58,7 @@ KL_COLUMN = "kl_to_reference"
 SE_SUFFIX = "_se"
 
 
-class ProblemKind(str, Enum):
+class ProblemKind(Option):
     """What the PPDs predict: real targets or class labels."""
 
     REGRESSION = "regression"
@@ -149,7 +149,7 @@ class ComparisonTable:
     num_points: int = 0
 
     def __post_init__(self) -> None:
-        _option(ProblemKind, self.kind, "problem kind")
+        ProblemKind.parse(self.kind, "problem kind")
         names = [r.method for r in self.rows]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate method names in comparison rows: {names}")
@@ -297,14 +297,6 @@ def _format_number(v: float, precision: int) -> str:
     if abs(v) >= 1e5 or abs(v) < 1e-3:
         return f"{v:.{max(precision - 1, 0)}e}"
     return f"{v:.{precision}g}"
-
-
-def _option(enum_cls: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_cls)
-        raise ValueError(f"unknown {what} {value!r}; valid options: {valid}") from None
 
 
 def _kind_of(ppd: Any) -> ProblemKind | None:

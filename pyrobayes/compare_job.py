@@ -22,15 +22,16 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch
 
+from pyrobayes.options import Option
+
 __all__ = ["CompareConfig", "PriorChoice", "run_compare", "add_arguments", "run"]
 
 
-class PriorChoice(str, Enum):
+class PriorChoice(Option):
     BNN = "bnn"
     GP = "gp"
 
@@ -58,10 +59,7 @@ class CompareConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        try:
-            PriorChoice(self.prior)
-        except ValueError:
-            raise ValueError(f"unknown prior {self.prior!r}; valid: bnn, gp") from None
+        PriorChoice.parse(self.prior, "prior")
         for name in (
             "n_train",
             "n_test",
@@ -144,15 +142,14 @@ def _load_data(cfg: CompareConfig):
 
 def _fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.nn.Module:
     from pyrobayes.models.mlp import MLP
+    from pyrobayes.models.train import train_network
 
     torch.manual_seed(seed)
     net = MLP(x.shape[-1], (50, 50), 1, "tanh")
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(net(x).squeeze(-1), y).backward()
-        opt.step()
-    return net.eval()
+    train_network(
+        net, x, y, loss="mse", epochs=steps, lr=1e-2, batch_size=None, seed=seed, progress=False
+    )
+    return net
 
 
 def run_compare(cfg: CompareConfig) -> dict:

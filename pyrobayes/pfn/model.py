@@ -25,36 +25,20 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from pyrobayes.options import Option, Task
 from pyrobayes.pfn.bar import BarCriterion, BarDistribution
 from pyrobayes.ppd import CategoricalPPD
 
 __all__ = ["PFN", "PFNConfig", "Task", "InputMode", "standardise_split"]
 
 
-class Task(str, Enum):
-    """What the PFN predicts."""
-
-    REGRESSION = "regression"
-    CLASSIFICATION = "classification"
-
-    @classmethod
-    def parse(cls, value: str | Task) -> Task:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(
-                f"unknown task {value!r}; choose one of {[t.value for t in cls]}"
-            ) from None
-
-
-class InputMode(str, Enum):
+class InputMode(Option):
     """How a PFN reads its inputs.
 
     * ``"box"``: exactly ``num_features`` inputs, standardised by the moments of the uniform
@@ -69,15 +53,6 @@ class InputMode(str, Enum):
 
     BOX = "box"
     TABULAR = "tabular"
-
-    @classmethod
-    def parse(cls, value: str | InputMode) -> InputMode:
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(
-                f"unknown input_mode {value!r}; choose one of {[m.value for m in cls]}"
-            ) from None
 
 
 def standardise_split(

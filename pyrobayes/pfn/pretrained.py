@@ -21,11 +21,11 @@ Example::
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import torch
 
+from pyrobayes.options import Option
 from pyrobayes.pfn.checkpoint import load_checkpoint
 from pyrobayes.pfn.model import PFN
 
@@ -34,7 +34,7 @@ __all__ = ["pretrained", "PretrainedName", "CHECKPOINT_DIR"]
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
 
 
-class PretrainedName(str, Enum):
+class PretrainedName(Option):
     """Names of the shipped checkpoints."""
 
     GP_1D = "gp-1d"
@@ -52,12 +52,7 @@ def pretrained(name: str | PretrainedName, device: torch.device | str | None = N
     Returns:
         The PFN in eval mode.
     """
-    try:
-        key = PretrainedName(name)
-    except ValueError:
-        raise ValueError(
-            f"unknown pretrained PFN {name!r}; choose one of {[n.value for n in PretrainedName]}"
-        ) from None
+    key = PretrainedName.parse(name, "pretrained PFN")
     path = CHECKPOINT_DIR / key.value
     if not path.with_name(key.value + ".json").exists():
         raise FileNotFoundError(f"pretrained PFN {key.value!r} is not shipped in {CHECKPOINT_DIR}")
