@@ -9,6 +9,7 @@ notebook's metadata (``metadata.pyrobayes``: setting, seconds, date, versions), 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import sys
@@ -20,6 +21,12 @@ import nbformat
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
+
+
+def source_digest(nb: nbformat.NotebookNode) -> str:
+    """SHA-256 of the code cells' sources: tells whether the outputs belong to this code."""
+    code = "\n# ---- cell ----\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    return hashlib.sha256(code.encode()).hexdigest()
 
 
 def execute(path: Path, timeout: int) -> float:
@@ -39,6 +46,7 @@ def execute(path: Path, timeout: int) -> float:
 
     nb.metadata["pyrobayes"] = {
         "setting": "full",
+        "source_sha256": source_digest(nb),
         "seconds": round(seconds, 1),
         "executed": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
