@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build first so that nothing later pulls a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench docs notebooks clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,docs]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -35,5 +35,13 @@ bench: venv
 	$(BIN)/python benchmarks/bench_classify.py
 	$(BIN)/python benchmarks/bench_reference.py
 
+# The documentation site, offline and strict (a broken reference or docstring warning fails).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Run every notebook in its full setting and store the outputs in the files (commit them).
+notebooks: venv
+	MPLBACKEND=Agg $(BIN)/python notebooks/execute.py
+
 clean:
-	rm -rf $(VENV) pyrobayes-out build *.egg-info
+	rm -rf $(VENV) pyrobayes-out build site *.egg-info
