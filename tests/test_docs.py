@@ -38,6 +38,11 @@ PUBLIC = [
     "pyrobayes.classify",
     "pyrobayes.compare_job",
     "pyrobayes.cli",
+    "pyrobayes.distributed",
+    "pyrobayes.options",
+    "pyrobayes.tabular_job",
+    "pyrobayes.models.tabular",
+    "pyrobayes.models.train",
 ]
 
 
