@@ -154,6 +154,13 @@ def forward_draws(
     if mc_dropout:
         _set_dropout(twin, True)
     stacked = {paths[0]: draws[site] for site, paths in sites.items()}
+    chain = None
+    if not (mc_dropout or kwargs or inputs_batched or len(inputs) != 1):
+        chain = _linear_chain(model, twin, inputs[0])
+    if chain is not None:
+        by_path = {p: draws[site] for site, paths in sites.items() for p in paths}
+        with torch.no_grad():
+            return _chain_forward(chain, by_path, fixed, inputs[0], num_draws, chunk_size)
 
     def one(params, *xs):
         return twin_forward(model, params, *xs, net=net, fixed=fixed, **kwargs)
@@ -168,3 +175,76 @@ def forward_draws(
     finally:
         if mc_dropout:
             _set_dropout(twin, False)
+
+
+# parameter-free element-wise layers: they act on a [S, N, F] stack as on [N, F]
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,  # eval mode here (mc_dropout takes the general path)
+)
+
+
+def _linear_chain(model: nn.Module, twin: nn.Module, x) -> list | None:
+    """``[(path, module)]`` when the twin is a plain ``nn.Sequential`` of ``nn.Linear`` and
+    element-wise layers applied to one 2-D float input with the default output map, so
+    that :func:`_chain_forward` can evaluate all draws with batched matrix products;
+    ``None`` otherwise (the general ``vmap`` path)."""
+    if getattr(model, "output_fn", None) not in (None, default_output):
+        return None
+    if not (torch.is_tensor(x) and x.is_floating_point() and x.dim() == 2):
+        return None
+    if not isinstance(twin, nn.Sequential) or type(twin).forward is not nn.Sequential.forward:
+        return None
+    chain = []
+    for name, m in twin.named_children():
+        if type(m) is nn.Linear:
+            chain.append((name, m))
+        elif isinstance(m, _ELEMENTWISE) and not list(m.parameters()) and not list(m.buffers()):
+            chain.append((name, m))
+        else:
+            return None
+    return chain if any(type(m) is nn.Linear for _, m in chain) else None
+
+
+def _chain_forward(chain, draws, fixed, x, num_draws: int, chunk_size: int | None):
+    """All draws of a Linear/element-wise chain: per layer one ``torch.baddbmm`` over the
+    draws, :math:`h^{(l)}_s = b_s + h^{(l-1)}_s W_s^\top`, instead of ``vmap`` over
+    ``functional_call`` (same products, none of the per-call dispatch). Layers whose
+    weights are not Bayesian use their fixed tensors, shared by all draws."""
+    step = num_draws if chunk_size is None else chunk_size
+    outs = []
+    for start in range(0, num_draws, step):
+        sl = slice(start, min(start + step, num_draws))
+        c = sl.stop - sl.start
+        h = x.expand(c, *x.shape)
+        for name, m in chain:
+            if type(m) is not nn.Linear:
+                h = m(h)
+                continue
+            key_w, key_b = f"{name}.weight", f"{name}.bias"
+            w = draws[key_w][sl] if key_w in draws else fixed[key_w].expand(c, -1, -1)
+            if key_b in draws:
+                b = draws[key_b][sl].unsqueeze(1)
+            elif key_b in fixed and fixed[key_b] is not None:
+                b = fixed[key_b]
+            else:
+                b = None
+            h = (
+                torch.bmm(h, w.transpose(1, 2))
+                if b is None
+                else torch.baddbmm(b, h, w.transpose(1, 2))
+            )
+        outs.append(h)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
