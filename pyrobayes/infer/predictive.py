@@ -43,7 +43,7 @@ from pyrobayes._pyro_compat import (
     unpack_latent,
 )
 from pyrobayes.convert import site_priors
-from pyrobayes.infer.twin import fixed_tensors, forward_draws
+from pyrobayes.infer.twin import fast_block_size, fixed_tensors, forward_draws
 
 __all__ = [
     "PosteriorPredictive",
@@ -220,11 +220,15 @@ class PosteriorPredictive:
         """Per-draw network outputs ``[S, *out_shape]``; draws are made chunk by chunk so
         that weight samples of large networks never all live in memory at once."""
         self.model.eval()
+        chunk = self.chunk_size
+        block = fast_block_size(self.model, *inputs, mc_dropout=self.mc_dropout, **kwargs)
+        if block is not None:  # sample as the batched path evaluates: cache-sized blocks
+            chunk = min(chunk or self.num_samples, block)
         return torch.cat(
             [
                 forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)
                 for draws in posterior_chunks(
-                    self.guide, self.num_samples, self.chunk_size, *inputs, **kwargs
+                    self.guide, self.num_samples, chunk, *inputs, **kwargs
                 )
             ]
         )

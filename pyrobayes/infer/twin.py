@@ -42,7 +42,13 @@ from pyrobayes.convert import (
 )
 from pyrobayes.model import default_output
 
-__all__ = ["fixed_tensors", "twin_forward", "forward_draws", "check_input_features"]
+__all__ = [
+    "fixed_tensors",
+    "twin_forward",
+    "forward_draws",
+    "fast_block_size",
+    "check_input_features",
+]
 
 
 def fixed_tensors(net: nn.Module, detach: bool = True) -> dict[str, torch.Tensor]:
@@ -196,6 +202,9 @@ _ELEMENTWISE = (
 )
 
 
+_INPLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
+
+
 def _linear_chain(model: nn.Module, twin: nn.Module, x) -> list | None:
     """``[(path, module)]`` when the twin is a plain ``nn.Sequential`` of ``nn.Linear`` and
     element-wise layers applied to one 2-D float input with the default output map, so
@@ -218,12 +227,36 @@ def _linear_chain(model: nn.Module, twin: nn.Module, x) -> list | None:
     return chain if any(type(m) is nn.Linear for _, m in chain) else None
 
 
+_ACTIVATION_BUDGET = 2 * 2**20  # bytes of one layer's activations per block of draws
+
+
+def _block_draws(chain, x) -> int:
+    """Draws per block so that one layer's ``[draws, N, width]`` activation stays
+    cache-sized: one huge activation per layer is slower than the same products in small
+    blocks (fresh pages for every large allocation, no reuse from cache)."""
+    width = max(max(m.in_features, m.out_features) for _, m in chain if type(m) is nn.Linear)
+    per_draw = x.shape[0] * width * x.element_size()
+    return max(1, _ACTIVATION_BUDGET // max(per_draw, 1))
+
+
+def fast_block_size(model: nn.Module, *inputs, mc_dropout: bool = False, **kwargs) -> int | None:
+    """Draws per block at which :func:`forward_draws` runs fastest on these inputs (the
+    batched Linear-chain path), or ``None`` when the general path applies; callers that
+    also sample the draws use it to keep the weight samples cache-sized as well."""
+    if mc_dropout or kwargs or len(inputs) != 1:
+        return None
+    net, _ = _converted_root(model)
+    chain = _linear_chain(model, net._pyrobayes_twin, inputs[0])
+    return None if chain is None else _block_draws(chain, inputs[0])
+
+
 def _chain_forward(chain, draws, fixed, x, num_draws: int, chunk_size: int | None):
-    """All draws of a Linear/element-wise chain: per layer one ``torch.baddbmm`` over the
+    """All draws of a Linear/element-wise chain: per layer one batched matrix product over the
     draws, :math:`h^{(l)}_s = b_s + h^{(l-1)}_s W_s^\top`, instead of ``vmap`` over
     ``functional_call`` (same products, none of the per-call dispatch). Layers whose
     weights are not Bayesian use their fixed tensors, shared by all draws."""
     step = num_draws if chunk_size is None else chunk_size
+    step = min(step, _block_draws(chain, x))
     outs = []
     for start in range(0, num_draws, step):
         sl = slice(start, min(start + step, num_draws))
@@ -231,7 +264,9 @@ def _chain_forward(chain, draws, fixed, x, num_draws: int, chunk_size: int | Non
         h = x.expand(c, *x.shape)
         for name, m in chain:
             if type(m) is not nn.Linear:
-                h = m(h)
+                # h is this block's own fresh product: the common activations act in place
+                inplace = _INPLACE.get(type(m))
+                h = inplace(h) if inplace is not None else m(h)
                 continue
             key_w, key_b = f"{name}.weight", f"{name}.bias"
             w = draws[key_w][sl] if key_w in draws else fixed[key_w].expand(c, -1, -1)
@@ -241,10 +276,9 @@ def _chain_forward(chain, draws, fixed, x, num_draws: int, chunk_size: int | Non
                 b = fixed[key_b]
             else:
                 b = None
-            h = (
-                torch.bmm(h, w.transpose(1, 2))
-                if b is None
-                else torch.baddbmm(b, h, w.transpose(1, 2))
-            )
+            # bmm then an in-place bias add: measured faster than baddbmm on CPU
+            h = torch.bmm(h, w.transpose(1, 2))
+            if b is not None:
+                h.add_(b)
         outs.append(h)
     return outs[0] if len(outs) == 1 else torch.cat(outs)
