@@ -12,7 +12,10 @@ It computes exactly Pyro's ``Trace_ELBO`` estimator for one particle,
 but evaluates it in one pass over tensors instead of recording and replaying Pyro traces
 (the network runs through ``torch.func.functional_call`` on the converted module's twin).
 On small networks Pyro's per-site bookkeeping costs more than the arithmetic; this path
-removes it. The guide's parameters are the autoguide's own, so everything downstream
+removes it. For ``AutoNormal``-family guides the sites are handled as ONE flat vector
+(:class:`_FlatMeanField`): the draw, the softplus, :math:`\log q` and a Normal
+:math:`\log p` are single vectorised operations, and each site's weight is a view. The
+guide's parameters are the autoguide's own, so everything downstream
 (``PosteriorPredictive``, checkpoints, Pyro's own ``SVI``) sees the same objects. A test
 checks the value against Pyro's traces for the same weight draw.
 """

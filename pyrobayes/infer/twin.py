@@ -4,7 +4,8 @@ A converted module keeps an untouched deterministic *twin* of the user's network
 path that needs ``f_w(x)`` for explicit weights ``w`` (the posterior/prior predictive,
 the fused ELBO, the text classifier's predictive, the PFN prior sampler) goes through
 :func:`twin_forward` (one draw) or :func:`forward_draws` (a stack of ``S`` draws, one
-vectorised ``torch.func.vmap`` call per chunk):
+vectorised ``torch.func.vmap`` call per chunk; a plain ``nn.Sequential`` of ``nn.Linear`` and
+element-wise layers instead takes one batched matrix product per layer):
 
 .. math::
 
