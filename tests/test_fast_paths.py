@@ -75,9 +75,9 @@ def test_flat_guide_draws_are_loc_plus_scale_times_one_noise_vector():
 @pytest.mark.parametrize("chunk", [None, 4])
 def test_linear_chain_forward_equals_vmap_path(bias, chunk, monkeypatch):
     torch.manual_seed(0)
-    # only the last two Linear layers Bayesian: the first uses its fixed tensors
+    # layer 0: Bayesian weight, fixed bias; layer 2: no bias; layer 5: all Bayesian
     model, guide = to_bayesian(
-        _mlp(bias=bias), delta=0.2, likelihood=Categorical(), include=["2.*", "5.*"]
+        _mlp(bias=bias), delta=0.2, likelihood=Categorical(), include=["0.weight", "2.*", "5.*"]
     )
     x = torch.randn(7, 5)
     guide.setup(x)
