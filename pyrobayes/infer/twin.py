@@ -231,6 +231,22 @@ def _linear_chain(model: nn.Module, twin: nn.Module, x) -> list | None:
 _ACTIVATION_BUDGET = 2 * 2**20  # bytes of one layer's activations per block of draws
 
 
+def chain_forward_one(chain, weights, fixed, x: torch.Tensor) -> torch.Tensor:
+    """One draw through a :func:`_linear_chain`: ``F.linear`` per layer with the drawn or
+    fixed tensors (what ``functional_call`` computes, without swapping the twin's
+    parameters in and out; autograd flows through ``weights``)."""
+    h = x
+    for name, m in chain:
+        if type(m) is nn.Linear:
+            key_w, key_b = f"{name}.weight", f"{name}.bias"
+            w = weights[key_w] if key_w in weights else fixed[key_w]
+            b = weights[key_b] if key_b in weights else fixed.get(key_b)
+            h = torch.nn.functional.linear(h, w, b)
+        else:
+            h = m(h)
+    return h
+
+
 def _block_draws(chain, x) -> int:
     """Draws per block so that one layer's ``[draws, N, width]`` activation stays
     cache-sized: one huge activation per layer is slower than the same products in small
