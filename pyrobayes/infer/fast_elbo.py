@@ -12,7 +12,10 @@ It computes exactly Pyro's ``Trace_ELBO`` estimator for one particle,
 but evaluates it in one pass over tensors instead of recording and replaying Pyro traces
 (the network runs through ``torch.func.functional_call`` on the converted module's twin).
 On small networks Pyro's per-site bookkeeping costs more than the arithmetic; this path
-removes it. The guide's parameters are the autoguide's own, so everything downstream
+removes it. For ``AutoNormal``-family guides the sites are handled as ONE flat vector
+(:class:`_FlatMeanField`): the draw, the softplus, :math:`\\log q` and a Normal
+:math:`\\log p` are single vectorised operations, and each site's weight is a view. The
+guide's parameters are the autoguide's own, so everything downstream
 (``PosteriorPredictive``, checkpoints, Pyro's own ``SVI``) sees the same objects. A test
 checks the value against Pyro's traces for the same weight draw.
 """
@@ -22,14 +25,16 @@ from __future__ import annotations
 import contextlib
 import math
 
+import pyro.distributions
 import torch
+from pyro.distributions.transforms import SoftplusTransform
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import Independent, Normal, biject_to
 
 from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.twin import fixed_tensors, twin_forward
+from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, twin_forward
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -60,6 +65,7 @@ class FusedMeanFieldELBO:
         self.beta = 1.0
         self.local_reparam = False
         self._getters = None
+        self._flat: _FlatMeanField | None = None
 
     def _resolve(self) -> None:
         """Per site, direct handles on the guide's tensors and a cheap prior log-density.
@@ -70,7 +76,9 @@ class FusedMeanFieldELBO:
             site: (_leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
             for site in self.sites
         }
-        self._priors = {site: _fast_log_prob(d) for site, d in site_priors(self.model).items()}
+        priors = site_priors(self.model)
+        self._priors = {site: _fast_log_prob(d) for site, d in priors.items()}
+        self._flat = _FlatMeanField.build(self.guide, self.sites, priors)
 
     def loss(
         self, *inputs, y: torch.Tensor, eps: dict[str, torch.Tensor] | None = None, **kwargs
@@ -78,34 +86,47 @@ class FusedMeanFieldELBO:
         if self._getters is None:
             self._resolve()
         with LocalReparameterization() if self.local_reparam else contextlib.nullcontext() as lrt:
-            log_p = log_q = 0.0
-            weights = {}
-            for site, paths in self.sites.items():
-                get_loc, get_scale = self._getters[site]
-                loc, scale = get_loc(), get_scale()
-                e = eps[site] if eps is not None else torch.randn_like(loc)
-                w = loc + scale * e
-                weights[paths[0]] = w
-                if lrt is not None:
-                    lrt.register(w, loc, scale)
-                # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
-                log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
-                log_p = log_p + self._priors[site](w)
+            if self._flat is not None:
+                weights, log_p, log_q = self._flat.sample(eps, lrt)
+            else:
+                weights, log_p, log_q = self._per_site(eps, lrt)
             twin = self.net._pyrobayes_twin
             twin.train(self.model.training)
-            out = twin_forward(
-                self.model,
-                weights,
-                *inputs,
-                net=self.net,
-                fixed=fixed_tensors(self.net, detach=False),
-                **kwargs,
-            )
+            fixed = fixed_tensors(self.net, detach=False)
+            chain = None
+            if not kwargs and len(inputs) == 1:
+                chain = _linear_chain(self.model, twin, inputs[0])
+            if chain is not None:  # a Linear chain: F.linear per layer, no parameter swap
+                for paths in self.sites.values():
+                    for alias in paths[1:]:
+                        weights[alias] = weights[paths[0]]
+                out = chain_forward_one(chain, weights, fixed, inputs[0])
+            else:
+                out = twin_forward(
+                    self.model, weights, *inputs, net=self.net, fixed=fixed, **kwargs
+                )
         lik = self.model.likelihood
         batch = out.shape[0]
         n = lik.plate_size(batch)
         log_lik = lik.log_prob(out, y).sum() * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
+
+    def _per_site(self, eps, lrt):
+        """The general path: one sampling and log-density expression per site."""
+        log_p = log_q = 0.0
+        weights = {}
+        for site, paths in self.sites.items():
+            get_loc, get_scale = self._getters[site]
+            loc, scale = get_loc(), get_scale()
+            e = eps[site] if eps is not None else torch.randn_like(loc)
+            w = loc + scale * e
+            weights[paths[0]] = w
+            if lrt is not None:
+                lrt.register(w, loc, scale)
+            # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
+            log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
+            log_p = log_p + self._priors[site](w)
+        return weights, log_p, log_q
 
 
 def _leaf(root, name: str):
@@ -143,3 +164,153 @@ def _fast_log_prob(d):
 
         return log_prob
     return d.log_prob
+
+
+# Pyro's softplus_positive constraint maps to its own SoftplusTransform (also F.softplus)
+_SOFTPLUS = (torch.distributions.transforms.SoftplusTransform, SoftplusTransform)
+
+
+def _unwrap(transform):
+    """The element-wise transform inside an ``IndependentTransform``."""
+    while isinstance(transform, torch.distributions.transforms.IndependentTransform):
+        transform = transform.base_transform
+    return transform
+
+
+def _raw_leaf(root, name: str):
+    """``(module, key, kind)``: where the guide stores site ``name``'s tensor under ``root``
+    and how it maps to the constrained value (``"identity"``, ``"softplus"``), or ``None``
+    when the flat path does not cover it (another constraint)."""
+    module = root
+    *path, attr = name.split(".")
+    for part in path:
+        module = module._modules.get(part)
+        if module is None:
+            return None
+    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
+        transform = _unwrap(biject_to(param_constraint(module, attr)))
+        if transform == torch.distributions.transforms.identity_transform:
+            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "identity"
+        if isinstance(transform, _SOFTPLUS):
+            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "softplus"
+        return None
+    if attr in module._buffers:  # frozen means
+        return module._buffers, attr, "identity"
+    return None
+
+
+def _normal_prior_parts(d):
+    """``(loc, scale)`` of an ``Independent(Normal)`` prior with fixed (non-trained)
+    parameters, else ``None``."""
+    base = d.base_dist if isinstance(d, Independent) else d
+    # exactly Normal (torch's or Pyro's wrapper), not a subclass with its own log_prob
+    if type(base) not in (Normal, pyro.distributions.Normal):
+        return None
+    if base.loc.requires_grad or base.scale.requires_grad:
+        return None
+    return base.loc, base.scale
+
+
+class _Softplus(torch.autograd.Function):
+    """``softplus(x) = max(x, 0) + log1p(exp(-|x|))`` with ``d/dx = sigmoid(x)``.
+
+    The same function as ``F.softplus`` (Pyro's ``softplus_positive`` transform) to float
+    rounding, but built from kernels that are vectorised on CPU: ``log1p`` is evaluated as
+    ``log(u) * t / (u - 1)`` with ``u = 1 + t`` (Goldberg's trick, exact to rounding for
+    small ``t``), which measured 3x faster forward and backward than ``F.softplus``."""
+
+    @staticmethod
+    def forward(ctx, x):
+        t = torch.exp(-x.abs())
+        u = 1 + t
+        log1p_t = torch.where(u == 1, t, torch.log(u) * t / (u - 1))
+        ctx.save_for_backward(x)
+        return x.clamp_min(0) + log1p_t
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x)
+
+
+class _FlatMeanField:
+    """All sites of a mean-field Normal guide as one flat vector.
+
+    Per step the guide's locs and raw scales are concatenated once (``torch.cat``; its
+    backward hands each parameter a view of the flat gradient), so the softplus, the
+    draw :math:`w = \\mu + \\sigma\\odot\\varepsilon`, :math:`\\log q(w)` and, for Normal
+    priors, :math:`\\log p(w)` are single vectorised operations instead of one small
+    expression per site; each site's weight is a view of the flat draw. The arithmetic is
+    the per-site path's, so values and gradients are Pyro's ``Trace_ELBO``'s.
+    """
+
+    def __init__(self, sites, locs, scales, prior_fns, prior_loc, prior_prec, prior_const):
+        self.sites = sites  # [(site, path, start, end, shape)]
+        self.locs, self.scales = locs, scales  # [(dict, key)]
+        self.prior_fns = prior_fns  # per-site log-density when priors are not all Normal
+        self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
+        self.numel = sites[-1][3] if sites else 0
+        self.sizes = [b - a for _, _, a, b, _ in sites]
+
+    @classmethod
+    def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
+        if not sites:
+            return None
+        entries, locs, scales, offset = [], [], [], 0
+        for site, paths in sites.items():
+            loc = _raw_leaf(guide.locs, site)
+            scale = _raw_leaf(guide.scales, site)
+            if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
+                return None
+            t = loc[0][loc[1]]
+            if scale[0][scale[1]].shape != t.shape:
+                return None
+            entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
+            locs.append(loc[:2])
+            scales.append(scale[:2])
+            offset += t.numel()
+        parts = {site: _normal_prior_parts(priors[site]) for site in sites}
+        if all(p is not None for p in parts.values()):
+            mus, precs, const = [], [], 0.0
+            for site, _path, a, b, shape in entries:
+                mu, sd = parts[site]
+                mus.append(mu.detach().expand(shape).reshape(-1))
+                precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
+                const -= float(sd.detach().log().expand(shape).sum()) + (b - a) * _HALF_LOG_2PI
+            prec = torch.cat(precs)
+            # one prior scale for all sites (the common case): a scalar precision
+            prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
+            return cls(entries, locs, scales, None, torch.cat(mus), prec, const)
+        fns = {site: _fast_log_prob(priors[site]) for site in sites}
+        return cls(entries, locs, scales, fns, None, None, 0.0)
+
+    def sample(self, eps: dict | None, lrt):
+        loc = torch.cat([d[k].reshape(-1) for d, k in self.locs])
+        scale = _Softplus.apply(torch.cat([d[k].reshape(-1) for d, k in self.scales]))
+        if eps is not None:
+            e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
+        else:
+            e = torch.randn_like(loc)
+        w = torch.addcmul(loc, scale, e)
+        # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
+        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum()) - self.numel * _HALF_LOG_2PI
+        # split (not slicing): its backward is one concatenation, where each slice's would
+        # scatter into its own zero-filled buffer of the full length
+        weights = {
+            path: part.view(shape)
+            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
+        }
+        if lrt is not None:
+            for (_, path, *_, shape), lo, sc in zip(
+                self.sites, loc.split(self.sizes), scale.split(self.sizes)
+            ):
+                lrt.register(weights[path], lo.view(shape), sc.view(shape))
+        if self.prior_fns is None:
+            d = w - self.prior_loc
+            if self.prior_prec.dim() == 0:
+                log_p = -0.5 * self.prior_prec * torch.dot(d, d) + self.prior_const
+            else:
+                log_p = -0.5 * torch.dot(d * self.prior_prec, d) + self.prior_const
+        else:
+            log_p = sum(self.prior_fns[site](weights[path]) for site, path, *_ in self.sites)
+        return weights, log_p, log_q

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 import torch
 from pyro.nn import PyroModule
 from torch import nn
+from torch.distributions import biject_to
+from torch.distributions.transforms import identity_transform
 
 from pyrobayes._pyro_compat import (
     UNCONSTRAINED_SUFFIX,
@@ -41,7 +43,7 @@ from pyrobayes._pyro_compat import (
     unpack_latent,
 )
 from pyrobayes.convert import site_priors
-from pyrobayes.infer.twin import fixed_tensors, forward_draws
+from pyrobayes.infer.twin import fast_block_size, fixed_tensors, forward_draws
 
 __all__ = [
     "PosteriorPredictive",
@@ -114,6 +116,9 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
         return {site["name"]: value for site, value in unpack_latent(guide, latent)}
+    flat = _softplus_normal_leaves(guide)
+    if flat is not None:
+        return _flat_draws(flat, num_draws)
     sites = {}
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         loc, scale = loc_and_scale(guide, name)
@@ -122,6 +127,45 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
         )
         sites[name] = torch.distributions.biject_to(site["fn"].support)(draw)
     return sites
+
+
+def _softplus_normal_leaves(guide: nn.Module) -> list | None:
+    """``[(site, loc, raw scale)]`` for a mean-field Normal guide over real-valued sites
+    whose scales are ``softplus`` of a raw parameter (``AutoNormal``, MOPED), read straight
+    from the guide's tensors; ``None`` for any other guide (the general path)."""
+    from pyro.infer.autoguide import AutoNormal
+
+    from pyrobayes.infer.fast_elbo import _raw_leaf, _unwrap
+
+    if not isinstance(guide, AutoNormal):
+        return None
+    out = []
+    for name, site in guide.prototype_trace.iter_stochastic_nodes():
+        if _unwrap(biject_to(site["fn"].support)) != identity_transform:
+            return None  # a constrained site (e.g. a noise scale): its draw needs a transform
+        loc = _raw_leaf(guide.locs, name)
+        scale = _raw_leaf(guide.scales, name)
+        if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
+            return None
+        out.append((name, loc[0][loc[1]], scale[0][scale[1]]))
+    return out
+
+
+def _flat_draws(leaves: list, num_draws: int) -> dict[str, torch.Tensor]:
+    """``loc + softplus(raw) * eps`` per site with ALL the standard-normal noise drawn by one
+    ``torch.randn`` (site after site, each ``[num_draws, *shape]`` block contiguous): the
+    same distribution as the per-site path, without a generator call and a constraint
+    look-up per site."""
+    total = sum(loc.numel() for _, loc, _ in leaves)
+    loc0 = leaves[0][1]
+    eps = torch.randn(num_draws * total, dtype=loc0.dtype, device=loc0.device)
+    out, offset = {}, 0
+    for name, loc, raw in leaves:
+        k = num_draws * loc.numel()
+        e = eps[offset : offset + k].view(num_draws, *loc.shape)
+        out[name] = torch.addcmul(loc, torch.nn.functional.softplus(raw), e)
+        offset += k
+    return out
 
 
 def posterior_chunks(
@@ -176,11 +220,15 @@ class PosteriorPredictive:
         """Per-draw network outputs ``[S, *out_shape]``; draws are made chunk by chunk so
         that weight samples of large networks never all live in memory at once."""
         self.model.eval()
+        chunk = self.chunk_size
+        block = fast_block_size(self.model, *inputs, mc_dropout=self.mc_dropout, **kwargs)
+        if block is not None:  # sample as the batched path evaluates: cache-sized blocks
+            chunk = min(chunk or self.num_samples, block)
         return torch.cat(
             [
                 forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)
                 for draws in posterior_chunks(
-                    self.guide, self.num_samples, self.chunk_size, *inputs, **kwargs
+                    self.guide, self.num_samples, chunk, *inputs, **kwargs
                 )
             ]
         )

@@ -27,8 +27,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 
+import torch
 from pyro.infer import SVI
 
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
@@ -122,7 +124,7 @@ class FusedStepper(TorchStepper):
     """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser."""
 
     def __init__(self, model, guide, make_optim, weight):
-        super().__init__(model, guide, model, guide, None, make_optim)
+        super().__init__(model, guide, model, guide, None, _prefer_fused_adam(make_optim))
         self.fused = FusedMeanFieldELBO(model, guide)
         self.weight = weight
 
@@ -133,3 +135,26 @@ class FusedStepper(TorchStepper):
         loss = self.fused.loss(*args, **kwargs)
         loss.backward()
         return self._update(float(loss.detach()))
+
+
+def _prefer_fused_adam(make_optim):
+    """``Adam(foreach=True)`` (``fit``'s default) built as ``Adam(fused=True)`` where every
+    parameter allows it: the same update rule in one kernel per step instead of a dozen
+    passes over the guide's locs and scales (the largest cost of the step after the
+    matrix products). Any other optimiser factory is used as given."""
+    kw = getattr(make_optim, "keywords", None) or {}
+    if not (
+        isinstance(make_optim, functools.partial)
+        and make_optim.func in (torch.optim.Adam, torch.optim.AdamW)
+        and not make_optim.args
+        and kw.get("foreach")
+        and "fused" not in kw
+    ):
+        return make_optim
+
+    def build(params):
+        if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
+            return make_optim.func(params, **{**kw, "foreach": None, "fused": True})
+        return make_optim(params)
+
+    return build

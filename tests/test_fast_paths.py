@@ -1,0 +1,138 @@
+"""The vectorised fast paths (flat mean-field ELBO, one-call guide sampling, batched
+matrix products for Linear chains, fused Adam) equal the general paths they replace."""
+
+import functools
+
+import pytest
+import torch
+
+from pyrobayes import Categorical, Gaussian, to_bayesian
+from pyrobayes.infer import twin as twin_mod
+from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
+from pyrobayes.infer.predictive import _softplus_normal_leaves, sample_posterior
+from pyrobayes.infer.steppers import FusedStepper, _prefer_fused_adam
+
+
+def _mlp(out=3, bias=True):
+    return torch.nn.Sequential(
+        torch.nn.Linear(5, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 16, bias=bias),
+        torch.nn.Tanh(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(16, out),
+    )
+
+
+@pytest.mark.parametrize("prior", ["pretrained", "layerwise", "scale_mixture"])
+@pytest.mark.parametrize("freeze", [False, True])
+def test_flat_elbo_equals_per_site_elbo(prior, freeze):
+    torch.manual_seed(0)
+    model, guide = to_bayesian(
+        _mlp(), delta=0.2, likelihood=Categorical(), prior=prior, freeze=freeze
+    )
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    guide.setup(x, y=y)
+    fused = FusedMeanFieldELBO(model, guide)
+    fused.loss(x, y=y)
+    assert fused._flat is not None  # the MOPED guide takes the flat path
+    eps = {s: torch.randn_like(guide._get_loc_and_scale(s)[0]) for s in fused.sites}
+    params = [p for p in guide.parameters() if p.requires_grad]
+    torch.manual_seed(1)  # the same dropout mask in both paths
+    flat_loss = fused.loss(x, y=y, eps=eps)
+    g_flat = torch.autograd.grad(flat_loss, params)
+    fused._flat = None
+    torch.manual_seed(1)
+    site_loss = fused.loss(x, y=y, eps=eps)
+    g_site = torch.autograd.grad(site_loss, params)
+    assert torch.allclose(flat_loss, site_loss, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_flat, g_site))
+
+
+def test_flat_guide_draws_are_loc_plus_scale_times_one_noise_vector():
+    torch.manual_seed(0)
+    model, guide = to_bayesian(_mlp(), delta=0.2, likelihood=Categorical())
+    x = torch.randn(4, 5)
+    guide.setup(x)
+    leaves = _softplus_normal_leaves(guide)
+    assert leaves is not None and [n for n, *_ in leaves] == [
+        n for n, _ in guide.prototype_trace.iter_stochastic_nodes()
+    ]
+    torch.manual_seed(3)
+    draws = sample_posterior(guide, 6)
+    torch.manual_seed(3)
+    eps = torch.randn(6 * sum(loc.numel() for _, loc, _ in leaves))
+    offset = 0
+    for name, loc, _ in leaves:
+        k = 6 * loc.numel()
+        m, s = guide._get_loc_and_scale(name)
+        expected = m + s * eps[offset : offset + k].view(6, *loc.shape)
+        assert torch.allclose(draws[name], expected, atol=1e-6)
+        offset += k
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_linear_chain_forward_equals_vmap_path(bias, chunk, monkeypatch):
+    torch.manual_seed(0)
+    # layer 0: Bayesian weight, fixed bias; layer 2: no bias; layer 5: all Bayesian
+    model, guide = to_bayesian(
+        _mlp(bias=bias), delta=0.2, likelihood=Categorical(), include=["0.weight", "2.*", "5.*"]
+    )
+    x = torch.randn(7, 5)
+    guide.setup(x)
+    draws = sample_posterior(guide, 9)
+    net = model.net
+    assert twin_mod._linear_chain(model, net._pyrobayes_twin, x) is not None
+    fast = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
+    monkeypatch.setattr(twin_mod, "_linear_chain", lambda *a, **k: None)
+    general = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
+    assert fast.shape == general.shape == (9, 7, 3)
+    assert torch.allclose(fast, general, atol=1e-5)
+
+
+def test_linear_chain_declines_what_it_cannot_batch():
+    model, _ = to_bayesian(
+        torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.Flatten()), likelihood=Gaussian(0.1)
+    )
+    assert twin_mod._linear_chain(model, model.net._pyrobayes_twin, torch.randn(4, 2, 5)) is None
+    model, _ = to_bayesian(_mlp(), likelihood=Categorical())
+    twin = model.net._pyrobayes_twin
+    assert twin_mod._linear_chain(model, twin, torch.randn(4, 5)) is not None
+    assert twin_mod._linear_chain(model, twin, torch.randn(2, 4, 5)) is None  # 3-D input
+    assert twin_mod._linear_chain(model, twin, torch.zeros(4, 5, dtype=torch.long)) is None
+
+
+def test_fused_adam_only_replaces_the_default_foreach_adam():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    default = functools.partial(torch.optim.Adam, lr=0.1, foreach=True)
+    opt = _prefer_fused_adam(default)(p)
+    assert opt.defaults["fused"] is True and opt.defaults["lr"] == 0.1
+    custom = functools.partial(torch.optim.SGD, lr=0.1)
+    assert _prefer_fused_adam(custom) is custom
+    plain = functools.partial(torch.optim.Adam, lr=0.1)
+    assert _prefer_fused_adam(plain) is plain
+    # a fit with it still lowers the loss like before
+    torch.manual_seed(0)
+    model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), prior="normal")
+    x = torch.randn(32, 2)
+    y = x @ torch.tensor([1.0, -2.0])
+    st = FusedStepper(model, guide, default, {"beta": 1.0})
+    first = st.step(x, y=y)
+    for _ in range(200):
+        last = st.step(x, y=y)
+    assert st.opt.defaults["fused"] is True and last < first
+
+
+def test_flat_softplus_equals_torch_softplus_and_its_gradient():
+    from pyrobayes.infer.fast_elbo import _Softplus
+
+    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([-13.8, 0.0, 1e-8, 25.0])])
+    x = x.double().requires_grad_()
+    y = _Softplus.apply(x)
+    ref = torch.nn.functional.softplus(x.detach(), threshold=1e9)
+    assert torch.allclose(y, ref, rtol=1e-12, atol=0)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.allclose(g, torch.sigmoid(x.detach()), rtol=1e-12)
+    x32 = x.detach().float()
+    assert torch.allclose(_Softplus.apply(x32), torch.nn.functional.softplus(x32), rtol=1e-6)
