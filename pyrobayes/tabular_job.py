@@ -90,6 +90,9 @@ class TabularConfig:
     nuts_splits: int | None = _opt(
         None, "run NUTS on the first K splits only (default: all; the table says so)", type=int
     )
+    nuts_max_tree_depth: int = _opt(
+        10, "NUTS maximum tree depth (at most 2^depth - 1 leapfrog steps per draw)"
+    )
     no_nuts: bool = _opt(False, "skip the NUTS reference")
     gp_steps: int = _opt(300, "Adam steps of the GP's marginal-likelihood fit")
     out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
@@ -103,6 +106,8 @@ class TabularConfig:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
+        if self.nuts_max_tree_depth < 1:
+            raise ValueError(f"nuts-max-tree-depth must be >= 1, got {self.nuts_max_tree_depth}")
         if self.nuts_warmup < 0:
             raise ValueError(f"nuts-warmup must be >= 0, got {self.nuts_warmup}")
         if self.nuts_splits is not None and self.nuts_splits < 1:
@@ -419,6 +424,7 @@ def _run_split(
             seed=seed,
             return_mcmc=True,
             init=svi_median,
+            max_tree_depth=cfg.nuts_max_tree_depth,
         )
         times["NUTS"] = time.perf_counter() - t0
         m = len(s.x_test)
