@@ -5,10 +5,14 @@ The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
 1. ``k`` random 90/10 train/test splits (``--splits``, seeded);
 2. on each split, x (per feature) and y standardised with the *training* split's mean and
    standard deviation; every method sees every training row;
-3. methods: an MLP with its noise fitted to the training residuals (a point estimate), SVI
-   with a MOPED guide started at that MLP, the tabular PFN (when one covers ``n`` and ``d``;
-   otherwise its row says why), NUTS on the same Bayesian model (the reference) and an
-   exact GP with an ARD RBF kernel whose hyperparameters maximise the marginal likelihood;
+3. methods: an MLP early-stopped on a held-out 10% of the training split, with its noise
+   the held-out root-mean-square residual (:func:`fit_mlp_heldout`; a point estimate), SVI
+   with a MOPED guide started at that MLP and its noise, the tabular PFN (when one covers
+   ``n`` and ``d``; otherwise its row says why), NUTS (the reference, started at SVI's
+   posterior median) and an exact GP with an ARD RBF kernel whose hyperparameters maximise
+   the marginal likelihood. SVI, NUTS and the PFN share one model,
+   :func:`~pyrobayes.models.tabular_regression_model`, whose noise std is a latent site
+   with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it);
 4. every PPD mapped back to raw units, :math:`y = \\mu_y + s_y z`, so that
    :math:`\\log p(y) = \\log p(z) - \\log s_y` (:func:`~pyrobayes.ppd.affine_ppd`); held-out
    NLL, CRPS, MAE, RMSE and 50/90/95% coverage in raw units, mean ± standard error over
