@@ -361,7 +361,11 @@ def _run_split(
     info["mlp_noise_std"] = noise
     info["mlp_best_step"] = mlp_info["best_step"]
 
-    # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise
+    # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise.
+    # Every split's guide has the same parameter names, and Pyro's global param store hands
+    # an existing name's stored value back instead of the new start: without clearing it,
+    # split k > 1 would keep (and report) split 1's guide.
+    pyro.clear_param_store()
     t0 = time.perf_counter()
     model = _bayesian_model(d, copy.deepcopy(mlp))
     guide = MOPEDNormal(model, delta=cfg.delta, init_values={"noise_scale": noise})
