@@ -17,6 +17,7 @@ from pyrobayes.tabular_job import (
     _load_pfn,
     add_dataclass_arguments,
     config_from_args,
+    fit_mlp_heldout,
     make_splits,
     standardise_split,
 )
@@ -179,6 +180,51 @@ def test_ard_gp_finds_the_irrelevant_features_and_its_exact_marginal():
     assert ppd.batch_shape == (5,) and (ppd.mean - y[:5]).abs().max() < 0.4
 
 
+# ----------------------------------------------------------------- MLP baseline + MOPED start
+
+
+def test_mlp_baseline_does_not_interpolate_its_noise_is_the_true_one():
+    # 3,151 weights on 180 rows: trained to convergence the training residuals go to ~0.
+    # Early stopping on a held-out 10% and the held-out residual must recover sigma = 0.3.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 3, generator=g)
+    sigma = 0.3
+    y = torch.sin(1.5 * x[:, 0]) + 0.5 * x[:, 1] + sigma * torch.randn(200, generator=g)
+    net, noise, info = fit_mlp_heldout(x, y, 2000, seed=0)
+    assert sigma / 2 < noise < 2 * sigma
+    assert info["n_val"] == 20 and 1 <= info["best_step"] <= 2000
+    with torch.no_grad():
+        train_rms = float((net(x).squeeze(-1) - y).pow(2).mean().sqrt())
+    assert train_rms > sigma / 2  # the kept weights do not fit the noise either
+    with pytest.raises(ValueError, match="too few"):
+        fit_mlp_heldout(x[:3], y[:3], 10, seed=0)
+
+
+def test_moped_starts_the_noise_site_at_the_given_value_or_the_prior_median():
+    from pyrobayes.guides import MOPEDLowRank, MOPEDNormal
+    from pyrobayes.models import tabular_regression_model
+
+    x = torch.randn(8, 2)
+    model = tabular_regression_model(2)
+    # Pyro's fallback (init_to_feasible) would start sigma at exp(0) = 1; the prior median is 0.2
+    for cls in (MOPEDNormal, MOPEDLowRank):
+        g = cls(model, delta=0.1)
+        g.setup(x)
+        assert float(g.median(x)["noise_scale"]) == pytest.approx(0.2, rel=1e-5)
+    g = MOPEDNormal(model, delta=0.1, init_values={"noise_scale": 0.37})
+    g.setup(x)
+    med = g.median(x)
+    assert float(med["noise_scale"]) == pytest.approx(0.37, rel=1e-5)
+    # the weights still start at the network's values (MOPED)
+    from pyrobayes.convert import pretrained_values
+
+    for site, w in pretrained_values(model).items():
+        torch.testing.assert_close(med[site], w)
+    weight_site = next(k for k in med if k.endswith("weight"))
+    with pytest.raises(ValueError, match="weight sites"):
+        MOPEDNormal(model, init_values={weight_site: torch.zeros(1)})
+
+
 # ----------------------------------------------------------------- PFN coverage + job
 
 
@@ -199,7 +245,7 @@ def test_config_drives_the_command_line():
 
 TINY = [
     "--splits", "2", "--mlp-steps", "60", "--svi-steps", "30", "--num-samples", "20",
-    "--nuts-warmup", "5", "--nuts-samples", "5", "--gp-steps", "30", "--no-progress",
+    "--nuts-warmup", "5", "--nuts-samples", "5", "--nuts-max-tree-depth", "4", "--gp-steps", "30", "--no-progress",
 ]  # fmt: skip
 
 
@@ -222,6 +268,13 @@ def test_real_data_job_end_to_end(tmp_path, capsys):
         assert math.isfinite(row["nll"]) and row["coverage_90"] is not None
     # the shipped bnn-tabular PFN covers d=2, n=36: it answers like every other method
     assert math.isfinite(table.row("PFN (bnn-tabular)")["nll"])
+    # one latent-noise model: SVI and NUTS report their noise, NUTS its diagnostics
+    for info in payload["split_info"]:
+        assert info["mlp_noise_std"] > 0.05 and info["svi_noise_std"] > 0
+        assert info["nuts"]["noise_std_median"] > 0 and "max_r_hat" in info["nuts"]
+    # each split fits its own guide (Pyro's global param store must not carry split 1's over)
+    svi_noise = [info["svi_noise_std"] for info in payload["split_info"]]
+    assert svi_noise[0] != svi_noise[1]
     # raw units: y has scale ~5 around 10, so a sane NLL is far from standardised values
     assert table.row("exact GP (ARD)")["rmse"] < 5
     assert "±" in printed and (out / "compare.png").exists()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
-from pyro.infer.autoguide.initialization import init_to_feasible, init_to_value
+from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median, init_to_value
 from pyro.nn import PyroParam
 from pyro.nn.module import PyroModule
 
@@ -77,6 +77,35 @@ def _init_values(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pretrained_values(model).items()}
 
 
+def _init_to_prior_median(site: dict) -> torch.Tensor:
+    """Start a latent site that has no pretrained value (e.g. a latent noise scale) at its
+    prior median :math:`F^{-1}(1/2)`. Pyro's default fallback, ``init_to_feasible``, puts it
+    at the image of 0 in unconstrained space, i.e. :math:`\\sigma = 1` for a positive scale:
+    the whole standardised target variance called noise, far from any sensible start."""
+    fn = site["fn"]
+    try:
+        # a 0-dim CPU 0.5 combines with parameters of any device/dtype
+        value = fn.icdf(torch.tensor(0.5)).expand(fn.batch_shape + fn.event_shape)
+        if torch.isfinite(value).all():
+            return value.detach().clone()
+    except (NotImplementedError, AttributeError, TypeError, ValueError, RuntimeError):
+        pass
+    return init_to_median(site, fallback=init_to_feasible)
+
+
+def _loc_init(pretrained: dict[str, torch.Tensor], init_values: dict | None):
+    """Pretrained weights, then the caller's values for other latent sites, then the prior
+    median. ``init_values`` must not name weight sites (their start is MOPED's)."""
+    extra = {k: torch.as_tensor(v).detach().clone() for k, v in (init_values or {}).items()}
+    clash = sorted(set(extra) & set(pretrained))
+    if clash:
+        raise ValueError(
+            f"init_values names weight sites {clash[:3]}; MOPED starts weights at the "
+            "pretrained network (change the network instead)"
+        )
+    return init_to_value(values={**pretrained, **extra}, fallback=_init_to_prior_median)
+
+
 def _latent_only(model):
     # The guide is over weights only; hiding the observation lets it be set up from
     # inputs alone (without targets the 'obs' site would look like a discrete latent).
@@ -99,10 +128,17 @@ class MOPEDNormal(_Setup, AutoNormal):
         delta: relative initial scale :math:`\\delta > 0`.
         freeze_loc: keep the means at the pretrained values (only the scales learn).
         min_scale: floor of the initial scale.
+        init_values: start values of latent sites that are not weights (e.g.
+            ``{"noise_scale": 0.3}``); any other such site starts at its prior median.
     """
 
     def __init__(
-        self, model, delta: float = 0.05, freeze_loc: bool = False, min_scale: float = 1e-6
+        self,
+        model,
+        delta: float = 0.05,
+        freeze_loc: bool = False,
+        min_scale: float = 1e-6,
+        init_values: dict[str, torch.Tensor | float] | None = None,
     ):
         _check_delta(delta, min_scale)
         self.delta, self.freeze_loc, self.min_scale = (
@@ -111,10 +147,7 @@ class MOPEDNormal(_Setup, AutoNormal):
             float(min_scale),
         )
         self._pretrained = _init_values(model)
-        super().__init__(
-            _latent_only(model),
-            init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
-        )
+        super().__init__(_latent_only(model), init_loc_fn=_loc_init(self._pretrained, init_values))
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
@@ -152,9 +185,18 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
 
     :math:`q(w) = \\mathcal N(w_\\text{MLE}, W W^\\top + \\mathrm{diag}(\\delta|w_\\text{MLE}|)^2)`
     with ``W`` of shape ``[D, rank]`` initialised small, so the initial marginals are MOPED's.
+    Non-weight latent sites start at ``init_values`` or their prior median, as in
+    :class:`MOPEDNormal`.
     """
 
-    def __init__(self, model, rank: int = 10, delta: float = 0.05, min_scale: float = 1e-6):
+    def __init__(
+        self,
+        model,
+        rank: int = 10,
+        delta: float = 0.05,
+        min_scale: float = 1e-6,
+        init_values: dict[str, torch.Tensor | float] | None = None,
+    ):
         _check_delta(delta, min_scale)
         if not (isinstance(rank, int) and rank >= 1):
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
@@ -171,7 +213,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             )
         super().__init__(
             _latent_only(model),
-            init_loc_fn=init_to_value(values=self._pretrained, fallback=init_to_feasible),
+            init_loc_fn=_loc_init(self._pretrained, init_values),
             rank=rank,
         )
 
