@@ -28,18 +28,21 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pyro.infer import MCMC, NUTS
+from pyro.ops.stats import effective_sample_size
 
 from pyrobayes.gp import exact_gp_ppd
-from pyrobayes.infer.potential import Potential
+from pyrobayes.infer.potential import FLAT, Potential
 from pyrobayes.infer.predictive import forward_draws
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
+from pyrobayes.progress import _in_notebook, _is_tty, progress_bar
 
 __all__ = ["NUTSInfo", "exact_gp_ppd", "nuts_ppd"]
 
@@ -54,23 +57,32 @@ def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _full_batch_eval(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (dropout off: HMC needs a deterministic log density) and a likelihood plate
-    of exactly the training set, restoring both afterwards. A ``dataset_size`` left over
-    from minibatch SVI would make the plate rescale the likelihood by ``N/B`` and NUTS
-    would sample a wrongly tempered posterior."""
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off: HMC needs a deterministic log density), restored afterwards.
+    The likelihood's plate size needs no care: the potential sums over all training points."""
     was_training = model.training
-    likelihood = getattr(model, "likelihood", None)
-    old_size = getattr(likelihood, "dataset_size", None)
     model.eval()
-    if likelihood is not None:
-        likelihood.dataset_size = None
     try:
         yield
     finally:
         model.train(was_training)
-        if likelihood is not None:
-            likelihood.dataset_size = old_size
+
+
+class _PlainLines:
+    """A few plain progress lines for a single-chain run in a log (Pyro's own tqdm bar
+    is for terminals), advanced by ``MCMC``'s per-iteration ``hook_fn``."""
+
+    def __init__(self, total: int):
+        self._it = iter(progress_bar(range(total), desc="NUTS", unit="steps"))
+        self.total, self.n = total, 0
+
+    def __call__(self, kernel: Any, samples: Any, stage: str, i: int) -> None:
+        if self.n == 0:
+            next(self._it, None)  # the opening line
+        self.n += 1
+        next(self._it, None)
+        if self.n == self.total:
+            next(self._it, None)  # the closing line
 
 
 @contextlib.contextmanager
@@ -180,17 +192,18 @@ def nuts_ppd(
             f"{tuple(xt.shape[1:])}"
         )
 
-    with _full_batch_eval(model), _seeded(seed, device):
+    with _eval_mode(model), _seeded(seed, device):
         potential = Potential(model, xt, yt)
         init_values = _initial_values(potential, init, map_steps)
-        u0 = potential.unconstrain(init_values)
+        # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
+        u0 = potential.pack(potential.unconstrain(init_values)).detach()
         if num_chains > 1:
             # distinct starts around the same point, so R-hat can see a chain that is stuck
-            u0 = {
-                s: u
-                + init_jitter * torch.randn((num_chains, *u.shape), dtype=u.dtype, device=u.device)
-                for s, u in u0.items()
-            }
+            u0 = u0 + init_jitter * torch.randn(
+                (num_chains, *u0.shape), dtype=u0.dtype, device=u0.device
+            )
+        interactive = _is_tty(sys.stderr) or _in_notebook()
+        plain = progress and not interactive and num_chains == 1
         kernel = NUTS(
             potential_fn=potential,
             step_size=step_size,
@@ -204,19 +217,33 @@ def nuts_ppd(
             num_samples=num_samples,
             warmup_steps=num_warmup,
             num_chains=num_chains,
-            initial_params=u0,
-            disable_progbar=not progress,
+            initial_params={FLAT: u0},
+            # Pyro's tqdm bar where someone watches; plain lines in logs (one chain)
+            disable_progbar=not (progress and interactive),
+            hook_fn=_PlainLines(num_warmup + num_samples) if plain else None,
             # forked workers cannot re-initialise CUDA
             mp_context=mp_context
             or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
             transforms={},
         )
         mcmc.run()
-        unconstrained = mcmc.get_samples()
-        draws = potential.constrain(unconstrained)
+        flat = mcmc.get_samples(group_by_chain=True)[FLAT]  # [C, S, dim]
+        draws = potential.constrain(potential.unpack(flat.reshape(-1, potential.dim)))
         out = forward_draws(model, draws, xq, chunk_size=chunk_size)
+        with torch.no_grad():
+            log_lik = torch.stack(
+                [
+                    potential.log_likelihood(potential.constrain(potential.unpack(f)))
+                    for f in flat.reshape(-1, potential.dim)
+                ]
+            )
     ppd = _ppd(model, out, draws, potential)
-    info = NUTSInfo.from_mcmc(mcmc, draws)
+    info = NUTSInfo.from_mcmc(
+        mcmc,
+        draws,
+        out.reshape(num_chains, num_samples, -1),
+        log_lik.reshape(num_chains, num_samples),
+    )
     if info.max_r_hat > 1.05:
         warnings.warn(
             f"NUTS has not converged: max R-hat {info.max_r_hat:.3f} > 1.05 "
@@ -228,17 +255,36 @@ def nuts_ppd(
 
 @dataclass
 class NUTSInfo:
-    """Diagnostics of a NUTS run: ``max_r_hat`` and ``min_ess`` over all latent
-    coordinates (Pyro's split Gelman--Rubin and effective sample size), the ``MCMC``
-    object and the constrained ``draws`` ``{site: Tensor[S, *shape]}``."""
+    """Diagnostics of a NUTS run.
+
+    * ``max_r_hat``: the largest split Gelman--Rubin :math:`\\hat R` over all latent
+      coordinates (Pyro's estimate; 1 at convergence, > 1.05 means "not yet").
+    * ``min_ess``: the smallest effective sample size of the quantities the PPD is made of:
+      the per-draw predictive output :math:`f_{w_s}(x_*)` at every query point and the
+      training log-likelihood :math:`\\sum_i \\log p(y_i \\mid f_{w_s}(x_i))`. Per weight
+      coordinate ESS is not meaningful for a BNN (hidden units are exchangeable and
+      Geyer's estimator can even come out negative); ``ess_coords`` keeps its median and
+      5th percentile (clamped at 0) for reference.
+    * ``mcmc``: the ``MCMC`` object; ``draws``: the constrained ``{site: Tensor[S, *shape]}``.
+    """
 
     max_r_hat: float
     min_ess: float
     mcmc: MCMC
     draws: dict[str, torch.Tensor]
+    ess_log_lik: float = float("nan")
+    ess_coords: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_mcmc(cls, mcmc: MCMC, draws: dict[str, torch.Tensor]) -> NUTSInfo:
+    def from_mcmc(
+        cls,
+        mcmc: MCMC,
+        draws: dict[str, torch.Tensor],
+        outputs: torch.Tensor | None = None,
+        log_lik: torch.Tensor | None = None,
+    ) -> NUTSInfo:
+        """From ``mcmc.diagnostics()`` plus, when given, the per-chain predictive
+        ``outputs`` ``[C, S, Q]`` and training log-likelihoods ``log_lik`` ``[C, S]``."""
         diag = mcmc.diagnostics()
         r_hat, ess = [], []
         for d in diag.values():
@@ -248,11 +294,24 @@ class NUTSInfo:
             ess.append(torch.as_tensor(d["n_eff"]).flatten())
         r = torch.cat(r_hat)
         r = r[torch.isfinite(r)]
+        e = torch.cat(ess).double().clamp_min(0.0)
+        e = e[torch.isfinite(e)]
+        coords = {"median": float(e.median()), "p5": float(e.quantile(0.05))} if e.numel() else {}
+        functionals = []
+        ess_ll = float("nan")
+        if log_lik is not None:
+            ess_ll = float(effective_sample_size(log_lik.double().unsqueeze(-1)).squeeze())
+            functionals.append(ess_ll)
+        if outputs is not None:
+            functionals += effective_sample_size(outputs.double()).flatten().tolist()
+        min_ess = min(functionals) if functionals else coords.get("p5", float("nan"))
         return cls(
             max_r_hat=float(r.max()) if r.numel() else float("nan"),
-            min_ess=float(torch.cat(ess).min()),
+            min_ess=float(min_ess),
             mcmc=mcmc,
             draws=draws,
+            ess_log_lik=ess_ll,
+            ess_coords=coords,
         )
 
     def get_samples(self) -> dict[str, torch.Tensor]:

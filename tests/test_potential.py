@@ -11,7 +11,7 @@ import torch
 from torch.distributions import biject_to
 
 from pyrobayes import BayesianModel, NormalPrior, to_pyro
-from pyrobayes.infer.potential import Potential
+from pyrobayes.infer.potential import FLAT, Potential
 from pyrobayes.likelihoods import Likelihood
 from pyrobayes.models.mlp import default_regression_model
 from pyrobayes.ppd import NormalMixturePPD
@@ -67,6 +67,25 @@ def test_potential_matches_traced_log_joint_default_model():
     y = torch.sin(2 * x[:, 0])
     pot = _check(model, x, y, seed=1)
     assert not pot.extra_sites and len(pot.priors) == 6
+
+
+def test_flat_vector_is_the_same_potential():
+    torch.manual_seed(0)
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(2, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian()
+    )
+    x = torch.randn(9, 2)
+    pot = Potential(model, x, x[:, 0])
+    u = pot.unconstrain(pot.prior_draw())
+    flat = pot.pack(u)
+    assert flat.shape == (pot.dim,) == (2 + 1 + 1,)
+    back = pot.unpack(flat)
+    assert all(torch.equal(back[s], u[s]) for s in u)
+    assert torch.equal(pot({FLAT: flat}), pot(u))
+    # a chain dimension in front is kept
+    assert pot.unpack(torch.stack([flat, flat]))["likelihood.scale"].shape == (2,)
+    with pytest.raises(ValueError, match="must end in 4"):
+        pot.unpack(torch.zeros(3))
 
 
 def test_potential_ignores_minibatch_dataset_size():

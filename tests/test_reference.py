@@ -66,6 +66,10 @@ def test_nuts_matches_conjugate_linear_regression():
     exact_std = (exact_epi + NOISE**2).sqrt()
     assert ((ppd.stddev.double() - exact_std).abs() < 4.5 * epi_se / (2 * exact_std)).all()
 
+    # min_ess is over the PPD's ingredients: the f(x*) draws (and the log-likelihood)
+    assert 100 < mcmc.min_ess <= float(ess.min()) + 1e-6
+    assert mcmc.ess_coords["p5"] >= 0.0
+
     # the PPD is built from exactly the MCMC draws
     again = forward_draws(model, mcmc.get_samples(), xq)
     assert torch.allclose(again.squeeze(-1), ppd.loc)
@@ -88,17 +92,20 @@ def test_nuts_seed_is_reproducible_and_leaves_caller_rng_alone():
     assert two.num_draws == 40
 
 
-def test_nuts_uses_full_batch_plate_and_restores_model_state():
-    # A dataset_size left from minibatch SVI would temper the likelihood; NUTS must ignore it.
+def test_nuts_restores_train_mode():
     model, x, y = _linear_problem()
-    model.likelihood.dataset_size = 2000
     model.train()
-    xq = torch.tensor([[1.5]])
-    ppd = nuts_ppd(model, x, y, xq, num_warmup=150, num_samples=300, progress=False, seed=0)
-    exact_mean, exact_epi = _exact_linear_ppd(x, y, xq)
-    # with a 100x tempered likelihood the epistemic variance would be ~100x too small
-    assert ppd.epistemic_variance.item() > 0.3 * exact_epi.item()
-    assert model.likelihood.dataset_size == 2000 and model.training
+    nuts_ppd(model, x, y, x[:1], num_warmup=5, num_samples=5, progress=False, seed=0)
+    assert model.training
+
+
+def test_nuts_progress_is_plain_lines_in_a_log(capsys):
+    model, x, y = _linear_problem()
+    nuts_ppd(model, x, y, x[:1], num_warmup=10, num_samples=10, progress=True, seed=0)
+    err = capsys.readouterr().err  # pytest's capture is not a TTY
+    lines = [ln for ln in err.splitlines() if ln.startswith("NUTS:")]
+    assert lines[0].startswith("NUTS: 0/20 steps") and lines[-1].startswith("NUTS: 20/20")
+    assert len(lines) <= 12 and "\r" not in err
 
 
 def test_nuts_rejects_bad_input():

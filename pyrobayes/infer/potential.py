@@ -33,14 +33,17 @@ from collections.abc import Mapping
 import pyro.poutine as poutine
 import torch
 from torch import nn
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.predictive import fixed_tensors
+from pyrobayes.likelihoods import Gaussian
 from pyrobayes.model import default_output
 
-__all__ = ["Potential"]
+__all__ = ["FLAT", "Potential"]
+
+FLAT = "_flat"  # the one site name NUTS sees: all latents concatenated, unconstrained
 
 
 class Potential:
@@ -81,16 +84,62 @@ class Potential:
             raise ValueError(f"weight sites {missing[:3]} are not latent in the model's trace")
         self.extra_sites = [s for s in self.priors if s not in self.weight_paths]
         self.transforms = {s: biject_to(d.support) for s, d in self.priors.items()}
-        # Normal priors (every weight prior of the default model) in closed form: Pyro's
-        # Independent(Normal).log_prob with argument validation is a third of a gradient
-        self._normal: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # One flat vector: Pyro's per-step bookkeeping (dicts of momenta, mass-matrix blocks,
+        # one autograd leaf each) scales with the number of sites, so NUTS sees a single
+        # site FLAT and each latent is a view of it. Normal priors on real supports (every
+        # weight prior of the default model) go first: their log-density is one closed-form
+        # expression over the concatenated locs/scales (Pyro's Independent(Normal).log_prob
+        # with argument validation was a third of a gradient) and they need no bijection.
+        closed, other = [], []
         for s, d in self.priors.items():
             base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
-            if type(base).__name__ == "Normal" and d.event_shape == self.init_values[s].shape:
-                loc, scale = base.loc.detach(), base.scale.detach()
-                loc, scale = torch.broadcast_tensors(loc, scale)
-                const = -(scale.log() + 0.5 * math.log(2 * math.pi)).sum()
-                self._normal[s] = (loc, 1.0 / scale, const)
+            support = d.support
+            while isinstance(support, constraints.independent):
+                support = support.base_constraint
+            if (
+                type(base).__name__ == "Normal"
+                and support is constraints.real
+                and d.event_shape == self.init_values[s].shape
+            ):
+                closed.append(s)
+            else:
+                other.append(s)
+        self.layout: list[tuple[str, int, int, torch.Size]] = []
+        offset = 0
+        for s in closed + other:
+            shape = self.init_values[s].shape
+            self.layout.append((s, offset, offset + shape.numel(), shape))
+            offset += shape.numel()
+        self.dim = offset
+        self._sizes = [b - a for _, a, b, _ in self.layout]
+        self._n_closed = sum(self.init_values[s].numel() for s in closed)
+        locs, inv_scales = [], []
+        const = 0.0
+        for s in closed:
+            d = self.priors[s]
+            base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
+            loc, scale = torch.broadcast_tensors(base.loc.detach(), base.scale.detach())
+            loc, scale = (
+                loc.expand(self.init_values[s].shape),
+                scale.expand(self.init_values[s].shape),
+            )
+            locs.append(loc.reshape(-1))
+            inv_scales.append(1.0 / scale.reshape(-1))
+            const -= float((scale.log() + 0.5 * math.log(2 * math.pi)).sum())
+        empty = self.x.new_zeros(0)
+        self._loc = torch.cat(locs) if locs else empty
+        self._inv_scale = torch.cat(inv_scales) if inv_scales else empty
+        self._const = const
+        self._other = other
+        # A Gaussian likelihood with a fixed scale in closed form too: building a validated
+        # Normal per call costs three argument checks, each a device sync
+        self._gauss: tuple[torch.Tensor, float, float] | None = None
+        lik = model.likelihood
+        if type(lik) is Gaussian and not self.extra_sites:
+            y_sq = Gaussian._squeeze(y)
+            scale = float(lik.scale.detach())
+            const = -y_sq.numel() * (math.log(scale) + 0.5 * math.log(2 * math.pi))
+            self._gauss = (y_sq, 1.0 / scale, const)
 
     def prior_draw(self) -> dict[str, torch.Tensor]:
         """One draw of every latent site from its prior (constrained space)."""
@@ -102,11 +151,35 @@ class Potential:
     def constrain(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {s: self.transforms[s](u) for s, u in params.items()}
 
+    def pack(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``{site: unconstrained [*batch, *shape]}`` -> the flat vector ``[*batch, dim]``."""
+        missing = [s for s, *_ in self.layout if s not in params]
+        if missing:
+            raise ValueError(f"missing latent sites {missing[:3]}")
+        first = params[self.layout[0][0]]
+        batch = first.shape[: first.dim() - len(self.layout[0][3])]
+        return torch.cat([params[s].reshape((*batch, b - a)) for s, a, b, _ in self.layout], -1)
+
+    def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The flat vector ``[*batch, dim]`` -> ``{site: view [*batch, *shape]}``."""
+        if flat.shape[-1] != self.dim:
+            raise ValueError(f"flat latent vector must end in {self.dim}, got {tuple(flat.shape)}")
+        batch = flat.shape[:-1]
+        # one split (its backward is one concatenation) rather than a slice per site
+        parts = flat.split(self._sizes, -1)
+        return {
+            s: part.reshape((*batch, *shape)) for (s, _, _, shape), part in zip(self.layout, parts)
+        }
+
     def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
         weights = {self.weight_paths[s]: values[s] for s in self.weight_paths}
         out = self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
         lik = self.model.likelihood
+        if self._gauss is not None:
+            y_sq, inv_scale, const = self._gauss
+            loc = Gaussian._squeeze(out)
+            return const - 0.5 * ((y_sq.to(loc.dtype) - loc) * inv_scale).square().sum()
         if not self.extra_sites:
             return lik.log_prob(out, self.y).sum()
         # latent likelihood parameters: condition them into a trace of the likelihood alone
@@ -119,17 +192,22 @@ class Potential:
                 total = total + site["fn"].log_prob(site["value"]).sum()
         return total
 
-    def __call__(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        values, log_det = {}, 0.0
-        log_prior = 0.0
-        for s, u in params.items():
+    def energy(self, flat: torch.Tensor) -> torch.Tensor:
+        """:math:`U(u)` of one flat unconstrained vector ``[dim]``."""
+        values = self.unpack(flat)
+        head = flat[: self._n_closed]
+        log_joint = self._const - 0.5 * ((head - self._loc) * self._inv_scale).square().sum()
+        for s in self._other:
+            u = values[s]
             t = self.transforms[s]
             v = t(u)
             values[s] = v
-            log_det = log_det + t.log_abs_det_jacobian(u, v).sum()
-            if s in self._normal:
-                loc, inv_scale, const = self._normal[s]
-                log_prior = log_prior + const - 0.5 * ((v - loc) * inv_scale).square().sum()
-            else:
-                log_prior = log_prior + self.priors[s].log_prob(v).sum()
-        return -(log_prior + log_det + self.log_likelihood(values))
+            log_joint = log_joint + t.log_abs_det_jacobian(u, v).sum()
+            log_joint = log_joint + self.priors[s].log_prob(v).sum()
+        return -(log_joint + self.log_likelihood(values))
+
+    def __call__(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:math:`U` of ``{FLAT: flat}`` (what NUTS passes) or of ``{site: unconstrained}``."""
+        if FLAT in params and len(params) == 1:
+            return self.energy(params[FLAT])
+        return self.energy(self.pack(params))
