@@ -177,3 +177,14 @@ def require_nonempty(dd: Mapping[str, datasets.Dataset], what: str) -> None:
     empty = [name for name, ds in dd.items() if ds.num_rows == 0]
     if empty:
         raise ValueError(f"{what}: split(s) {empty} are empty")
+
+
+def read_csv(path: str) -> datasets.Dataset:
+    """One local CSV file through ``datasets``' CSV builder, with the two errors a user needs:
+    a missing file, and a file pandas cannot parse (``datasets`` wraps those in its own types)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CSV file not found: {path!r}")
+    try:
+        return load_any("csv", data_files={"train": path})["train"]
+    except Exception as err:
+        raise ValueError(f"CSV {path!r} could not be parsed ({type(err).__name__}: {err})") from err

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from pyrobayes.data._io import load_any, require_columns
+from pyrobayes.data._io import read_csv, require_columns
 
 __all__ = ["RegressionData", "regression_from_prior", "load_csv_regression"]
 
@@ -135,12 +134,7 @@ def load_csv_regression(
         >>> x.shape, y.tolist()
         (torch.Size([3, 1]), [1.0, 3.0, 5.0])
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path!r}")
-    try:
-        ds = load_any("csv", data_files={"train": path})["train"]
-    except Exception as err:  # datasets wraps pandas' parser errors in its own types
-        raise ValueError(f"CSV {path!r} could not be parsed ({type(err).__name__}: {err})") from err
+    ds = read_csv(path)
     require_columns(ds, [x_col, y_col], f"CSV {path!r}")
     cols = {}
     for c in (x_col, y_col):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pyrobayes.data._io import load_any
+from pyrobayes.data._io import read_csv
 
 __all__ = ["TabularData", "BUILTIN_TABLES", "load_tabular", "MCYCLE_CSV"]
 
@@ -128,12 +128,7 @@ def _select(
 
 
 def _read_csv(path: str) -> dict[str, list]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CSV file not found: {path!r}")
-    try:
-        ds = load_any("csv", data_files={"train": path})["train"]
-    except Exception as err:  # datasets wraps pandas' parser errors in its own types
-        raise ValueError(f"CSV {path!r} could not be parsed ({type(err).__name__}: {err})") from err
+    ds = read_csv(path)
     return {c: list(ds[c]) for c in ds.column_names}
 
 
