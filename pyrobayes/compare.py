@@ -331,6 +331,82 @@ def _categorical_kl(ref: Distribution, cand: Distribution) -> float:
     return float(terms.sum(-1).mean())
 
 
+def _check_ppds(ppds: Mapping[str, Distribution]) -> ProblemKind:
+    """Validate the methods' PPDs (names, kind, batch shape, classes); return their kind."""
+    if not isinstance(ppds, Mapping) or not ppds:
+        raise ValueError("ppds must be a non-empty mapping {method name: PPD}")
+    for name in ppds:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"method names must be non-empty strings, got {name!r}")
+    kinds = {name: _kind_of(p) for name, p in ppds.items()}
+    unknown = [n for n, k in kinds.items() if k is None]
+    if unknown:
+        raise ValueError(
+            "not a PPD (RegressionPPD or CategoricalPPD): "
+            + ", ".join(f"{n!r} ({type(ppds[n]).__name__})" for n in unknown)
+        )
+    if len(set(kinds.values())) > 1:
+        detail = ", ".join(f"{n!r}: {k.value}" for n, k in kinds.items())
+        raise ValueError(f"cannot compare PPDs of different kinds ({detail})")
+    kind = next(iter(kinds.values()))
+    shapes = {name: tuple(p.batch_shape) for name, p in ppds.items()}
+    if len(set(shapes.values())) > 1:
+        detail = ", ".join(f"{n!r}: {s}" for n, s in shapes.items())
+        raise ValueError(
+            f"PPDs must score the same points, but their batch shapes differ ({detail})"
+        )
+    if kind is ProblemKind.CLASSIFICATION:
+        classes = {name: p.probs.shape[-1] for name, p in ppds.items()}
+        if len(set(classes.values())) > 1:
+            raise ValueError(f"PPDs disagree on the number of classes: {classes}")
+    return kind
+
+
+def _check_options(
+    ppds: Mapping[str, Distribution],
+    kind: ProblemKind,
+    times: Mapping[str, float] | None,
+    reference: str | None,
+    ood_ppds: Mapping[str, Distribution] | None,
+    diagnostics: Mapping[str, Mapping[str, float]] | None,
+) -> tuple[dict, dict, dict]:
+    """Validate the per-method options of :func:`compare_ppds`; return them as dicts."""
+    times = dict(times or {})
+    extra = sorted(set(times) - set(ppds))
+    if extra:
+        raise ValueError(f"times given for unknown methods {extra}; methods: {list(ppds)}")
+    for name, t in times.items():
+        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
+            raise ValueError(
+                f"time of {name!r} must be a non-negative number of seconds, got {t!r}"
+            )
+    if reference is not None and reference not in ppds:
+        raise ValueError(f"reference {reference!r} is not one of the methods {list(ppds)}")
+    ood_ppds = dict(ood_ppds or {})
+    if ood_ppds and kind is not ProblemKind.CLASSIFICATION:
+        raise ValueError("ood_ppds (OOD AUROC) are only supported for classification PPDs")
+    extra = sorted(set(ood_ppds) - set(ppds))
+    if extra:
+        raise ValueError(f"ood_ppds given for unknown methods {extra}; methods: {list(ppds)}")
+    diagnostics = dict(diagnostics or {})
+    extra = sorted(set(diagnostics) - set(ppds))
+    if extra:
+        raise ValueError(f"diagnostics given for unknown methods {extra}; methods: {list(ppds)}")
+    return times, ood_ppds, diagnostics
+
+
+def _ordered_columns(per_method: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Union of the methods' columns, first-seen order, with KL and time last."""
+    columns: list[str] = []
+    for m in per_method.values():  # union, in first-seen order (OOD columns may be partial)
+        columns.extend(c for c in m if c not in columns)
+    # keep KL and time last, in that order
+    columns = [c for c in columns if c not in (KL_COLUMN, TIME_COLUMN)] + [
+        c for c in (KL_COLUMN, TIME_COLUMN) if c in columns
+    ]
+    return columns
+
+
 def compare_ppds(
     ppds: Mapping[str, Distribution],
     y_test: Any,
@@ -373,54 +449,10 @@ def compare_ppds(
         >>> compare_ppds({"sure": sure, "flat": flat}, labels).best("nll")
         'sure'
     """
-    if not isinstance(ppds, Mapping) or not ppds:
-        raise ValueError("ppds must be a non-empty mapping {method name: PPD}")
-    for name in ppds:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"method names must be non-empty strings, got {name!r}")
-    kinds = {name: _kind_of(p) for name, p in ppds.items()}
-    unknown = [n for n, k in kinds.items() if k is None]
-    if unknown:
-        raise ValueError(
-            "not a PPD (RegressionPPD or CategoricalPPD): "
-            + ", ".join(f"{n!r} ({type(ppds[n]).__name__})" for n in unknown)
-        )
-    if len(set(kinds.values())) > 1:
-        detail = ", ".join(f"{n!r}: {k.value}" for n, k in kinds.items())
-        raise ValueError(f"cannot compare PPDs of different kinds ({detail})")
-    kind = next(iter(kinds.values()))
-    shapes = {name: tuple(p.batch_shape) for name, p in ppds.items()}
-    if len(set(shapes.values())) > 1:
-        detail = ", ".join(f"{n!r}: {s}" for n, s in shapes.items())
-        raise ValueError(
-            f"PPDs must score the same points, but their batch shapes differ ({detail})"
-        )
-    if kind is ProblemKind.CLASSIFICATION:
-        classes = {name: p.probs.shape[-1] for name, p in ppds.items()}
-        if len(set(classes.values())) > 1:
-            raise ValueError(f"PPDs disagree on the number of classes: {classes}")
-
-    times = dict(times or {})
-    extra = sorted(set(times) - set(ppds))
-    if extra:
-        raise ValueError(f"times given for unknown methods {extra}; methods: {list(ppds)}")
-    for name, t in times.items():
-        if t is not None and not (isinstance(t, int | float) and math.isfinite(t) and t >= 0):
-            raise ValueError(
-                f"time of {name!r} must be a non-negative number of seconds, got {t!r}"
-            )
-    if reference is not None and reference not in ppds:
-        raise ValueError(f"reference {reference!r} is not one of the methods {list(ppds)}")
-    ood_ppds = dict(ood_ppds or {})
-    if ood_ppds and kind is not ProblemKind.CLASSIFICATION:
-        raise ValueError("ood_ppds (OOD AUROC) are only supported for classification PPDs")
-    extra = sorted(set(ood_ppds) - set(ppds))
-    if extra:
-        raise ValueError(f"ood_ppds given for unknown methods {extra}; methods: {list(ppds)}")
-    diagnostics = dict(diagnostics or {})
-    extra = sorted(set(diagnostics) - set(ppds))
-    if extra:
-        raise ValueError(f"diagnostics given for unknown methods {extra}; methods: {list(ppds)}")
+    kind = _check_ppds(ppds)
+    times, ood_ppds, diagnostics = _check_options(
+        ppds, kind, times, reference, ood_ppds, diagnostics
+    )
 
     per_method: dict[str, dict[str, float]] = {}
     for name, ppd in ppds.items():
@@ -441,13 +473,7 @@ def compare_ppds(
         m[TIME_COLUMN] = times.get(name)
         per_method[name] = m
 
-    columns: list[str] = []
-    for m in per_method.values():  # union, in first-seen order (OOD columns may be partial)
-        columns.extend(c for c in m if c not in columns)
-    # keep KL and time last, in that order
-    columns = [c for c in columns if c not in (KL_COLUMN, TIME_COLUMN)] + [
-        c for c in (KL_COLUMN, TIME_COLUMN) if c in columns
-    ]
+    columns = _ordered_columns(per_method)
     rows = tuple(
         ComparisonRow(name, tuple(_clean(m.get(c)) for c in columns))
         for name, m in per_method.items()

@@ -152,24 +152,12 @@ def _fit_mlp(x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.n
     return net
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """Run the whole comparison; returns ``{"table", "ppds", "times", "files"}``."""
-    import pyro
-
-    from pyrobayes.compare import compare_ppds
+def _baseline_ppds(cfg, x_tr, y_tr, x_te, grid, test_ppds, grid_ppds, times):
+    """Fit the MLP baseline and the MOPED SVI posterior; return NUTS-start MLP weights."""
     from pyrobayes.guides import MOPEDNormal
     from pyrobayes.infer import PosteriorPredictive, fit
     from pyrobayes.models.mlp import DEFAULT_REGRESSION, default_regression_model
-    from pyrobayes.pfn import pretrained
-    from pyrobayes.plotting import plot_ppd_comparison
     from pyrobayes.ppd import normal_ppd
-
-    out = Path(cfg.out)
-    x_tr, y_tr, x_te, y_te, grid, truth, note = _load_data(cfg)
-    pyro.set_rng_seed(cfg.seed)
-    times: dict[str, float] = {}
-    diagnostics: dict[str, dict[str, float]] = {}  # max R-hat / min ESS of the NUTS reference
-    test_ppds, grid_ppds = {}, {}
 
     t0 = time.perf_counter()
     mlp = _fit_mlp(x_tr, y_tr, cfg.mlp_steps, cfg.seed)
@@ -198,6 +186,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     test_ppds["SVI (MOPED)"] = pp(x_te)
     times["SVI (MOPED)"] = t_mlp + time.perf_counter() - t0
     grid_ppds["SVI (MOPED)"] = pp(grid)
+    return mlp_weights
+
+
+def _pfn_ppds(cfg, x_tr, y_tr, x_te, grid, test_ppds, grid_ppds, times) -> None:
+    """Predict with the pretrained PFN that matches the prior (timed after a warm-up)."""
+    from pyrobayes.pfn import pretrained
 
     pfn_name = "gp-1d" if cfg.prior == PriorChoice.GP and cfg.data is None else "bnn-1d"
     pfn = pretrained(pfn_name)
@@ -208,6 +202,13 @@ def run_compare(cfg: CompareConfig) -> dict:
         test_ppds[f"PFN ({pfn_name})"] = pfn.predict(x_tr, y_tr, x_te)
         times[f"PFN ({pfn_name})"] = time.perf_counter() - t0
         grid_ppds[f"PFN ({pfn_name})"] = pfn.predict(x_tr, y_tr, grid)
+
+
+def _reference_ppds(
+    cfg, x_tr, y_tr, x_te, grid, mlp_weights, test_ppds, grid_ppds, times, diagnostics
+) -> str:
+    """Add the reference (exact GP or NUTS) PPDs; return the reference's name."""
+    from pyrobayes.models.mlp import default_regression_model
 
     if cfg.prior == PriorChoice.GP and cfg.data is None:
         from pyrobayes.gp import exact_gp_ppd
@@ -240,8 +241,13 @@ def run_compare(cfg: CompareConfig) -> dict:
         diagnostics[ref_name] = {"r_hat": info.max_r_hat, "ess": info.min_ess}
         test_ppds[ref_name] = ppd
         grid_ppds[ref_name] = ref_model.likelihood.ppd(forward_draws(ref_model, info.draws, grid))
+    return ref_name
 
-    table = compare_ppds(test_ppds, y_te, times=times, reference=ref_name, diagnostics=diagnostics)
+
+def _write_outputs(cfg, out, table, ref_name, note, x_tr, y_tr, x_te, grid, truth, grid_ppds):
+    """Save the comparison plot, JSON payload and markdown report under ``out``."""
+    from pyrobayes.plotting import plot_ppd_comparison
+
     out.mkdir(parents=True, exist_ok=True)
     fig, _ = plot_ppd_comparison(grid, grid_ppds, train=(x_tr, y_tr), truth=truth, ncols=2)
     fig.suptitle(f"Posterior predictives, n_train={len(x_tr)} — {note}", fontsize=9)
@@ -261,6 +267,32 @@ def run_compare(cfg: CompareConfig) -> dict:
         f"{table.to_markdown()}\n\n![comparison](compare.png)\n"
     )
     files["md"].write_text(md)
+    return files
+
+
+def run_compare(cfg: CompareConfig) -> dict:
+    """Run the whole comparison; returns ``{"table", "ppds", "times", "files"}``."""
+    import pyro
+
+    from pyrobayes.compare import compare_ppds
+
+    out = Path(cfg.out)
+    x_tr, y_tr, x_te, y_te, grid, truth, note = _load_data(cfg)
+    pyro.set_rng_seed(cfg.seed)
+    times: dict[str, float] = {}
+    diagnostics: dict[str, dict[str, float]] = {}  # max R-hat / min ESS of the NUTS reference
+    test_ppds, grid_ppds = {}, {}
+
+    mlp_weights = _baseline_ppds(cfg, x_tr, y_tr, x_te, grid, test_ppds, grid_ppds, times)
+    _pfn_ppds(cfg, x_tr, y_tr, x_te, grid, test_ppds, grid_ppds, times)
+    ref_name = _reference_ppds(
+        cfg, x_tr, y_tr, x_te, grid, mlp_weights, test_ppds, grid_ppds, times, diagnostics
+    )
+
+    table = compare_ppds(test_ppds, y_te, times=times, reference=ref_name, diagnostics=diagnostics)
+    files = _write_outputs(
+        cfg, out, table, ref_name, note, x_tr, y_tr, x_te, grid, truth, grid_ppds
+    )
     return {"table": table, "ppds": test_ppds, "times": times, "files": files}
 
 
