@@ -162,35 +162,9 @@ def nuts_ppd(
         >>> ppd.num_draws
         20
     """
-    for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
-        raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
-    if not 0.0 < target_accept_prob < 1.0:
-        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob}")
-    if not hasattr(model, "likelihood") or not callable(getattr(model.likelihood, "ppd", None)):
-        raise ValueError(
-            "nuts_ppd needs a pyrobayes BayesianModel (a converted network with a likelihood), "
-            f"got {type(model).__name__}"
-        )
+    _check_nuts_args(model, num_warmup, num_samples, num_chains, target_accept_prob)
     device = model.device
-    xt = _as_input(x_train, device, "x_train")
-    yt = _as_input(y_train, device, "y_train")
-    xq = _as_input(x_query, device, "x_query")
-    if xt.shape[0] != yt.shape[0]:
-        raise ValueError(f"x_train has {xt.shape[0]} points but y_train has {yt.shape[0]}")
-    if xt.shape[0] == 0:
-        raise ValueError("x_train is empty; use prior_predictive for the prior PPD")
-    if yt.is_floating_point() and not torch.isfinite(yt).all():
-        raise ValueError("y_train contains NaN or infinite values")
-    if xq.shape[1:] != xt.shape[1:]:
-        raise ValueError(
-            f"x_query points have shape {tuple(xq.shape[1:])} but x_train points have "
-            f"{tuple(xt.shape[1:])}"
-        )
+    xt, yt, xq = _nuts_inputs(x_train, y_train, x_query, device)
 
     with _eval_mode(model), _seeded(seed, device):
         potential = Potential(model, xt, yt)
@@ -202,29 +176,18 @@ def nuts_ppd(
             u0 = u0 + init_jitter * torch.randn(
                 (num_chains, *u0.shape), dtype=u0.dtype, device=u0.device
             )
-        interactive = _is_tty(sys.stderr) or _in_notebook()
-        plain = progress and not interactive and num_chains == 1
-        kernel = NUTS(
-            potential_fn=potential,
-            step_size=step_size,
-            adapt_step_size=True,
-            adapt_mass_matrix=True,
+        mcmc = _make_mcmc(
+            potential,
+            u0,
+            device,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            progress=progress,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
-        )
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=num_warmup,
-            num_chains=num_chains,
-            initial_params={FLAT: u0},
-            # Pyro's tqdm bar where someone watches; plain lines in logs (one chain)
-            disable_progbar=not (progress and interactive),
-            hook_fn=_PlainLines(num_warmup + num_samples) if plain else None,
-            # forked workers cannot re-initialise CUDA
-            mp_context=mp_context
-            or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
-            transforms={},
+            step_size=step_size,
+            mp_context=mp_context,
         )
         mcmc.run()
         flat = mcmc.get_samples(group_by_chain=True)[FLAT]  # [C, S, dim]
@@ -251,6 +214,91 @@ def nuts_ppd(
             stacklevel=2,
         )
     return (ppd, info) if return_mcmc else ppd
+
+
+def _check_nuts_args(
+    model: torch.nn.Module,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    target_accept_prob: float,
+) -> None:
+    """Validate :func:`nuts_ppd`'s scalar settings and that ``model`` is a BayesianModel."""
+    for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 1:
+        raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
+    if not 0.0 < target_accept_prob < 1.0:
+        raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob}")
+    if not hasattr(model, "likelihood") or not callable(getattr(model.likelihood, "ppd", None)):
+        raise ValueError(
+            "nuts_ppd needs a pyrobayes BayesianModel (a converted network with a likelihood), "
+            f"got {type(model).__name__}"
+        )
+
+
+def _nuts_inputs(
+    x_train: Any, y_train: Any, x_query: Any, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`nuts_ppd`'s data as tensors on ``device``, checked for consistent shapes."""
+    xt = _as_input(x_train, device, "x_train")
+    yt = _as_input(y_train, device, "y_train")
+    xq = _as_input(x_query, device, "x_query")
+    if xt.shape[0] != yt.shape[0]:
+        raise ValueError(f"x_train has {xt.shape[0]} points but y_train has {yt.shape[0]}")
+    if xt.shape[0] == 0:
+        raise ValueError("x_train is empty; use prior_predictive for the prior PPD")
+    if yt.is_floating_point() and not torch.isfinite(yt).all():
+        raise ValueError("y_train contains NaN or infinite values")
+    if xq.shape[1:] != xt.shape[1:]:
+        raise ValueError(
+            f"x_query points have shape {tuple(xq.shape[1:])} but x_train points have "
+            f"{tuple(xt.shape[1:])}"
+        )
+    return xt, yt, xq
+
+
+def _make_mcmc(
+    potential: Potential,
+    u0: torch.Tensor,
+    device: torch.device,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    progress: bool,
+    target_accept_prob: float,
+    max_tree_depth: int,
+    step_size: float,
+    mp_context: str | None,
+) -> MCMC:
+    """The ``MCMC(NUTS(potential))`` run of :func:`nuts_ppd`, started at ``u0``."""
+    interactive = _is_tty(sys.stderr) or _in_notebook()
+    plain = progress and not interactive and num_chains == 1
+    kernel = NUTS(
+        potential_fn=potential,
+        step_size=step_size,
+        adapt_step_size=True,
+        adapt_mass_matrix=True,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+    )
+    return MCMC(
+        kernel,
+        num_samples=num_samples,
+        warmup_steps=num_warmup,
+        num_chains=num_chains,
+        initial_params={FLAT: u0},
+        # Pyro's tqdm bar where someone watches; plain lines in logs (one chain)
+        disable_progbar=not (progress and interactive),
+        hook_fn=_PlainLines(num_warmup + num_samples) if plain else None,
+        # forked workers cannot re-initialise CUDA
+        mp_context=mp_context or ("spawn" if device.type == "cuda" and num_chains > 1 else None),
+        transforms={},
+    )
 
 
 @dataclass

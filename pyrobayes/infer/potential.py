@@ -46,6 +46,69 @@ __all__ = ["FLAT", "Potential"]
 FLAT = "_flat"  # the one site name NUTS sees: all latents concatenated, unconstrained
 
 
+def _latent_sites(
+    tr: poutine.Trace,
+) -> tuple[dict[str, torch.distributions.Distribution], dict[str, torch.Tensor]]:
+    """The latent sample sites of a trace: ``(priors, detached values)``, plate indices skipped."""
+    priors: dict[str, torch.distributions.Distribution] = {}
+    init_values: dict[str, torch.Tensor] = {}
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if type(site["fn"]).__name__ == "_Subsample":  # a plate's index site
+            continue
+        priors[name] = site["fn"]
+        init_values[name] = site["value"].detach()
+    return priors, init_values
+
+
+def _split_closed_form(
+    priors: Mapping[str, torch.distributions.Distribution],
+    init_values: Mapping[str, torch.Tensor],
+) -> tuple[list[str], list[str]]:
+    """Sites with a Normal prior on a real support (closed-form log-density), and the rest."""
+    closed, other = [], []
+    for s, d in priors.items():
+        base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
+        support = d.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if (
+            type(base).__name__ == "Normal"
+            and support is constraints.real
+            and d.event_shape == init_values[s].shape
+        ):
+            closed.append(s)
+        else:
+            other.append(s)
+    return closed, other
+
+
+def _closed_form_normal(
+    priors: Mapping[str, torch.distributions.Distribution],
+    init_values: Mapping[str, torch.Tensor],
+    closed: list[str],
+    empty: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Concatenated locs, inverse scales and log-normaliser of the ``closed`` Normal priors."""
+    locs, inv_scales = [], []
+    const = 0.0
+    for s in closed:
+        d = priors[s]
+        base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
+        loc, scale = torch.broadcast_tensors(base.loc.detach(), base.scale.detach())
+        loc, scale = (
+            loc.expand(init_values[s].shape),
+            scale.expand(init_values[s].shape),
+        )
+        locs.append(loc.reshape(-1))
+        inv_scales.append(1.0 / scale.reshape(-1))
+        const -= float((scale.log() + 0.5 * math.log(2 * math.pi)).sum())
+    loc_cat = torch.cat(locs) if locs else empty
+    inv_scale_cat = torch.cat(inv_scales) if inv_scales else empty
+    return loc_cat, inv_scale_cat, const
+
+
 class Potential:
     """Negative log joint of a ``BayesianModel`` on unconstrained latents, trace-free.
 
@@ -70,15 +133,7 @@ class Potential:
         # the one trace: which sites are latent, their priors and supports
         with torch.no_grad():
             tr = poutine.trace(model).get_trace(x, y=y)
-        self.priors: dict[str, torch.distributions.Distribution] = {}
-        self.init_values: dict[str, torch.Tensor] = {}
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site["is_observed"]:
-                continue
-            if type(site["fn"]).__name__ == "_Subsample":  # a plate's index site
-                continue
-            self.priors[name] = site["fn"]
-            self.init_values[name] = site["value"].detach()
+        self.priors, self.init_values = _latent_sites(tr)
         missing = [s for s in self.weight_paths if s not in self.priors]
         if missing:
             raise ValueError(f"weight sites {missing[:3]} are not latent in the model's trace")
@@ -90,20 +145,7 @@ class Potential:
         # weight prior of the default model) go first: their log-density is one closed-form
         # expression over the concatenated locs/scales (Pyro's Independent(Normal).log_prob
         # with argument validation was a third of a gradient) and they need no bijection.
-        closed, other = [], []
-        for s, d in self.priors.items():
-            base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
-            support = d.support
-            while isinstance(support, constraints.independent):
-                support = support.base_constraint
-            if (
-                type(base).__name__ == "Normal"
-                and support is constraints.real
-                and d.event_shape == self.init_values[s].shape
-            ):
-                closed.append(s)
-            else:
-                other.append(s)
+        closed, other = _split_closed_form(self.priors, self.init_values)
         self.layout: list[tuple[str, int, int, torch.Size]] = []
         offset = 0
         for s in closed + other:
@@ -113,23 +155,9 @@ class Potential:
         self.dim = offset
         self._sizes = [b - a for _, a, b, _ in self.layout]
         self._n_closed = sum(self.init_values[s].numel() for s in closed)
-        locs, inv_scales = [], []
-        const = 0.0
-        for s in closed:
-            d = self.priors[s]
-            base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
-            loc, scale = torch.broadcast_tensors(base.loc.detach(), base.scale.detach())
-            loc, scale = (
-                loc.expand(self.init_values[s].shape),
-                scale.expand(self.init_values[s].shape),
-            )
-            locs.append(loc.reshape(-1))
-            inv_scales.append(1.0 / scale.reshape(-1))
-            const -= float((scale.log() + 0.5 * math.log(2 * math.pi)).sum())
-        empty = self.x.new_zeros(0)
-        self._loc = torch.cat(locs) if locs else empty
-        self._inv_scale = torch.cat(inv_scales) if inv_scales else empty
-        self._const = const
+        self._loc, self._inv_scale, self._const = _closed_form_normal(
+            self.priors, self.init_values, closed, self.x.new_zeros(0)
+        )
         self._other = other
         # A Gaussian likelihood with a fixed scale in closed form too: building a validated
         # Normal per call costs three argument checks, each a device sync
