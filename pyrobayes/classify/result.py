@@ -18,7 +18,9 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,6 +37,8 @@ __all__ = [
     "score_tables",
     "save_result",
     "finish_result",
+    "bayesianize_and_fit",
+    "svi_step_seconds",
 ]
 
 DET, BAYES = "deterministic", "bayesian"
@@ -116,6 +120,56 @@ def score_tables(
     )
     ood_tables = {name: compare_ppds(ppds, labels, ood_ppds=o) for name, o in ood.items()}
     return table, ood_tables
+
+
+def bayesianize_and_fit(
+    net: torch.nn.Module,
+    data,
+    *,
+    delta: float,
+    prior_scale: float,
+    name: str,
+    svi_epochs: int,
+    svi_lr: float,
+    svi_loss: str,
+    seed: int,
+    progress: bool,
+    include=None,
+    **fit_kwargs,
+):
+    """Make ``net`` Bayesian (MOPED guide, pretrained prior of scale ``prior_scale``,
+    categorical likelihood) and fit it by SVI; returns ``(model, guide, history, seconds)``."""
+    from pyrobayes.infer import fit
+    from pyrobayes.model import to_bayesian
+
+    model, guide = to_bayesian(
+        net,
+        delta=delta,
+        prior="pretrained",
+        prior_kwargs={"scale": prior_scale},
+        likelihood="categorical",
+        include=include,
+        name=name,
+    )
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        guide,
+        data,
+        epochs=svi_epochs,
+        lr=svi_lr,
+        loss=svi_loss,
+        seed=seed,
+        progress=progress,
+        **fit_kwargs,
+    )
+    return model, guide, history, time.perf_counter() - t0
+
+
+def svi_step_seconds(t_svi: float, svi_epochs: int, n_train: int, batch_size: int) -> float:
+    """Mean seconds per SVI step: ``t_svi`` over ``svi_epochs`` epochs of minibatches."""
+    steps = math.ceil(n_train / batch_size)
+    return t_svi / max(1, svi_epochs * steps)
 
 
 def finish_result(

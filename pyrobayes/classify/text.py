@@ -16,9 +16,6 @@ Example::
 
 from __future__ import annotations
 
-import math
-import time
-
 import torch
 from torch import nn
 
@@ -26,10 +23,12 @@ from pyrobayes.classify.result import (
     BAYES,
     DET,
     ClassifyResult,
+    bayesianize_and_fit,
     finish_result,
     log,
     point_ppd,
     resolve_device,
+    svi_step_seconds,
 )
 from pyrobayes.ppd import CategoricalPPD
 
@@ -116,23 +115,7 @@ def run_text(
     """
     import datasets
 
-    from pyrobayes.data import (
-        load_glue,
-        load_ood_sentences,
-        load_sentiment,
-        text_columns_of,
-        tokenize,
-    )
-    from pyrobayes.infer import fit
-    from pyrobayes.model import to_bayesian
-    from pyrobayes.models.hf import (
-        bayesian_include,
-        fine_tune,
-        load_sequence_classifier,
-        parameters_under,
-        parse_part,
-        predict_logits,
-    )
+    from pyrobayes.models.hf import fine_tune, parse_part, predict_logits
 
     if num_samples < 1 or svi_epochs < 0 or epochs < 0:
         raise ValueError("need num_samples >= 1, epochs >= 0 and svi_epochs >= 0")
@@ -140,91 +123,11 @@ def run_text(
     dev = resolve_device(device)
     if not progress:
         datasets.disable_progress_bars()
-    if task == "sentiment":
-        dd = load_sentiment()
-        test_split = "test"
-        num_labels = 2
-    else:
-        from pyrobayes.data.text import GLUE_TASKS
-
-        dd = load_glue(task)
-        spec = GLUE_TASKS[task.lower().replace("-", "")]
-        if spec.num_labels < 2:
-            raise ValueError(
-                f"GLUE task {task!r} is a regression task; classify needs a classification task"
-            )
-        num_labels = spec.num_labels
-        test_split = "validation" if "validation" in dd else next(s for s in dd if s != "train")
-    train, test = dd["train"], dd[test_split]
-    ood = load_ood_sentences().select_columns(["sentence"])
-    # The other-domain sentences are single sentences: they only make sense as OOD inputs
-    # for single-sentence tasks (not for sentence-pair tasks such as MNLI).
-    single = len(text_columns_of(train)) == 1
+    train, test, ood, single, num_labels = _load_splits(task, smoke)
     if smoke:
         epochs, svi_epochs, num_samples = min(epochs, 1), min(svi_epochs, 1), min(num_samples, 2)
         max_length, batch_size = min(max_length, 24), min(batch_size, 8)
-        train, test, ood = _subset(train, 8), _subset(test, 6), _subset(ood, 6)
-
-    torch.manual_seed(seed)
-    model, tokenizer = load_sequence_classifier(model_name, num_labels=num_labels)
-    model.to(dev)
-    enc_train = tokenize(train, tokenizer, max_length)
-    enc_test = tokenize(test, tokenizer, max_length)
-    enc_ood = tokenize(ood, tokenizer, max_length) if single else None
-
-    hist = fine_tune(
-        model, enc_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress
-    )
-    t_det = float(sum(hist["step_time"]))
-    y_te = enc_test[:]["label"].to(dev)
-    det = point_ppd(predict_logits(model, enc_test))
-    det_ood = point_ppd(predict_logits(model, enc_ood)) if single else None
-
-    include = bayesian_include(model, bayes)
-    chosen = set(parameters_under(model, include))
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in chosen)  # the deterministic rest stays at its fine-tuned value
-    n_bayes = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
-    bmodel, guide = to_bayesian(
-        model,
-        delta=delta,
-        prior="pretrained",
-        prior_kwargs={"scale": prior_scale},
-        likelihood="categorical",
-        include=include,
-        name="text_bnn",
-    )
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        enc_train, batch_size=batch_size, shuffle=True, generator=gen
-    )
-    t0 = time.perf_counter()
-    history = fit(
-        bmodel,
-        guide,
-        loader,
-        epochs=svi_epochs,
-        lr=svi_lr,
-        loss=svi_loss,
-        seed=seed,
-        progress=progress,
-        device=dev,
-    )
-    t_svi = time.perf_counter() - t0
-    bay = bayesian_text_ppd(bmodel, guide, enc_test, num_samples)
-    bay_ood = bayesian_text_ppd(bmodel, guide, enc_ood, num_samples) if single else None
-
-    ppds = {DET: det, BAYES: bay}
-    ood_sets = {"other-domain sentences": {DET: det_ood, BAYES: bay_ood}} if single else {}
-    steps = math.ceil(len(enc_train) / batch_size)
-    info = {
-        "task": task,
-        "bayes": bayes,
-        "bayesian_parameters": n_bayes,
-        "include": include,
-        "n_train": len(enc_train),
-        "n_test": len(enc_test),
-        "n_ood": len(enc_ood) if single else 0,
+    settings = {
         "epochs": epochs,
         "svi_epochs": svi_epochs,
         "num_samples": num_samples,
@@ -236,15 +139,145 @@ def run_text(
         "batch_size": batch_size,
         "max_length": max_length,
         "seed": seed,
-        "device": str(dev),
-        "smoke": smoke,
-        "finetune_seconds": t_det,
-        "svi_seconds": t_svi,
-        "finetune_step_seconds": t_det / max(1, len(hist["step_time"])),
-        "svi_step_seconds": t_svi / max(1, svi_epochs * steps),
-        "elbo_loss_per_point": history.losses,
     }
+    model, enc_train, enc_test, enc_ood = _load_model_and_encode(
+        model_name, num_labels, train, test, ood if single else None, max_length, seed, dev
+    )
+
+    hist = fine_tune(
+        model, enc_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress
+    )
+    t_det = float(sum(hist["step_time"]))
+    y_te = enc_test[:]["label"].to(dev)
+    det = point_ppd(predict_logits(model, enc_test))
+    det_ood = point_ppd(predict_logits(model, enc_ood)) if single else None
+
+    include, n_bayes = _choose_bayesian_part(model, bayes)
+    bmodel, guide, history, t_svi = _fit_bayesian(
+        model, enc_train, include, settings, dev, progress
+    )
+    bay = bayesian_text_ppd(bmodel, guide, enc_test, num_samples)
+    bay_ood = bayesian_text_ppd(bmodel, guide, enc_ood, num_samples) if single else None
+
+    ppds = {DET: det, BAYES: bay}
+    ood_sets = {"other-domain sentences": {DET: det_ood, BAYES: bay_ood}} if single else {}
+    sizes = (len(enc_train), len(enc_test), len(enc_ood) if single else 0)
+    info = _run_info(task, bayes, n_bayes, include, sizes, settings, dev, smoke)
+    info.update(_timing_info(t_det, hist, t_svi, history, settings, len(enc_train)))
     log(verbose, f"Bayesian part {bayes!r}: {n_bayes:,} weights in {include}")
     main_ood = "other-domain sentences" if single else None
     times = {DET: t_det, BAYES: t_svi}
     return finish_result("text", ppds, y_te, ood_sets, main_ood, times, info, out, verbose)
+
+
+def _load_task(task: str):
+    """``(dataset dict, test split name, number of labels)`` for ``task``."""
+    from pyrobayes.data import load_glue, load_sentiment
+
+    if task == "sentiment":
+        return load_sentiment(), "test", 2
+    from pyrobayes.data.text import GLUE_TASKS
+
+    dd = load_glue(task)
+    spec = GLUE_TASKS[task.lower().replace("-", "")]
+    if spec.num_labels < 2:
+        raise ValueError(
+            f"GLUE task {task!r} is a regression task; classify needs a classification task"
+        )
+    test_split = "validation" if "validation" in dd else next(s for s in dd if s != "train")
+    return dd, test_split, spec.num_labels
+
+
+def _load_splits(task: str, smoke: bool):
+    """Train, test and other-domain sentences (cut down when ``smoke``), whether the task
+    is a single-sentence one, and its number of labels."""
+    from pyrobayes.data import load_ood_sentences, text_columns_of
+
+    dd, test_split, num_labels = _load_task(task)
+    train, test = dd["train"], dd[test_split]
+    ood = load_ood_sentences().select_columns(["sentence"])
+    # The other-domain sentences are single sentences: they only make sense as OOD inputs
+    # for single-sentence tasks (not for sentence-pair tasks such as MNLI).
+    single = len(text_columns_of(train)) == 1
+    if smoke:
+        train, test, ood = _subset(train, 8), _subset(test, 6), _subset(ood, 6)
+    return train, test, ood, single, num_labels
+
+
+def _load_model_and_encode(model_name, num_labels, train, test, ood, max_length, seed, dev):
+    """The seeded pretrained classifier on ``dev`` and the tokenised splits (``ood`` may be
+    ``None``)."""
+    from pyrobayes.data import tokenize
+    from pyrobayes.models.hf import load_sequence_classifier
+
+    torch.manual_seed(seed)
+    model, tokenizer = load_sequence_classifier(model_name, num_labels=num_labels)
+    model.to(dev)
+    enc_train = tokenize(train, tokenizer, max_length)
+    enc_test = tokenize(test, tokenizer, max_length)
+    enc_ood = tokenize(ood, tokenizer, max_length) if ood is not None else None
+    return model, enc_train, enc_test, enc_ood
+
+
+def _choose_bayesian_part(model: nn.Module, bayes: str):
+    """Freeze all but the part ``bayes`` names; returns its include patterns and size."""
+    from pyrobayes.models.hf import bayesian_include, parameters_under
+
+    include = bayesian_include(model, bayes)
+    chosen = set(parameters_under(model, include))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in chosen)  # the deterministic rest stays at its fine-tuned value
+    n_bayes = sum(p.numel() for n, p in model.named_parameters() if n in chosen)
+    return include, n_bayes
+
+
+def _fit_bayesian(model, enc_train, include, settings: dict, dev, progress: bool):
+    """SVI on the chosen part (:func:`~pyrobayes.classify.result.bayesianize_and_fit`) over
+    shuffled minibatches of ``enc_train``."""
+    gen = torch.Generator().manual_seed(settings["seed"])
+    loader = torch.utils.data.DataLoader(
+        enc_train, batch_size=settings["batch_size"], shuffle=True, generator=gen
+    )
+    return bayesianize_and_fit(
+        model,
+        loader,
+        delta=settings["delta"],
+        prior_scale=settings["prior_scale"],
+        name="text_bnn",
+        svi_epochs=settings["svi_epochs"],
+        svi_lr=settings["svi_lr"],
+        svi_loss=settings["svi_loss"],
+        seed=settings["seed"],
+        progress=progress,
+        include=include,
+        device=dev,
+    )
+
+
+def _run_info(task, bayes, n_bayes, include, sizes, settings: dict, dev, smoke: bool) -> dict:
+    """The run's sizes and settings for ``ClassifyResult.info``."""
+    n_train, n_test, n_ood = sizes
+    return {
+        "task": task,
+        "bayes": bayes,
+        "bayesian_parameters": n_bayes,
+        "include": include,
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_ood": n_ood,
+        **settings,
+        "device": str(dev),
+        "smoke": smoke,
+    }
+
+
+def _timing_info(t_det, hist, t_svi, history, settings: dict, n_train: int) -> dict:
+    """Fine-tuning and SVI timings and the ELBO trace for ``ClassifyResult.info``."""
+    svi_epochs, batch_size = settings["svi_epochs"], settings["batch_size"]
+    return {
+        "finetune_seconds": t_det,
+        "svi_seconds": t_svi,
+        "finetune_step_seconds": t_det / max(1, len(hist["step_time"])),
+        "svi_step_seconds": svi_step_seconds(t_svi, svi_epochs, n_train, batch_size),
+        "elbo_loss_per_point": history.losses,
+    }
