@@ -154,19 +154,82 @@ def to_pyro(
     twin = copy.deepcopy(module)
     target = module if inplace else copy.deepcopy(module)
 
-    # Group parameter paths by identity so tied weights become a single site.
+    chosen, frozen = _select_params(target, includes, excludes, include_types, include_frozen)
+    _freeze_deterministic(target, chosen, frozen)
+
+    to_pyro_module_(target)
+    # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
+    # the global param store, so two converted copies of one net would silently share.
+    set_pyro_name(target, name or _unique_name())
+    _install_sites(target, chosen, prior_obj)
+
+    tied = [c for c in chosen if c.aliases]
+    if tied:
+        target.register_forward_pre_hook(_make_tie_hook(tied))
+    object.__setattr__(target, "_pyrobayes_sites", tuple(chosen))
+    object.__setattr__(target, "_pyrobayes_twin", twin.requires_grad_(False))
+    object.__setattr__(target, "_pyrobayes_prior", prior_obj)
+    return target
+
+
+def _param_groups(target: nn.Module) -> tuple[dict[int, list[str]], dict[int, nn.Parameter]]:
+    """Parameter paths grouped by tensor identity, so tied weights become a single site."""
     groups: dict[int, list[str]] = {}
     params: dict[int, nn.Parameter] = {}
     for path, p in target.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), []).append(path)
         params[id(p)] = p
-    all_paths = [path for paths in groups.values() for path in paths]
-    for pattern in includes + excludes:
+    return groups, params
+
+
+def _check_patterns_match(all_paths: list[str], patterns: list[str]) -> None:
+    """Raise if any pattern matches no parameter path."""
+    for pattern in patterns:
         if not any(_matches(path, [pattern]) for path in all_paths):
             raise ValueError(
                 f"pattern {pattern!r} matches no parameter; parameters look like "
                 f"{all_paths[:5]}{' ...' if len(all_paths) > 5 else ''}"
             )
+
+
+def _check_tie_consistent(paths: list[str], selected: list[str], excludes: list[str]) -> None:
+    """Raise if a tied parameter is included under one path and excluded under another."""
+    if selected and len(selected) < len(paths):
+        excluded = [path for path in paths if _matches(path, excludes)]
+        if excluded:
+            # A tied parameter is one tensor, hence one site: it cannot be Bayesian
+            # under one name and deterministic under another.
+            raise ValueError(
+                f"parameters {selected} and {excluded} are tied (one tensor, one sample "
+                "site) but the first are included and the second excluded; include or "
+                "exclude all of them"
+            )
+
+
+def _check_frozen_includes(includes: list[str], all_paths: list[str], frozen: list[str]) -> None:
+    """Raise if an include pattern matches only frozen parameters."""
+    frozen_set = set(frozen)
+    for pattern in includes:
+        hits = [path for path in all_paths if _matches(path, [pattern])]
+        if hits and all(path in frozen_set for path in hits):
+            raise ValueError(
+                f"include pattern {pattern!r} matches only frozen parameters "
+                f"(requires_grad=False), e.g. {hits[0]!r}; pass include_frozen=True to "
+                "make them Bayesian"
+            )
+
+
+def _select_params(
+    target: nn.Module,
+    includes: list[str],
+    excludes: list[str],
+    include_types: type | tuple[type, ...] | None,
+    include_frozen: bool,
+) -> tuple[list[BayesianParam], list[str]]:
+    """The parameters to make Bayesian (one per tied group) and all frozen parameter paths."""
+    groups, params = _param_groups(target)
+    all_paths = [path for paths in groups.values() for path in paths]
+    _check_patterns_match(all_paths, includes + excludes)
 
     modules = dict(target.named_modules(remove_duplicate=False))
     chosen: list[BayesianParam] = []
@@ -184,36 +247,28 @@ def to_pyro(
             frozen.extend(paths)
             if not include_frozen:
                 continue
-        if selected and len(selected) < len(paths):
-            excluded = [path for path in paths if _matches(path, excludes)]
-            if excluded:
-                # A tied parameter is one tensor, hence one site: it cannot be Bayesian
-                # under one name and deterministic under another.
-                raise ValueError(
-                    f"parameters {selected} and {excluded} are tied (one tensor, one sample "
-                    "site) but the first are included and the second excluded; include or "
-                    "exclude all of them"
-                )
+        _check_tie_consistent(paths, selected, excludes)
         if selected:
             owner, attr = _split(paths[0])
             chosen.append(BayesianParam(owner, attr, tuple(paths[1:])))
     if not include_frozen and includes:
-        frozen_set = set(frozen)
-        for pattern in includes:
-            hits = [path for path in all_paths if _matches(path, [pattern])]
-            if hits and all(path in frozen_set for path in hits):
-                raise ValueError(
-                    f"include pattern {pattern!r} matches only frozen parameters "
-                    f"(requires_grad=False), e.g. {hits[0]!r}; pass include_frozen=True to "
-                    "make them Bayesian"
-                )
+        _check_frozen_includes(includes, all_paths, frozen)
     if not chosen:
         raise ValueError(
             "no parameter was selected to become Bayesian; check include/exclude/include_types"
         )
+    return chosen, frozen
 
-    # Frozen, deterministic parameters become buffers: PyroModule would otherwise register
-    # them as pyro.param sites with requires_grad=True (pyro#3438) and SVI would train them.
+
+def _freeze_deterministic(
+    target: nn.Module, chosen: list[BayesianParam], frozen: list[str]
+) -> None:
+    """Turn frozen, deterministic parameters into buffers.
+
+    PyroModule would otherwise register them as pyro.param sites with requires_grad=True
+    (pyro#3438) and SVI would train them.
+    """
+    modules = dict(target.named_modules(remove_duplicate=False))
     chosen_paths = {c.path for c in chosen} | {a for c in chosen for a in c.aliases}
     for path in frozen:
         if path in chosen_paths:
@@ -224,10 +279,9 @@ def to_pyro(
             value = layer._parameters.pop(attr)
             layer.register_buffer(attr, value.detach())
 
-    to_pyro_module_(target)
-    # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
-    # the global param store, so two converted copies of one net would silently share.
-    set_pyro_name(target, name or _unique_name())
+
+def _install_sites(target: PyroModule, chosen: list[BayesianParam], prior_obj: Prior) -> None:
+    """Replace each chosen parameter by a ``PyroSample`` site (its value kept as a buffer)."""
     modules = dict(target.named_modules(remove_duplicate=False))
     for c in chosen:
         layer = modules[c.owner]
@@ -245,14 +299,6 @@ def to_pyro(
             alias_layer = modules[a_owner]
             if a_attr in alias_layer._parameters:
                 delattr(alias_layer, a_attr)
-
-    tied = [c for c in chosen if c.aliases]
-    if tied:
-        target.register_forward_pre_hook(_make_tie_hook(tied))
-    object.__setattr__(target, "_pyrobayes_sites", tuple(chosen))
-    object.__setattr__(target, "_pyrobayes_twin", twin.requires_grad_(False))
-    object.__setattr__(target, "_pyrobayes_prior", prior_obj)
-    return target
 
 
 _counter = itertools.count()

@@ -336,21 +336,30 @@ def _run_split(
     s: Split, cfg: TabularConfig, pfn: Any, run_nuts: bool, grid: torch.Tensor | None, k: int
 ) -> tuple[dict, dict, dict, dict]:
     """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of one split."""
-    import copy
-
     import pyro
-
-    from pyrobayes.gp import fit_ard_gp
-    from pyrobayes.guides import MOPEDNormal
-    from pyrobayes.infer import PosteriorPredictive, fit
-    from pyrobayes.ppd import normal_ppd
 
     progress = not cfg.no_progress
     seed = cfg.seed + k
-    d = s.x_train.shape[1]
-    ppds, grid_ppds, times, info = {}, {}, {}, {}
+    out: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
     pyro.set_rng_seed(seed)
 
+    mlp, noise, t_mlp = _split_mlp(s, cfg, grid, seed, out)
+    model, svi_median = _split_svi(s, cfg, grid, seed, progress, mlp, noise, t_mlp, out)
+    if pfn is not None:
+        _split_pfn(s, pfn, grid, out)
+    _split_gp(s, cfg, grid, progress, out)
+    if run_nuts:
+        _split_nuts(s, cfg, grid, seed, progress, model, svi_median, out)
+    return out
+
+
+def _split_mlp(
+    s: Split, cfg: TabularConfig, grid: torch.Tensor | None, seed: int, out: tuple
+) -> tuple[torch.nn.Module, float, float]:
+    """Early-stopped MLP with held-out noise; returns ``(mlp, noise, fit time)``."""
+    from pyrobayes.ppd import normal_ppd
+
+    ppds, grid_ppds, times, info = out
     t0 = time.perf_counter()
     mlp, noise, mlp_info = fit_mlp_heldout(s.x_train, s.y_train, cfg.mlp_steps, seed)
     with torch.no_grad():
@@ -360,14 +369,36 @@ def _run_split(
     t_mlp = times["MLP + fitted noise"] = time.perf_counter() - t0
     info["mlp_noise_std"] = noise
     info["mlp_best_step"] = mlp_info["best_step"]
+    return mlp, noise, t_mlp
 
+
+def _split_svi(
+    s: Split,
+    cfg: TabularConfig,
+    grid: torch.Tensor | None,
+    seed: int,
+    progress: bool,
+    mlp: torch.nn.Module,
+    noise: float,
+    t_mlp: float,
+    out: tuple,
+) -> tuple[Any, dict]:
+    """SVI (MOPED) around the MLP; returns ``(model, guide's posterior median)``."""
+    import copy
+
+    import pyro
+
+    from pyrobayes.guides import MOPEDNormal
+    from pyrobayes.infer import PosteriorPredictive, fit
+
+    ppds, grid_ppds, times, info = out
     # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise.
     # Every split's guide has the same parameter names, and Pyro's global param store hands
     # an existing name's stored value back instead of the new start: without clearing it,
     # split k > 1 would keep (and report) split 1's guide.
     pyro.clear_param_store()
     t0 = time.perf_counter()
-    model = _bayesian_model(d, copy.deepcopy(mlp))
+    model = _bayesian_model(s.x_train.shape[1], copy.deepcopy(mlp))
     guide = MOPEDNormal(model, delta=cfg.delta, init_values={"noise_scale": noise})
     fit(
         model,
@@ -387,19 +418,31 @@ def _run_split(
     with torch.no_grad():
         svi_median = {k: v.detach().clone() for k, v in guide.median(s.x_train).items()}
     info["svi_noise_std"] = float(svi_median["noise_scale"])
+    return model, svi_median
 
-    if pfn is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pfn.predict(s.x_train, s.y_train, s.x_test)  # warm-up: one-off allocations
-            t0 = time.perf_counter()
-            ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, s.x_test)
-            times[f"PFN ({PFN_NAME})"] = time.perf_counter() - t0
-            if grid is not None:
-                grid_ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, grid)
-        if caught:
-            info["pfn_warnings"] = sorted({str(w.message) for w in caught})
 
+def _split_pfn(s: Split, pfn: Any, grid: torch.Tensor | None, out: tuple) -> None:
+    """The PFN's PPDs and time (after a warm-up call), recording its warnings."""
+    ppds, grid_ppds, times, info = out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pfn.predict(s.x_train, s.y_train, s.x_test)  # warm-up: one-off allocations
+        t0 = time.perf_counter()
+        ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, s.x_test)
+        times[f"PFN ({PFN_NAME})"] = time.perf_counter() - t0
+        if grid is not None:
+            grid_ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, grid)
+    if caught:
+        info["pfn_warnings"] = sorted({str(w.message) for w in caught})
+
+
+def _split_gp(
+    s: Split, cfg: TabularConfig, grid: torch.Tensor | None, progress: bool, out: tuple
+) -> None:
+    """The exact ARD GP's PPDs, time and fitted hyperparameters."""
+    from pyrobayes.gp import fit_ard_gp
+
+    ppds, grid_ppds, times, info = out
     t0 = time.perf_counter()
     gp = fit_ard_gp(s.x_train, s.y_train, steps=cfg.gp_steps, progress=progress)
     ppds["exact GP (ARD)"] = gp.predict(s.x_test)
@@ -413,39 +456,50 @@ def _run_split(
         "log_marginal": gp.log_marginal,
     }
 
-    if run_nuts:
-        from pyrobayes.reference import nuts_ppd
 
-        # the same model (weights and noise both sampled), started at SVI's posterior
-        # median: a point where the posterior has mass, so the short warm-up adapts the
-        # step size and mass matrix there instead of travelling from a prior draw
-        xq = s.x_test if grid is None else torch.cat([s.x_test, grid])
-        t0 = time.perf_counter()
-        ppd, nuts_info = nuts_ppd(
-            model,
-            s.x_train,
-            s.y_train,
-            xq,
-            num_warmup=cfg.nuts_warmup,
-            num_samples=cfg.nuts_samples,
-            progress=progress,
-            seed=seed,
-            return_mcmc=True,
-            init=svi_median,
-            max_tree_depth=cfg.nuts_max_tree_depth,
-        )
-        times["NUTS"] = time.perf_counter() - t0
-        m = len(s.x_test)
-        ppds["NUTS"] = _slice_mixture(ppd, slice(0, m)) if grid is not None else ppd
-        if grid is not None:
-            grid_ppds["NUTS"] = _slice_mixture(ppd, slice(m, None))
-        noise_draws = nuts_info.draws.get("noise_scale")
-        info["nuts"] = {
-            "max_r_hat": nuts_info.max_r_hat,
-            "min_ess": nuts_info.min_ess,
-            "noise_std_median": float(noise_draws.median()) if noise_draws is not None else None,
-        }
-    return ppds, grid_ppds, times, info
+def _split_nuts(
+    s: Split,
+    cfg: TabularConfig,
+    grid: torch.Tensor | None,
+    seed: int,
+    progress: bool,
+    model: Any,
+    svi_median: dict,
+    out: tuple,
+) -> None:
+    """NUTS on the SVI model, started at SVI's posterior median: PPDs, time, diagnostics."""
+    from pyrobayes.reference import nuts_ppd
+
+    ppds, grid_ppds, times, info = out
+    # the same model (weights and noise both sampled), started at SVI's posterior
+    # median: a point where the posterior has mass, so the short warm-up adapts the
+    # step size and mass matrix there instead of travelling from a prior draw
+    xq = s.x_test if grid is None else torch.cat([s.x_test, grid])
+    t0 = time.perf_counter()
+    ppd, nuts_info = nuts_ppd(
+        model,
+        s.x_train,
+        s.y_train,
+        xq,
+        num_warmup=cfg.nuts_warmup,
+        num_samples=cfg.nuts_samples,
+        progress=progress,
+        seed=seed,
+        return_mcmc=True,
+        init=svi_median,
+        max_tree_depth=cfg.nuts_max_tree_depth,
+    )
+    times["NUTS"] = time.perf_counter() - t0
+    m = len(s.x_test)
+    ppds["NUTS"] = _slice_mixture(ppd, slice(0, m)) if grid is not None else ppd
+    if grid is not None:
+        grid_ppds["NUTS"] = _slice_mixture(ppd, slice(m, None))
+    noise_draws = nuts_info.draws.get("noise_scale")
+    info["nuts"] = {
+        "max_r_hat": nuts_info.max_r_hat,
+        "min_ess": nuts_info.min_ess,
+        "noise_std_median": float(noise_draws.median()) if noise_draws is not None else None,
+    }
 
 
 # ----------------------------------------------------------------- the job
