@@ -496,6 +496,49 @@ def _config(config: FitConfig | None, options: dict[str, Any]) -> FitConfig:
     return dataclasses.replace(config, **options) if config is not None else FitConfig(**options)
 
 
+def _checked_stepper(model, guide, cfg: FitConfig, weight: dict, distributed: bool, lr_factor):
+    """The stepper for ``cfg``, with gradient sync under torch.distributed; checks options."""
+    stepper = _make_stepper(model, guide, cfg, weight)
+    if distributed:
+        if isinstance(stepper, SVIStepper):
+            raise ValueError(
+                "a Pyro optimiser cannot average gradients across ranks under "
+                "torch.distributed; pass a torch optimiser (optim=None or a callable)"
+            )
+        stepper.sync = dist_.GradSync()
+    if lr_factor is not None and not stepper.supports_lr_factor:
+        raise ValueError(
+            "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
+            "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
+        )
+    return stepper
+
+
+def _train_epoch(
+    loader, stepper, model, guide, cfg: FitConfig, device, epoch: int, lr_factor, schedule, lrt
+) -> tuple[float, int, int]:
+    """One pass over ``loader``; ``schedule`` is (steps per epoch, total steps) for the LR factor.
+
+    Returns (summed loss, examples seen, steps taken).
+    """
+    steps_per_epoch, total_steps = schedule
+    total, seen, steps = 0.0, 0, 0
+    for step, batch in enumerate(loader):
+        xs, kw, y = _split_batch(batch, device)
+        _check_batch(xs, kw, y, epoch, step)
+        if lr_factor is not None:
+            stepper.lr_factor = float(lr_factor(epoch * steps_per_epoch + step, total_steps))
+        total += _run_step(
+            stepper, model, guide, xs, kw, y,
+            epoch=epoch, step=step, validate=cfg.validate, lrt=lrt,
+        )  # fmt: skip
+        seen += len(y)
+        steps += 1
+    if steps == 0:
+        raise ValueError(f"the DataLoader yielded no batches in epoch {epoch}")
+    return total, seen, steps
+
+
 def fit(
     model: torch.nn.Module,
     guide: torch.nn.Module,
@@ -547,19 +590,7 @@ def fit(
     lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
     model.train()
     weight = {"beta": 1.0}
-    stepper = _make_stepper(model, guide, cfg, weight)
-    if distributed:
-        if isinstance(stepper, SVIStepper):
-            raise ValueError(
-                "a Pyro optimiser cannot average gradients across ranks under "
-                "torch.distributed; pass a torch optimiser (optim=None or a callable)"
-            )
-        stepper.sync = dist_.GradSync()
-    if lr_factor is not None and not stepper.supports_lr_factor:
-        raise ValueError(
-            "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
-            "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
-        )
+    stepper = _checked_stepper(model, guide, cfg, weight, distributed, lr_factor)
     # The fused step registers its own draws; Pyro's traced paths use the messenger.
     pyro_lrt = cfg.local_reparam and not isinstance(stepper, FusedStepper)
 
@@ -582,22 +613,19 @@ def fit(
             weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
             if distributed:
                 _distributed_epoch(loader, base_seed, epoch)
-            t0, total, seen, steps = time.perf_counter(), 0.0, 0, 0
-            for step, batch in enumerate(loader):
-                xs, kw, y = _split_batch(batch, device)
-                _check_batch(xs, kw, y, epoch, step)
-                if lr_factor is not None:
-                    stepper.lr_factor = float(
-                        lr_factor(epoch * steps_per_epoch + step, total_steps)
-                    )
-                total += _run_step(
-                    stepper, model, guide, xs, kw, y,
-                    epoch=epoch, step=step, validate=cfg.validate, lrt=lrt,
-                )  # fmt: skip
-                seen += len(y)
-                steps += 1
-            if steps == 0:
-                raise ValueError(f"the DataLoader yielded no batches in epoch {epoch}")
+            t0 = time.perf_counter()
+            total, seen, steps = _train_epoch(
+                loader,
+                stepper,
+                model,
+                guide,
+                cfg,
+                device,
+                epoch,
+                lr_factor,
+                (steps_per_epoch, total_steps),
+                lrt,
+            )
             if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
                 cfg.optim.step()
             record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)

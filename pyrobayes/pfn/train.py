@@ -229,30 +229,14 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_pfn(
-    prior: DatasetPrior, config: TrainConfig | None = None, model: PFN | None = None
-) -> TrainResult:
-    """Fit a PFN to ``prior`` by minimising the prior-data NLL.
-
-    Args:
-        prior: a dataset prior (:class:`GPPrior`, :class:`BNNPrior`, or any object with
-            the same ``sample``/``describe`` interface).
-        config: :class:`TrainConfig` (defaults if ``None``).
-        model: an existing PFN to continue from (its config is kept); by default a new
-            one is built with borders from prior samples, or loaded from
-            ``config.out`` when ``config.resume`` is set.
-
-    Returns:
-        :class:`TrainResult` with the trained model (eval mode) and the loss history.
-    """
-    config = config or TrainConfig()
+def _setup(prior: DatasetPrior, config: TrainConfig, model: PFN | None):
+    """Device, distributed group, model, optimiser and (when resuming) saved state."""
     device = torch.device(config.device) if config.device else None
     distributed = dist_.maybe_init(
         device if device is not None else (model.device if model else None)
     )
     if distributed and device is not None and device.type == "cuda" and device.index is None:
         device = dist_.local_device()  # one GPU per rank
-    main = dist_.is_main()
     torch.manual_seed(config.seed)
     start_step, history, seconds = 0, [], 0.0
     out = Path(config.out) if config.out else None
@@ -285,19 +269,104 @@ def train_pfn(
             list(info["history"]),
             float(info["seconds"]),
         )
+    return model, device, distributed, out, opt, forward, start_step, history, seconds
 
-    def checkpoint(step: int) -> None:
-        if out is None or not main:
-            return
-        meta = {
-            "steps": step,
-            "seconds": round(seconds, 1),
-            "final_loss": history[-1]["loss"] if history else None,
-            "train_config": dataclasses.asdict(config),
-        }
-        save_checkpoint(model, out, training=meta)
-        save_training_state(out, opt, {"step": step, "history": history, "seconds": seconds})
 
+def _train_step(
+    step: int,
+    prior: DatasetPrior,
+    config: TrainConfig,
+    model: PFN,
+    opt: torch.optim.Optimizer,
+    forward: _Forward,
+    device: torch.device,
+    distributed: bool,
+) -> float:
+    """One optimiser step on a fresh prior batch; returns the (rank-averaged) loss."""
+    for g in opt.param_groups:
+        g["lr"] = config.lr * _lr_factor(step, config)
+    if distributed:
+        # the split is shared (one global batch); the datasets differ per rank
+        gen = torch.Generator().manual_seed(dist_.rank_seed(config.seed, step))
+        n = _sample_train_size(config, generator=gen)
+        torch.manual_seed(dist_.rank_seed(config.seed, step, dist_.rank() + 1))
+    else:
+        n = _sample_train_size(config)
+    seq_len = config.seq_len if config.num_queries is None else n + config.num_queries
+    batch = config.batch_size
+    if config.tokens_per_step is not None:
+        batch = max(1, min(batch, config.tokens_per_step // seq_len))
+    x, y = prior.sample(batch, seq_len)
+    x, y = x.to(device), y.to(device)
+    xt, yt, xq, yq = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
+    if model.input_mode is InputMode.TABULAR:
+        xt, yt, xq, yq, _, _ = standardise_split(xt, yt, xq, yq)
+    with forward.autocast():
+        logits = forward(xt, yt, xq)
+    loss = model.loss(logits.float(), yq).mean()
+    value = dist_.all_reduce_mean(loss.item(), device) if distributed else loss.item()
+    if not math.isfinite(value):  # the mean: every rank stops together
+        raise FloatingPointError(f"PFN training loss became {value} at step {step}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+    opt.step()
+    return value
+
+
+def _checkpoint(
+    out: Path | None,
+    model: PFN,
+    opt: torch.optim.Optimizer,
+    config: TrainConfig,
+    step: int,
+    history: list,
+    seconds: float,
+) -> None:
+    """Save the model and the resumable training state (rank 0 only)."""
+    if out is None or not dist_.is_main():
+        return
+    meta = {
+        "steps": step,
+        "seconds": round(seconds, 1),
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_config": dataclasses.asdict(config),
+    }
+    save_checkpoint(model, out, training=meta)
+    save_training_state(out, opt, {"step": step, "history": history, "seconds": seconds})
+
+
+def _log_entry(done: int, window: list[float], opt: torch.optim.Optimizer, seconds: float) -> dict:
+    """A history entry: the mean loss over ``window`` at step ``done``."""
+    return {
+        "step": done,
+        "loss": sum(window) / len(window),
+        "lr": opt.param_groups[0]["lr"],
+        "seconds": seconds,
+    }
+
+
+def train_pfn(
+    prior: DatasetPrior, config: TrainConfig | None = None, model: PFN | None = None
+) -> TrainResult:
+    """Fit a PFN to ``prior`` by minimising the prior-data NLL.
+
+    Args:
+        prior: a dataset prior (:class:`GPPrior`, :class:`BNNPrior`, or any object with
+            the same ``sample``/``describe`` interface).
+        config: :class:`TrainConfig` (defaults if ``None``).
+        model: an existing PFN to continue from (its config is kept); by default a new
+            one is built with borders from prior samples, or loaded from
+            ``config.out`` when ``config.resume`` is set.
+
+    Returns:
+        :class:`TrainResult` with the trained model (eval mode) and the loss history.
+    """
+    config = config or TrainConfig()
+    model, device, distributed, out, opt, forward, start_step, history, seconds = _setup(
+        prior, config, model
+    )
+    main = dist_.is_main()
     bar = tqdm(
         total=config.steps,
         initial=start_step,
@@ -309,45 +378,13 @@ def train_pfn(
     t0 = t_start = time.perf_counter()
     step = start_step
     for step in range(start_step, config.steps):
-        for g in opt.param_groups:
-            g["lr"] = config.lr * _lr_factor(step, config)
-        if distributed:
-            # the split is shared (one global batch); the datasets differ per rank
-            gen = torch.Generator().manual_seed(dist_.rank_seed(config.seed, step))
-            n = _sample_train_size(config, generator=gen)
-            torch.manual_seed(dist_.rank_seed(config.seed, step, dist_.rank() + 1))
-        else:
-            n = _sample_train_size(config)
-        seq_len = config.seq_len if config.num_queries is None else n + config.num_queries
-        batch = config.batch_size
-        if config.tokens_per_step is not None:
-            batch = max(1, min(batch, config.tokens_per_step // seq_len))
-        x, y = prior.sample(batch, seq_len)
-        x, y = x.to(device), y.to(device)
-        xt, yt, xq, yq = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
-        if model.input_mode is InputMode.TABULAR:
-            xt, yt, xq, yq, _, _ = standardise_split(xt, yt, xq, yq)
-        with forward.autocast():
-            logits = forward(xt, yt, xq)
-        loss = model.loss(logits.float(), yq).mean()
-        value = dist_.all_reduce_mean(loss.item(), device) if distributed else loss.item()
-        if not math.isfinite(value):  # the mean: every rank stops together
-            raise FloatingPointError(f"PFN training loss became {value} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        opt.step()
+        value = _train_step(step, prior, config, model, opt, forward, device, distributed)
         window.append(value)
         bar.update(1)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             elapsed = seconds + time.perf_counter() - t0
-            entry = {
-                "step": done,
-                "loss": sum(window) / len(window),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": elapsed,
-            }
+            entry = _log_entry(done, window, opt, elapsed)
             history.append(entry)
             window = []
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
@@ -360,7 +397,7 @@ def train_pfn(
         if config.checkpoint_every and done % config.checkpoint_every == 0:
             seconds_now = seconds + time.perf_counter() - t0
             seconds, t0 = seconds_now, time.perf_counter()
-            checkpoint(done)
+            _checkpoint(out, model, opt, config, done, history, seconds)
         if config.time_limit is not None:
             over = seconds + time.perf_counter() - t0 > config.time_limit
             if dist_.any_rank(over, device) if distributed else over:  # ranks stop together
@@ -371,15 +408,8 @@ def train_pfn(
     bar.close()
     seconds += time.perf_counter() - t0
     if window:
-        history.append(
-            {
-                "step": step,
-                "loss": sum(window) / len(window),
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": seconds,
-            }
-        )
-    checkpoint(step)
+        history.append(_log_entry(step, window, opt, seconds))
+    _checkpoint(out, model, opt, config, step, history, seconds)
     return TrainResult(model=model.eval(), history=history, steps=step, seconds=seconds)
 
 
