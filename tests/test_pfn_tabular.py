@@ -146,6 +146,25 @@ def test_tabular_prior_targets_are_model_function_plus_noise():
     assert torch.allclose(resid_sd, prior.last_noise, rtol=0.15)
 
 
+def test_sample_with_latents_returns_the_latents_that_made_the_data():
+    prior = TabularBNNPrior(max_features=5, min_features=3)
+    torch.manual_seed(3)
+    x, y = prior.sample(4, 300)
+    torch.manual_seed(3)
+    d = int(torch.randint(3, 6, ()).item())
+    x2, y2, latents = prior.sample_with_latents(4, 300, d)
+    # same RNG stream as sample(): resumed PFN training draws the same data sets
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    model = prior.model(d)
+    weights = {k: v for k, v in latents.items() if k != "noise_scale"}
+    f = forward_draws(model, weights, x2, inputs_batched=True).reshape(4, 300)
+    z = (y2 - f) / latents["noise_scale"][:, None]
+    # 1200 standardised residuals: mean s.e. 0.029, sd s.e. 0.02
+    assert abs(float(z.mean())) < 0.12 and abs(float(z.std()) - 1) < 0.08
+    with pytest.raises(ValueError, match="d must be in 1..5"):
+        prior.sample_with_latents(1, 10, 6)
+
+
 # -- the PFN's input handling ----------------------------------------------------------
 
 

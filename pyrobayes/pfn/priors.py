@@ -363,13 +363,37 @@ class TabularBNNPrior:
     @torch.no_grad()
     def sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` datasets of ``seq_len`` points sharing one random ``d``."""
+        d = int(torch.randint(self.min_features, self.max_features + 1, ()).item())
+        x, y, _ = self.sample_with_latents(batch_size, seq_len, d)
+        return x, y
+
+    @torch.no_grad()
+    def sample_with_latents(
+        self, batch_size: int, seq_len: int, d: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``batch_size`` datasets with ``d`` features, and the latents that generated them.
+
+        Returns ``x [B, L, d]``, ``y [B, L]`` and ``{site: Tensor[B, ...]}``: every weight
+        site of :meth:`model` and ``"noise_scale"`` (``[B]``). Each dataset's latents are an
+        exact draw from its posterior given the dataset (the joint of latents and data
+        factorises either way), which is why a reference MCMC may start there.
+
+        Example::
+
+            >>> prior = TabularBNNPrior()
+            >>> x, y, latents = prior.sample_with_latents(2, 30, d=3)
+            >>> x.shape, y.shape, latents["noise_scale"].shape
+            (torch.Size([2, 30, 3]), torch.Size([2, 30]), torch.Size([2]))
+        """
         from pyrobayes.infer import forward_draws, sample_prior
 
-        d = int(torch.randint(self.min_features, self.max_features + 1, ()).item())
+        if not 1 <= int(d) <= self.max_features:
+            raise ValueError(f"d must be in 1..{self.max_features}, got {d}")
         x = self.sample_features(batch_size, seq_len, d)
         model = self.model(d)
         draws = sample_prior(model, batch_size)
         f = forward_draws(model, draws, x, inputs_batched=True).reshape(batch_size, seq_len)
         sigma = self.noise_prior.sample((batch_size,)).to(f.dtype)
         self.last_noise = sigma
-        return x, f + sigma.unsqueeze(1) * torch.randn_like(f)
+        y = f + sigma.unsqueeze(1) * torch.randn_like(f)
+        return x, y, {**draws, "noise_scale": sigma}
