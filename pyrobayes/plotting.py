@@ -38,6 +38,7 @@ __all__ = [
     "plot_nll_vs_time",
     "plot_metric_errorbars",
     "plot_coverage",
+    "plot_training_curve",
 ]
 
 Truth = Callable[[Any], Any] | Sequence[Any] | np.ndarray | torch.Tensor | tuple[Any, Any]
@@ -499,6 +500,64 @@ def plot_coverage(
     ax.set_ylim(0.0, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize="small")
+    if title:
+        ax.set_title(title)
+    return fig, ax
+
+
+def plot_training_curve(
+    history: Sequence[Mapping[str, float]] | str | Any,
+    ax: Axes | None = None,
+    window: int = 5,
+    title: str | None = "Training loss",
+) -> tuple[Figure, Axes]:
+    """Loss (and learning rate, when logged) against step of a PFN training run.
+
+    Each logged loss is the mean over one logging window of steps, still noisy when the
+    data set size and feature count change every step, so a running mean over ``window``
+    log entries is drawn on top.
+
+    Args:
+        history: ``[{"step": ..., "loss": ..., "lr": ...}, ...]`` as in a checkpoint's
+            ``training["history"]``, or the path of a PFN checkpoint (its JSON is read).
+        window: log entries per running mean (1 = none).
+
+    Example::
+
+        >>> hist = [{"step": 100 * (i + 1), "loss": 2.0 / (i + 1), "lr": 1e-3} for i in range(20)]
+        >>> fig, ax = plot_training_curve(hist)
+        >>> ax.get_xlabel()
+        'step'
+    """
+    if isinstance(history, str) or hasattr(history, "__fspath__"):
+        from pyrobayes.pfn.checkpoint import read_checkpoint_json
+
+        history = read_checkpoint_json(history).get("training", {}).get("history")
+        if not history:
+            raise ValueError("the checkpoint has no training history")
+    if int(window) < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    try:
+        steps = np.array([float(h["step"]) for h in history])
+        loss = np.array([float(h["loss"]) for h in history])
+    except (KeyError, TypeError) as err:
+        raise ValueError("history entries need 'step' and 'loss' keys") from err
+    if steps.size == 0:
+        raise ValueError("history is empty")
+    fig, ax = _new_axes(ax, (6.0, 3.5))
+    ax.plot(steps, loss, color="C0", alpha=0.35, label="logged step loss")
+    if window > 1 and loss.size >= window:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        half = (window - 1) // 2
+        ax.plot(steps[half : half + smooth.size], smooth, color="C0", label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (NLL per query)")
+    ax.grid(True, alpha=0.3)
+    if all("lr" in h for h in history):
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [float(h["lr"]) for h in history], color="C1", linestyle="--")
+        lr_ax.set_ylabel("learning rate", color="C1")
+    ax.legend(loc="upper right", fontsize="small")
     if title:
         ax.set_title(title)
     return fig, ax

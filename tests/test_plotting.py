@@ -153,3 +153,47 @@ def test_plotting_rejects_mismatched_inputs():
         plot_ppd(xq, CategoricalPPD(torch.full((1, 60, 2), 0.5)))
     with pytest.raises(ValueError, match="non-empty"):
         plot_ppd_comparison(xq, {})
+
+
+def test_training_curve_reads_a_checkpoint_and_checks_its_input(tmp_path):
+    from pyrobayes.pfn import PFN, PFNConfig
+    from pyrobayes.pfn.checkpoint import save_checkpoint
+    from pyrobayes.plotting import plot_training_curve
+
+    hist = [{"step": 10 * (i + 1), "loss": 3.0 - 0.1 * i, "lr": 1e-3} for i in range(12)]
+    path = tmp_path / "tiny"
+    save_checkpoint(
+        PFN(
+            PFNConfig(
+                d_model=16,
+                n_layers=1,
+                n_heads=2,
+                d_ff=16,
+                borders=tuple(float(b) for b in range(11)),
+            )
+        ),
+        path,
+        training={"history": hist},
+    )
+    fig, ax = plot_training_curve(str(path), window=3)
+    raw, smooth = ax.lines[0], ax.lines[1]
+    assert list(raw.get_ydata()) == [h["loss"] for h in hist]
+    # running mean of 3 consecutive entries, placed at the middle step
+    assert smooth.get_xdata()[0] == 20 and np.isclose(smooth.get_ydata()[0], 2.9)
+    _save(fig, tmp_path / "curve.png")
+    with pytest.raises(ValueError, match="'step' and 'loss'"):
+        plot_training_curve([{"loss": 1.0}])
+    with pytest.raises(ValueError, match="no training history"):
+        save_checkpoint(
+            PFN(
+                PFNConfig(
+                    d_model=16,
+                    n_layers=1,
+                    n_heads=2,
+                    d_ff=16,
+                    borders=tuple(float(b) for b in range(11)),
+                )
+            ),
+            tmp_path / "bare",
+        )
+        plot_training_curve(str(tmp_path / "bare"))

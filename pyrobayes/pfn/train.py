@@ -331,6 +331,8 @@ def _checkpoint(
         "seconds": round(seconds, 1),
         "final_loss": history[-1]["loss"] if history else None,
         "train_config": dataclasses.asdict(config),
+        # the loss curve travels with the weights (the model card's plot reads it)
+        "history": history,
     }
     save_checkpoint(model, out, training=meta)
     save_training_state(out, opt, {"step": step, "history": history, "seconds": seconds})
