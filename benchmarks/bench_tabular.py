@@ -151,13 +151,23 @@ def nuts_results(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def oracle_nll(model, latents: dict, xq: torch.Tensor, yq: torch.Tensor) -> float:
+    """NLL of the generating function and noise: the expected NLL of any PPD (the exact one
+    included) is at least this one's, so it bounds how good a reference can look."""
+    from pyrobayes.infer import forward_draws
+
+    weights = {k: v.unsqueeze(0) for k, v in latents.items() if k != "noise_scale"}
+    f = forward_draws(model, weights, xq).reshape(-1)
+    return float(-torch.distributions.Normal(f, latents["noise_scale"]).log_prob(yq).mean())
+
+
 def pfn_results(args: argparse.Namespace) -> list[dict]:
     from pyrobayes.pfn import load_checkpoint, pretrained
 
     pfn = load_checkpoint(args.checkpoint) if args.checkpoint else pretrained("bnn-tabular")
     rows = []
     for i in range(args.datasets):
-        _, (xt, yt, xq, yq), _ = dataset(i, args.seed, args.n_test)
+        model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
         pfn.predict(xt[:5], yt[:5], xq[:5])  # warm caches outside the clock
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -172,6 +182,7 @@ def pfn_results(args: argparse.Namespace) -> list[dict]:
                 "n": n,
                 "nll": float(-ppd.log_prob(yq).mean()),
                 "baseline": float(-base.log_prob(yq).mean()),
+                "oracle": oracle_nll(model, latents, xq, yq),
                 "seconds": seconds,
             }
         )
@@ -218,6 +229,7 @@ def tables(pfn: list[dict], nuts: list[dict]) -> tuple[str, str, dict]:
                 r["n"],
                 f"{r['nll']:.4f} ± {r['mc_se']:.4f}",
                 f"{p['nll']:.4f}",
+                f"{p['oracle']:.4f}",
                 f"{gaps[-1]:+.4f}",
                 f"{r['max_r_hat']:.3f}",
                 f"{r['min_ess']:.0f}",
@@ -232,6 +244,7 @@ def tables(pfn: list[dict], nuts: list[dict]) -> tuple[str, str, dict]:
             "n",
             "NUTS NLL ± MC s.e.",
             "PFN NLL",
+            "oracle NLL",
             "PFN − NUTS",
             "R-hat",
             "ESS",
