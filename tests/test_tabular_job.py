@@ -312,7 +312,9 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
     torch.manual_seed(1)
     x = torch.rand(30, 3) * 4 - 2
     y = 3 * x[:, 0] - x[:, 2] + 0.3 * torch.randn(30)
-    rows = "".join(f"{a:.4f},{b:.4f},{c:.4f},{t:.4f}\n" for (a, b, c), t in zip(x.tolist(), y.tolist()))
+    rows = "".join(
+        f"{a:.4f},{b:.4f},{c:.4f},{t:.4f}\n" for (a, b, c), t in zip(x.tolist(), y.tolist())
+    )
     cfg = Cfg(
         data=_csv(tmp_path, "a,b,c,y\n" + rows), y_col="y", splits=2, mlp_steps=40,
         svi_steps=10, num_samples=10, gp_steps=10, no_nuts=True, out=str(tmp_path / "o"),
