@@ -9,6 +9,9 @@ The public API in one place::
     MOPEDNormal, MOPEDLowRank         # MOPED-initialised autoguides
     fit, PosteriorPredictive          # SVI loop; vectorised posterior predictive -> PPD
     NormalMixturePPD, CategoricalPPD  # the PPD types every predictor returns
+    TabularConfig, run_tabular        # the real-data comparison (``pyrobayes compare --data``)
+    plot_tabular_summary              # its NLL + calibration figure
+    CompareConfig, run_compare        # the 1-D demo comparison (``pyrobayes compare``)
 
 Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
 
@@ -23,6 +26,7 @@ Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
     ('CategoricalPPD', (30, 3))
 """
 
+from pyrobayes.compare_job import CompareConfig, run_compare
 from pyrobayes.convert import bayesian_sites, to_pyro
 from pyrobayes.guides import LocalReparameterization, MOPEDLowRank, MOPEDNormal, moped_guide
 from pyrobayes.infer import (
@@ -48,6 +52,7 @@ from pyrobayes.priors import (
     ScaleMixturePrior,
     get_prior,
 )
+from pyrobayes.tabular_job import TabularConfig, TabularResult, plot_tabular_summary, run_tabular
 
 __version__ = "0.1.0"
 
@@ -55,6 +60,7 @@ __all__ = [
     "BayesianModel",
     "Categorical",
     "CategoricalPPD",
+    "CompareConfig",
     "EarlyStopping",
     "Gaussian",
     "History",
@@ -69,6 +75,8 @@ __all__ = [
     "Prior",
     "RegressionPPD",
     "ScaleMixturePrior",
+    "TabularConfig",
+    "TabularResult",
     "__version__",
     "bayesian_sites",
     "fit",
@@ -78,7 +86,10 @@ __all__ = [
     "load",
     "moped_guide",
     "normal_ppd",
+    "plot_tabular_summary",
     "prior_predictive",
+    "run_compare",
+    "run_tabular",
     "sample_posterior",
     "sample_prior",
     "save",

@@ -1,7 +1,8 @@
 """The main job, ``pyrobayes compare``: one data set, four posterior predictives, one table.
 
-1. a 1-D regression data set drawn from the default BNN prior (seeded), from the GP prior
-   (``--prior gp``), or read from a CSV file;
+1. a 1-D regression data set drawn from the default BNN prior (seeded) or from the GP prior
+   (``--prior gp``); real tables (``--data``) go to :mod:`pyrobayes.tabular_job` (from
+   Python: :func:`~pyrobayes.tabular_job.run_tabular`);
 2. a frequentist MLP is fitted, converted with ``to_pyro``, given a MOPED guide started
    at its weights, and fitted with SVI (``Trace_ELBO``);
 3. predictions from the posterior predictive wrapper, the pretrained PFN for that prior,
@@ -32,12 +33,37 @@ __all__ = ["CompareConfig", "PriorChoice", "run_compare", "add_arguments", "run"
 
 
 class PriorChoice(Option):
+    """Where the demo's data come from: the default BNN prior (reference NUTS, PFN
+    ``bnn-1d``) or the GP prior (reference the exact GP, PFN ``gp-1d``).
+
+    Example::
+
+        >>> PriorChoice.parse("gp") is PriorChoice.GP
+        True
+    """
+
     BNN = "bnn"
     GP = "gp"
 
 
 @dataclass(frozen=True)
 class CompareConfig:
+    """Options of the 1-D demo (:func:`run_compare`); each is the ``pyrobayes compare`` flag
+    of the same name. ``data`` is accepted only as ``None``: real data go through
+    :class:`~pyrobayes.tabular_job.TabularConfig` and
+    :func:`~pyrobayes.tabular_job.run_tabular` (the error says so), the split protocol that
+    ``pyrobayes compare --data`` runs.
+
+    Example::
+
+        >>> CompareConfig(n_train=10).n_train
+        10
+        >>> CompareConfig(data="diabetes")
+        Traceback (most recent call last):
+        ...
+        ValueError: CompareConfig runs the 1-D demo on data drawn from a prior; for real data (data='diabetes') use pyrobayes.run_tabular(...
+    """
+
     prior: str = "bnn"
     n_train: int = 20
     n_test: int = 200
@@ -52,13 +78,19 @@ class CompareConfig:
     nuts_warmup: int = 200
     nuts_samples: int = 200
     data: str | None = None
-    x_col: str = "x"
-    y_col: str = "y"
-    test_fraction: float = 0.3
     out: str = "pyrobayes-out"
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.data is not None:
+            # The real-data protocol (splits, every row used, raw units) has its own config:
+            # silently running this 1-D demo on one column of a table would mislead.
+            raise ValueError(
+                f"CompareConfig runs the 1-D demo on data drawn from a prior; for real data "
+                f"(data={self.data!r}) use pyrobayes.run_tabular(pyrobayes.TabularConfig("
+                f"data={self.data!r}, ...)), the split protocol behind "
+                f"`pyrobayes compare --data`"
+            )
         PriorChoice.parse(self.prior, "prior")
         for name in (
             "n_train",
@@ -77,38 +109,12 @@ class CompareConfig:
             raise ValueError("n-train must be at least 2")
         if not self.svi_lr > 0 or not self.delta > 0:
             raise ValueError("svi-lr and delta must be positive")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError("test-fraction must be in (0, 1)")
 
 
 def _load_data(cfg: CompareConfig):
     """``(x_train, y_train, x_test, y_test, x_grid, truth, note)``; x as ``[n, 1]``."""
-    from pyrobayes.data import load_csv_regression, regression_from_prior
+    from pyrobayes.data import regression_from_prior
 
-    g = torch.Generator().manual_seed(cfg.seed)
-    if cfg.data is not None:
-        x, y = load_csv_regression(cfg.data, cfg.x_col, cfg.y_col, min_points=4)
-        # The shipped PFNs and the default prior live on x in [-2, 2] and y of unit scale:
-        # map the user's data there (affinely, so the shapes of the PPDs are unchanged).
-        lo, hi = x.min(), x.max()
-        if float(hi - lo) == 0.0:
-            raise ValueError(f"column {cfg.x_col!r} is constant; nothing to regress on")
-        x = (x - lo) / (hi - lo) * 4.0 - 2.0
-        y_std = y.std().clamp_min(1e-12)
-        y = (y - y.mean()) / y_std
-        perm = torch.randperm(len(x), generator=g)
-        n_test = max(1, int(round(cfg.test_fraction * len(x))))
-        if len(x) - n_test < 2:
-            raise ValueError(f"{cfg.data} has only {len(x)} usable rows; need at least 4")
-        te, tr = perm[:n_test], perm[n_test:]
-        if len(tr) > 50:
-            tr = tr[:50]
-            note = "CSV data: using the first 50 training rows (the PFN's maximum); "
-        else:
-            note = "CSV data: "
-        note += "x scaled to [-2, 2], y standardised; metrics are in standardised units."
-        grid = torch.linspace(-2, 2, 200)[:, None]
-        return x[tr], y[tr], x[te], y[te], grid, None, note
     if cfg.prior == PriorChoice.GP:
         from pyrobayes.pfn import GPPrior
 
@@ -193,10 +199,10 @@ def _pfn_ppds(cfg, x_tr, y_tr, x_te, grid, test_ppds, grid_ppds, times) -> None:
     """Predict with the pretrained PFN that matches the prior (timed after a warm-up)."""
     from pyrobayes.pfn import pretrained
 
-    pfn_name = "gp-1d" if cfg.prior == PriorChoice.GP and cfg.data is None else "bnn-1d"
+    pfn_name = "gp-1d" if cfg.prior == PriorChoice.GP else "bnn-1d"
     pfn = pretrained(pfn_name)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # CSV data may graze the box edges; the note says so
+        warnings.simplefilter("ignore")  # prior draws may graze the box edges
         pfn.predict(x_tr, y_tr, x_te)  # warm-up: the first call pays one-off allocation costs
         t0 = time.perf_counter()
         test_ppds[f"PFN ({pfn_name})"] = pfn.predict(x_tr, y_tr, x_te)
@@ -210,7 +216,7 @@ def _reference_ppds(
     """Add the reference (exact GP or NUTS) PPDs; return the reference's name."""
     from pyrobayes.models.mlp import default_regression_model
 
-    if cfg.prior == PriorChoice.GP and cfg.data is None:
+    if cfg.prior == PriorChoice.GP:
         from pyrobayes.gp import exact_gp_ppd
 
         t0 = time.perf_counter()
@@ -271,7 +277,23 @@ def _write_outputs(cfg, out, table, ref_name, note, x_tr, y_tr, x_te, grid, trut
 
 
 def run_compare(cfg: CompareConfig) -> dict:
-    """Run the whole comparison; returns ``{"table", "ppds", "times", "files"}``."""
+    """Run the whole 1-D comparison; returns ``{"table", "ppds", "times", "files"}``: the
+    :class:`~pyrobayes.compare.ComparisonTable` on the test points, each method's PPD on
+    them, wall-clock seconds per method and the paths of ``compare.png/.json/.md``.
+
+    For real data use :func:`~pyrobayes.tabular_job.run_tabular`.
+
+    Example (a tiny budget, GP prior so that the exact GP is the reference)::
+
+        >>> import tempfile
+        >>> cfg = CompareConfig(prior="gp", n_train=8, n_test=30, mlp_steps=10, svi_steps=5,
+        ...                     num_samples=10, out=tempfile.mkdtemp(), progress=False)
+        >>> res = run_compare(cfg)
+        >>> sorted(res["ppds"])
+        ['MLP + noise', 'PFN (gp-1d)', 'SVI (MOPED)', 'exact GP']
+        >>> res["files"]["png"].exists()
+        True
+    """
     import pyro
 
     from pyrobayes.compare import compare_ppds
@@ -297,6 +319,17 @@ def run_compare(cfg: CompareConfig) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the flags of ``pyrobayes compare`` to ``p``: the demo's (:class:`CompareConfig`)
+    and the real-data job's (``--data``, ``--x``, ``--splits``, ...).
+
+    Example::
+
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p)
+        >>> args = p.parse_args(["--n-train", "12", "--data", "diabetes"])
+        >>> args.n_train, args.data
+        (12, 'diabetes')
+    """
     d = CompareConfig()
     p.add_argument(
         "--prior",
@@ -338,6 +371,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The ``pyrobayes compare`` command: the real-data job when ``--data`` is given,
+    otherwise the 1-D demo; prints the table and returns the exit status.
+
+    Example::
+
+        >>> import tempfile
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p)
+        >>> args = p.parse_args(["--prior", "gp", "--n-train", "8", "--n-test", "20",
+        ...     "--mlp-steps", "10", "--svi-steps", "5", "--num-samples", "10",
+        ...     "--no-progress", "--out", tempfile.mkdtemp()])
+        >>> run(args)  # doctest: +ELLIPSIS
+        | method | NLL | ...
+        0
+    """
     if getattr(args, "data", None) is not None:
         # real data: the split protocol of pyrobayes.tabular_job (every row used, raw units)
         from pyrobayes.tabular_job import run as run_tabular
@@ -361,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
     # Every network here is tiny: a second thread costs more in synchronisation than it
     # saves, and on a busy machine far more (seen: 40x slower SVI steps with 2 threads).
     torch.set_num_threads(1)
-    if cfg.n_train > 50 and cfg.data is None:
+    if cfg.n_train > 50:
         raise ValueError(
             "n-train must be <= 50: the shipped PFNs were trained with up to 50 points"
         )

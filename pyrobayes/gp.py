@@ -192,6 +192,14 @@ class ARDGP:
         outputscale: :math:`\\sigma_f^2` (a variance).
         noise_std: :math:`\\sigma_n`.
         log_marginal: :math:`\\log p(y \\mid X)` at these hyperparameters.
+
+    Example (hyperparameters given by hand; :func:`fit_ard_gp` fits them)::
+
+        >>> x = torch.linspace(-1, 1, 5)[:, None]
+        >>> gp = ARDGP(x, torch.zeros(5), torch.tensor([0.5]), 1.0, 0.1, float("nan"))
+        >>> ppd = gp.predict(torch.zeros(1, 1))  # at a training input with y = 0
+        >>> abs(float(ppd.mean)) < 1e-6, float(ppd.stddev) < 0.2
+        (True, True)
     """
 
     x_train: torch.Tensor
@@ -204,7 +212,16 @@ class ARDGP:
     def predict(self, x_query: torch.Tensor | np.ndarray) -> NormalMixturePPD:
         """The exact posterior predictive at ``x_query`` (``normal_ppd``, noise included):
         ARD RBF with lengthscales :math:`\\ell_j` is the isotropic RBF with
-        :math:`\\ell = 1` on :math:`x_j / \\ell_j`, so :func:`exact_gp_ppd` does the maths."""
+        :math:`\\ell = 1` on :math:`x_j / \\ell_j`, so :func:`exact_gp_ppd` does the maths.
+
+        Example::
+
+            >>> x = torch.tensor([[0.0, 0.0], [1.0, 5.0]])
+            >>> gp = ARDGP(x, torch.tensor([1.0, -1.0]), torch.tensor([1.0, 100.0]), 1.0, 0.1, 0.0)
+            >>> # 9 units away in feature 2 (lengthscale 100) is still next to the first point
+            >>> gp.predict(torch.tensor([[0.0, 9.0]])).mean.round(decimals=2)
+            tensor([0.9600])
+        """
         xq = _as_points(x_query, "x_query")
         ls = self.lengthscales.to(device=xq.device, dtype=xq.dtype)
         return exact_gp_ppd(

@@ -38,17 +38,24 @@ import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from pyrobayes.compare import ComparisonTable
+
 __all__ = [
     "TabularConfig",
+    "TabularResult",
     "Split",
     "fit_mlp_heldout",
     "make_splits",
     "standardise_split",
     "run_tabular",
+    "plot_tabular_summary",
     "add_dataclass_arguments",
     "config_from_args",
     "add_arguments",
@@ -65,8 +72,21 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 @dataclass(frozen=True)
 class TabularConfig:
-    """Options of the real-data job; each field is one command-line flag
-    (``--field-name``, or ``metadata["flag"]``)."""
+    """Options of the real-data job (:func:`run_tabular`); each field is one command-line
+    flag of ``pyrobayes compare`` (``--field-name``, or ``metadata["flag"]``: ``data`` is
+    ``--data``, ``x_cols`` is ``--x``, ``y_col`` is ``--y``). Values are checked here, so a
+    bad one fails before any work starts.
+
+    Example::
+
+        >>> cfg = TabularConfig(data="diabetes", splits=5, nuts_warmup=100, nuts_samples=100)
+        >>> cfg.x_cols is None, cfg.test_fraction  # all features, 90/10 splits
+        (True, 0.1)
+        >>> TabularConfig(data="diabetes", splits=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: splits must be >= 1, got 0
+    """
 
     data: str | None = _opt(
         None, "built-in data set (diabetes, motorcycle) or a CSV file", flag="--data"
@@ -122,6 +142,35 @@ class TabularConfig:
             raise ValueError("svi-lr and delta must be positive")
 
 
+class TabularResult(TypedDict):
+    """What :func:`run_tabular` returns (a plain ``dict`` with these keys).
+
+    - ``table``: the :class:`~pyrobayes.compare.ComparisonTable` of mean ± standard error
+      over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per method in the order
+      MLP, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
+      ``KL(ref‖·)`` column. Plot it with :func:`plot_tabular_summary`.
+    - ``split_tables``: one :class:`~pyrobayes.compare.ComparisonTable` per split.
+    - ``notes``: sentences on what was left out (e.g. a PFN that does not cover the data,
+      NUTS on fewer splits).
+    - ``infos``: per split, the fitted noise levels (``mlp_noise_std``, ``svi_noise_std``),
+      the GP's hyperparameters (``gp``), NUTS's diagnostics (``nuts``: ``max_r_hat``,
+      ``min_ess``, ``noise_std_median``) and any PFN warnings (``pfn_warnings``).
+    - ``files``: paths of ``compare.png``/``.json``/``.md`` (and ``compare-bands.png`` for
+      1-D data) under ``TabularConfig.out``.
+
+    Example::
+
+        >>> sorted(TabularResult.__annotations__)
+        ['files', 'infos', 'notes', 'split_tables', 'table']
+    """
+
+    table: ComparisonTable
+    split_tables: list[ComparisonTable]
+    notes: list[str]
+    infos: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
 # ----------------------------------------------------------------- dataclass -> argparse
 
 
@@ -135,7 +184,20 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     Booleans become ``store_true`` switches; ``metadata["nargs"]``/``["type"]`` pass
     through; otherwise the type is the default's. Flags the parser already has (shared
     with another job on the same subcommand) are skipped: :func:`config_from_args` reads
-    them by ``dest``."""
+    them by ``dest``.
+
+    Example::
+
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Opts:
+        ...     n_steps: int = 10
+        ...     verbose: bool = False
+        >>> p = argparse.ArgumentParser()
+        >>> add_dataclass_arguments(p, Opts)
+        >>> p.parse_args(["--n-steps", "3", "--verbose"])
+        Namespace(n_steps=3, verbose=True)
+    """
     for f in fields(cls):
         flag = _flag(f)
         if flag in parser._option_string_actions:
@@ -153,7 +215,17 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build ``cls`` from a namespace filled by :func:`add_dataclass_arguments` (fields
-    missing from it keep their defaults; lists become tuples)."""
+    missing from it keep their defaults; lists become tuples).
+
+    Example::
+
+        >>> p = argparse.ArgumentParser()
+        >>> add_dataclass_arguments(p, TabularConfig)
+        >>> cfg = config_from_args(TabularConfig, p.parse_args(["--data", "diabetes",
+        ...                                                    "--x", "age", "bmi"]))
+        >>> cfg.data, cfg.x_cols, cfg.splits
+        ('diabetes', ('age', 'bmi'), 10)
+    """
     kw = {}
     for f in fields(cls):
         if hasattr(args, f.name):
@@ -167,7 +239,18 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 @dataclass(frozen=True)
 class Split:
-    """One split in standardised units plus the statistics that undo it."""
+    """One split in standardised units plus the statistics that undo it: the methods see
+    ``x_train``, ``y_train`` (standardised with the training rows' ``x_mean``/``x_std``,
+    ``y_mean``/``y_std``) and ``x_test``; scores use ``y_test_raw``. Made by
+    :func:`standardise_split`.
+
+    Example::
+
+        >>> x = torch.arange(12.0).reshape(6, 2)
+        >>> s = standardise_split(x, 3 * x[:, 0] + 1, torch.arange(4), torch.tensor([4, 5]))
+        >>> s.x_train.shape, s.y_test_raw.tolist()
+        (torch.Size([4, 2]), [25.0, 31.0])
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -208,7 +291,19 @@ def standardise_split(
     x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor
 ) -> Split:
     """Standardise x (per feature) and y with the training rows' mean and standard deviation
-    only (the test rows never inform them); float32 tensors for the methods."""
+    only (the test rows never inform them); float32 tensors for the methods. A feature or
+    target that is constant on the training rows is a ``ValueError``.
+
+    Example::
+
+        >>> x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])
+        >>> y = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> s = standardise_split(x, y, torch.arange(4), torch.tensor([4]))
+        >>> round(float(s.y_train.mean()), 6), round(float(s.y_train.std()), 6)
+        (0.0, 1.0)
+        >>> s.y_mean, round(float(s.x_test), 3)  # the test row is far outside: x = 10
+        (2.5, 6.584)
+    """
     xtr, ytr = x[train], y[train]
     xm, xs = xtr.mean(0), xtr.std(0)
     const = torch.nonzero(xs == 0).reshape(-1).tolist()
@@ -505,8 +600,26 @@ def _split_nuts(
 # ----------------------------------------------------------------- the job
 
 
-def run_tabular(cfg: TabularConfig) -> dict:
-    """Run the whole protocol; returns ``{"table", "split_tables", "notes", "files"}``."""
+def run_tabular(cfg: TabularConfig) -> TabularResult:
+    """Run the whole protocol of the module docstring on ``cfg.data`` and write
+    ``compare.md``/``compare.json``/``compare.png`` under ``cfg.out``; returns a
+    :class:`TabularResult` (``table``, ``split_tables``, ``notes``, ``infos``, ``files``).
+    One line per finished split goes to stderr, and each split's scores are appended to
+    ``splits.jsonl`` as soon as they exist.
+
+    This is the Python side of ``pyrobayes compare --data``;
+    :func:`~pyrobayes.compare_job.run_compare` is the 1-D demo on data drawn from a prior.
+
+    Example (the motorcycle data, one split, a tiny budget and no NUTS)::
+
+        >>> import tempfile
+        >>> cfg = TabularConfig(data="motorcycle", splits=1, mlp_steps=20, svi_steps=5,
+        ...                     num_samples=10, gp_steps=5, no_nuts=True,
+        ...                     out=tempfile.mkdtemp(), no_progress=True)
+        >>> res = run_tabular(cfg)
+        >>> res["table"].methods
+        ('MLP + fitted noise', 'SVI (MOPED)', 'PFN (bnn-tabular)', 'exact GP (ARD)')
+    """
     from pyrobayes.compare import compare_ppds, mean_se_table
     from pyrobayes.data.tabular import load_tabular
     from pyrobayes.ppd import affine_ppd
@@ -580,20 +693,48 @@ def run_tabular(cfg: TabularConfig) -> dict:
     }
 
 
-def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> dict:
+def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Figure:
+    """The job's figure: held-out NLL per method with standard-error bars (left,
+    :func:`~pyrobayes.plotting.plot_metric_errorbars`) and calibration, the empirical
+    coverage of the 50/90/95% central intervals against their nominal level (right,
+    :func:`~pyrobayes.plotting.plot_coverage`). ``table`` is ``run_tabular(cfg)["table"]``
+    (or any table with ``nll`` and ``coverage_<level>`` columns). Returns a
+    ``matplotlib.figure.Figure`` (not attached to pyplot: display it in a notebook, or
+    ``fig.savefig(path)``).
+
+    Example::
+
+        >>> from pyrobayes.compare import ComparisonRow, ComparisonTable
+        >>> t = ComparisonTable("regression", ("nll", "coverage_50", "coverage_90"), (
+        ...     ComparisonRow("GP", (5.45, 0.50, 0.88), (0.03, 0.02, 0.01)),
+        ...     ComparisonRow("NUTS", (5.47, 0.51, 0.88), (0.03, 0.02, 0.01))))
+        >>> fig = plot_tabular_summary(t, title="diabetes")
+        >>> len(fig.axes)
+        2
+    """
     from matplotlib.figure import Figure
 
-    from pyrobayes.plotting import plot_coverage, plot_metric_errorbars, plot_ppd_comparison
+    from pyrobayes.plotting import plot_coverage, plot_metric_errorbars
+
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    plot_metric_errorbars(table, "nll", ax=ax1, title="held-out NLL (raw units), mean ± s.e.")
+    plot_coverage(table, ax=ax2)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> dict:
+    from pyrobayes.plotting import plot_ppd_comparison
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"png": out / "compare.png", "json": out / "compare.json", "md": out / "compare.md"}
-    fig = Figure(figsize=(11, 4.2))
-    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    plot_metric_errorbars(summary, "nll", ax=ax1, title="held-out NLL (raw units), mean ± s.e.")
-    plot_coverage(summary, ax=ax2)
-    fig.suptitle(f"{tab.source}: {cfg.splits} splits of {n_train}/{n_test} rows", fontsize=9)
-    fig.tight_layout()
+    fig = plot_tabular_summary(
+        summary, title=f"{tab.source}: {cfg.splits} splits of {n_train}/{n_test} rows"
+    )
     fig.savefig(files["png"], dpi=110, bbox_inches="tight")
     if first:
         fig2, _ = plot_ppd_comparison(first["grid"], first["ppds"], train=first["train"], ncols=3)
@@ -631,10 +772,34 @@ def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the real-data job's flags (one per :class:`TabularConfig` field) to ``p``.
+
+    Example::
+
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p)
+        >>> p.parse_args(["--data", "motorcycle", "--splits", "3"]).splits
+        3
+    """
     add_dataclass_arguments(p, TabularConfig)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``pyrobayes compare --data ...``: build the :class:`TabularConfig` from ``args``, run
+    :func:`run_tabular` with one torch thread, print the table and notes; returns 0.
+
+    Example (one split of the motorcycle data, a tiny budget)::
+
+        >>> import tempfile
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p)
+        >>> args = p.parse_args(["--data", "motorcycle", "--splits", "1", "--mlp-steps", "20",
+        ...     "--svi-steps", "5", "--num-samples", "10", "--gp-steps", "5", "--no-nuts",
+        ...     "--no-progress", "--out", tempfile.mkdtemp()])
+        >>> run(args)  # doctest: +ELLIPSIS
+        | method | NLL | ...
+        0
+    """
     cfg = config_from_args(TabularConfig, args)
     torch.set_num_threads(1)  # tiny nets: a second thread costs more than it saves
     result = run_tabular(cfg)

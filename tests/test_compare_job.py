@@ -107,3 +107,21 @@ def test_bad_config_values():
         CompareConfig(prior="laplace")
     with pytest.raises(ValueError, match="svi-steps"):
         CompareConfig(svi_steps=0)
+
+
+def test_real_data_from_python_is_a_clear_error_naming_run_tabular():
+    # From Python, CompareConfig(data=...) used to run the 1-D demo on one column of the
+    # table; the real-data protocol has its own config, and the error says which.
+    with pytest.raises(ValueError) as err:
+        CompareConfig(data="diabetes")
+    msg = str(err.value)
+    assert "run_tabular" in msg and "TabularConfig" in msg and "'diabetes'" in msg
+
+
+def test_real_data_api_is_exported_from_the_package():
+    import pyrobayes
+    from pyrobayes import tabular_job
+
+    for name in ("TabularConfig", "TabularResult", "run_tabular", "plot_tabular_summary"):
+        assert getattr(pyrobayes, name) is getattr(tabular_job, name) and name in pyrobayes.__all__
+    assert pyrobayes.run_compare is run_compare and pyrobayes.CompareConfig is CompareConfig

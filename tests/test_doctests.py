@@ -8,9 +8,6 @@ import pytest
 from conftest import public_modules
 
 MODULES = public_modules()
-# Modules that still lack an example (being edited on other branches). Strict: once one
-# gets an example its test passes unexpectedly and fails, so it must leave this set.
-NO_EXAMPLE_YET = {"pyrobayes.compare_job", "pyrobayes.infer.fast_elbo"}
 
 
 def test_walk_finds_the_subpackages():
@@ -20,15 +17,7 @@ def test_walk_finds_the_subpackages():
     assert not any(m.split(".")[-1].startswith("_") for m in MODULES)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="no example yet"))
-        if m in NO_EXAMPLE_YET
-        else m
-        for m in MODULES
-    ],
-)
+@pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no runnable example"

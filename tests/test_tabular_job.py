@@ -302,3 +302,30 @@ def test_bad_real_data_from_the_cli(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "column 'b' is not numeric" in err and not (tmp_path / "o").exists()
+
+
+def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
+    # The Python side of `pyrobayes compare --data`: what notebook 5 uses.
+    from pyrobayes import TabularConfig as Cfg
+    from pyrobayes import plot_tabular_summary, run_tabular
+
+    torch.manual_seed(1)
+    x = torch.rand(30, 3) * 4 - 2
+    y = 3 * x[:, 0] - x[:, 2] + 0.3 * torch.randn(30)
+    rows = "".join(
+        f"{a:.4f},{b:.4f},{c:.4f},{t:.4f}\n" for (a, b, c), t in zip(x.tolist(), y.tolist())
+    )
+    cfg = Cfg(
+        data=_csv(tmp_path, "a,b,c,y\n" + rows), y_col="y", splits=2, mlp_steps=40,
+        svi_steps=10, num_samples=10, gp_steps=10, no_nuts=True, out=str(tmp_path / "o"),
+        no_progress=True,
+    )  # fmt: skip
+    res = run_tabular(cfg)
+    assert set(res) == {"table", "split_tables", "notes", "infos", "files"}
+    assert len(res["split_tables"]) == len(res["infos"]) == 2
+    assert "NUTS" not in res["table"].methods and any("skipped" in n for n in res["notes"])
+    assert res["files"]["json"].exists() and res["files"]["png"].exists()
+    fig = plot_tabular_summary(res["table"], title="toy")
+    ax_nll, ax_cov = fig.axes
+    assert [t.get_text() for t in ax_nll.get_yticklabels()] == list(res["table"].methods)
+    assert ax_cov.get_ylabel() == "empirical coverage"

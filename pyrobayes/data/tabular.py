@@ -42,7 +42,16 @@ BUILTIN_TABLES = ("diabetes", "motorcycle")
 
 @dataclass(frozen=True)
 class TabularData:
-    """A regression table in raw units: ``x [n, d]``, ``y [n]`` (float64)."""
+    """A regression table in raw units: ``x [n, d]``, ``y [n]`` (float64), the names of
+    its columns and a line saying where it comes from (:func:`load_tabular` makes it).
+
+    Example::
+
+        >>> t = TabularData(torch.zeros(3, 2, dtype=torch.float64),
+        ...                 torch.arange(3.0, dtype=torch.float64), ("a", "b"), "y", "toy")
+        >>> len(t), t.num_features
+        (3, 2)
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -52,6 +61,7 @@ class TabularData:
 
     @property
     def num_features(self) -> int:
+        """``d``, the number of feature columns."""
         return self.x.shape[1]
 
     def __len__(self) -> int:
@@ -151,6 +161,16 @@ def load_tabular(
     Raises:
         FileNotFoundError: no such file.
         ValueError: see the module docstring.
+
+    Example::
+
+        >>> t = load_tabular("diabetes", ["age", "bmi"])
+        >>> t.feature_names, t.target_name, len(t)
+        (('age', 'bmi'), 'target', 442)
+        >>> load_tabular("diabetes", ["age", "weight"])
+        Traceback (most recent call last):
+        ...
+        ValueError: ...'weight'...
     """
     if data == "diabetes":
         from sklearn.datasets import load_diabetes
