@@ -234,20 +234,22 @@ class _Softplus(torch.autograd.Function):
 
 
 class _DrawLogRatio(torch.autograd.Function):
-    r"""``(w, r)`` with :math:`w = \mu + \sigma\odot\varepsilon`,
-    :math:`\sigma = \mathrm{softplus}(\rho)` and, up to constants,
+    r"""The guide's draw of every site and :math:`\log p(w) - \log q(w)` as ONE autograd
+    node: ``apply(layout, e, prior_loc, prior_prec, *locs, *raws)`` returns the per-site
+    weights (views of one flat draw, shaped like the sites) and then
 
     .. math::
 
         r = \log p(w) - \log q(w)
           = -\tfrac12 (w-m)^\top \Lambda (w-m) + \tfrac12 \varepsilon^\top\varepsilon
-            + \textstyle\sum_i \log\sigma_i
+            + \textstyle\sum_i \log\sigma_i \quad (+\text{constants}),
+        \qquad w = \mu + \sigma\odot\varepsilon,\ \sigma = \mathrm{softplus}(\rho),
 
     for a Normal prior :math:`\mathcal N(m, \Lambda^{-1})` with diagonal precision
     :math:`\Lambda` (a scalar or a vector). ``log q`` is written through
     :math:`\varepsilon` (``w - mu = sigma * eps``), which gives the same total derivative
     as differentiating :math:`\log q(w)` through :math:`w`. The backward is the chain rule
-    in four vector passes,
+    in a few vector passes,
 
     .. math::
 
@@ -255,11 +257,17 @@ class _DrawLogRatio(torch.autograd.Function):
         \bar\rho = \big(\bar w\odot\varepsilon + g_r/\sigma\big)\odot
         \mathrm{sigmoid}(\rho),
 
-    where autograd through the dozen separate operations of the forward would allocate
-    and sweep a full-length temporary for each."""
+    handing each parameter a view of the flat gradients. Autograd through the separate
+    operations (a reshape and a concatenation per parameter, the dozen element-wise
+    operations, a split and a view per site) would record and replay some forty nodes
+    per step and sweep a full-length temporary for most of them."""
 
     @staticmethod
-    def forward(ctx, loc, raw, e, prior_loc, prior_prec):
+    def forward(ctx, layout, e, prior_loc, prior_prec, *tensors):
+        sizes, shapes = layout
+        k = len(sizes)
+        loc = torch.cat([t.reshape(-1) for t in tensors[:k]])
+        raw = torch.cat([t.reshape(-1) for t in tensors[k:]])
         scale = torch.nn.functional.softplus(raw)  # Pyro's softplus_positive transform
         w = torch.addcmul(loc, scale, e)
         d = w - prior_loc
@@ -269,24 +277,39 @@ class _DrawLogRatio(torch.autograd.Function):
             log_p = -0.5 * torch.dot(d * prior_prec, d)
         log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
         ctx.save_for_backward(raw, scale, e, d, prior_prec)
-        return w, log_p - log_q
+        ctx.layout = layout
+        ctx.param_shapes = [t.shape for t in tensors]
+        weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
+        return (*weights, log_p - log_q)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_w, g_r):
+    def backward(ctx, *grads):
         raw, scale, e, d, prec = ctx.saved_tensors
-        if g_w is None:
-            g_w = torch.zeros_like(d)
+        sizes, _ = ctx.layout
+        k = len(sizes)
+        g_r = grads[-1]
         if g_r is None:
             g_r = torch.zeros((), dtype=d.dtype, device=d.device)
+        g_w = torch.cat(
+            [
+                g.reshape(-1) if g is not None else d.new_zeros(n)
+                for g, n in zip(grads[:-1], sizes)
+            ]
+        )
         if prec.dim() == 0:
             g_w = torch.addcmul(g_w, d, -g_r * prec)
         else:
             g_w = g_w - (g_r * prec) * d
-        g_raw = None
-        if ctx.needs_input_grad[1]:
+        need = ctx.needs_input_grad[4:]
+        g_locs = [None] * k
+        if any(need[:k]):
+            g_locs = [g.view(shape) for g, shape in zip(g_w.split(sizes), ctx.param_shapes[:k])]
+        g_raws = [None] * k
+        if any(need[k:]):
             g_raw = torch.addcdiv(g_w * e, g_r, scale).mul_(torch.sigmoid(raw))
-        return (g_w if ctx.needs_input_grad[0] else None), g_raw, None, None, None
+            g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
+        return (None, None, None, None, *g_locs, *g_raws)
 
 
 class _FlatMeanField:
@@ -307,6 +330,8 @@ class _FlatMeanField:
         self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
         self.numel = sites[-1][3] if sites else 0
         self.sizes = [b - a for _, _, a, b, _ in sites]
+        self._paths = [path for _, path, *_ in sites]
+        self._layout = (self.sizes, [shape for *_, shape in sites])
 
     @classmethod
     def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
@@ -349,18 +374,26 @@ class _FlatMeanField:
         }
 
     def sample(self, eps: dict | None, lrt):
+        if lrt is None and self.prior_fns is None:
+            # the common case (Normal priors, no local reparameterisation): the draw and
+            # log p - log q in one autograd node with a hand-written backward
+            locs = [d[k] for d, k in self.locs]
+            if eps is not None:
+                e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
+            else:  # the same draw as randn_like of the concatenated locs
+                e = torch.randn(self.numel, dtype=locs[0].dtype, device=locs[0].device)
+            *ws, log_ratio = _DrawLogRatio.apply(
+                self._layout, e, self.prior_loc, self.prior_prec,
+                *locs, *(d[k] for d, k in self.scales),
+            )  # fmt: skip
+            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
+            return dict(zip(self._paths, ws)), log_ratio, 0.0
         loc = torch.cat([d[k].reshape(-1) for d, k in self.locs])
         raw = torch.cat([d[k].reshape(-1) for d, k in self.scales])
         if eps is not None:
             e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
         else:
             e = torch.randn_like(loc)
-        if lrt is None and self.prior_fns is None:
-            # the common case (Normal priors, no local reparameterisation): draw and
-            # log p - log q in one autograd node with a hand-written backward
-            w, log_ratio = _DrawLogRatio.apply(loc, raw, e, self.prior_loc, self.prior_prec)
-            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
-            return self._views(w), log_ratio, 0.0
         scale = _Softplus.apply(raw)
         w = torch.addcmul(loc, scale, e)
         # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
