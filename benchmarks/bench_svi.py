@@ -309,7 +309,7 @@ def main(argv=None) -> int:
                     "vec": lambda xq=xq, d=draws: predictive_seconds(model, guide, xq, d, True, 1),
                     "floor": lambda xq=xq, d=draws: deterministic_floor_seconds(net, xq, d, 1),
                 },
-                rounds=5 if args.quick else 9,
+                rounds=11 if args.quick else 15,
             )
             t_vec, t_floor = t["vec"], t["floor"]
             t_seq = predictive_seconds(model, guide, xq, draws, False, 2)

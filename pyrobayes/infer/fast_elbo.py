@@ -309,17 +309,19 @@ class _DrawLogRatio(torch.autograd.Function):
         g_w = torch.cat(
             [g.reshape(-1) if g is not None else d.new_zeros(n) for g, n in zip(grads[:-1], sizes)]
         )
+        # g_w is this backward's own concatenation: update it in place
         if prec.dim() == 0:
-            g_w = torch.addcmul(g_w, d, -g_r * prec)
+            g_w.addcmul_(d, -g_r * prec)
         else:
-            g_w = g_w - (g_r * prec) * d
+            g_w.addcmul_(d, prec * -g_r)
         need = ctx.needs_input_grad[4:]
         g_locs = [None] * k
         if any(need[:k]):
             g_locs = [g.view(shape) for g, shape in zip(g_w.split(sizes), ctx.param_shapes[:k])]
         g_raws = [None] * k
         if any(need[k:]):
-            g_raw = torch.addcdiv(g_w * e, g_r, scale).mul_(torch.sigmoid(raw))
+            g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
+            g_raw.mul_(torch.sigmoid(raw))
             g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
         return (None, None, None, None, *g_locs, *g_raws)
 
