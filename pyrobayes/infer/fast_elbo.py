@@ -42,8 +42,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def supports_fused(model, guide) -> bool:
-    """The fused step applies to a BayesianModel whose only latent sites are its weights,
-    under an ``AutoNormal``-family guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`)."""
+    """The fused step applies to a BayesianModel whose latent sites are its weights (and,
+    with ``Gaussian(noise_prior=...)``, the noise std), under an ``AutoNormal``-family
+    guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`)."""
     return (
         isinstance(guide, AutoNormal)
         and hasattr(model, "likelihood")
