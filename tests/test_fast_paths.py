@@ -124,15 +124,37 @@ def test_fused_adam_only_replaces_the_default_foreach_adam():
     assert st.opt.defaults["fused"] is True and last < first
 
 
-def test_flat_softplus_equals_torch_softplus_and_its_gradient():
-    from pyrobayes.infer.fast_elbo import _Softplus
+@pytest.mark.parametrize("num_samples, chunk", [(9, None), (10, 4), (3, 32)])
+def test_predictive_chain_path_makes_the_same_draws_as_the_general_path(
+    num_samples, chunk, monkeypatch
+):
+    """``PosteriorPredictive.outputs`` on a Linear chain draws block by block in place;
+    it must give exactly what sampling each chunk and calling ``forward_draws`` gives,
+    from the same random numbers (blocks of 3 draws here, so several blocks and a short
+    last one)."""
+    from pyrobayes import PosteriorPredictive
+    from pyrobayes.infer import predictive as pred_mod
+    from pyrobayes.infer.predictive import posterior_chunks
 
-    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([-13.8, 0.0, 1e-8, 25.0])])
-    x = x.double().requires_grad_()
-    y = _Softplus.apply(x)
-    ref = torch.nn.functional.softplus(x.detach(), threshold=1e9)
-    assert torch.allclose(y, ref, rtol=1e-12, atol=0)
-    (g,) = torch.autograd.grad(y.sum(), x)
-    assert torch.allclose(g, torch.sigmoid(x.detach()), rtol=1e-12)
-    x32 = x.detach().float()
-    assert torch.allclose(_Softplus.apply(x32), torch.nn.functional.softplus(x32), rtol=1e-6)
+    torch.manual_seed(0)
+    model, guide = to_bayesian(
+        _mlp(), delta=0.2, likelihood=Categorical(), include=["0.weight", "2.*", "5.*"]
+    )
+    x = torch.randn(7, 5)
+    guide.setup(x)
+    monkeypatch.setattr(twin_mod, "_block_draws", lambda chain, x: 3)
+    calls = []
+    fast_fn = pred_mod._chain_outputs
+    monkeypatch.setattr(pred_mod, "_chain_outputs", lambda *a: calls.append(1) or fast_fn(*a))
+    torch.manual_seed(5)
+    fast = PosteriorPredictive(model, guide, num_samples=num_samples, chunk_size=chunk).outputs(x)
+    state_after_fast = torch.get_rng_state()
+    assert calls == [1]
+    torch.manual_seed(5)
+    step = min(chunk or num_samples, 3)
+    general = torch.cat(
+        [twin_mod.forward_draws(model, d, x) for d in posterior_chunks(guide, num_samples, step)]
+    )
+    assert fast.shape == (num_samples, 7, 3)
+    assert torch.equal(fast, general)
+    assert torch.equal(state_after_fast, torch.get_rng_state())  # the same random numbers used

@@ -449,3 +449,33 @@ def test_fit_config_and_keywords():
         FitConfig(epochs=-1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.epochs = 5
+
+
+@pytest.mark.parametrize(
+    "n, shuffle, seed", [(50, True, 3), (48, True, 0), (50, False, 1), (50, True, None)]
+)
+def test_tensor_batches_follow_the_dataloader_order_and_random_draws(n, shuffle, seed):
+    """``fit`` batches in-memory tensors by indexing instead of a ``DataLoader``: over
+    several passes the batches, the loader generator's state and (for ``seed=None``) the
+    global RNG state are exactly those of ``DataLoader(TensorDataset(...))``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pyrobayes.infer.fit import _make_loader
+
+    x, y = torch.randn(n, 3), torch.arange(n)
+    ours = _make_loader((x, y), 16, shuffle, seed)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    ref = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=shuffle, generator=gen)
+    assert len(ours) == len(ref) == -(-n // 16)
+    torch.manual_seed(7)
+    got = [[b[1].clone() for b in ours] for _ in range(3)]
+    state = torch.get_rng_state()
+    torch.manual_seed(7)
+    want = [[b[1] for b in ref] for _ in range(3)]
+    assert all(torch.equal(a, b) for ga, wa in zip(got, want) for a, b in zip(ga, wa))
+    assert [len(g) for g in got] == [len(w) for w in want]
+    assert torch.equal(state, torch.get_rng_state())
+    if seed is not None:
+        assert torch.equal(ours.generator.get_state(), ref.generator.get_state())
+    if shuffle:
+        assert not torch.equal(torch.cat(got[0]), torch.arange(n))  # it did shuffle

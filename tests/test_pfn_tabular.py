@@ -81,13 +81,15 @@ def test_gaussian_latent_noise_ppd_needs_and_uses_per_draw_scales():
     assert not Gaussian(0.1).latent_noise  # the fixed-noise default is unchanged
 
 
-def test_fused_elbo_falls_back_for_latent_noise():
+def test_fused_elbo_covers_the_latent_noise():
+    # the noise std is drawn on the fused path (tests/test_fast_elbo.py checks it against
+    # Pyro's traces)
     from pyro.infer.autoguide import AutoNormal
 
     from pyrobayes.infer.fast_elbo import supports_fused
 
     model = tabular_regression_model(2)
-    assert not supports_fused(model, AutoNormal(model))
+    assert supports_fused(model, AutoNormal(model))
 
 
 # -- the dataset prior ----------------------------------------------------------------

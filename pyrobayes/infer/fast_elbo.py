@@ -42,8 +42,9 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def supports_fused(model, guide) -> bool:
-    """The fused step applies to a BayesianModel whose only latent sites are its weights,
-    under an ``AutoNormal``-family guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`).
+    """The fused step applies to a BayesianModel whose latent sites are its weights (and,
+    with ``Gaussian(noise_prior=...)``, the noise std), under an ``AutoNormal``-family
+    guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`).
 
     Example::
 
@@ -57,8 +58,19 @@ def supports_fused(model, guide) -> bool:
         isinstance(guide, AutoNormal)
         and hasattr(model, "likelihood")
         and hasattr(model, "net")
-        # a latent likelihood site (Gaussian(noise_prior=...)) is not in the fused step
-        and not getattr(model.likelihood, "latent_noise", False)
+        and _latents_supported(model.likelihood)
+    )
+
+
+def _latents_supported(lik) -> bool:
+    """The likelihood's own latent sites are ones the fused step draws: none, or the one
+    scalar noise std of ``Gaussian(noise_prior=...)``."""
+    sites = tuple(getattr(lik, "latent_sites", ()))
+    if not sites:
+        return True
+    return (
+        sites == (getattr(lik, "NOISE_SITE", None),)
+        and getattr(lik, "noise_prior", None) is not None
     )
 
 
@@ -101,6 +113,10 @@ class FusedMeanFieldELBO:
         priors = site_priors(self.model)
         self._priors = {site: _fast_log_prob(d) for site, d in priors.items()}
         self._flat = _FlatMeanField.build(self.guide, self.sites, priors)
+        self._latents = [
+            (site, _leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
+            for site in getattr(self.model.likelihood, "latent_sites", ())
+        ]
 
     def loss(
         self, *inputs, y: torch.Tensor, eps: dict[str, torch.Tensor] | None = None, **kwargs
@@ -144,10 +160,32 @@ class FusedMeanFieldELBO:
                     self.model, weights, *inputs, net=self.net, fixed=fixed, **kwargs
                 )
         lik = self.model.likelihood
+        extra = {}
+        for site, get_loc, get_scale in self._latents:  # the noise std, drawn after the net
+            value, lp, lq = self._latent_draw(site, get_loc(), get_scale(), eps)
+            extra["noise_scale"] = value
+            log_p, log_q = log_p + lp, log_q + lq
         batch = out.shape[0]
         n = lik.plate_size(batch)
-        log_lik = lik.log_prob(out, y).sum() * (n / batch)
+        log_lik = lik.log_prob(out, y, **extra).sum() * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
+
+    def _latent_draw(self, site: str, loc, scale, eps):
+        r"""The guide's draw of a constrained latent (AutoNormal: a Normal in the
+        unconstrained space pushed through ``t = biject_to(support)``) and its log prior
+        and log guide density, :math:`\log q(t(z)) = \log\mathcal N(z;\mu,\sigma) -
+        \log|t'(z)|`, as Pyro's traces score them."""
+        e = eps[site] if eps is not None and site in eps else torch.randn_like(loc)
+        z = loc + scale * e
+        prior = self.model.likelihood._noise_prior_on(z.device, z.dtype)
+        transform = biject_to(prior.support)
+        value = transform(z)
+        log_q = (
+            -(0.5 * e.pow(2) + scale.log()).sum()
+            - e.numel() * _HALF_LOG_2PI
+            - transform.log_abs_det_jacobian(z, value).sum()
+        )
+        return value, prior.log_prob(value).sum(), log_q
 
     def _per_site(self, eps, lrt):
         """The general path: one sampling and log-density expression per site."""
@@ -249,26 +287,82 @@ def _normal_prior_parts(d):
     return base.loc, base.scale
 
 
-class _Softplus(torch.autograd.Function):
-    """``softplus(x) = max(x, 0) + log1p(exp(-|x|))`` with ``d/dx = sigmoid(x)``.
+class _DrawLogRatio(torch.autograd.Function):
+    r"""The guide's draw of every site and :math:`\log p(w) - \log q(w)` as ONE autograd
+    node: ``apply(layout, e, prior_loc, prior_prec, *locs, *raws)`` returns the per-site
+    weights (views of one flat draw, shaped like the sites) and then
 
-    The same function as ``F.softplus`` (Pyro's ``softplus_positive`` transform) to float
-    rounding, but built from kernels that are vectorised on CPU: ``log1p`` is evaluated as
-    ``log(u) * t / (u - 1)`` with ``u = 1 + t`` (Goldberg's trick, exact to rounding for
-    small ``t``), which measured 3x faster forward and backward than ``F.softplus``."""
+    .. math::
+
+        r = \log p(w) - \log q(w)
+          = -\tfrac12 (w-m)^\top \Lambda (w-m) + \tfrac12 \varepsilon^\top\varepsilon
+            + \textstyle\sum_i \log\sigma_i \quad (+\text{constants}),
+        \qquad w = \mu + \sigma\odot\varepsilon,\ \sigma = \mathrm{softplus}(\rho),
+
+    for a Normal prior :math:`\mathcal N(m, \Lambda^{-1})` with diagonal precision
+    :math:`\Lambda` (a scalar or a vector). ``log q`` is written through
+    :math:`\varepsilon` (``w - mu = sigma * eps``), which gives the same total derivative
+    as differentiating :math:`\log q(w)` through :math:`w`. The backward is the chain rule
+    in a few vector passes,
+
+    .. math::
+
+        \bar w = g_w - g_r \Lambda (w - m),\qquad \bar\mu = \bar w,\qquad
+        \bar\rho = \big(\bar w\odot\varepsilon + g_r/\sigma\big)\odot
+        \mathrm{sigmoid}(\rho),
+
+    handing each parameter a view of the flat gradients. Autograd through the separate
+    operations (a reshape and a concatenation per parameter, the dozen element-wise
+    operations, a split and a view per site) would record and replay some forty nodes
+    per step and sweep a full-length temporary for most of them."""
 
     @staticmethod
-    def forward(ctx, x):
-        t = torch.exp(-x.abs())
-        u = 1 + t
-        log1p_t = torch.where(u == 1, t, torch.log(u) * t / (u - 1))
-        ctx.save_for_backward(x)
-        return x.clamp_min(0) + log1p_t
+    def forward(ctx, layout, e, prior_loc, prior_prec, *tensors):
+        sizes, shapes = layout
+        k = len(sizes)
+        loc = torch.cat([t.reshape(-1) for t in tensors[:k]])
+        raw = torch.cat([t.reshape(-1) for t in tensors[k:]])
+        scale = torch.nn.functional.softplus(raw)  # Pyro's softplus_positive transform
+        w = torch.addcmul(loc, scale, e)
+        d = w - prior_loc
+        if prior_prec.dim() == 0:
+            log_p = -0.5 * prior_prec * torch.dot(d, d)
+        else:
+            log_p = -0.5 * torch.dot(d * prior_prec, d)
+        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
+        ctx.save_for_backward(raw, scale, e, d, prior_prec)
+        ctx.layout = layout
+        ctx.param_shapes = [t.shape for t in tensors]
+        weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
+        return (*weights, log_p - log_q)
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.sigmoid(x)
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        raw, scale, e, d, prec = ctx.saved_tensors
+        sizes, _ = ctx.layout
+        k = len(sizes)
+        g_r = grads[-1]
+        if g_r is None:
+            g_r = torch.zeros((), dtype=d.dtype, device=d.device)
+        g_w = torch.cat(
+            [g.reshape(-1) if g is not None else d.new_zeros(n) for g, n in zip(grads[:-1], sizes)]
+        )
+        # g_w is this backward's own concatenation: update it in place
+        if prec.dim() == 0:
+            g_w.addcmul_(d, -g_r * prec)
+        else:
+            g_w.addcmul_(d, prec * -g_r)
+        need = ctx.needs_input_grad[4:]
+        g_locs = [None] * k
+        if any(need[:k]):
+            g_locs = [g.view(shape) for g, shape in zip(g_w.split(sizes), ctx.param_shapes[:k])]
+        g_raws = [None] * k
+        if any(need[k:]):
+            g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
+            g_raw.mul_(torch.sigmoid(raw))
+            g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
+        return (None, None, None, None, *g_locs, *g_raws)
 
 
 class _FlatMeanField:
@@ -289,6 +383,8 @@ class _FlatMeanField:
         self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
         self.numel = sites[-1][3] if sites else 0
         self.sizes = [b - a for _, _, a, b, _ in sites]
+        self._paths = [path for _, path, *_ in sites]
+        self._layout = (self.sizes, [shape for *_, shape in sites])
 
     @classmethod
     def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
@@ -322,22 +418,42 @@ class _FlatMeanField:
         fns = {site: _fast_log_prob(priors[site]) for site in sites}
         return cls(entries, locs, scales, fns, None, None, 0.0)
 
+    def _views(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        # split (not slicing): its backward is one concatenation, where each slice's would
+        # scatter into its own zero-filled buffer of the full length
+        return {
+            path: part.view(shape)
+            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
+        }
+
     def sample(self, eps: dict | None, lrt):
+        if lrt is None and self.prior_fns is None:
+            # the common case (Normal priors, no local reparameterisation): the draw and
+            # log p - log q in one autograd node with a hand-written backward
+            locs = [d[k] for d, k in self.locs]
+            if eps is not None:
+                e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
+            else:  # the same draw as randn_like of the concatenated locs
+                e = torch.randn(self.numel, dtype=locs[0].dtype, device=locs[0].device)
+            *ws, log_ratio = _DrawLogRatio.apply(
+                self._layout, e, self.prior_loc, self.prior_prec,
+                *locs, *(d[k] for d, k in self.scales),
+            )  # fmt: skip
+            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
+            return dict(zip(self._paths, ws)), log_ratio, 0.0
         loc = torch.cat([d[k].reshape(-1) for d, k in self.locs])
-        scale = _Softplus.apply(torch.cat([d[k].reshape(-1) for d, k in self.scales]))
+        raw = torch.cat([d[k].reshape(-1) for d, k in self.scales])
         if eps is not None:
             e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
         else:
             e = torch.randn_like(loc)
+        # torch's own softplus kernel (Pyro's softplus_positive transform): measured 2.5x
+        # faster forward and backward than a composition of exp/log kernels on this CPU
+        scale = torch.nn.functional.softplus(raw)
         w = torch.addcmul(loc, scale, e)
         # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
         log_q = -(0.5 * torch.dot(e, e) + scale.log().sum()) - self.numel * _HALF_LOG_2PI
-        # split (not slicing): its backward is one concatenation, where each slice's would
-        # scatter into its own zero-filled buffer of the full length
-        weights = {
-            path: part.view(shape)
-            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
-        }
+        weights = self._views(w)
         if lrt is not None:
             for (_, path, *_, shape), lo, sc in zip(
                 self.sites, loc.split(self.sizes), scale.split(self.sizes)

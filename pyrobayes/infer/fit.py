@@ -168,10 +168,52 @@ def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> Data
         if lengths == {0}:
             raise ValueError("data is empty")
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return DataLoader(
-            TensorDataset(*data), batch_size=batch_size, shuffle=shuffle, generator=gen
-        )
+        return _TensorBatches(TensorDataset(*data), batch_size, shuffle, gen)
     raise TypeError("data must be a tuple of tensors (inputs..., targets) or a torch DataLoader")
+
+
+class _TensorBatches:
+    """Minibatches of in-memory tensors by indexing, in exactly the order (and with exactly
+    the random draws) of ``DataLoader(TensorDataset(*tensors), batch_size, shuffle,
+    generator=generator)``, without its per-example ``__getitem__`` and ``torch.stack``
+    collation (a large share of an epoch of a small network).
+
+    Per pass, as ``DataLoader`` does: one ``int64`` draw for the (unused) worker base seed
+    when the pass starts, then at the first batch a ``randperm`` from ``generator`` (or,
+    with ``generator=None``, from a fresh generator seeded by a draw from the global RNG),
+    and one more ``randperm`` once the pass is exhausted (``RandomSampler``'s trailing
+    partial permutation, empty here).
+    The data were validated up front (:func:`_make_loader`), so batches need no check."""
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.generator = generator
+        self.sampler = None  # no set_epoch: the unsharded order is the generator's
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # base seed
+        return self._batches()
+
+    def _batches(self):
+        tensors, n, bs = self.dataset.tensors, len(self.dataset), self.batch_size
+        if not self.shuffle:
+            for start in range(0, n, bs):
+                yield tuple(t[start : start + bs] for t in tensors)
+            return
+        gen = self.generator
+        if gen is None:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen)
+        for idx in order.split(bs):
+            yield tuple(t[idx] for t in tensors)
+        # RandomSampler draws one more (empty) permutation when it is exhausted
+        torch.randperm(n, generator=gen)
 
 
 def _shard(data, loader: DataLoader, cfg: FitConfig) -> DataLoader:
@@ -523,9 +565,11 @@ def _train_epoch(
     """
     steps_per_epoch, total_steps = schedule
     total, seen, steps = 0.0, 0, 0
+    prevalidated = isinstance(loader, _TensorBatches)  # checked once in _make_loader
     for step, batch in enumerate(loader):
         xs, kw, y = _split_batch(batch, device)
-        _check_batch(xs, kw, y, epoch, step)
+        if not prevalidated:
+            _check_batch(xs, kw, y, epoch, step)
         if lr_factor is not None:
             stepper.lr_factor = float(lr_factor(epoch * steps_per_epoch + step, total_steps))
         total += _run_step(

@@ -43,7 +43,13 @@ from pyrobayes._pyro_compat import (
     unpack_latent,
 )
 from pyrobayes.convert import site_priors
-from pyrobayes.infer.twin import fast_block_size, fixed_tensors, forward_draws
+from pyrobayes.infer.twin import (
+    chain_forward,
+    chain_plan,
+    fast_block_size,
+    fixed_tensors,
+    forward_draws,
+)
 
 __all__ = [
     "PosteriorPredictive",
@@ -168,6 +174,47 @@ def _flat_draws(leaves: list, num_draws: int) -> dict[str, torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tensor | None:
+    """``forward_draws(model, d, x)`` over ``d`` in ``posterior_chunks(guide, num_samples,
+    chunk, x)``, with the same draws from the same random numbers, for a mean-field
+    softplus-Normal guide (:func:`_softplus_normal_leaves`) over a batched Linear chain
+    (:func:`~pyrobayes.infer.twin.chain_plan`); ``None`` otherwise.
+
+    Per block of ``c`` draws it makes one ``torch.randn(c * D)`` into a buffer reused
+    across blocks and turns it into the draws in place (``addcmul`` with the noise as its
+    output), so the ``c x D`` weights of a block stay cache-sized and are written once;
+    the guide's leaves and ``softplus`` scales are looked up once, not per block."""
+    if getattr(guide, "prototype_trace", None) is None:
+        setup_prototype(guide, x)
+        _pull_from_store(guide)
+    if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
+        return None
+    leaves = _softplus_normal_leaves(guide)
+    if not leaves:
+        return None
+    loc0 = leaves[0][1]
+    plan = chain_plan(model, x, loc0.device)
+    if plan is None:
+        return None
+    sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in leaves]
+    total = sum(loc.numel() for _, loc, _ in sites)
+    buf = torch.empty(chunk * total, dtype=loc0.dtype, device=loc0.device)
+    outs, done = [], 0
+    while done < num_samples:
+        n = min(chunk, num_samples - done)
+        eps = torch.randn(n * total, dtype=loc0.dtype, device=loc0.device, out=buf[: n * total])
+        draws, offset = {}, 0
+        for name, loc, scale in sites:
+            k = n * loc.numel()
+            e = eps[offset : offset + k].view(n, *loc.shape)
+            draws[name] = torch.addcmul(loc, scale, e, out=e)
+            offset += k
+        outs.append(chain_forward(plan, draws, x))
+        done += n
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
 def posterior_chunks(
     guide: nn.Module, num_samples: int, chunk_size: int | None, *args, **kwargs
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -224,6 +271,9 @@ class PosteriorPredictive:
         block = fast_block_size(self.model, *inputs, mc_dropout=self.mc_dropout, **kwargs)
         if block is not None:  # sample as the batched path evaluates: cache-sized blocks
             chunk = min(chunk or self.num_samples, block)
+            out = _chain_outputs(self.model, self.guide, self.num_samples, chunk, inputs[0])
+            if out is not None:
+                return out
         return torch.cat(
             [
                 forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)

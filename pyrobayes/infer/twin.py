@@ -152,12 +152,7 @@ def forward_draws(
     if inputs_batched and any(x.shape[0] != num_draws for x in inputs):
         raise ValueError("with inputs_batched=True every input needs a leading dimension of size S")
     check_input_features(model, *inputs, inputs_batched=inputs_batched)
-    twin = net._pyrobayes_twin
-    fixed = fixed_tensors(net)
-    device = next(iter(fixed.values())).device if fixed else next(iter(draws.values())).device
-    if next(twin.parameters(), torch.empty(0, device=device)).device != device:
-        twin.to(device)  # the twin is not a registered submodule, so it follows lazily
-    twin.eval()
+    twin, fixed = _eval_twin(net, next(iter(draws.values())).device)
     if mc_dropout:
         _set_dropout(twin, True)
     stacked = {paths[0]: draws[site] for site, paths in sites.items()}
@@ -182,6 +177,42 @@ def forward_draws(
     finally:
         if mc_dropout:
             _set_dropout(twin, False)
+
+
+def _eval_twin(net: nn.Module, fallback_device) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The twin in eval mode on the converted net's device, and the net's fixed tensors."""
+    twin = net._pyrobayes_twin
+    fixed = fixed_tensors(net)
+    device = next(iter(fixed.values())).device if fixed else fallback_device
+    if next(twin.parameters(), torch.empty(0, device=device)).device != device:
+        twin.to(device)  # the twin is not a registered submodule, so it follows lazily
+    twin.eval()
+    return twin, fixed
+
+
+def chain_plan(model: nn.Module, x, device) -> tuple | None:
+    """``(chain, fixed, {site: [parameter paths]})`` when :func:`forward_draws` of one
+    positional input ``x`` takes the batched Linear-chain path (no dropout sampling, no
+    keyword inputs), else ``None``; checks ``x`` against the first layer like
+    :func:`forward_draws`. With it, :func:`chain_forward` evaluates draws that a caller
+    produces block by block (``device``: where the draws live, for a net without fixed
+    tensors)."""
+    net, _ = _converted_root(model)
+    if _linear_chain(model, net._pyrobayes_twin, x) is None:
+        return None
+    check_input_features(model, x)
+    twin, fixed = _eval_twin(net, device)
+    return _linear_chain(model, twin, x), fixed, bayesian_sites(model)
+
+
+def chain_forward(plan: tuple, draws: Mapping[str, torch.Tensor], x) -> torch.Tensor:
+    """:func:`forward_draws` on a :func:`chain_plan`: ``draws`` ``{site: [S, *shape]}``,
+    evaluated in one block (the caller sizes it with :func:`fast_block_size`)."""
+    chain, fixed, sites = plan
+    by_path = {p: draws[site] for site, paths in sites.items() for p in paths}
+    num_draws = int(next(iter(draws.values())).shape[0])
+    with torch.no_grad():
+        return _chain_forward(chain, by_path, fixed, x, num_draws, num_draws)
 
 
 # parameter-free element-wise layers: they act on a [S, N, F] stack as on [N, F]
