@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -136,23 +137,55 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="NUTS seeds 0..k-1 per setting")
     ap.add_argument("--load-note", default="", help="how loaded the box was (for RESULTS.md)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--jsonl", type=Path, help="append every run as a JSON line here")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="build the table from these --jsonl files (runs of several processes) instead",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    data = _data()
+    x_tr, y_tr, *_ = data
+    results: dict[str, list[dict]] = {}
+    if args.merge:
+        for path in args.merge:
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                results.setdefault(r["label"], []).append(r)
+        results = {k: results[k] for k in sorted(results, key=_order)}
+        args.seeds = max(len(v) for v in results.values())
+    else:
+        _run_study(args, data, results)
+    _report(args, data, results)
+
+
+def _order(label: str) -> tuple:
+    """200/200 first, then by budget (descending), variants after their budget."""
+    budget, _, extra = label.partition(":")
+    w, s = (int(v) for v in budget.split("/"))
+    return (-(w + s), -w, extra)
+
+
+def _run_study(args, data, results: dict[str, list[dict]]) -> None:
     from pyrobayes.compare_job import CompareConfig, _fit_mlp
 
-    data = _data()
     x_tr, y_tr, *_ = data
     mlp = copy.deepcopy(_fit_mlp(x_tr, y_tr, CompareConfig().mlp_steps, 0))
     counter = _GradCounter()
-    results: dict[str, list[dict]] = {}
     try:
         for spec in args.configs:
             label, kw = parse_config(spec)
             results[label] = []
             for seed in range(args.seeds):
                 r = run_one(kw, seed, data, mlp, counter)
+                r.update(label=label, seed=seed)
                 results[label].append(r)
+                if args.jsonl:
+                    with args.jsonl.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
                 print(
                     f"{label:32s} seed {seed}: NLL {r['nll']:.3f} ± {r['se']:.3f}  R-hat "
                     f"{r['r_hat']:.3f}  ESS {r['ess']:.0f}  grads {r['grads']}  "
@@ -162,6 +195,9 @@ def main() -> None:
     finally:
         counter.restore()
 
+
+def _report(args, data, results: dict[str, list[dict]]) -> None:
+    x_tr = data[0]
     base_label = next((lbl for lbl in results if lbl.startswith("200/200")), None)
     base = summarise(results[base_label]) if base_label else None
     rows = []
