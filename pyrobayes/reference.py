@@ -370,6 +370,8 @@ class NUTSInfo:
             functionals.append(ess_ll)
         if outputs is not None:
             functionals += effective_sample_size(outputs.double()).flatten().tolist()
+        # Pyro's estimator can come out negative on very short chains: that means "none"
+        functionals = [max(0.0, e) for e in functionals]
         min_ess = min(functionals) if functionals else coords.get("p5", float("nan"))
         return cls(
             max_r_hat=float(r.max()) if r.numel() else float("nan"),
