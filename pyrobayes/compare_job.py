@@ -49,7 +49,10 @@ class CompareConfig:
     svi_lr: float = 1e-3
     delta: float = 0.1
     num_samples: int = 200
-    nuts_warmup: int = 200
+    # NUTS 100/200 from a seed study (benchmarks/bench_nuts_budget.py): held-out NLL within
+    # Monte Carlo error of 200/200 and max R-hat <= 1.05 at half the gradients; 50 warmup
+    # steps or 100 draws left R-hat at 1.06-1.18.
+    nuts_warmup: int = 100
     nuts_samples: int = 200
     data: str | None = None
     x_col: str = "x"
