@@ -135,7 +135,8 @@ def summarise(runs: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    ap.add_argument("--seeds", type=int, default=3, help="NUTS seeds 0..k-1 per setting")
+    ap.add_argument("--seeds", type=int, default=3, help="NUTS seeds per setting")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+k-1")
     ap.add_argument("--load-note", default="", help="how loaded the box was (for RESULTS.md)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--jsonl", type=Path, help="append every run as a JSON line here")
@@ -180,7 +181,7 @@ def _run_study(args, data, results: dict[str, list[dict]]) -> None:
         for spec in args.configs:
             label, kw = parse_config(spec)
             results[label] = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 r = run_one(kw, seed, data, mlp, counter)
                 r.update(label=label, seed=seed)
                 results[label].append(r)
@@ -241,8 +242,8 @@ def _report(args, data, results: dict[str, list[dict]]) -> None:
     report = (
         f"{SECTION}\n\nSeed study of the main job's NUTS reference (`nuts_ppd` on the trace-free "
         f"potential, started at the fitted MLP's weights) on the default data set of "
-        f"`pyrobayes compare` ({len(x_tr)} train, {len(data[2])} test points), NUTS seeds "
-        "0..k-1 per setting (k = seeds column), 1 torch thread. Wall times come from a 2-core box "
+        f"`pyrobayes compare` ({len(x_tr)} train, {len(data[2])} test points), k NUTS "
+        "seeds per setting (k = seeds column), 1 torch thread. Wall times come from a 2-core box "
         "shared with a PFN training (one core) and other jobs, so they are inflated and "
         "only comparable within this table; gradients / run is the machine-independent "
         f"cost. {args.load_note}\n"
