@@ -205,11 +205,13 @@ def _report(args, data, results: dict[str, list[dict]]) -> None:
     rows = []
     for label, runs in results.items():
         s = summarise(runs)
+        n_ok = sum(r["r_hat"] <= 1.05 for r in runs)
         if base is not None:
             diff = s["nll"] - base["nll"]
             tol = 2 * math.hypot(s["se_mean"], base["se_mean"])
-            ok = abs(diff) <= tol and s["r_hat"] <= 1.05
-            verdict = f"{diff:+.3f} (tol {tol:.3f}) {'pass' if ok else 'FAIL'}"
+            nll_ok = abs(diff) <= tol
+            ok = nll_ok and n_ok == len(runs)
+            verdict = f"{diff:+.3f} (tol {tol:.3f}); {'pass' if ok else 'FAIL'}"
         else:
             verdict = ""
         rows.append(
@@ -217,9 +219,10 @@ def _report(args, data, results: dict[str, list[dict]]) -> None:
                 label,
                 len(runs),
                 f"{s['nll']:.3f}",
-                f"{s['sd']:.3f}",
+                f"{s['sd']:.3f}" if len(runs) > 1 else "—",
                 f"{s['mc']:.3f}",
                 f"{s['r_hat']:.3f}",
+                f"{n_ok}/{len(runs)}",
                 f"{s['ess']:.0f}",
                 f"{s['grads']:.0f}",
                 f"{s['wall']:.1f}",
@@ -233,6 +236,7 @@ def _report(args, data, results: dict[str, list[dict]]) -> None:
         "sd over seeds",
         "MC se per run",
         "max R-hat",
+        "seeds R-hat <= 1.05",
         "min ESS",
         "gradients / run",
         "wall s / run",
