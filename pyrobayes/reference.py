@@ -120,7 +120,7 @@ def nuts_ppd(
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
     Runs Pyro's ``MCMC(NUTS(potential_fn=...))`` on the trace-free potential of
-    ``model(x_train, y=y_train)`` (:class:`~pyrobayes.infer.potential.Potential`: full batch,
+    ``model(x_train, y=y_train)`` (``pyrobayes.infer.potential.Potential``: full batch,
     eval mode, every latent as one flat unconstrained vector), keeps ``num_samples`` draws per chain after ``num_warmup`` adaptation steps, and
     averages the likelihood's densities/probabilities over all ``num_chains * num_samples``
     draws at ``x_query``:
