@@ -119,8 +119,9 @@ def nuts_ppd(
 ) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, MCMC]:
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
-    Runs ``pyro.infer.MCMC(NUTS(model))`` on ``model(x_train, y=y_train)`` (full batch, eval
-    mode), keeps ``num_samples`` draws per chain after ``num_warmup`` adaptation steps, and
+    Runs Pyro's ``MCMC(NUTS(potential_fn=...))`` on the trace-free potential of
+    ``model(x_train, y=y_train)`` (``pyrobayes.infer.potential.Potential``: full batch,
+    eval mode, every latent as one flat unconstrained vector), keeps ``num_samples`` draws per chain after ``num_warmup`` adaptation steps, and
     averages the likelihood's densities/probabilities over all ``num_chains * num_samples``
     draws at ``x_query``:
 
@@ -128,23 +129,39 @@ def nuts_ppd(
               \\quad w_s \\sim p(w \\mid D) \\text{ by NUTS}.
 
     Args:
-        model: a ``BayesianModel`` (network converted by ``to_pyro`` + likelihood). A learned
-            Gaussian noise scale is held at its current value (NUTS samples weights only).
+        model: a ``BayesianModel`` (network converted by ``to_pyro`` + likelihood). NUTS
+            samples every latent site of the model: the weights and the likelihood's own
+            :attr:`~pyrobayes.likelihoods.Likelihood.latent_sites` (e.g. a ``noise_scale``
+            with a prior, sampled on its unconstrained scale); the PPD mixes over the joint
+            draws by :meth:`~pyrobayes.likelihoods.Likelihood.ppd_from_draws`. A *learned*
+            (``learn_scale=True``) noise is a parameter, not a site: it is held at its
+            current value.
         x_train, y_train: the training data (tensors or arrays; moved to the model's device).
         x_query: the query inputs.
-        num_warmup: NUTS adaptation steps per chain (step size and mass matrix).
+        num_warmup: NUTS adaptation steps per chain (step size and diagonal mass matrix).
         num_samples: kept draws per chain.
-        num_chains: independent chains (Pyro runs them in parallel processes when CPUs
-            allow, else one after another).
-        progress: show Pyro's progress bar.
+        num_chains: independent chains. Pyro runs them in parallel processes only when
+            ``num_chains <= cpu_count - 1`` (it reserves one CPU), else one after another.
+        progress: Pyro's progress bar on a terminal/notebook, a few plain lines in a log.
         seed: seeds torch's RNG for this run only (the caller's RNG state is restored).
-        return_mcmc: also return the ``MCMC`` object (``.diagnostics()``, ``.summary()``,
-            ``.get_samples()``).
-        target_accept_prob, max_tree_depth: NUTS settings.
-        init_strategy: Pyro initialisation strategy; default ``init_to_sample`` (a prior
-            draw), which breaks the symmetry between hidden units that starting every
-            weight at its prior mean would impose.
+        return_mcmc: also return a :class:`NUTSInfo` (max R-hat, min ESS, the ``MCMC``
+            object, the constrained draws).
+        target_accept_prob, max_tree_depth: NUTS settings (a tree of depth ``d`` costs up to
+            :math:`2^d - 1` gradient evaluations per draw).
         chunk_size: draws evaluated per vectorised forward pass at ``x_query``.
+        init: where the chains start (constrained values): ``None`` = the prior draw of the
+            setup trace; a ``dict`` ``{site: value}`` (sites not given keep that draw); or an
+            ``nn.Module`` with the converted network's parameter names, e.g. the fitted
+            deterministic net, which puts the chains where the posterior mass is.
+        map_steps: Adam steps (lr ``1e-2``) on the potential from ``init`` before NUTS (a MAP
+            start); ``0`` starts at ``init`` itself.
+        step_size: NUTS's initial step size (then adapted during warmup; Pyro first
+            rescales it by its doubling/halving heuristic at the start point).
+        init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
+            ``init_jitter * N(0, I)`` on the unconstrained scale, so R-hat can see a chain
+            that is stuck.
+        mp_context: multiprocessing start method for parallel chains (default: ``"spawn"``
+            on CUDA, where forked workers cannot re-initialise CUDA; else Pyro's default).
 
     Returns:
         The PPD at ``x_query`` (:class:`~pyrobayes.ppd.NormalMixturePPD` for a Gaussian
@@ -168,6 +185,7 @@ def nuts_ppd(
 
     with _eval_mode(model), _seeded(seed, device):
         potential = Potential(model, xt, yt)
+        _check_latent_sites(model, potential)
         init_values = _initial_values(potential, init, map_steps)
         # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
         u0 = potential.pack(potential.unconstrain(init_values)).detach()
@@ -200,7 +218,7 @@ def nuts_ppd(
                     for f in flat.reshape(-1, potential.dim)
                 ]
             )
-    ppd = _ppd(model, out, draws, potential)
+    ppd = _ppd(model, out, draws)
     info = NUTSInfo.from_mcmc(
         mcmc,
         draws,
@@ -352,6 +370,8 @@ class NUTSInfo:
             functionals.append(ess_ll)
         if outputs is not None:
             functionals += effective_sample_size(outputs.double()).flatten().tolist()
+        # Pyro's estimator can come out negative on very short chains: that means "none"
+        functionals = [max(0.0, e) for e in functionals]
         min_ess = min(functionals) if functionals else coords.get("p5", float("nan"))
         return cls(
             max_r_hat=float(r.max()) if r.numel() else float("nan"),
@@ -367,22 +387,30 @@ class NUTSInfo:
         return self.draws
 
 
+def _check_latent_sites(model: torch.nn.Module, potential: Potential) -> None:
+    """The non-weight latent sites of the trace must be the likelihood's declared
+    ``latent_sites``: the PPD needs their draws, and only the likelihood knows how to use them."""
+    declared = tuple(model.likelihood.latent_sites)
+    undeclared = [s for s in potential.extra_sites if s not in declared]
+    absent = [s for s in declared if s not in potential.extra_sites]
+    if undeclared or absent:
+        raise ValueError(
+            f"{type(model.likelihood).__name__} samples latent site(s) {potential.extra_sites} "
+            f"but declares latent_sites={declared}; its latent_sites property must name every "
+            "latent sample site of the likelihood (and ppd_from_draws must turn their draws "
+            "into the PPD)"
+        )
+
+
 def _ppd(
-    model: torch.nn.Module, out: torch.Tensor, draws: dict[str, torch.Tensor], potential: Potential
+    model: torch.nn.Module, out: torch.Tensor, draws: dict[str, torch.Tensor]
 ) -> NormalMixturePPD | CategoricalPPD:
+    """The mixture over draws, by the likelihood's own API (a latent noise scale varies per
+    draw, so each mixture component gets its own)."""
     lik = model.likelihood
-    if not potential.extra_sites:
+    if not lik.latent_sites:
         return lik.ppd(out)
-    # a latent noise scale varies per draw: each mixture component gets its own sigma_s
-    scale_site = [s for s in potential.extra_sites if s.endswith("scale")]
-    if len(scale_site) == 1 and len(potential.extra_sites) == 1:
-        loc = out.squeeze(-1) if out.dim() > 2 and out.shape[-1] == 1 else out
-        scale = draws[scale_site[0]].reshape(loc.shape[0], *([1] * (loc.dim() - 1)))
-        return NormalMixturePPD(loc, scale.to(loc.dtype).expand_as(loc))
-    raise NotImplementedError(
-        f"PPD with latent likelihood sites {potential.extra_sites} is only built for a "
-        "Gaussian scale site"
-    )
+    return lik.ppd_from_draws(out, draws)
 
 
 def _initial_values(potential: Potential, init: Any, map_steps: int) -> dict[str, torch.Tensor]:

@@ -19,14 +19,33 @@ from pyrobayes.reference import nuts_ppd
 
 
 class LatentNoiseGaussian(Likelihood):
-    """y ~ N(f(x), sigma^2) with sigma ~ HalfNormal(0.5) a latent site."""
+    """y ~ N(f(x), sigma^2) with sigma ~ HalfNormal(0.5) a latent site, declared through the
+    likelihood API (``latent_sites`` + ``ppd_from_draws``) under a name no rule could guess."""
+
+    SITE = "likelihood.scale"
 
     def forward(self, outputs, y=None):
         loc = outputs.squeeze(-1)
-        sigma = pyro.sample("likelihood.scale", dist.HalfNormal(torch.tensor(0.5)))
+        sigma = pyro.sample(self.SITE, dist.HalfNormal(torch.tensor(0.5)))
         with self._plate(loc.shape[0], loc.device):
             pyro.sample("obs", dist.Normal(loc, sigma), obs=y)
         return loc
+
+    @property
+    def latent_sites(self):
+        return (self.SITE,)
+
+    def ppd_from_draws(self, outputs, draws):
+        loc = outputs.squeeze(-1)
+        return NormalMixturePPD(loc, draws[self.SITE][:, None].to(loc.dtype).expand_as(loc))
+
+
+class UndeclaredNoiseGaussian(LatentNoiseGaussian):
+    """The same model, but the latent site is not declared: nuts_ppd cannot build its PPD."""
+
+    @property
+    def latent_sites(self):
+        return ()
 
 
 def _traced_potential(model, x, y, params):
@@ -153,3 +172,32 @@ def test_nuts_init_from_network_and_rejects_bad_init():
         nuts_ppd(model, x, x[:, 0], x[:2], init={"nope": torch.zeros(1)}, progress=False)
     with pytest.raises(ValueError, match="init must be"):
         nuts_ppd(model, x, x[:, 0], x[:2], init=3, progress=False)
+
+
+def test_nuts_refuses_an_undeclared_latent_likelihood_site():
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), UndeclaredNoiseGaussian()
+    )
+    x = torch.linspace(-1, 1, 10)[:, None]
+    with pytest.raises(ValueError, match=r"likelihood\.scale.*latent_sites=\(\)"):
+        nuts_ppd(model, x, x[:, 0], x[:2], num_warmup=5, num_samples=5, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:NUTS has not converged")  # a short run: shapes only
+def test_nuts_with_gaussian_noise_prior_mixes_over_noise_draws():
+    # the library's own latent noise (Gaussian(noise_prior=...)): its PPD gets one sigma per draw
+    from pyrobayes import Gaussian
+
+    torch.manual_seed(0)
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)),
+        Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8)),
+    )
+    x = torch.linspace(-2, 2, 30)[:, None]
+    y = 0.5 * x[:, 0] + 0.2 * torch.randn(30, generator=torch.Generator().manual_seed(4))
+    ppd, info = nuts_ppd(
+        model, x, y, x[:3], num_warmup=60, num_samples=40, progress=False, seed=0, return_mcmc=True
+    )
+    sigma = info.draws["noise_scale"]
+    assert sigma.shape == (40,) and (sigma > 0).all()
+    assert torch.allclose(ppd.scale[:, 0], sigma)

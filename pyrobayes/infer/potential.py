@@ -8,8 +8,8 @@ its prior and its support. Afterwards the potential
           \\qquad T_k = \\mathrm{biject\\_to}(\\mathrm{support}_k),
 
 is computed without Pyro's effect handlers: the weights go through the net's untouched twin
-(``torch.func.functional_call`` with :func:`~pyrobayes.infer.predictive.fixed_tensors`, as the
-fused ELBO does) and the likelihood is summed over all ``N`` training points (never scaled
+(``torch.func.functional_call`` with :func:`~pyrobayes.infer.twin.fixed_tensors`, or ``F.linear``
+per layer for a plain Linear chain, as the fused ELBO does) and the likelihood is summed over all ``N`` training points (never scaled
 by a minibatch plate). Latent sites of the likelihood itself (e.g. a noise scale with a
 prior) are substituted into a tiny trace of the likelihood only, never the network.
 
@@ -37,7 +37,7 @@ from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
 from pyrobayes.convert import _converted_root, bayesian_sites
-from pyrobayes.infer.predictive import fixed_tensors
+from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors
 from pyrobayes.likelihoods import Gaussian
 from pyrobayes.model import default_output
 
@@ -129,7 +129,13 @@ class Potential:
             self.twin.to(device)
         self.twin.eval()
         self.output_fn = getattr(model, "output_fn", None) or default_output
-        self.weight_paths = {site: paths[0] for site, paths in bayesian_sites(model).items()}
+        sites = bayesian_sites(model)
+        self.weight_paths = {site: paths[0] for site, paths in sites.items()}
+        self._aliases = {paths[0]: paths[1:] for paths in sites.values() if len(paths) > 1}
+        # A plain Linear/element-wise chain (the default MLP) runs as F.linear per layer, as
+        # the fused ELBO does: functional_call's per-call module walk and parameter swap
+        # were a third of a potential + gradient evaluation at the default model's size
+        self._chain = _linear_chain(model, self.twin, x)
         # the one trace: which sites are latent, their priors and supports
         with torch.no_grad():
             tr = poutine.trace(model).get_trace(x, y=y)
@@ -158,6 +164,7 @@ class Potential:
         self._loc, self._inv_scale, self._const = _closed_form_normal(
             self.priors, self.init_values, closed, self.x.new_zeros(0)
         )
+        self._loc_scaled = self._loc * self._inv_scale
         self._other = other
         # A Gaussian likelihood with a fixed scale in closed form too: building a validated
         # Normal per call costs three argument checks, each a device sync
@@ -167,7 +174,7 @@ class Potential:
             y_sq = Gaussian._squeeze(y)
             scale = float(lik.scale.detach())
             const = -y_sq.numel() * (math.log(scale) + 0.5 * math.log(2 * math.pi))
-            self._gauss = (y_sq, 1.0 / scale, const)
+            self._gauss = (y_sq, 0.5 / scale**2, const)
 
     def prior_draw(self) -> dict[str, torch.Tensor]:
         """One draw of every latent site from its prior (constrained space)."""
@@ -193,21 +200,31 @@ class Potential:
         if flat.shape[-1] != self.dim:
             raise ValueError(f"flat latent vector must end in {self.dim}, got {tuple(flat.shape)}")
         batch = flat.shape[:-1]
-        # one split (its backward is one concatenation) rather than a slice per site
+        # one split (its backward is one concatenation) rather than a slice per site; a
+        # vector site's part already has its shape (no reshape node to run and differentiate)
         parts = flat.split(self._sizes, -1)
         return {
-            s: part.reshape((*batch, *shape)) for (s, _, _, shape), part in zip(self.layout, parts)
+            s: part if len(shape) == 1 else part.reshape((*batch, *shape))
+            for (s, _, _, shape), part in zip(self.layout, parts)
         }
 
     def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
         weights = {self.weight_paths[s]: values[s] for s in self.weight_paths}
-        out = self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
+        if self._chain is not None:
+            for path, aliases in self._aliases.items():
+                for alias in aliases:
+                    weights[alias] = weights[path]
+            out = chain_forward_one(self._chain, weights, self.fixed, self.x)
+        else:
+            out = self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
         lik = self.model.likelihood
         if self._gauss is not None:
-            y_sq, inv_scale, const = self._gauss
+            y_sq, half_precision, const = self._gauss
             loc = Gaussian._squeeze(out)
-            return const - 0.5 * ((y_sq.to(loc.dtype) - loc) * inv_scale).square().sum()
+            # one fused op (and one backward node) for sum_i (y_i - f_i)^2
+            sq = nn.functional.mse_loss(loc, y_sq.to(loc.dtype), reduction="sum")
+            return const - half_precision * sq
         if not self.extra_sites:
             return lik.log_prob(out, self.y).sum()
         # latent likelihood parameters: condition them into a trace of the likelihood alone
@@ -224,7 +241,9 @@ class Potential:
         """:math:`U(u)` of one flat unconstrained vector ``[dim]``."""
         values = self.unpack(flat)
         head = flat[: self._n_closed]
-        log_joint = self._const - 0.5 * ((head - self._loc) * self._inv_scale).square().sum()
+        # sum_k ((u_k - m_k) / s_k)^2 as one fused op on pre-scaled locs
+        sq = nn.functional.mse_loss(head * self._inv_scale, self._loc_scaled, reduction="sum")
+        log_joint = self._const - 0.5 * sq
         for s in self._other:
             u = values[s]
             t = self.transforms[s]
