@@ -250,7 +250,9 @@ def _reference_ppds(
         times[ref_name] = time.perf_counter() - t0
         diagnostics[ref_name] = {"r_hat": info.max_r_hat, "ess": info.min_ess}
         test_ppds[ref_name] = ppd
-        grid_ppds[ref_name] = ref_model.likelihood.ppd(forward_draws(ref_model, info.draws, grid))
+        grid_ppds[ref_name] = ref_model.likelihood.ppd_from_draws(
+            forward_draws(ref_model, info.draws, grid), info.draws
+        )
     return ref_name
 
 
