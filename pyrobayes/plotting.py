@@ -510,17 +510,20 @@ def plot_training_curve(
     ax: Axes | None = None,
     window: int = 5,
     title: str | None = "Training loss",
+    log_y: bool = True,
 ) -> tuple[Figure, Axes]:
     """Loss (and learning rate, when logged) against step of a PFN training run.
 
     Each logged loss is the mean over one logging window of steps, still noisy when the
-    data set size and feature count change every step, so a running mean over ``window``
+    data set size and feature count change every step, so a running median over ``window``
     log entries is drawn on top.
 
     Args:
         history: ``[{"step": ..., "loss": ..., "lr": ...}, ...]`` as in a checkpoint's
             ``training["history"]``, or the path of a PFN checkpoint (its JSON is read).
-        window: log entries per running mean (1 = none).
+        window: log entries per running median (1 = none).
+        log_y: log-scale loss axis (isolated spikes from rare extreme data sets would
+            otherwise flatten the curve).
 
     Example::
 
@@ -545,14 +548,17 @@ def plot_training_curve(
     if steps.size == 0:
         raise ValueError("history is empty")
     fig, ax = _new_axes(ax, (6.0, 3.5))
-    ax.plot(steps, loss, color="C0", alpha=0.35, label="logged step loss")
+    ax.plot(steps, loss, color="C0", alpha=0.35, label="logged (window mean)")
     if window > 1 and loss.size >= window:
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        # a running median: one window holding a rare extreme data set must not smear
+        smooth = np.median(np.lib.stride_tricks.sliding_window_view(loss, window), axis=1)
         half = (window - 1) // 2
-        ax.plot(steps[half : half + smooth.size], smooth, color="C0", label=f"mean of {window}")
+        ax.plot(steps[half : half + smooth.size], smooth, color="C0", label=f"median of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (NLL per query)")
-    ax.grid(True, alpha=0.3)
+    if log_y and (loss > 0).all():
+        ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
     if all("lr" in h for h in history):
         lr_ax = ax.twinx()
         lr_ax.plot(steps, [float(h["lr"]) for h in history], color="C1", linestyle="--")

@@ -178,7 +178,7 @@ def test_training_curve_reads_a_checkpoint_and_checks_its_input(tmp_path):
     fig, ax = plot_training_curve(str(path), window=3)
     raw, smooth = ax.lines[0], ax.lines[1]
     assert list(raw.get_ydata()) == [h["loss"] for h in hist]
-    # running mean of 3 consecutive entries, placed at the middle step
+    # running median of 3 consecutive entries, placed at the middle step
     assert smooth.get_xdata()[0] == 20 and np.isclose(smooth.get_ydata()[0], 2.9)
     _save(fig, tmp_path / "curve.png")
     with pytest.raises(ValueError, match="'step' and 'loss'"):
