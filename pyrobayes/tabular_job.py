@@ -149,6 +149,9 @@ class TabularResult(TypedDict):
       over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per method in the order
       MLP, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
       ``KL(ref‖·)`` column. Plot it with :func:`plot_tabular_summary`.
+    - ``nuts_table``: when NUTS ran on fewer splits than the others (``nuts_splits``), the
+      same mean ± s.e. table over only those splits, every method on the same data (the
+      paired comparison with the reference); else ``None``.
     - ``split_tables``: one :class:`~pyrobayes.compare.ComparisonTable` per split.
     - ``notes``: sentences on what was left out (e.g. a PFN that does not cover the data,
       NUTS on fewer splits).
@@ -165,6 +168,7 @@ class TabularResult(TypedDict):
     """
 
     table: ComparisonTable
+    nuts_table: ComparisonTable | None
     split_tables: list[ComparisonTable]
     notes: list[str]
     infos: list[dict[str, Any]]
@@ -683,9 +687,16 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
     if cfg.no_nuts:
         methods.remove("NUTS")
     summary = mean_se_table(tables, methods=methods)
-    files = _write(cfg, tab, summary, tables, infos, notes, first, n_train, len(splits[0][1]))
+    # NUTS's mean is over its own splits: the fair comparison is every method on those
+    nuts_table = (
+        mean_se_table(tables[:n_nuts], methods=methods) if 0 < n_nuts < len(tables) else None
+    )
+    files = _write(
+        cfg, tab, (summary, nuts_table), tables, infos, notes, first, n_train, len(splits[0][1])
+    )
     return {
         "table": summary,
+        "nuts_table": nuts_table,
         "split_tables": tables,
         "notes": notes,
         "infos": infos,
@@ -726,8 +737,10 @@ def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Fi
     return fig
 
 
-def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> dict:
+def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) -> dict:
     from pyrobayes.plotting import plot_ppd_comparison
+
+    summary, nuts_table = summaries
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -750,6 +763,7 @@ def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> d
         "n_test": n_test,
         "notes": notes,
         "table": json.loads(summary.to_json()),
+        "nuts_table": json.loads(nuts_table.to_json()) if nuts_table is not None else None,
         "split_tables": [json.loads(t.to_json()) for t in tables],
         "split_info": infos,
     }
@@ -766,9 +780,44 @@ def _write(cfg, tab, summary, tables, infos, notes, first, n_train, n_test) -> d
         + (f"Notes:\n\n{note_md}\n" if notes else "")
         + "![NLL and calibration](compare.png)\n"
         + ("\n![PPD bands](compare-bands.png)\n" if first else "")
+        + _nuts_subset_md(nuts_table)
+        + _diagnostics_md(infos)
     )
     files["md"].write_text(md)
     return files
+
+
+def _nuts_subset_md(nuts_table: ComparisonTable | None) -> str:
+    if nuts_table is None:
+        return ""
+    return (
+        "\n## The splits with NUTS (every method on the same splits)\n\n"
+        f"{nuts_table.to_markdown()}\n"
+    )
+
+
+def _diagnostics_md(infos: list[dict]) -> str:
+    """Per-split fitted noise std (standardised units) and NUTS diagnostics."""
+
+    def cell(v: Any) -> str:
+        return "—" if v is None else f"{v:.3g}"
+
+    rows = []
+    for k, info in enumerate(infos, 1):
+        nuts = info.get("nuts") or {}
+        gp = info.get("gp") or {}
+        rows.append(
+            f"| {k} | {cell(info.get('mlp_noise_std'))} | {cell(info.get('svi_noise_std'))} | "
+            f"{cell(nuts.get('noise_std_median'))} | {cell(nuts.get('max_r_hat'))} | "
+            f"{cell(nuts.get('min_ess'))} | {cell(gp.get('noise_std'))} |"
+        )
+    return (
+        "\n## Noise std per split (standardised units) and NUTS diagnostics\n\n"
+        "| split | MLP noise | SVI noise | NUTS noise (median) | NUTS max R-hat | "
+        "NUTS min ESS | GP noise |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -317,13 +317,20 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
     )
     cfg = Cfg(
         data=_csv(tmp_path, "a,b,c,y\n" + rows), y_col="y", splits=2, mlp_steps=40,
-        svi_steps=10, num_samples=10, gp_steps=10, no_nuts=True, out=str(tmp_path / "o"),
-        no_progress=True,
+        svi_steps=10, num_samples=10, gp_steps=10, nuts_warmup=5, nuts_samples=5,
+        nuts_max_tree_depth=3, nuts_splits=1, out=str(tmp_path / "o"), no_progress=True,
     )  # fmt: skip
     res = run_tabular(cfg)
-    assert set(res) == {"table", "split_tables", "notes", "infos", "files"}
+    assert set(res) == {"table", "nuts_table", "split_tables", "notes", "infos", "files"}
     assert len(res["split_tables"]) == len(res["infos"]) == 2
-    assert "NUTS" not in res["table"].methods and any("skipped" in n for n in res["notes"])
+    assert any("first 1 of 2 splits" in n for n in res["notes"])
+    # NUTS ran on split 1 only: the paired table is every method on that split alone
+    one = res["split_tables"][0]
+    for m in res["table"].methods:
+        assert res["nuts_table"].row(m)["nll"] == pytest.approx(one.row(m)["nll"])
+    assert res["table"].row("NUTS")["nll"] == pytest.approx(one.row("NUTS")["nll"])
+    md = res["files"]["md"].read_text()
+    assert "every method on the same splits" in md and "NUTS max R-hat" in md
     assert res["files"]["json"].exists() and res["files"]["png"].exists()
     fig = plot_tabular_summary(res["table"], title="toy")
     ax_nll, ax_cov = fig.axes
