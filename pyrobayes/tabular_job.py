@@ -164,7 +164,7 @@ class TabularResult(TypedDict):
     Example::
 
         >>> sorted(TabularResult.__annotations__)
-        ['files', 'infos', 'notes', 'split_tables', 'table']
+        ['files', 'infos', 'notes', 'nuts_table', 'split_tables', 'table']
     """
 
     table: ComparisonTable
