@@ -304,8 +304,9 @@ def parameters_under(model: nn.Module, patterns: list[str]) -> list[str]:
         >>> cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
         ...                  num_attention_heads=2, intermediate_size=16, num_labels=3)
         >>> model = BertForSequenceClassification(cfg)     # tiny, randomly initialised
-        >>> parameters_under(model, ["classifier", "bert.pooler"])
-        ['bert.pooler.dense.weight', 'bert.pooler.dense.bias', 'classifier.weight', 'classifier.bias']
+        >>> parameters_under(model, ["classifier", "bert.pooler"])  # doctest: +NORMALIZE_WHITESPACE
+        ['bert.pooler.dense.weight', 'bert.pooler.dense.bias',
+         'classifier.weight', 'classifier.bias']
     """
     return [
         n
