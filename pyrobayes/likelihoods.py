@@ -82,11 +82,35 @@ def data_size(n: int | None) -> Iterator[None]:
 
 
 def current_data_size() -> int | None:
-    """The ``N`` set by the innermost :func:`data_size` block, or ``None``."""
+    """The ``N`` set by the innermost :func:`data_size` block, or ``None``.
+
+    Example::
+
+        >>> from pyrobayes.likelihoods import current_data_size, data_size
+        >>> with data_size(100):
+        ...     with data_size(7):
+        ...         inner = current_data_size()
+        ...     outer = current_data_size()
+        >>> inner, outer, current_data_size()
+        (7, 100, None)
+    """
     return _DATA_SIZE.get()
 
 
 class LikelihoodKind(Option):
+    """The likelihood names :func:`get_likelihood` accepts.
+
+    Example::
+
+        >>> from pyrobayes.likelihoods import LikelihoodKind
+        >>> LikelihoodKind.parse("categorical")
+        <LikelihoodKind.CATEGORICAL: 'categorical'>
+        >>> LikelihoodKind.parse("poisson")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown likelihood kind 'poisson'; valid: gaussian, categorical
+    """
+
     GAUSSIAN = "gaussian"
     CATEGORICAL = "categorical"
 
@@ -94,7 +118,20 @@ class LikelihoodKind(Option):
 class Likelihood(PyroModule):
     """Base class. ``dataset_size`` is a fixed ``N`` for the plate chosen by the user;
     ``None`` (the default) means the ``N`` of an enclosing :func:`data_size` block (``fit``
-    opens one from the data it is given) and otherwise "the batch is the whole data set"."""
+    opens one from the data it is given) and otherwise "the batch is the whole data set".
+
+    Example::
+
+        >>> from pyrobayes.likelihoods import Gaussian, data_size
+        >>> Gaussian(dataset_size=50).plate_size(10)   # fixed N
+        50
+        >>> lik = Gaussian()
+        >>> lik.plate_size(10)                          # the batch is the data set
+        10
+        >>> with data_size(30):
+        ...     lik.plate_size(10)                      # N from the enclosing fit
+        30
+    """
 
     def __init__(self, dataset_size: int | None = None):
         super().__init__()
@@ -281,7 +318,20 @@ class Gaussian(Likelihood):
 
 
 class Categorical(Likelihood):
-    """:math:`y \\sim \\mathrm{Categorical}(\\mathrm{softmax}(f(x)))` from logits."""
+    """:math:`y \\sim \\mathrm{Categorical}(\\mathrm{softmax}(f(x)))` from logits.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.likelihoods import Categorical
+        >>> lik = Categorical()
+        >>> logits = torch.zeros(1, 3)                 # one point, uniform over 3 classes
+        >>> lik.log_prob(logits, torch.tensor([2])).exp()
+        tensor([0.3333])
+        >>> ppd = lik.ppd(torch.zeros(4, 5, 3))       # 4 draws, 5 points, 3 classes
+        >>> ppd.probs.shape
+        torch.Size([5, 3])
+    """
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
@@ -318,7 +368,18 @@ class Categorical(Likelihood):
 
 
 def get_likelihood(spec: str | Likelihood, **kwargs) -> Likelihood:
-    """A likelihood from its name (``"gaussian"``, ``"categorical"``) or as is."""
+    """A likelihood from its name (``"gaussian"``, ``"categorical"``) or as is; ``kwargs``
+    go to the constructor.
+
+    Example::
+
+        >>> from pyrobayes.likelihoods import get_likelihood
+        >>> lik = get_likelihood("gaussian", scale=0.5)
+        >>> type(lik).__name__, float(lik.scale)
+        ('Gaussian', 0.5)
+        >>> get_likelihood(lik) is lik
+        True
+    """
     if isinstance(spec, Likelihood):
         return spec
     kind = LikelihoodKind.parse(spec, "likelihood")

@@ -75,14 +75,37 @@ _SQRT_PI = math.sqrt(math.pi)
 
 
 class Reduction(Option):
-    """How a per-point metric is reduced: ``"mean"`` -> float, ``"none"`` -> tensor."""
+    """How a per-point metric is reduced: ``"mean"`` -> float, ``"none"`` -> tensor.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.metrics import nll
+        >>> from pyrobayes.ppd import normal_ppd
+        >>> ppd, y = normal_ppd(torch.zeros(2), 1.0), torch.tensor([0.0, 2.0])
+        >>> nll(ppd, y, reduction="none")             # 0.5 log(2 pi) + y^2 / 2
+        tensor([0.9189, 2.9189])
+        >>> round(nll(ppd, y, reduction=Reduction.MEAN), 4)
+        1.9189
+    """
 
     MEAN = "mean"
     NONE = "none"
 
 
 class CRPSMethod(Option):
-    """CRPS computation: closed form for Normal mixtures, numerical grid, or ``auto``."""
+    """CRPS computation: closed form for Normal mixtures, numerical grid, or ``auto``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.metrics import crps
+        >>> from pyrobayes.ppd import normal_ppd
+        >>> ppd, y = normal_ppd(torch.zeros(2), 1.0), torch.zeros(2)
+        >>> exact = crps(ppd, y, method=CRPSMethod.CLOSED_FORM)
+        >>> round(exact, 4), round(crps(ppd, y, method="grid"), 4)   # the grid agrees
+        (0.2337, 0.2337)
+    """
 
     AUTO = "auto"
     CLOSED_FORM = "closed_form"
@@ -95,6 +118,20 @@ class OODScore(Option):
     ``entropy``: total predictive entropy; ``mutual_information``: its epistemic part;
     ``max_prob``: one minus the top class probability; ``variance`` (regression PPDs):
     predictive variance.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.metrics import ood_scores
+        >>> from pyrobayes.ppd import CategoricalPPD
+        >>> # two weight draws, two points: the draws agree on point 0 (both 50/50) and
+        >>> # disagree on point 1 (certain of class 0 vs certain of class 1)
+        >>> ppd = CategoricalPPD(torch.tensor([[[0.5, 0.5], [1.0, 0.0]],
+        ...                                    [[0.5, 0.5], [0.0, 1.0]]]))
+        >>> ood_scores(ppd, "entropy")                # same total uncertainty ...
+        tensor([0.6931, 0.6931])
+        >>> ood_scores(ppd, OODScore.MUTUAL_INFORMATION)   # ... but only point 1 is epistemic
+        tensor([0.0000, 0.6931])
     """
 
     ENTROPY = "entropy"
@@ -560,6 +597,18 @@ class ReliabilityBins:
         confidence: mean top-class probability per bin (NaN for empty bins).
         accuracy: fraction correct per bin (NaN for empty bins).
         ece: expected calibration error :math:`\\sum_b \\frac{n_b}{N} |acc_b - conf_b|`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.metrics import reliability_bins
+        >>> from pyrobayes.ppd import CategoricalPPD
+        >>> ppd = CategoricalPPD(torch.tensor([[[0.9, 0.1], [0.6, 0.4]]]))
+        >>> bins = reliability_bins(ppd, torch.tensor([0, 1]), n_bins=2)
+        >>> bins.counts.tolist(), bins.confidence.round(2).tolist(), bins.accuracy.tolist()
+        ([0, 2], [nan, 0.75], [nan, 0.5])
+        >>> round(bins.ece, 2)                        # |0.5 - 0.75| * 2/2
+        0.25
     """
 
     edges: np.ndarray

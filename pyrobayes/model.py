@@ -31,7 +31,21 @@ __all__ = ["BayesianModel", "to_bayesian", "default_output"]
 
 
 def default_output(out: Any) -> torch.Tensor:
-    """Hugging Face outputs carry ``.logits``; tuples put the prediction first."""
+    """Hugging Face outputs carry ``.logits``; tuples put the prediction first.
+
+    Example::
+
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from pyrobayes.model import default_output
+        >>> t = torch.ones(2)
+        >>> default_output(SimpleNamespace(logits=t)) is t   # a Hugging Face output
+        True
+        >>> default_output((t, "hidden states")) is t       # a tuple
+        True
+        >>> default_output(t) is t                          # a plain tensor
+        True
+    """
     if hasattr(out, "logits"):
         return out.logits
     if isinstance(out, (tuple, list)):
@@ -48,6 +62,21 @@ class BayesianModel(PyroModule):
         likelihood: a :class:`~pyrobayes.likelihoods.Likelihood` (or its name).
         output_fn: maps the network's raw output to the likelihood's input
             (default: ``.logits`` of Hugging Face outputs, first item of tuples).
+
+    Example::
+
+        >>> import pyro
+        >>> import torch
+        >>> from pyrobayes.convert import to_pyro
+        >>> from pyrobayes.model import BayesianModel
+        >>> bnn = to_pyro(torch.nn.Linear(2, 3), prior="normal", name="clf")
+        >>> model = BayesianModel(bnn, "categorical")
+        >>> x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
+        >>> tr = pyro.poutine.trace(model).get_trace(x, y=y)
+        >>> [n for n, s in tr.nodes.items() if s["type"] == "sample"]   # weights, then y
+        ['clf.net.weight', 'clf.net.bias', 'data', 'obs']
+        >>> tr.nodes["obs"]["is_observed"], tr.nodes["obs"]["value"].tolist()
+        (True, [0, 1, 2, 0])
     """
 
     def __init__(
@@ -104,6 +133,22 @@ def to_bayesian(
         guide: ``"normal"`` (mean field) or ``"lowrank"`` (pass ``rank=``).
         include, exclude, include_types, include_frozen: which parameters become Bayesian
             (see :func:`to_pyro`).
+
+    Example::
+
+        >>> import pyro
+        >>> import torch
+        >>> from pyrobayes.model import to_bayesian
+        >>> pyro.clear_param_store()             # a fresh guide, not one from an earlier run
+        >>> net = torch.nn.Linear(2, 3)
+        >>> model, guide = to_bayesian(net, delta=0.1, name="clf")
+        >>> x = torch.randn(4, 2)
+        >>> model(x).shape                       # 4 points, 3 class logits
+        torch.Size([4, 3])
+        >>> _ = guide(x)                         # builds the guide's parameters
+        >>> post = guide.median(x)               # MOPED: centred at the pretrained weights
+        >>> torch.allclose(post["clf.net.weight"], net.weight)
+        True
     """
     bnn = to_pyro(
         net,

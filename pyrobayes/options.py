@@ -46,7 +46,22 @@ def _words(name: str) -> str:
 
 class Option(str, Enum):
     """Base class of the library's string options (a ``str``, so ``== "name"`` and JSON
-    work unchanged)."""
+    work unchanged).
+
+    Example::
+
+        >>> import json
+        >>> from pyrobayes.options import Option
+        >>> class Guide(Option):
+        ...     NORMAL = "normal"
+        ...     LOW_RANK = "lowrank"
+        >>> Guide.LOW_RANK == "lowrank", json.dumps({"guide": Guide.NORMAL})
+        (True, '{"guide": "normal"}')
+        >>> Guide.parse("full")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown guide 'full'; valid: normal, lowrank
+    """
 
     @classmethod
     def parse(cls: type[_O], value: Any, what: str | None = None, also: Sequence[str] = ()) -> _O:
@@ -71,7 +86,16 @@ class Option(str, Enum):
 
 
 class Task(Option):
-    """What a predictor predicts."""
+    """What a predictor predicts.
+
+    Example::
+
+        >>> from pyrobayes.options import Task
+        >>> Task.parse("classification") is Task.CLASSIFICATION
+        True
+        >>> [t.value for t in Task]
+        ['regression', 'classification']
+    """
 
     REGRESSION = "regression"
     CLASSIFICATION = "classification"

@@ -62,7 +62,26 @@ def _rename(key: str, old: str, new: str) -> str:
 def save(path: str | os.PathLike, model: nn.Module, guide: nn.Module) -> None:
     """Write a fitted ``(model, guide)`` to ``path`` (safetensors + JSON header, atomic).
 
-    The guide must have been set up (called, fitted, or ``guide.setup(*inputs)``)."""
+    The guide must have been set up (called, fitted, or ``guide.setup(*inputs)``).
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> from safetensors import safe_open
+        >>> from pyrobayes import to_bayesian, save
+        >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood="gaussian", name="lin")
+        >>> guide.setup(torch.zeros(3, 2))
+        >>> path = os.path.join(tempfile.mkdtemp(), "fit.safetensors")
+        >>> save(path, model, guide)
+        >>> with safe_open(path, framework="pt") as f:
+        ...     meta, keys = f.metadata(), sorted(f.keys())
+        >>> meta["format"], meta["guide"], meta["model_name"]
+        ('pyrobayes.fitted', 'MOPEDNormal', 'lin')
+        >>> keys[:2]                               # the guide's variational parameters ...
+        ['guide/locs.lin.net.bias_unconstrained', 'guide/locs.lin.net.weight_unconstrained']
+        >>> keys[-1]                               # ... and the model's buffers
+        'model/net.weight_pretrained'
+    """
     from safetensors.torch import save_file
 
     if getattr(guide, "prototype_trace", None) is None:
@@ -91,7 +110,27 @@ def load(path: str | os.PathLike, model: nn.Module, guide: nn.Module, *inputs, *
     needed to set up a guide that has not been called yet (Pyro builds guides lazily).
 
     Raises ``ValueError`` for a file that is not a pyrobayes fit, a different guide class,
-    or parameters that do not match the model's sites."""
+    or parameters that do not match the model's sites.
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> from pyrobayes import to_bayesian, save, load
+        >>> x = torch.zeros(3, 2)
+        >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood="gaussian", name="lin")
+        >>> guide.setup(x)
+        >>> path = os.path.join(tempfile.mkdtemp(), "fit.safetensors")
+        >>> save(path, model, guide)
+        >>> model2, guide2 = to_bayesian(torch.nn.Linear(2, 1), likelihood="gaussian", name="lin")
+        >>> guide2.setup(x)
+        >>> def same(a, b):
+        ...     return all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+        >>> same(guide, guide2)                    # a fresh network: other weights
+        False
+        >>> load(path, model2, guide2)
+        >>> same(guide, guide2), same(model, model2)
+        (True, True)
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)

@@ -46,6 +46,16 @@ class RegressionPPD(Distribution):
     Subclasses provide ``mean``, ``variance``, ``log_prob``, ``cdf`` and ``sample``;
     ``icdf`` defaults to a vectorised bisection on ``cdf`` so that every PPD has
     quantiles and central intervals.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import RegressionPPD, normal_ppd
+        >>> ppd = normal_ppd(torch.zeros(1), 1.0)
+        >>> isinstance(ppd, RegressionPPD)
+        True
+        >>> ppd.cdf(torch.zeros(1)), ppd.quantile(0.975)   # icdf by bisection on the cdf
+        (tensor([0.5000]), tensor([1.9600]))
     """
 
     arg_constraints: dict = {}
@@ -98,6 +108,19 @@ class NormalMixturePPD(RegressionPPD):
     The moments follow the law of total variance:
     :math:`\\mathbb{E}[y] = \\bar\\mu`, :math:`\\mathrm{Var}[y] = \\overline{\\sigma^2} +
     \\overline{\\mu^2} - \\bar\\mu^2` (aleatoric + epistemic).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import NormalMixturePPD
+        >>> # two draws at two query points: they disagree at the first, agree at the second
+        >>> ppd = NormalMixturePPD(torch.tensor([[0.0, 2.0], [2.0, 2.0]]), 1.0)
+        >>> ppd
+        NormalMixturePPD(draws=2, batch_shape=(2,))
+        >>> ppd.mean, ppd.aleatoric_variance, ppd.epistemic_variance
+        (tensor([1., 2.]), tensor([1., 1.]), tensor([1., 0.]))
+        >>> ppd.variance
+        tensor([2., 1.])
     """
 
     def __init__(self, loc: torch.Tensor, scale: torch.Tensor | float, validate_args=None):
@@ -167,7 +190,18 @@ class NormalMixturePPD(RegressionPPD):
 
 
 def normal_ppd(loc: torch.Tensor, scale: torch.Tensor | float) -> NormalMixturePPD:
-    """A single Normal per query point (e.g. an exact GP) as a one-draw mixture."""
+    """A single Normal per query point (e.g. an exact GP) as a one-draw mixture.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import normal_ppd
+        >>> ppd = normal_ppd(torch.tensor([0.0, 1.0]), 2.0)
+        >>> ppd.num_draws, ppd.variance
+        (1, tensor([4., 4.]))
+        >>> ppd.interval(0.95)                     # mean -/+ 1.96 * 2
+        (tensor([-3.9199, -2.9199]), tensor([3.9199, 4.9199]))
+    """
     loc = torch.as_tensor(loc)
     return NormalMixturePPD(
         loc.unsqueeze(0), torch.as_tensor(scale, dtype=loc.dtype).expand_as(loc).unsqueeze(0)
@@ -300,6 +334,19 @@ class CategoricalPPD(Distribution):
     The predictive entropy splits into an aleatoric part (expected entropy of each
     draw) and an epistemic part, the mutual information between label and weights:
     :math:`\\mathbb{H}[\\bar p] = \\mathbb{E}_s \\mathbb{H}[p_s] + \\mathrm{MI}`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import CategoricalPPD
+        >>> # two confident draws that disagree: all the uncertainty is epistemic
+        >>> ppd = CategoricalPPD(torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]]))
+        >>> ppd
+        CategoricalPPD(draws=2, batch_shape=(1,), classes=2)
+        >>> ppd.probs
+        tensor([[0.5000, 0.5000]])
+        >>> ppd.entropy(), ppd.aleatoric_entropy(), ppd.mutual_information()
+        (tensor([0.6931]), tensor([0.]), tensor([0.6931]))
     """
 
     arg_constraints: dict = {}

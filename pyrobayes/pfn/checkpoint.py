@@ -43,7 +43,16 @@ VERSION = 1
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(weights.safetensors, config.json)`` for a checkpoint path given with or without suffix."""
+    """``(weights.safetensors, config.json)`` for a checkpoint path given with or without suffix.
+
+    Example::
+
+        >>> from pyrobayes.pfn.checkpoint import checkpoint_paths
+        >>> [p.name for p in checkpoint_paths("runs/tiny")]
+        ['tiny.safetensors', 'tiny.json']
+        >>> checkpoint_paths("runs/tiny.json") == checkpoint_paths("runs/tiny.safetensors")
+        True
+    """
     p = Path(path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
@@ -73,6 +82,20 @@ def save_checkpoint(
         model: the PFN.
         path: checkpoint path, with or without ``.safetensors``/``.json`` suffix.
         training: JSON-serialisable metadata (steps, final loss, command...).
+
+    Example::
+
+        >>> import json, tempfile
+        >>> from pyrobayes.pfn import PFN, PFNConfig
+        >>> from pyrobayes.pfn.checkpoint import save_checkpoint
+        >>> pfn = PFN(PFNConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32,
+        ...                     borders=(-2.0, 0.0, 2.0)))
+        >>> weights = save_checkpoint(pfn, tempfile.mkdtemp() + "/tiny", training={"steps": 0})
+        >>> sorted(p.name for p in weights.parent.iterdir())
+        ['tiny.json', 'tiny.safetensors']
+        >>> meta = json.loads(weights.with_suffix(".json").read_text())
+        >>> meta["format"], meta["kind"], meta["config"]["d_model"], meta["training"]
+        ('pyrobayes-pfn', 'weights', 16, {'steps': 0})
     """
     weights, meta = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +159,26 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
         FileNotFoundError: a file is missing.
         ValueError: foreign format, bad config, checksum mismatch, corrupted
             safetensors, or tensors that do not match the config.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> from pyrobayes.pfn import PFN, PFNConfig
+        >>> from pyrobayes.pfn.checkpoint import load_checkpoint, save_checkpoint
+        >>> pfn = PFN(PFNConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32,
+        ...                     borders=(-2.0, 0.0, 2.0))).eval()
+        >>> path = save_checkpoint(pfn, tempfile.mkdtemp() + "/tiny", training={"steps": 0})
+        >>> loaded = load_checkpoint(path)
+        >>> loaded.training, loaded.checkpoint_info["training"]
+        (False, {'steps': 0})
+        >>> x, y, xq = torch.rand(5), torch.rand(5) - 0.5, torch.rand(3)
+        >>> torch.equal(loaded.predict(x, y, xq).mean, pfn.predict(x, y, xq).mean)
+        True
+        >>> _ = path.write_bytes(path.read_bytes()[:-4] + b"oops")   # corrupt the weights
+        >>> load_checkpoint(path)
+        Traceback (most recent call last):
+        ...
+        ValueError: ...tiny.safetensors does not match the checksum in ...tiny.json: ...
     """
     info = read_checkpoint_json(path)
     weights, meta = checkpoint_paths(path)

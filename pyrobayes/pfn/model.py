@@ -49,6 +49,14 @@ class InputMode(Option):
       features are clipped to ``[x_low, x_high]``, then zero-padded to ``num_features``
       and multiplied by :math:`\\sqrt{D/d}` so the squared norm of a token's input does not
       depend on how many features ``d`` a dataset uses.
+
+    Example::
+
+        >>> from pyrobayes.pfn.model import InputMode, PFNConfig
+        >>> InputMode.parse("tabular")
+        <InputMode.TABULAR: 'tabular'>
+        >>> PFNConfig(borders=(-1.0, 0.0, 1.0)).input_mode   # the default
+        'box'
     """
 
     BOX = "box"
@@ -72,6 +80,18 @@ def standardise_split(
     ``n = 0``, the location 0, so constant columns become exactly zero.
 
     Returns ``(x_train, y_train, x_query, y_query, y_loc [B], y_scale [B])``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.pfn.model import standardise_split
+        >>> xt = torch.tensor([[[1.0], [3.0]]])          # one dataset, 2 points, 1 feature
+        >>> yt = torch.tensor([[10.0, 20.0]])
+        >>> xt2, yt2, xq2, yq2, y_loc, y_scale = standardise_split(xt, yt, torch.tensor([[[2.0]]]))
+        >>> xt2.flatten(), yt2, xq2.flatten(), yq2
+        (tensor([-1.,  1.]), tensor([[-1.,  1.]]), tensor([0.]), None)
+        >>> y_loc, y_scale
+        (tensor([15.]), tensor([5.]))
     """
     n = x_train.shape[1]
     if n == 0:
@@ -105,6 +125,19 @@ class PFNConfig:
     training-split-standardised units for ``input_mode="tabular"``. ``input_mode`` (see
     :class:`InputMode`) is ``"box"`` for fixed-dimension PFNs; with ``"tabular"``,
     ``num_features`` is the maximum number of features.
+
+    Example::
+
+        >>> from pyrobayes.pfn.model import PFNConfig
+        >>> cfg = PFNConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, borders=(-1.0, 0.0, 1.0))
+        >>> cfg.num_outputs                              # bars between the borders
+        2
+        >>> PFNConfig.from_dict(cfg.to_dict()) == cfg   # JSON round trip
+        True
+        >>> PFNConfig(d_model=10, n_heads=4, borders=(-1.0, 0.0, 1.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: d_model (10) must be divisible by n_heads (4)
     """
 
     num_features: int = 1

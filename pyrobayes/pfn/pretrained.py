@@ -35,7 +35,16 @@ CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
 
 
 class PretrainedName(Option):
-    """Names of the shipped checkpoints."""
+    """Names of the shipped checkpoints.
+
+    Example::
+
+        >>> from pyrobayes.pfn.pretrained import CHECKPOINT_DIR, PretrainedName
+        >>> [n.value for n in PretrainedName]
+        ['gp-1d', 'bnn-1d', 'bnn-tabular']
+        >>> all((CHECKPOINT_DIR / f"{n.value}.json").exists() for n in PretrainedName)
+        True
+    """
 
     GP_1D = "gp-1d"
     BNN_1D = "bnn-1d"
@@ -51,6 +60,24 @@ def pretrained(name: str | PretrainedName, device: torch.device | str | None = N
 
     Returns:
         The PFN in eval mode.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.gp import exact_gp_ppd
+        >>> from pyrobayes.pfn import pretrained
+        >>> pfn = pretrained("gp-1d")
+        >>> pfn.checkpoint_info["config"]["prior"]["kind"], pfn.config.max_train
+        ('gp', 50)
+        >>> x, y = torch.tensor([0.0, 1.0]), torch.tensor([0.3, -0.2])
+        >>> xq = torch.tensor([0.0, 0.5])
+        >>> exact = exact_gp_ppd(x, y, xq, lengthscale=0.5, outputscale=1.0, noise_std=0.1)
+        >>> bool((pfn.predict(x, y, xq).mean - exact.mean).abs().max() < 0.05)  # its prior's PPD
+        True
+        >>> pretrained("gp-2d")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown pretrained PFN 'gp-2d'; valid: gp-1d, bnn-1d, bnn-tabular
     """
     key = PretrainedName.parse(name, "pretrained PFN")
     path = CHECKPOINT_DIR / key.value

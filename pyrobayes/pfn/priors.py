@@ -34,7 +34,26 @@ __all__ = ["DatasetPrior", "GPPrior", "BNNPrior", "TabularBNNPrior", "FeatureKin
 
 
 class DatasetPrior(Protocol):
-    """What :func:`~pyrobayes.pfn.train.train_pfn` needs from a prior."""
+    """What :func:`~pyrobayes.pfn.train.train_pfn` needs from a prior: the input box,
+    the task and ``sample(B, L) -> (x [B, L, d], y [B, L])``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.pfn.train import TrainConfig, make_config
+        >>> class LinePrior:                     # y = a x + noise, a ~ N(0, 1)
+        ...     num_features, x_low, x_high, task = 1, (-1.0,), (1.0,), "regression"
+        ...     def sample(self, batch_size, seq_len):
+        ...         x = torch.rand(batch_size, seq_len, 1) * 2 - 1
+        ...         a = torch.randn(batch_size, 1)
+        ...         return x, a * x[..., 0] + 0.1 * torch.randn(batch_size, seq_len)
+        ...     def describe(self):
+        ...         return {"kind": "line"}
+        >>> cfg = make_config(LinePrior(), TrainConfig(seq_len=20, max_train=10, num_bars=8,
+        ...                                            border_samples=400))
+        >>> cfg.prior, cfg.num_outputs, cfg.x_low
+        ({'kind': 'line'}, 8, (-1.0,))
+    """
 
     num_features: int
     x_low: tuple[float, ...]
@@ -234,7 +253,16 @@ class BNNPrior:
 
 
 class FeatureKind(str, Enum):
-    """Marginal types of the synthetic tabular features."""
+    """Marginal types of the synthetic tabular features.
+
+    Example::
+
+        >>> from pyrobayes.pfn.priors import FeatureKind, TabularBNNPrior
+        >>> FeatureKind("student_t")
+        <FeatureKind.STUDENT_T: 'student_t'>
+        >>> TabularBNNPrior().describe()["feature_kinds"]
+        ['gaussian', 'lognormal', 'uniform', 'student_t', 'binary', 'ordinal']
+    """
 
     GAUSSIAN = "gaussian"
     LOGNORMAL = "lognormal"

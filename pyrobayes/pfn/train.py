@@ -70,7 +70,18 @@ SIZE_SAMPLING = ("uniform", "log_uniform")
 
 class Precision(str, Enum):
     """Arithmetic of the forward pass: ``fp32``, or ``bf16`` autocast (CUDA only; the
-    weights, optimiser state and loss reduction stay fp32)."""
+    weights, optimiser state and loss reduction stay fp32).
+
+    Example::
+
+        >>> from pyrobayes.pfn.train import Precision, TrainConfig
+        >>> Precision("bf16")
+        <Precision.BF16: 'bf16'>
+        >>> TrainConfig(precision="fp16")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown precision 'fp16'; valid: fp32, bf16
+    """
 
     FP32 = "fp32"
     BF16 = "bf16"
@@ -91,6 +102,17 @@ class TrainConfig:
     with a checkpoint. ``out=None`` trains without writing checkpoints. ``precision``:
     :class:`Precision` (``"bf16"`` on CUDA only); ``compile``: ``torch.compile`` the forward
     pass. Under torch.distributed ``batch_size`` is per rank.
+
+    Example::
+
+        >>> from pyrobayes.pfn.train import TrainConfig
+        >>> cfg = TrainConfig(steps=100, max_train=20, seq_len=30)
+        >>> cfg.batch_size, cfg.warmup_steps, cfg.precision     # defaults
+        (64, None, 'fp32')
+        >>> TrainConfig(max_train=30, seq_len=30)             # no room for a query
+        Traceback (most recent call last):
+        ...
+        ValueError: need 0 <= min_train <= max_train < seq_len, got 0, 30, 30
     """
 
     steps: int = 10_000
@@ -149,7 +171,21 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train_pfn` returns: the model and its loss curve."""
+    """What :func:`train_pfn` returns: the model and its loss curve (one entry per
+    ``log_every`` steps: ``step``, mean ``loss`` over the window, ``lr``, ``seconds``).
+
+    Example::
+
+        >>> from pyrobayes.pfn import PFN, PFNConfig
+        >>> from pyrobayes.pfn.train import TrainResult
+        >>> pfn = PFN(PFNConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32,
+        ...                     borders=(-1.0, 0.0, 1.0)))
+        >>> TrainResult(pfn, history=[{"step": 100, "loss": 1.2}, {"step": 200, "loss": 0.9}]
+        ...             ).final_loss
+        0.9
+        >>> TrainResult(pfn).final_loss                        # nothing logged yet
+        nan
+    """
 
     model: PFN
     history: list[dict[str, float]] = field(default_factory=list)
@@ -363,6 +399,23 @@ def train_pfn(
 
     Returns:
         :class:`TrainResult` with the trained model (eval mode) and the loss history.
+
+    Example::
+
+        >>> import math, os, tempfile
+        >>> from pyrobayes.pfn import GPPrior
+        >>> from pyrobayes.pfn.train import TrainConfig, train_pfn
+        >>> out = os.path.join(tempfile.mkdtemp(), "gp")
+        >>> cfg = TrainConfig(steps=2, batch_size=4, seq_len=12, max_train=8, d_model=16,
+        ...                   n_layers=1, n_heads=2, d_ff=32, num_bars=10, border_samples=500,
+        ...                   log_every=1, progress=False, out=out)
+        >>> result = train_pfn(GPPrior(), cfg)
+        >>> result.steps, [h["step"] for h in result.history], math.isfinite(result.final_loss)
+        (2, [1, 2], True)
+        >>> result.model.training, result.model.config.num_outputs   # eval mode, 10 bars
+        (False, 10)
+        >>> sorted(os.listdir(os.path.dirname(out)))     # weights + resumable training state
+        ['gp.json', 'gp.safetensors', 'gp.state.json', 'gp.state.safetensors']
     """
     config = config or TrainConfig()
     model, device, distributed, out, opt, forward, start_step, history, seconds = _setup(
@@ -456,7 +509,20 @@ PRIORS = ("gp", "bnn", "bnn-tabular")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``pyrobayes pfn train``."""
+    """Options of ``pyrobayes pfn train``.
+
+    Example::
+
+        >>> import argparse
+        >>> from pyrobayes.pfn.train import TrainConfig, add_arguments
+        >>> parser = argparse.ArgumentParser(prog="pyrobayes pfn train")
+        >>> add_arguments(parser)
+        >>> args = parser.parse_args(["--out", "runs/gp", "--prior", "bnn", "--steps", "300"])
+        >>> args.prior, args.steps, args.out
+        ('bnn', 300, 'runs/gp')
+        >>> args.batch_size == TrainConfig().batch_size   # defaults come from TrainConfig
+        True
+    """
     d = TrainConfig()
     parser.add_argument(
         "--prior", choices=PRIORS, default="gp", help="prior over datasets (default gp)"
@@ -551,7 +617,22 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``pyrobayes pfn train``; returns the exit code."""
+    """Entry point of ``pyrobayes pfn train``; returns the exit code.
+
+    Example (the same as ``pyrobayes pfn train --out OUT --steps 2 ...`` in a shell)::
+
+        >>> import argparse, os, tempfile
+        >>> from pyrobayes.pfn.train import add_arguments, run
+        >>> parser = argparse.ArgumentParser(prog="pyrobayes pfn train")
+        >>> add_arguments(parser)
+        >>> out = os.path.join(tempfile.mkdtemp(), "gp")
+        >>> args = parser.parse_args(["--out", out, "--steps", "2", "--batch-size", "4",
+        ...     "--seq-len", "12", "--max-train", "8", "--d-model", "16", "--layers", "1",
+        ...     "--heads", "2", "--d-ff", "32", "--bars", "10", "--border-samples", "500"])
+        >>> run(args)
+        trained 2 steps in ...s, final loss ...; wrote .../gp.safetensors
+        0
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_progress and not logger.handlers:
