@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.distributions import Distribution, Normal, constraints
@@ -159,14 +160,22 @@ class NormalMixturePPD(RegressionPPD):
     def variance(self) -> torch.Tensor:
         return self.aleatoric_variance + self.epistemic_variance
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+    def _value(self, value: Any) -> torch.Tensor:
+        """``value`` with at least the batch dimensions (a scalar or a shorter shape
+        broadcasts, as for any torch distribution), ready for a draw axis before them."""
         value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        if value.dim() < len(self.batch_shape):
+            value = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
+        return value
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        value = self._value(value)
         draw_dim = -len(self.batch_shape) - 1
         lp = self._component().log_prob(value.unsqueeze(draw_dim))
         return torch.logsumexp(lp, dim=draw_dim) - math.log(self.num_draws)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
-        value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        value = self._value(value)
         draw_dim = -len(self.batch_shape) - 1
         return self._component().cdf(value.unsqueeze(draw_dim)).mean(draw_dim)
 

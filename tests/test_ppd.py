@@ -75,3 +75,11 @@ def test_categorical_entropy_decomposition():
     # averaging probabilities, not logits: agreeing draws keep MI at zero
     same = CategoricalPPD.from_logits(torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]]))
     assert same.mutual_information().item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mixture_scores_broadcast_a_scalar_value():
+    # Like any torch distribution: a scalar value is scored at every batch element.
+    ppd = NormalMixturePPD(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.ones(2, 2))
+    full = torch.zeros(2)
+    assert torch.equal(ppd.cdf(torch.tensor(0.0)), ppd.cdf(full))
+    assert torch.equal(ppd.log_prob(0.0), ppd.log_prob(full))
