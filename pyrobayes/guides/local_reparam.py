@@ -74,7 +74,8 @@ class LocalReparameterization(Messenger):
         >>> import pyro, torch
         >>> from pyrobayes import to_bayesian, Gaussian
         >>> from pyrobayes.guides import LocalReparameterization
-        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        >>> nn = torch.nn
+        >>> net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
         >>> model, guide = to_bayesian(net, likelihood=Gaussian(0.1))
         >>> x = torch.ones(2, 3)
         >>> def forward(x):
