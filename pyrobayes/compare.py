@@ -59,7 +59,18 @@ SE_SUFFIX = "_se"
 
 
 class ProblemKind(Option):
-    """What the PPDs predict: real targets or class labels."""
+    """What the PPDs predict: real targets or class labels.
+
+    Example::
+
+        >>> from pyrobayes.compare import ProblemKind
+        >>> ProblemKind("classification") is ProblemKind.CLASSIFICATION
+        True
+        >>> ProblemKind.parse("ranking", "kind")
+        Traceback (most recent call last):
+            ...
+        ValueError: unknown kind 'ranking'; valid: regression, classification
+    """
 
     REGRESSION = "regression"
     CLASSIFICATION = "classification"
@@ -112,7 +123,16 @@ def _score_for_best(column: str, value: float) -> float | None:
 @dataclass(frozen=True)
 class ComparisonRow:
     """One method's scores, aligned with :attr:`ComparisonTable.columns` (None = not
-    available, e.g. no wall time given or no OOD data for that method)."""
+    available, e.g. no wall time given or no OOD data for that method).
+
+    Example::
+
+        >>> from pyrobayes.compare import ComparisonRow, ComparisonTable
+        >>> row = ComparisonRow("svi", (0.8, None), errors=(0.05, None))
+        >>> table = ComparisonTable("regression", ("nll", "time_s"), (row,))
+        >>> table.column("nll"), table.column("time_s"), row.errors[0]
+        ({'svi': 0.8}, {'svi': None}, 0.05)
+    """
 
     method: str
     values: tuple[float | None, ...]
@@ -558,7 +578,19 @@ def _as_cat(ppd: Distribution) -> CategoricalPPD:
 
 @dataclass
 class Stopwatch:
-    """Wall-clock seconds of a ``with stopwatch():`` block (``seconds`` is set on exit)."""
+    """Wall-clock seconds of a ``with stopwatch():`` block (``seconds`` is set on exit).
+
+    Example::
+
+        >>> import math, time
+        >>> from pyrobayes.compare import Stopwatch, stopwatch
+        >>> math.isnan(Stopwatch().seconds)  # not timed yet
+        True
+        >>> with stopwatch() as sw:
+        ...     time.sleep(0.01)
+        >>> 0.01 <= sw.seconds < 1.0
+        True
+    """
 
     seconds: float = math.nan
 

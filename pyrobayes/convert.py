@@ -55,7 +55,17 @@ PRETRAINED_SUFFIX = "_pretrained"
 
 @dataclass(frozen=True)
 class BayesianParam:
-    """One sample site: the owning layer's path, the attribute, and tied aliases."""
+    """One sample site: the owning layer's path, the attribute, and tied aliases.
+
+    Example (an LM head tied to the embedding: one site, two paths)::
+
+        >>> from pyrobayes.convert import BayesianParam
+        >>> p = BayesianParam(owner="wte", attr="weight", aliases=("lm_head.weight",))
+        >>> p.owner, p.attr, p.aliases
+        ('wte', 'weight', ('lm_head.weight',))
+        >>> p == BayesianParam("wte", "weight", ("lm_head.weight",))
+        True
+    """
 
     owner: str
     attr: str
@@ -144,6 +154,18 @@ def to_pyro(
     ``transformer.wte.weight``) form one site: including any of its paths makes the
     shared tensor Bayesian everywhere it is used. Excluding one of its paths while
     including another is contradictory and raises.
+
+    Example (the weight becomes a prior draw per call, the bias stays a parameter)::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro, bayesian_sites
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> bnn = to_pyro(lin, exclude="bias", name="m")
+        >>> sorted(bayesian_sites(bnn)), torch.equal(bnn.weight_pretrained, lin.weight)
+        (['m.weight'], True)
+        >>> x = torch.ones(1, 2)
+        >>> torch.equal(bnn(x), bnn(x))  # two calls, two weight draws
+        False
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"to_pyro expects an nn.Module, got {type(module).__name__}")
@@ -323,6 +345,17 @@ def _make_tie_hook(tied: list[BayesianParam]):
 
 
 def is_converted(module: nn.Module) -> bool:
+    """Whether ``module`` itself is a network returned by :func:`to_pyro`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro
+        >>> from pyrobayes.convert import is_converted
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> is_converted(lin), is_converted(to_pyro(lin))
+        (False, True)
+    """
     return hasattr(module, "_pyrobayes_sites")
 
 
@@ -339,6 +372,16 @@ def bayesian_sites(module: nn.Module) -> dict[str, list[str]]:
 
     Site names follow the module's current Pyro name prefix (they change when the
     network is wrapped, e.g. by :class:`~pyrobayes.model.BayesianModel`).
+
+    Example (wrapping renames the sites, the parameter paths stay)::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro, bayesian_sites, BayesianModel, Gaussian
+        >>> bnn = to_pyro(torch.nn.Linear(2, 1), name="lin")
+        >>> bayesian_sites(bnn)
+        {'lin.weight': ['weight'], 'lin.bias': ['bias']}
+        >>> bayesian_sites(BayesianModel(bnn, Gaussian(0.1)))
+        {'lin.net.weight': ['weight'], 'lin.net.bias': ['bias']}
     """
     net, _ = _converted_root(module)
     modules = dict(net.named_modules(remove_duplicate=False))
@@ -441,7 +484,17 @@ _UNBATCHABLE = (nn.RNNBase,)
 
 def twin_needs_loop(module: nn.Module) -> bool:
     """Whether the converted network's twin holds a layer that ``torch.func.vmap`` cannot
-    batch over weight draws (recurrent layers), so draws must be evaluated one by one."""
+    batch over weight draws (recurrent layers), so draws must be evaluated one by one.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro
+        >>> from pyrobayes.convert import twin_needs_loop
+        >>> gru, lin = to_pyro(torch.nn.GRU(2, 3)), to_pyro(torch.nn.Linear(2, 3))
+        >>> twin_needs_loop(gru), twin_needs_loop(lin)
+        (True, False)
+    """
     net, _ = _converted_root(module)
     return any(isinstance(m, _UNBATCHABLE) for m in net._pyrobayes_twin.modules())
 

@@ -72,26 +72,64 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 
 
 def is_distributed() -> bool:
-    """A process group of more than one rank is running."""
+    """A process group of more than one rank is running.
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.is_distributed()  # a plain process: no group
+        False
+    """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank in the default process group (0 without a group).
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.rank()
+        0
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def world_size() -> int:
+    """The number of ranks in the default process group (1 without a group).
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.world_size()
+        1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def is_main() -> bool:
-    """Rank 0 (or no process group): the rank that writes checkpoints, history and bars."""
+    """Rank 0 (or no process group): the rank that writes checkpoints, history and bars.
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.is_main()
+        True
+    """
     return rank() == 0
 
 
 def local_device() -> torch.device:
     """``cuda:LOCAL_RANK`` when CUDA is available (torchrun sets ``LOCAL_RANK``), else CPU:
-    where a script run under torchrun should put its model."""
+    where a script run under torchrun should put its model.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import distributed as D
+        >>> D.local_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+        True
+    """
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -100,7 +138,17 @@ def local_device() -> torch.device:
 def maybe_init(device: torch.device | str | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables when
     they are set and no group exists yet (``nccl`` for a CUDA ``device``, else ``gloo``).
-    Returns whether a group of more than one rank is running afterwards."""
+    Returns whether a group of more than one rank is running afterwards.
+
+    Example (no torchrun variables set, so nothing is initialised)::
+
+        >>> import os
+        >>> from pyrobayes import distributed as D
+        >>> saved = {v: os.environ.pop(v) for v in ("RANK", "WORLD_SIZE") if v in os.environ}
+        >>> D.maybe_init("cpu"), D.world_size()
+        (False, 1)
+        >>> os.environ.update(saved)
+    """
     if not dist.is_available():
         return False
     if not dist.is_initialized() and all(v in os.environ for v in _TORCHRUN_VARS):
@@ -116,7 +164,16 @@ def maybe_init(device: torch.device | str | None = None) -> bool:
 def rank_seed(seed: int, *keys: int) -> int:
     """A 32-bit seed (NumPy's limit, which ``pyro.set_rng_seed`` also seeds) from ``seed`` and integer keys (rank, step, epoch): distinct keys give
     unrelated streams (a splitmix64 hash, not ``seed + rank``, which would make rank 1 of
-    seed 0 replay rank 0 of seed 1)."""
+    seed 0 replay rank 0 of seed 1).
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.rank_seed(0, 1), D.rank_seed(1, 0)  # seed + rank would give 1 twice
+        (2298633409, 2898558517)
+        >>> D.rank_seed(0, 0, 1) < 2**32
+        True
+    """
     x = seed & 0xFFFFFFFFFFFFFFFF
     for k in keys:
         x = (x ^ (k + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
@@ -131,7 +188,19 @@ def all_reduce_grads(params: Sequence[torch.Tensor], loss: float | None = None) 
     buffer (a missing gradient counts as zero); the loss rides along in the same buffer
     and its mean is returned, so every rank takes the same skip-or-step decision.
 
-    Payload per call: ``(sum of numel + 1) * itemsize`` bytes (see :func:`payload_bytes`)."""
+    Payload per call: ``(sum of numel + 1) * itemsize`` bytes (see :func:`payload_bytes`).
+
+    Example (no group: the gradients stay, a missing one becomes zeros)::
+
+        >>> import torch
+        >>> from pyrobayes import distributed as D
+        >>> a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(1))
+        >>> a.grad = torch.tensor([3.0, -1.0])
+        >>> D.all_reduce_grads([a, b], loss=0.25)
+        0.25
+        >>> a.grad, b.grad
+        (tensor([ 3., -1.]), tensor([0.]))
+    """
     k = world_size()
     if not params:
         return loss
@@ -168,7 +237,14 @@ def payload_bytes(params: Iterable[torch.Tensor]) -> int:
 
 
 def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
-    """The mean of a number over all ranks (the number itself without a group)."""
+    """The mean of a number over all ranks (the number itself without a group).
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.all_reduce_mean(2.5)
+        2.5
+    """
     if not is_distributed():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
@@ -177,7 +253,14 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
 
 
 def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True on every rank when it is true on at least one (a consistent stop decision)."""
+    """True on every rank when it is true on at least one (a consistent stop decision).
+
+    Example::
+
+        >>> from pyrobayes import distributed as D
+        >>> D.any_rank(True), D.any_rank(False)
+        (True, False)
+    """
     if not is_distributed():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -186,7 +269,17 @@ def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
-    """Overwrite ``tensors`` (in place, without autograd) with rank ``src``'s values."""
+    """Overwrite ``tensors`` (in place, without autograd) with rank ``src``'s values.
+
+    Example (no group: this rank is the source, nothing changes)::
+
+        >>> import torch
+        >>> from pyrobayes import distributed as D
+        >>> t = torch.tensor([1.0, 2.0])
+        >>> D.broadcast_tensors([t])
+        >>> t
+        tensor([1., 2.])
+    """
     if not is_distributed():
         return
     with torch.no_grad():
@@ -201,7 +294,18 @@ def shard_loader(
     ``DataLoader``), through a ``DistributedSampler`` (equal shards; the last one padded
     with repeats, so every rank takes the same number of steps). A user ``DataLoader`` is
     rebuilt around its dataset keeping ``batch_size``, ``collate_fn``, workers, pinning
-    and ``drop_last``; it shuffles when the original used a ``RandomSampler``."""
+    and ``drop_last``; it shuffles when the original used a ``RandomSampler``.
+
+    Example (one rank holds the whole data set, in order without shuffling)::
+
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> from pyrobayes import distributed as D
+        >>> loader = D.shard_loader((torch.arange(10.0),), batch_size=4, shuffle=False,
+        ...                         seed=0, make_dataset=lambda d: TensorDataset(*d))
+        >>> [batch[0].tolist() for batch in loader]
+        [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0]]
+    """
     sampler_seed = 0 if seed is None else int(seed)
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, IterableDataset):
@@ -242,7 +346,20 @@ def shard_loader(
 
 class GradSync:
     """The hook the torch steppers call: broadcast the freshly built parameters from rank
-    0, then average gradients (and the loss) across ranks before every update."""
+    0, then average gradients (and the loss) across ranks before every update.
+
+    Example (one process: the payload is counted, gradients and loss pass through)::
+
+        >>> import torch
+        >>> from pyrobayes.distributed import GradSync
+        >>> p = torch.nn.Parameter(torch.zeros(3)); p.grad = torch.ones(3)
+        >>> sync = GradSync()
+        >>> sync.after_build([p], [])
+        >>> sync.bytes_per_step  # (3 gradients + 1 loss) * 4 bytes
+        16
+        >>> sync.reduce([p], 0.5), p.grad
+        (0.5, tensor([1., 1., 1.]))
+    """
 
     def __init__(self) -> None:
         self.bytes_per_step = 0

@@ -62,6 +62,21 @@ def run_digits(
     (ECE 0.03-0.13), and a zero-centred fan-in prior collapses to the prior.
 
     ``smoke=True``: 200 training images, 2 + 2 epochs, 4 draws (for tests and CI).
+
+    Example (the defaults, as in ``benchmarks/RESULTS.md``: about 20 s on one CPU thread,
+    so it is not run here; the module example runs ``smoke=True``; bad options fail
+    before anything is loaded)::
+
+        >>> result = run_digits(out="results", progress=False, verbose=False)  # doctest: +SKIP
+        >>> bayes = result.table.row("bayesian")  # doctest: +SKIP
+        >>> round(bayes["accuracy"], 4), bayes["ece"] <= 0.015  # doctest: +SKIP
+        (0.9765, True)
+        >>> sorted(result.ood_tables)  # doctest: +SKIP
+        ['flip', 'noise', 'transpose']
+        >>> run_digits(num_samples=0)
+        Traceback (most recent call last):
+            ...
+        ValueError: need num_samples >= 1 and svi_epochs >= 0, got 0, 300
     """
     from pyrobayes.infer import PosteriorPredictive
 

@@ -58,6 +58,21 @@ class ClassifyResult:
         labels: test labels.
         info: sizes, settings and timings (e.g. mean seconds per training step).
         files: what was written under ``out``.
+
+    Example (two methods on three test points; nothing written without ``out``)::
+
+        >>> import torch
+        >>> from pyrobayes.classify.result import finish_result, point_ppd
+        >>> labels = torch.tensor([0, 1, 1])
+        >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])),
+        ...         "flat": point_ppd(torch.zeros(3, 2))}
+        >>> result = finish_result("digits", ppds, labels, {}, None, {}, {}, None, False)
+        >>> round(result.metric("net", "accuracy"), 3), round(result.metric("flat", "nll"), 4)
+        (0.667, 0.6931)
+        >>> result.files
+        []
+        >>> result.report().splitlines()[0]
+        '### digits: test set (3 points)'
     """
 
     task: str
@@ -102,7 +117,19 @@ def log(verbose: bool, msg: str) -> None:
 
 
 def point_ppd(logits: torch.Tensor) -> CategoricalPPD:
-    """A deterministic network's prediction: a one-draw :class:`CategoricalPPD`."""
+    """A deterministic network's prediction: a one-draw :class:`CategoricalPPD`.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.classify.result import point_ppd
+        >>> ppd = point_ppd(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+        >>> ppd
+        CategoricalPPD(draws=1, batch_shape=(2,), classes=2)
+        >>> ppd.probs
+        tensor([[0.8808, 0.1192],
+                [0.5000, 0.5000]])
+    """
     return CategoricalPPD.from_logits(logits.detach().unsqueeze(0))
 
 
@@ -113,7 +140,20 @@ def score_tables(
     main_ood: str | None,
     times: Mapping[str, float],
 ) -> tuple[ComparisonTable, dict[str, ComparisonTable]]:
-    """The main table (with OOD AUROC on ``ood[main_ood]``) and one table per OOD set."""
+    """The main table (with OOD AUROC on ``ood[main_ood]``) and one table per OOD set.
+
+    Example (confident on the test set, uniform on the OOD set: entropy separates them)::
+
+        >>> import torch
+        >>> from pyrobayes.classify.result import point_ppd, score_tables
+        >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]]))}
+        >>> ood = {"noise": {"net": point_ppd(torch.zeros(3, 2))}}
+        >>> table, ood_tables = score_tables(ppds, torch.tensor([0, 1, 1]), ood, "noise", {})
+        >>> table.columns
+        ('accuracy', 'nll', 'ece', 'brier', 'auroc_entropy', 'auroc_mutual_information', 'time_s')
+        >>> table.row("net")["auroc_entropy"], list(ood_tables)
+        (1.0, ['noise'])
+    """
     labels = labels.to(next(iter(ppds.values())).probs.device)
     table = compare_ppds(
         ppds, labels, times=times, ood_ppds=ood.get(main_ood) if main_ood else None
@@ -138,7 +178,20 @@ def bayesianize_and_fit(
     **fit_kwargs,
 ):
     """Make ``net`` Bayesian (MOPED guide, pretrained prior of scale ``prior_scale``,
-    categorical likelihood) and fit it by SVI; returns ``(model, guide, history, seconds)``."""
+    categorical likelihood) and fit it by SVI; returns ``(model, guide, history, seconds)``.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import bayesian_sites
+        >>> from pyrobayes.classify.result import bayesianize_and_fit
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> model, guide, history, seconds = bayesianize_and_fit(
+        ...     torch.nn.Linear(4, 3), (x, y), delta=0.1, prior_scale=1.0, name="clf",
+        ...     svi_epochs=2, svi_lr=0.01, svi_loss="trace_elbo", seed=0, progress=False)
+        >>> type(guide).__name__, len(history), seconds > 0, sorted(bayesian_sites(model))
+        ('MOPEDNormal', 2, True, ['clf.net.bias', 'clf.net.weight'])
+    """
     from pyrobayes.infer import fit
     from pyrobayes.model import to_bayesian
 
@@ -167,7 +220,14 @@ def bayesianize_and_fit(
 
 
 def svi_step_seconds(t_svi: float, svi_epochs: int, n_train: int, batch_size: int) -> float:
-    """Mean seconds per SVI step: ``t_svi`` over ``svi_epochs`` epochs of minibatches."""
+    """Mean seconds per SVI step: ``t_svi`` over ``svi_epochs`` epochs of minibatches.
+
+    Example (100 points in batches of 32: 4 steps per epoch, 20 in all)::
+
+        >>> from pyrobayes.classify.result import svi_step_seconds
+        >>> svi_step_seconds(10.0, svi_epochs=5, n_train=100, batch_size=32)
+        0.5
+    """
     steps = math.ceil(n_train / batch_size)
     return t_svi / max(1, svi_epochs * steps)
 
@@ -184,7 +244,21 @@ def finish_result(
     verbose: bool,
 ) -> ClassifyResult:
     """Score (:func:`score_tables`), print the report when ``verbose``, write the files
-    under ``out`` (:func:`save_result`) and return the result; the end of every pipeline."""
+    under ``out`` (:func:`save_result`) and return the result; the end of every pipeline.
+
+    Example (``verbose=True`` prints the same report)::
+
+        >>> import torch
+        >>> from pyrobayes.classify.result import finish_result, point_ppd
+        >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))}
+        >>> ood = {"noise": {"net": point_ppd(torch.zeros(2, 2))}}
+        >>> result = finish_result("digits", ppds, torch.tensor([0, 0]), ood, "noise",
+        ...                        {"net": 1.5}, {"n_test": 2}, out=None, verbose=False)
+        >>> result.table.row("net")["accuracy"], result.table.row("net")["time_s"], result.info
+        (0.5, 1.5, {'n_test': 2})
+        >>> result.report().splitlines()[-1]
+        'OOD AUROC, noise: net entropy 1.000 / mutual_information 0.500'
+    """
     table, ood_tables = score_tables(ppds, labels, ood, main_ood, times)
     result = ClassifyResult(task, table, ood_tables, dict(ppds), labels.cpu(), info)
     log(verbose, result.report())
@@ -194,7 +268,23 @@ def finish_result(
 
 def save_result(result: ClassifyResult, out: str | None, verbose: bool) -> None:
     """Write ``reliability_<task>.png``, ``classify_<task>.md`` and ``.json`` under ``out``
-    (nothing when ``out`` is ``None``); the paths go to ``result.files``."""
+    (nothing when ``out`` is ``None``); the paths go to ``result.files``.
+
+    Example::
+
+        >>> import os, tempfile, torch
+        >>> from pyrobayes.classify.result import finish_result, point_ppd, save_result
+        >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]])),
+        ...         "flat": point_ppd(torch.zeros(2, 2))}
+        >>> result = finish_result("digits", ppds, torch.tensor([0, 1]), {}, None, {}, {},
+        ...                        out=None, verbose=False)
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     save_result(result, out, verbose=False)
+        ...     print(sorted(os.listdir(out)))
+        ['classify_digits.json', 'classify_digits.md', 'reliability_digits.png']
+        >>> [os.path.basename(f) for f in result.files]
+        ['reliability_digits.png', 'classify_digits.md', 'classify_digits.json']
+    """
     if out is None:
         return
     # A bare Figure renders with Agg whatever pyplot's backend is, and never opens a window.

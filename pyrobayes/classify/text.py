@@ -54,6 +54,27 @@ def bayesian_text_ppd(
     so that at most ``max_floats_per_chunk`` sampled weights live in memory at once
     (head + last MiniLM layer: ~1.9M weights per draw), and sentences go through in
     batches of ``batch_size``.
+
+    Example (a tiny randomly initialised BERT with a Bayesian head, so nothing is loaded;
+    ``max_floats_per_chunk=60`` forces one head draw of 27 weights per chunk)::
+
+        >>> import datasets, torch, transformers
+        >>> from pyrobayes import to_bayesian
+        >>> from pyrobayes.classify.text import bayesian_text_ppd
+        >>> cfg = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+        ...                               num_attention_heads=2, intermediate_size=16, num_labels=3)
+        >>> bert = transformers.BertForSequenceClassification(cfg)
+        >>> model, guide = to_bayesian(bert, likelihood="categorical", include="classifier")
+        >>> encoded = datasets.Dataset.from_dict(
+        ...     {"input_ids": [[1, 5, 2], [1, 7, 2]], "attention_mask": [[1, 1, 1]] * 2}
+        ... ).with_format("torch")
+        >>> guide.setup(**encoded[:])  # fit() does this in a pipeline
+        >>> ppd = bayesian_text_ppd(model, guide, encoded, num_samples=4, batch_size=1,
+        ...                         max_floats_per_chunk=60)
+        >>> ppd
+        CategoricalPPD(draws=4, batch_shape=(2,), classes=3)
+        >>> torch.allclose(ppd.probs.sum(-1), torch.ones(2))
+        True
     """
     from pyrobayes.infer import forward_draws, sample_posterior
     from pyrobayes.infer.predictive import posterior_chunks
@@ -112,6 +133,19 @@ def run_text(
     fine-tuned layer, while 0.01 hardly changes the predictions.
 
     ``smoke=True``: 8 training and 6 test/OOD sentences, one epoch each, 2 draws.
+
+    Example (the shipped-set run of ``benchmarks/RESULTS.md``, about 3.5 minutes on one
+    CPU thread, so it is not run here; ``tests/test_classify.py`` runs ``smoke=True``; bad
+    options fail before anything is loaded)::
+
+        >>> result = run_text(progress=False, verbose=False)  # doctest: +SKIP
+        >>> bayes = result.table.row("bayesian")  # doctest: +SKIP
+        >>> bayes["accuracy"], round(bayes["ece"], 3)  # doctest: +SKIP
+        (0.89, 0.048)
+        >>> run_text(num_samples=0)
+        Traceback (most recent call last):
+            ...
+        ValueError: need num_samples >= 1, epochs >= 0 and svi_epochs >= 0
     """
     import datasets
 

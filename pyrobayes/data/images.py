@@ -196,7 +196,19 @@ def to_tensors(
 
 
 class ImageOOD(Option):
-    """Out-of-distribution image sets built from in-distribution images."""
+    """Out-of-distribution image sets built from in-distribution images.
+
+    Example (one 2x2 image ``[[0, 1], [2, 3]]``, flattened)::
+
+        >>> import torch
+        >>> from pyrobayes.data import image_ood
+        >>> from pyrobayes.data.images import ImageOOD
+        >>> x = torch.arange(4.0)[None]
+        >>> image_ood(x, ImageOOD.FLIP, image_shape=(2, 2))
+        tensor([[2., 3., 0., 1.]])
+        >>> image_ood(x, "transpose", image_shape=(2, 2))
+        tensor([[0., 2., 1., 3.]])
+    """
 
     FLIP = "flip"  # upside down (vertical flip)
     TRANSPOSE = "transpose"  # mirrored along the diagonal

@@ -21,6 +21,16 @@ class RegressionData(NamedTuple):
     ``f_grid`` is the noiseless function at the sorted ``x_grid`` and ``noise_std`` the
     observation noise the targets were drawn with. Unpacks like a tuple:
     ``x_tr, y_tr, x_te, y_te, x_grid, f_grid, noise = data``.
+
+    Example::
+
+        >>> from pyrobayes.data.regression import regression_from_prior
+        >>> data = regression_from_prior(n_train=5, n_test=7, grid_size=11)
+        >>> x_tr, y_tr, x_te, y_te, x_grid, f_grid, noise = data
+        >>> tuple(x_tr.shape), tuple(y_tr.shape), tuple(data.x_test.shape), tuple(f_grid.shape)
+        ((5, 1), (5,), (7, 1), (11,))
+        >>> round(noise, 3), bool((x_grid[1:] >= x_grid[:-1]).all())
+        (0.1, True)
     """
 
     x_train: torch.Tensor

@@ -36,7 +36,16 @@ OOD_FILE = os.path.join(DATA_DIR, "ood_sentences.jsonl")
 
 
 class GlueTask:
-    """Columns and label space of one GLUE task (``num_labels == 1``: regression)."""
+    """Columns and label space of one GLUE task (``num_labels == 1``: regression).
+
+    Example::
+
+        >>> from pyrobayes.data.text import GLUE_TASKS, GlueTask
+        >>> GLUE_TASKS["mrpc"]
+        GlueTask(text_columns=('sentence1', 'sentence2'), num_labels=2)
+        >>> GLUE_TASKS["stsb"].num_labels, GlueTask(("text",), 4).text_columns
+        (1, ('text',))
+    """
 
     def __init__(self, text_columns: tuple[str, ...], num_labels: int):
         self.text_columns, self.num_labels = text_columns, num_labels
@@ -210,7 +219,20 @@ def load_glue(
 
 
 def text_columns_of(ds: datasets.Dataset) -> tuple[str, ...]:
-    """Guess the text column(s): ``sentence``/``text``, or a known GLUE sentence pair."""
+    """Guess the text column(s): ``sentence``/``text``, or a known GLUE sentence pair.
+
+    Example::
+
+        >>> import datasets
+        >>> from pyrobayes.data.text import text_columns_of
+        >>> pair = datasets.Dataset.from_dict({"premise": ["a"], "hypothesis": ["b"]})
+        >>> text_columns_of(pair), text_columns_of(datasets.Dataset.from_dict({"text": ["hi"]}))
+        (('premise', 'hypothesis'), ('text',))
+        >>> text_columns_of(datasets.Dataset.from_dict({"body": ["hi"]}))
+        Traceback (most recent call last):
+            ...
+        ValueError: cannot tell the text column(s) among ['body']; pass text_columns=... explicitly
+    """
     cols = set(ds.column_names)
     for spec in GLUE_TASKS.values():
         if len(spec.text_columns) == 2 and set(spec.text_columns) <= cols:

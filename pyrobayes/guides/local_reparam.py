@@ -67,6 +67,26 @@ class LocalReparameterization(Messenger):
     Use it around SVI steps (``with LocalReparameterization(): svi.step(...)``) or pass
     ``local_reparam=True`` to :func:`~pyrobayes.infer.fit`. Only 2-D weights of
     ``F.linear`` calls (``nn.Linear``, attention projections built on it) are affected.
+
+    Example (the same input twice: one shared weight draw gives equal rows, local
+    reparameterisation gives each row its own pre-activation noise)::
+
+        >>> import pyro, torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.guides import LocalReparameterization
+        >>> nn = torch.nn
+        >>> net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+        >>> model, guide = to_bayesian(net, likelihood=Gaussian(0.1))
+        >>> x = torch.ones(2, 3)
+        >>> def forward(x):
+        ...     draw = pyro.poutine.trace(guide).get_trace(x)
+        ...     return pyro.poutine.replay(model.net, trace=draw)(x)
+        >>> out = forward(x); bool(out[0] == out[1])
+        True
+        >>> with LocalReparameterization():
+        ...     out = forward(x)
+        >>> bool(out[0] == out[1])
+        False
     """
 
     def __init__(self):

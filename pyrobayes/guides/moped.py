@@ -48,6 +48,15 @@ __all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_sca
 
 
 class GuideKind(Option):
+    """Which MOPED guide :func:`moped_guide` builds: ``"normal"`` or ``"lowrank"``.
+
+    Example::
+
+        >>> from pyrobayes.guides.moped import GuideKind
+        >>> GuideKind("lowrank") is GuideKind.LOWRANK, GuideKind.NORMAL == "normal"
+        (True, True)
+    """
+
     NORMAL = "normal"
     LOWRANK = "lowrank"
 
@@ -69,7 +78,15 @@ def _check_delta(delta: float, min_scale: float) -> None:
 
 
 def moped_scale(w: torch.Tensor, delta: float, min_scale: float = 1e-6) -> torch.Tensor:
-    """Elementwise MOPED standard deviation :math:`\\max(\\delta|w|, \\text{min\\_scale})`."""
+    """Elementwise MOPED standard deviation :math:`\\max(\\delta|w|, \\text{min\\_scale})`.
+
+    Example (a zero weight gets the floor)::
+
+        >>> import torch
+        >>> from pyrobayes.guides.moped import moped_scale
+        >>> moped_scale(torch.tensor([2.0, -0.5, 0.0]), delta=0.1)
+        tensor([2.0000e-01, 5.0000e-02, 1.0000e-06])
+    """
     return (delta * w.detach().abs()).clamp_min(min_scale)
 
 
@@ -130,6 +147,19 @@ class MOPEDNormal(_Setup, AutoNormal):
         min_scale: floor of the initial scale.
         init_values: start values of latent sites that are not weights (e.g.
             ``{"noise_scale": 0.3}``); any other such site starts at its prior median.
+
+    Example (means at the pretrained weights, scales ``delta * |w|``)::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
+        >>> from pyrobayes.guides import MOPEDNormal
+        >>> lin = torch.nn.Linear(2, 1, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(torch.tensor([[1.0, -4.0]]))
+        >>> guide = MOPEDNormal(BayesianModel(to_pyro(lin, name="lin"), Gaussian(0.1)), delta=0.1)
+        >>> guide.setup(torch.randn(4, 2))
+        >>> guide.locs.lin.net.weight.tolist(), guide.scales.lin.net.weight.tolist()
+        ([[1.0, -4.0]], [[0.10000000149011612, 0.4000000059604645]])
     """
 
     def __init__(
@@ -187,6 +217,21 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     with ``W`` of shape ``[D, rank]`` initialised small, so the initial marginals are MOPED's.
     Non-weight latent sites start at ``init_values`` or their prior median, as in
     :class:`MOPEDNormal`.
+
+    Example (one flat vector of all weights; ``cov_factor`` is ``[D, rank]``)::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
+        >>> from pyrobayes.guides import MOPEDLowRank
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.copy_(torch.tensor([[1.0, -4.0]])), lin.bias.zero_()
+        >>> guide = MOPEDLowRank(BayesianModel(to_pyro(lin), Gaussian(0.1)), rank=1, delta=0.1)
+        >>> guide.setup(torch.randn(4, 2))
+        >>> guide.loc.tolist(), tuple(guide.cov_factor.shape)
+        ([1.0, -4.0, 0.0], (3, 1))
+        >>> guide.scale  # MOPED's diagonal, the zero bias at the floor
+        tensor([1.0000e-01, 4.0000e-01, 1.0000e-06], grad_fn=<SoftplusBackward0>)
     """
 
     def __init__(
@@ -261,7 +306,19 @@ def _deep_set_buffer(root: PyroModule, name: str, value: torch.Tensor) -> None:
 
 def moped_guide(model, kind: str | GuideKind = "normal", **kwargs):
     """The guide factory: ``"normal"`` (:class:`MOPEDNormal`) or ``"lowrank"``
-    (:class:`MOPEDLowRank`) with their keyword options."""
+    (:class:`MOPEDLowRank`) with their keyword options.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
+        >>> from pyrobayes.guides import moped_guide
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(2, 1)), Gaussian(0.1))
+        >>> type(moped_guide(model, "lowrank", rank=2)).__name__
+        'MOPEDLowRank'
+        >>> type(moped_guide(model, delta=0.01)).__name__
+        'MOPEDNormal'
+    """
     kind = GuideKind.parse(kind, "guide")
     return (
         MOPEDNormal(model, **kwargs) if kind is GuideKind.NORMAL else MOPEDLowRank(model, **kwargs)

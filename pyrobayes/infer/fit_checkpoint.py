@@ -47,7 +47,14 @@ CHECKPOINT_VERSION = 2
 
 
 def tensor_path(path: str | os.PathLike) -> Path:
-    """The safetensors file that goes with the JSON checkpoint ``path``."""
+    """The safetensors file that goes with the JSON checkpoint ``path``.
+
+    Example::
+
+        >>> from pyrobayes.infer.fit_checkpoint import tensor_path
+        >>> tensor_path("runs/fit.json").as_posix()
+        'runs/fit.json.safetensors'
+    """
     path = Path(path)
     return path.with_name(path.name + ".safetensors")
 
@@ -91,7 +98,19 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_fit_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically."""
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically.
+
+    Example (the tensors go to the safetensors file, the rest to the JSON)::
+
+        >>> import json, os, tempfile, torch
+        >>> from safetensors.torch import load_file
+        >>> from pyrobayes.infer.fit_checkpoint import save_fit_checkpoint, tensor_path
+        >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "fit.json")
+        >>> save_fit_checkpoint(path, {"epoch": 3, "guide": {"loc": torch.zeros(2)}})
+        >>> json.load(open(path))["format"], list(load_file(tensor_path(path)))
+        ('pyrobayes-fit-checkpoint', ['/guide/loc'])
+        >>> tmp.cleanup()
+    """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(state, "", tensors)
@@ -104,7 +123,24 @@ def save_fit_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_fit_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`pyrobayes.fit` without executing any code."""
+    """Load a checkpoint written by :func:`pyrobayes.fit` without executing any code.
+
+    Example (a round trip, and a JSON file that is no checkpoint)::
+
+        >>> import os, tempfile, torch
+        >>> from pyrobayes.infer.fit_checkpoint import save_fit_checkpoint, load_fit_checkpoint
+        >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "fit.json")
+        >>> save_fit_checkpoint(path, {"epoch": 3, "history": [1.5], "w": torch.ones(2)})
+        >>> load_fit_checkpoint(path)
+        {'epoch': 3, 'history': [1.5], 'w': tensor([1., 1.])}
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("{}")
+        >>> load_fit_checkpoint(path)
+        Traceback (most recent call last):
+            ...
+        ValueError: ... is not a pyrobayes fit checkpoint (format tag missing)
+        >>> tmp.cleanup()
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -138,7 +174,16 @@ def load_fit_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def rename_prefix(state: dict[str, torch.Tensor], old: str, new: str) -> dict[str, torch.Tensor]:
     """Replace the dotted name component ``old`` by ``new`` in every key (the model's
-    auto-generated Pyro name appears inside the guide's parameter names)."""
+    auto-generated Pyro name appears inside the guide's parameter names).
+
+    Example (whole components only: ``bnn10`` is left alone)::
+
+        >>> import torch
+        >>> from pyrobayes.infer.fit_checkpoint import rename_prefix
+        >>> state = {"locs.bnn1.net.weight": torch.zeros(1), "locs.bnn10.net.bias": torch.zeros(1)}
+        >>> sorted(rename_prefix(state, "bnn1", "net"))
+        ['locs.bnn10.net.bias', 'locs.net.net.weight']
+    """
     if old == new:
         return state
 
@@ -152,7 +197,22 @@ def rename_prefix(state: dict[str, torch.Tensor], old: str, new: str) -> dict[st
 def check_state_dict(
     what: str, module: torch.nn.Module, state: dict[str, torch.Tensor], hint: str = ""
 ) -> None:
-    """Raise a ``ValueError`` naming missing, unexpected and wrongly shaped entries."""
+    """Raise a ``ValueError`` naming missing, unexpected and wrongly shaped entries.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.infer.fit_checkpoint import check_state_dict
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> check_state_dict("guide", lin, lin.state_dict())  # matches: no error
+        >>> check_state_dict("guide", lin, {"weight": torch.zeros(1, 3), "scale": torch.ones(1)})
+        Traceback (most recent call last):
+            ...
+        ValueError: the checkpoint's guide does not match this guide:
+          missing from the checkpoint: bias
+          unexpected in the checkpoint: scale
+          wrong shape: weight: checkpoint (1, 3) vs (1, 2)
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

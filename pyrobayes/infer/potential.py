@@ -117,6 +117,19 @@ class Potential:
         x, y: the full training set (the likelihood sums over all of it).
 
     Call it with ``{site: unconstrained tensor}`` (what ``NUTS(potential_fn=...)`` passes).
+
+    Example (the same number as minus the log joint of Pyro's trace of the model)::
+
+        >>> import pyro, torch
+        >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
+        >>> from pyrobayes.infer.potential import Potential
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), name="lin"), Gaussian(0.5))
+        >>> x, y = torch.randn(5, 1), torch.randn(5)
+        >>> pot = Potential(model, x, y)
+        >>> w = {"lin.net.weight": torch.tensor([[0.3]]), "lin.net.bias": torch.tensor([-0.2])}
+        >>> trace = pyro.poutine.trace(pyro.condition(model, data=w)).get_trace(x, y=y)
+        >>> torch.allclose(pot(pot.unconstrain(w)), -trace.log_prob_sum())
+        True
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):

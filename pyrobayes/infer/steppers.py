@@ -39,7 +39,22 @@ __all__ = ["SVIStepper", "TorchStepper", "FusedStepper"]
 
 
 class SVIStepper:
-    """Pyro's own SVI with a Pyro optimiser."""
+    """Pyro's own SVI with a Pyro optimiser.
+
+    Example (the optimiser state holds one entry per guide parameter)::
+
+        >>> import pyro, torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.steppers import SVIStepper
+        >>> model, guide = to_bayesian(torch.nn.Linear(1, 1), likelihood=Gaussian(0.1), name="lin")
+        >>> adam = pyro.optim.Adam({"lr": 0.01})
+        >>> stepper = SVIStepper(model, guide, pyro.infer.Trace_ELBO(), adam)
+        >>> x = torch.randn(8, 1)
+        >>> stepper.step(x, y=x[:, 0]) > 0, stepper.supports_lr_factor
+        (True, False)
+        >>> sorted(k.split(".", 1)[1] for k in stepper.get_state())
+        ['locs.lin.net.bias', 'locs.lin.net.weight', 'scales.lin.net.bias', 'scales.lin.net.weight']
+    """
 
     supports_lr_factor = False
 
@@ -61,7 +76,28 @@ class SVIStepper:
 class TorchStepper:
     r"""``elbo.loss_and_grads`` plus one torch optimiser over every trainable parameter
     of the guide and the model (PyroModules keep their parameters as ordinary
-    ``nn.Parameter``\ s, so this is the same objective SVI optimises)."""
+    ``nn.Parameter``\ s, so this is the same objective SVI optimises).
+
+    Example (a learning-rate factor of 0 freezes the parameters, 1 moves them)::
+
+        >>> import pyro, torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.steppers import TorchStepper
+        >>> model, guide = to_bayesian(torch.nn.Linear(1, 1), likelihood=Gaussian(0.1))
+        >>> sgd = lambda params: torch.optim.SGD(params, lr=0.1)
+        >>> stepper = TorchStepper(model, guide, model, guide, pyro.infer.Trace_ELBO(), sgd)
+        >>> x = torch.randn(8, 1)
+        >>> stepper.lr_factor = 0.0
+        >>> _ = stepper.step(x, y=x[:, 0])
+        >>> before = [p.detach().clone() for p in stepper.params]
+        >>> _ = stepper.step(x, y=x[:, 0])
+        >>> len(before), all(torch.equal(a, b) for a, b in zip(before, stepper.params))
+        (4, True)
+        >>> stepper.lr_factor = 1.0
+        >>> _ = stepper.step(x, y=x[:, 0])
+        >>> all(torch.equal(a, b) for a, b in zip(before, stepper.params))
+        False
+    """
 
     supports_lr_factor = True
 
@@ -121,7 +157,24 @@ class TorchStepper:
 
 
 class FusedStepper(TorchStepper):
-    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser."""
+    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser.
+
+    Example (a batch whose loss overflows to ``inf`` leaves the parameters untouched)::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.steppers import FusedStepper
+        >>> model, guide = to_bayesian(torch.nn.Linear(1, 1), likelihood=Gaussian(0.1))
+        >>> adam = lambda params: torch.optim.Adam(params, lr=0.01)
+        >>> stepper = FusedStepper(model, guide, adam, {"beta": 1.0})
+        >>> x = torch.randn(8, 1)
+        >>> _ = stepper.step(x, y=x[:, 0])
+        >>> before = [p.detach().clone() for p in stepper.params]
+        >>> stepper.step(torch.full((8, 1), 1e30), y=x[:, 0])
+        inf
+        >>> all(torch.equal(a, b) for a, b in zip(before, stepper.params))
+        True
+    """
 
     def __init__(self, model, guide, make_optim, weight):
         super().__init__(model, guide, model, guide, None, _prefer_fused_adam(make_optim))

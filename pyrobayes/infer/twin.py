@@ -54,7 +54,20 @@ __all__ = [
 
 def fixed_tensors(net: nn.Module, detach: bool = True) -> dict[str, torch.Tensor]:
     """Deterministic parameters and buffers of the converted net, keyed like the twin's
-    (``detach=False`` keeps the live parameters, so training through them still works)."""
+    (``detach=False`` keeps the live parameters, so training through them still works).
+
+    Example (only the excluded bias stays fixed; the weight is a sample site)::
+
+        >>> import torch
+        >>> from pyrobayes import to_pyro
+        >>> from pyrobayes.infer.twin import fixed_tensors
+        >>> net = to_pyro(torch.nn.Linear(2, 1), exclude="bias")
+        >>> {k: tuple(v.shape) for k, v in fixed_tensors(net).items()}
+        {'bias': (1,)}
+        >>> live = fixed_tensors(net, detach=False)
+        >>> fixed_tensors(net)["bias"].requires_grad, live["bias"].requires_grad
+        (False, True)
+    """
     out = {}
     for name, t in net.named_parameters():
         out[name] = t.detach() if detach else t
@@ -74,7 +87,19 @@ def twin_forward(
 ) -> torch.Tensor:
     """``output_fn(f_w(*inputs, **kwargs))`` for ONE draw ``w`` (``weights`` keyed by the
     twin's parameter paths). ``net``/``fixed`` may be passed to skip their look-up in hot
-    loops; the twin's train/eval mode is the caller's choice."""
+    loops; the twin's train/eval mode is the caller's choice.
+
+    Example (``x @ w.T + b`` for the given weights)::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.twin import twin_forward
+        >>> model, _ = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1))
+        >>> w = {"weight": torch.tensor([[1.0, 2.0]]), "bias": torch.tensor([0.5])}
+        >>> twin_forward(model, w, torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+        tensor([[3.5000],
+                [2.5000]])
+    """
     if net is None:
         net, _ = _converted_root(model)
     if fixed is None:
@@ -92,7 +117,20 @@ def _first_layer(twin: nn.Module) -> nn.Module | None:
 
 def check_input_features(model: nn.Module, *inputs, inputs_batched: bool = False) -> None:
     """Raise a clear error when the first input's feature count does not match the first
-    layer (``nn.Linear``/``nn.Conv*``), instead of a deep ``vmap`` traceback."""
+    layer (``nn.Linear``/``nn.Conv*``), instead of a deep ``vmap`` traceback.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.twin import check_input_features
+        >>> model, _ = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1))
+        >>> check_input_features(model, torch.zeros(4, 2))  # fits: no error
+        >>> check_input_features(model, torch.zeros(4, 3))
+        Traceback (most recent call last):
+            ...
+        ValueError: the network's first layer expects 2 features, got x of shape (4, 3)
+    """
     if not inputs or not torch.is_tensor(inputs[0]) or not inputs[0].is_floating_point():
         return
     net, _ = _converted_root(model)
@@ -140,6 +178,21 @@ def forward_draws(
         mc_dropout: keep ``nn.Dropout*`` layers active (each draw gets its own mask);
             every other layer (BatchNorm included) stays in eval mode.
         kwargs: keyword inputs of the network (shared by all draws, e.g. ``attention_mask``).
+
+    Example (at ``x = (1, 1)`` draw ``s`` of a linear net gives ``w_s1 + w_s2 + b_s``)::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer import sample_prior
+        >>> from pyrobayes.infer.twin import forward_draws
+        >>> model, _ = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="lin")
+        >>> d = sample_prior(model, 3)
+        >>> out = forward_draws(model, d, torch.tensor([[1.0, 1.0]]))
+        >>> out.shape
+        torch.Size([3, 1, 1])
+        >>> expected = d["lin.net.weight"].sum((1, 2)) + d["lin.net.bias"][:, 0]
+        >>> torch.allclose(out[:, 0, 0], expected)
+        True
     """
     net, _ = _converted_root(model)
     sites = bayesian_sites(model)
@@ -290,7 +343,21 @@ def _block_draws(chain, x) -> int:
 def fast_block_size(model: nn.Module, *inputs, mc_dropout: bool = False, **kwargs) -> int | None:
     """Draws per block at which :func:`forward_draws` runs fastest on these inputs (the
     batched Linear-chain path), or ``None`` when the general path applies; callers that
-    also sample the draws use it to keep the weight samples cache-sized as well."""
+    also sample the draws use it to keep the weight samples cache-sized as well.
+
+    Example (a 2 MiB activation budget: ``2**21 / (N * 64 * 4 bytes)`` draws per block)::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.infer.twin import fast_block_size
+        >>> nn = torch.nn
+        >>> net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 1))
+        >>> model, _ = to_bayesian(net, likelihood=Gaussian(0.1))
+        >>> [fast_block_size(model, torch.zeros(n, 2)) for n in (100, 1000)]
+        [81, 8]
+        >>> fast_block_size(model, torch.zeros(100, 2), mc_dropout=True) is None
+        True
+    """
     if mc_dropout or kwargs or len(inputs) != 1:
         return None
     net, _ = _converted_root(model)
