@@ -82,3 +82,15 @@ def test_classify_bad_options_fail_fast(capsys):
     )
     with pytest.raises(SystemExit):
         main(["classify", "images"])
+
+
+def test_save_result_with_a_single_method(tmp_path):
+    # one method gives one Axes, not an array of them: the reliability figure must still draw
+    from pyrobayes.classify.result import finish_result, point_ppd, save_result
+
+    ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))}
+    result = finish_result(
+        "digits", ppds, torch.tensor([0, 1]), {}, None, {}, {}, out=None, verbose=False
+    )
+    save_result(result, str(tmp_path), verbose=False)
+    assert (tmp_path / "reliability_digits.png").stat().st_size > 1000

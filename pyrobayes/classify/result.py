@@ -294,7 +294,7 @@ def save_result(result: ClassifyResult, out: str | None, verbose: bool) -> None:
 
     os.makedirs(out, exist_ok=True)
     fig = Figure(figsize=(4.5 * len(result.ppds), 4.5))
-    axes = fig.subplots(1, len(result.ppds))
+    axes = fig.subplots(1, len(result.ppds), squeeze=False)[0]  # one method: still a row
     for ax, (name, ppd) in zip(axes, result.ppds.items()):
         plot_reliability(ppd, result.labels, ax=ax, title=f"{result.task}: {name}")
     fig.tight_layout()
