@@ -155,26 +155,20 @@ def test_plotting_rejects_mismatched_inputs():
         plot_ppd_comparison(xq, {})
 
 
-def test_training_curve_reads_a_checkpoint_and_checks_its_input(tmp_path):
+def _tiny_pfn():
     from pyrobayes.pfn import PFN, PFNConfig
+
+    borders = tuple(float(b) for b in range(11))
+    return PFN(PFNConfig(d_model=16, n_layers=1, n_heads=2, d_ff=16, borders=borders))
+
+
+def test_training_curve_reads_a_checkpoint_and_checks_its_input(tmp_path):
     from pyrobayes.pfn.checkpoint import save_checkpoint
     from pyrobayes.plotting import plot_training_curve
 
     hist = [{"step": 10 * (i + 1), "loss": 3.0 - 0.1 * i, "lr": 1e-3} for i in range(12)]
     path = tmp_path / "tiny"
-    save_checkpoint(
-        PFN(
-            PFNConfig(
-                d_model=16,
-                n_layers=1,
-                n_heads=2,
-                d_ff=16,
-                borders=tuple(float(b) for b in range(11)),
-            )
-        ),
-        path,
-        training={"history": hist},
-    )
+    save_checkpoint(_tiny_pfn(), path, training={"history": hist})
     fig, ax = plot_training_curve(str(path), window=3)
     raw, smooth = ax.lines[0], ax.lines[1]
     assert list(raw.get_ydata()) == [h["loss"] for h in hist]
@@ -183,17 +177,6 @@ def test_training_curve_reads_a_checkpoint_and_checks_its_input(tmp_path):
     _save(fig, tmp_path / "curve.png")
     with pytest.raises(ValueError, match="'step' and 'loss'"):
         plot_training_curve([{"loss": 1.0}])
+    save_checkpoint(_tiny_pfn(), tmp_path / "bare")
     with pytest.raises(ValueError, match="no training history"):
-        save_checkpoint(
-            PFN(
-                PFNConfig(
-                    d_model=16,
-                    n_layers=1,
-                    n_heads=2,
-                    d_ff=16,
-                    borders=tuple(float(b) for b in range(11)),
-                )
-            ),
-            tmp_path / "bare",
-        )
         plot_training_curve(str(tmp_path / "bare"))
