@@ -34,6 +34,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_pfn.py
 	$(BIN)/python benchmarks/bench_classify.py
 	$(BIN)/python benchmarks/bench_reference.py
+	$(BIN)/python benchmarks/bench_tabular.py
 
 # The documentation site, offline and strict (a broken reference or docstring warning fails).
 docs: venv
