@@ -13,6 +13,25 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def mixture_nll_and_mc_se(log_p, batches: int = 10) -> tuple[float, float]:
+    """Held-out NLL of an equal-weight mixture of draws, and its Monte Carlo standard error.
+
+    ``log_p[s, i]`` is draw ``s``'s log-density of test point ``i``. The error comes from the
+    NLLs of ``batches`` mixtures of consecutive draws (batch means absorb a chain's
+    autocorrelation): the full mixture's NLL varies like one batch's, scaled by
+    ``1/sqrt(batches)``."""
+    import math
+
+    import torch
+
+    def nll(lp):
+        return float(-(torch.logsumexp(lp, 0) - math.log(lp.shape[0])).mean())
+
+    size = log_p.shape[0] // batches
+    parts = torch.tensor([nll(log_p[b * size : (b + 1) * size]) for b in range(batches)])
+    return nll(log_p), float(parts.std() / math.sqrt(batches))
+
+
 def write_section(section: str, text: str) -> None:
     """Replace the block that starts with the heading ``section`` (up to the next ``## ``)."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import markdown_table, write_section  # noqa: E402
+from _results import markdown_table, mixture_nll_and_mc_se, write_section  # noqa: E402
 
 SECTION = "## bench_reference.py"
 
@@ -50,24 +49,13 @@ def _per_grad(fn, reps: int) -> float:
 
 
 def _nll_and_mc_error(model, draws, x_te, y_te, batches: int = 10) -> tuple[float, float]:
-    """Held-out NLL of the draw mixture, and its Monte Carlo standard error from the NLLs
-    of ``batches`` disjoint batches of consecutive draws (batch means absorb the chains'
-    autocorrelation): se = sd(batch NLLs) / sqrt(batches)."""
+    """Held-out NLL of the draw mixture and its Monte Carlo standard error (batch means,
+    :func:`_results.mixture_nll_and_mc_se`)."""
     from pyrobayes.infer import forward_draws
 
-    out = forward_draws(model, draws, x_te)
-    ppd = model.likelihood.ppd(out)
-    nll = -ppd.log_prob(y_te).mean().item()
-    s = out.shape[0]
-    size = s // batches
-    parts = []
-    for b in range(batches):
-        sub = {k: v[b * size : (b + 1) * size] for k, v in draws.items()}
-        p = model.likelihood.ppd(forward_draws(model, sub, x_te))
-        parts.append(-p.log_prob(y_te).mean().item())
-    sd = torch.tensor(parts).std().item()
-    # the full mixture's NLL varies like a batch's scaled by 1/sqrt(batches)
-    return nll, sd / math.sqrt(batches)
+    ppd = model.likelihood.ppd_from_draws(forward_draws(model, draws, x_te), draws)
+    log_p = torch.distributions.Normal(ppd.loc, ppd.scale).log_prob(y_te)
+    return mixture_nll_and_mc_se(log_p, batches)
 
 
 def main() -> None:
