@@ -158,3 +158,28 @@ def test_predictive_chain_path_makes_the_same_draws_as_the_general_path(
     assert fast.shape == (num_samples, 7, 3)
     assert torch.equal(fast, general)
     assert torch.equal(state_after_fast, torch.get_rng_state())  # the same random numbers used
+
+
+def test_linear_chain_reuses_buffers_without_touching_the_input(monkeypatch):
+    """Blocks of 2 draws reuse one buffer per hidden layer and write the last layer's
+    rows straight into the output: an activation before the first layer must not act in
+    place on the caller's input, and an out-of-place activation after the last layer
+    (GELU) must still land in the output; all equal to the general ``vmap`` path."""
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Tanh(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Sigmoid(), nn.Linear(6, 2),
+        nn.GELU(),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, guide = to_bayesian(net, delta=0.3, likelihood=Gaussian(0.1))
+    x = torch.randn(5, 4)
+    x_before = x.clone()
+    guide.setup(x)
+    draws = sample_posterior(guide, 7)
+    monkeypatch.setattr(twin_mod, "_block_draws", lambda chain, x: 2)
+    fast = twin_mod.forward_draws(model, draws, x)
+    assert torch.equal(x, x_before)
+    monkeypatch.setattr(twin_mod, "_linear_chain", lambda *a, **k: None)
+    general = twin_mod.forward_draws(model, draws, x)
+    assert fast.shape == general.shape == (7, 5, 2)
+    assert torch.allclose(fast, general, atol=1e-6)

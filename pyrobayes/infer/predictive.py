@@ -213,7 +213,9 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     Per block of ``c`` draws it makes one ``torch.randn(c * D)`` into a buffer reused
     across blocks and turns it into the draws in place (``addcmul`` with the noise as its
     output), so the ``c x D`` weights of a block stay cache-sized and are written once;
-    the guide's leaves and ``softplus`` scales are looked up once, not per block."""
+    the guide's leaves and ``softplus`` scales are looked up once, not per block; the
+    hidden activations reuse one set of buffers and each block's outputs are written
+    straight into the result (no allocation per block)."""
     if getattr(guide, "prototype_trace", None) is None:
         setup_prototype(guide, x)
         _pull_from_store(guide)
@@ -229,7 +231,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in leaves]
     total = sum(loc.numel() for _, loc, _ in sites)
     buf = torch.empty(chunk * total, dtype=loc0.dtype, device=loc0.device)
-    outs, done = [], 0
+    out, work, done = None, {}, 0
     while done < num_samples:
         n = min(chunk, num_samples - done)
         eps = torch.randn(n * total, dtype=loc0.dtype, device=loc0.device, out=buf[: n * total])
@@ -239,9 +241,12 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
             e = eps[offset : offset + k].view(n, *loc.shape)
             draws[name] = torch.addcmul(loc, scale, e, out=e)
             offset += k
-        outs.append(chain_forward(plan, draws, x))
+        block = chain_forward(plan, draws, x, None if out is None else out[done : done + n], work)
+        if out is None:  # the first block tells the output's shape and dtype
+            out = block.new_empty(num_samples, *block.shape[1:])
+            out[:n] = block
         done += n
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+    return out
 
 
 def posterior_chunks(
