@@ -167,7 +167,7 @@ class FusedMeanFieldELBO:
             log_p, log_q = log_p + lp, log_q + lq
         batch = out.shape[0]
         n = lik.plate_size(batch)
-        log_lik = lik.log_prob(out, y, **extra).sum() * (n / batch)
+        log_lik = lik.log_prob_sum(out, y, **extra) * (n / batch)
         return -(log_lik + self.beta * (log_p - log_q))
 
     def _latent_draw(self, site: str, loc, scale, eps):
@@ -320,17 +320,29 @@ class _DrawLogRatio(torch.autograd.Function):
     def forward(ctx, layout, e, prior_loc, prior_prec, *tensors):
         sizes, shapes = layout
         k = len(sizes)
+        # the concatenations are this node's own buffers: the draw and exp(rho) overwrite
+        # them (fewer full-length temporaries, which no longer fit the cache together)
         loc = torch.cat([t.reshape(-1) for t in tensors[:k]])
         raw = torch.cat([t.reshape(-1) for t in tensors[k:]])
-        scale = torch.nn.functional.softplus(raw)  # Pyro's softplus_positive transform
-        w = torch.addcmul(loc, scale, e)
+        # Pyro's softplus_positive transform, sigma = log1p(exp(rho)) (torch's own formula
+        # below its threshold): keeping exp(rho) gives the backward its
+        # sigmoid(rho) = exp(rho) / (1 + exp(rho)) without another transcendental pass, and
+        # exp + log1p cost half of torch's CPU softplus kernel. exp overflows past rho ~ 88
+        # (sigma ~ rho there, a scale of 88): from 80 on the softplus kernel takes over.
+        if float(raw.max()) < 80.0:
+            exp_raw = raw.exp_()
+            scale = torch.log1p(exp_raw)
+        else:
+            exp_raw, scale = None, torch.nn.functional.softplus(raw)
+        w = loc.addcmul_(scale, e)
         d = w - prior_loc
         if prior_prec.dim() == 0:
             log_p = -0.5 * prior_prec * torch.dot(d, d)
         else:
             log_p = -0.5 * torch.dot(d * prior_prec, d)
         log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
-        ctx.save_for_backward(raw, scale, e, d, prior_prec)
+        ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior_prec)
+        ctx.raw_saved = exp_raw is None
         ctx.layout = layout
         ctx.param_shapes = [t.shape for t in tensors]
         weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
@@ -339,7 +351,7 @@ class _DrawLogRatio(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        raw, scale, e, d, prec = ctx.saved_tensors
+        raw_or_t, scale, e, d, prec = ctx.saved_tensors
         sizes, _ = ctx.layout
         k = len(sizes)
         g_r = grads[-1]
@@ -360,7 +372,10 @@ class _DrawLogRatio(torch.autograd.Function):
         g_raws = [None] * k
         if any(need[k:]):
             g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
-            g_raw.mul_(torch.sigmoid(raw))
+            if ctx.raw_saved:
+                g_raw.mul_(torch.sigmoid(raw_or_t))
+            else:  # sigmoid(rho) = t / (1 + t)
+                g_raw.mul_(raw_or_t).div_(raw_or_t + 1.0)
             g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
         return (None, None, None, None, *g_locs, *g_raws)
 

@@ -239,7 +239,7 @@ class Potential:
             sq = nn.functional.mse_loss(loc, y_sq.to(loc.dtype), reduction="sum")
             return const - half_precision * sq
         if not self.extra_sites:
-            return lik.log_prob(out, self.y).sum()
+            return lik.log_prob_sum(out, self.y)
         # latent likelihood parameters: condition them into a trace of the likelihood alone
         # and sum its observed sites unscaled (full data, whatever plate size it was left with)
         data = {s: values[s] for s in self.extra_sites}
