@@ -100,6 +100,16 @@ class FusedMeanFieldELBO:
         self.local_reparam = False
         self._getters = None
         self._flat: _FlatMeanField | None = None
+        self._chains: dict = {}
+
+    def _chain(self, twin, x):
+        """:func:`_linear_chain` of this twin for inputs like ``x``, looked up once per input
+        kind (it walks the twin's children, which does not change during a fit)."""
+        key = torch.is_tensor(x) and (x.dim(), x.dtype)
+        hit = self._chains.get(key)
+        if hit is None or hit[0] is not twin:
+            hit = self._chains[key] = (twin, _linear_chain(self.model, twin, x))
+        return hit[1]
 
     def _resolve(self) -> None:
         """Per site, direct handles on the guide's tensors and a cheap prior log-density.
@@ -149,7 +159,7 @@ class FusedMeanFieldELBO:
             fixed = fixed_tensors(self.net, detach=False)
             chain = None
             if not kwargs and len(inputs) == 1:
-                chain = _linear_chain(self.model, twin, inputs[0])
+                chain = self._chain(twin, inputs[0])
             if chain is not None:  # a Linear chain: F.linear per layer, no parameter swap
                 for paths in self.sites.values():
                     for alias in paths[1:]:
