@@ -338,7 +338,8 @@ class _DrawLogRatio(torch.autograd.Function):
         # below its threshold): keeping exp(rho) gives the backward its
         # sigmoid(rho) = exp(rho) / (1 + exp(rho)) without another transcendental pass, and
         # exp + log1p cost half of torch's CPU softplus kernel. exp overflows past rho ~ 88
-        # (sigma ~ rho there, a scale of 88): from 80 on the softplus kernel takes over.
+        # (sigma ~ rho there, a scale of 88): from 80 on the softplus kernel takes over (the
+        # check reads one number per step, as fit reads the loss every step anyway).
         if float(raw.max()) < 80.0:
             exp_raw = raw.exp_()
             scale = torch.log1p(exp_raw)
@@ -361,7 +362,7 @@ class _DrawLogRatio(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        raw_or_t, scale, e, d, prec = ctx.saved_tensors
+        raw_or_exp, scale, e, d, prec = ctx.saved_tensors
         sizes, _ = ctx.layout
         k = len(sizes)
         g_r = grads[-1]
@@ -383,9 +384,9 @@ class _DrawLogRatio(torch.autograd.Function):
         if any(need[k:]):
             g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
             if ctx.raw_saved:
-                g_raw.mul_(torch.sigmoid(raw_or_t))
-            else:  # sigmoid(rho) = t / (1 + t)
-                g_raw.mul_(raw_or_t).div_(raw_or_t + 1.0)
+                g_raw.mul_(torch.sigmoid(raw_or_exp))
+            else:  # sigmoid(rho) = exp(rho) / (1 + exp(rho))
+                g_raw.mul_(raw_or_exp).div_(raw_or_exp + 1.0)
             g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
         return (None, None, None, None, *g_locs, *g_raws)
 
