@@ -185,3 +185,20 @@ def test_flat_draw_node_equals_the_per_site_path_in_value_and_gradient(large_sca
     g_ref = torch.autograd.grad(loss_ref, params)
     assert torch.isfinite(loss) and torch.allclose(loss, loss_ref, rtol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(g_flat, g_ref))
+
+
+def test_fused_loss_with_tied_linear_weights_equals_pyro_trace_elbo():
+    """A weight shared by two layers of a Linear chain: the fused path hands its one draw to
+    both parameter paths, as Pyro's traces do."""
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    )
+    net[2].weight = net[0].weight
+    model, guide = to_bayesian(net, delta=0.3, likelihood=Gaussian(0.2), prior="normal")
+    x, y = torch.randn(10, 3), torch.randn(10)
+    guide.setup(x, y=y)
+    fused = FusedMeanFieldELBO(model, guide)
+    assert fused._tied == {"2.weight": "0.weight"}
+    elbo, eps = pyro_elbo_and_eps(model, guide, fused, x, y)
+    assert torch.allclose(fused.loss(x, y=y, eps=eps), -elbo, rtol=1e-5)

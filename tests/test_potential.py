@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.distributions import biject_to
 
-from pyrobayes import BayesianModel, NormalPrior, to_pyro
+from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
 from pyrobayes.infer.potential import FLAT, Potential
 from pyrobayes.likelihoods import Likelihood
 from pyrobayes.models.mlp import default_regression_model
@@ -201,3 +201,17 @@ def test_nuts_with_gaussian_noise_prior_mixes_over_noise_draws():
     sigma = info.draws["noise_scale"]
     assert sigma.shape == (40,) and (sigma > 0).all()
     assert torch.allclose(ppd.scale[:, 0], sigma)
+
+
+def test_potential_with_tied_linear_weights_matches_traced_log_joint():
+    """A weight shared by two layers is one site; the Linear-chain forward must use its draw
+    under both parameter paths (``tied_paths``), as Pyro's trace of the model does."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 3), torch.nn.Tanh(), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    )
+    net[2].weight = net[0].weight
+    model = BayesianModel(to_pyro(net, prior=NormalPrior(1.0), name="tied"), Gaussian(0.3))
+    x = torch.randn(11, 3)
+    pot = _check(model, x, x[:, 0], seed=2)
+    assert pot._chain is not None and pot._tied == {"2.weight": "0.weight"}

@@ -34,7 +34,13 @@ from torch.distributions import Independent, Normal, biject_to
 from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, twin_forward
+from pyrobayes.infer.twin import (
+    _linear_chain,
+    chain_forward_one,
+    fixed_tensors,
+    tied_paths,
+    twin_forward,
+)
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -96,6 +102,7 @@ class FusedMeanFieldELBO:
         self.model, self.guide = model, guide
         self.net, _ = _converted_root(model)
         self.sites = bayesian_sites(model)
+        self._tied = tied_paths(self.sites)
         self.beta = 1.0
         self.local_reparam = False
         self._getters = None
@@ -161,9 +168,8 @@ class FusedMeanFieldELBO:
             if not kwargs and len(inputs) == 1:
                 chain = self._chain(twin, inputs[0])
             if chain is not None:  # a Linear chain: F.linear per layer, no parameter swap
-                for paths in self.sites.values():
-                    for alias in paths[1:]:
-                        weights[alias] = weights[paths[0]]
+                for alias, path in self._tied.items():
+                    weights[alias] = weights[path]
                 out = chain_forward_one(chain, weights, fixed, inputs[0])
             else:
                 out = twin_forward(

@@ -37,7 +37,7 @@ from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
 from pyrobayes.convert import _converted_root, bayesian_sites
-from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors
+from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, tied_paths
 from pyrobayes.likelihoods import Gaussian
 from pyrobayes.model import default_output
 
@@ -144,7 +144,7 @@ class Potential:
         self.output_fn = getattr(model, "output_fn", None) or default_output
         sites = bayesian_sites(model)
         self.weight_paths = {site: paths[0] for site, paths in sites.items()}
-        self._aliases = {paths[0]: paths[1:] for paths in sites.values() if len(paths) > 1}
+        self._tied = tied_paths(sites)
         # A plain Linear/element-wise chain (the default MLP) runs as F.linear per layer, as
         # the fused ELBO does: functional_call's per-call module walk and parameter swap
         # were a third of a potential + gradient evaluation at the default model's size
@@ -225,9 +225,8 @@ class Potential:
         """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
         weights = {self.weight_paths[s]: values[s] for s in self.weight_paths}
         if self._chain is not None:
-            for path, aliases in self._aliases.items():
-                for alias in aliases:
-                    weights[alias] = weights[path]
+            for alias, path in self._tied.items():
+                weights[alias] = weights[path]
             out = chain_forward_one(self._chain, weights, self.fixed, self.x)
         else:
             out = self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))

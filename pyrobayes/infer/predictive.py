@@ -45,6 +45,7 @@ from pyrobayes._pyro_compat import (
 from pyrobayes.convert import site_priors
 from pyrobayes.infer.twin import (
     chain_forward,
+    chain_output,
     chain_plan,
     fast_block_size,
     fixed_tensors,
@@ -231,7 +232,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in leaves]
     total = sum(loc.numel() for _, loc, _ in sites)
     buf = torch.empty(chunk * total, dtype=loc0.dtype, device=loc0.device)
-    out, work, done = None, {}, 0
+    out, work, done = chain_output(plan, x, num_samples), {}, 0
     while done < num_samples:
         n = min(chunk, num_samples - done)
         eps = torch.randn(n * total, dtype=loc0.dtype, device=loc0.device, out=buf[: n * total])
@@ -241,10 +242,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
             e = eps[offset : offset + k].view(n, *loc.shape)
             draws[name] = torch.addcmul(loc, scale, e, out=e)
             offset += k
-        block = chain_forward(plan, draws, x, None if out is None else out[done : done + n], work)
-        if out is None:  # the first block tells the output's shape and dtype
-            out = block.new_empty(num_samples, *block.shape[1:])
-            out[:n] = block
+        chain_forward(plan, draws, x, out[done : done + n], work)
         done += n
     return out
 

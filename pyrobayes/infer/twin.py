@@ -277,6 +277,13 @@ def chain_forward(
         return _chain_forward(chain, by_path, fixed, x, num_draws, num_draws, out, work)
 
 
+def chain_output(plan: tuple, x: torch.Tensor, num_draws: int) -> torch.Tensor:
+    """An empty ``[num_draws, N, out_features]`` tensor for :func:`chain_forward`'s ``out``
+    (the dtype and device its own allocation would have)."""
+    last = next(m for _, m in reversed(plan[0]) if type(m) is nn.Linear)
+    return x.new_empty(num_draws, x.shape[0], last.out_features)
+
+
 # parameter-free element-wise layers: they act on a [S, N, F] stack as on [N, F]
 _ELEMENTWISE = (
     nn.ReLU,
@@ -322,6 +329,13 @@ def _linear_chain(model: nn.Module, twin: nn.Module, x) -> list | None:
 
 
 _ACTIVATION_BUDGET = 2 * 2**20  # bytes of one layer's activations per block of draws
+
+
+def tied_paths(sites: Mapping[str, list[str]]) -> dict[str, str]:
+    """``{alias: path}`` for parameters registered under several paths (tied weights), from
+    :func:`~pyrobayes.convert.bayesian_sites`: a per-path forward such as
+    :func:`chain_forward_one` needs each draw under every path its layers use."""
+    return {alias: paths[0] for paths in sites.values() for alias in paths[1:]}
 
 
 def chain_forward_one(chain, weights, fixed, x: torch.Tensor) -> torch.Tensor:
