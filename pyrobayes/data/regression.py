@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pyrobayes.data._io import read_csv, require_columns
+from pyrobayes.data.tabular import _to_float
 
 __all__ = ["RegressionData", "regression_from_prior", "load_csv_regression"]
 
@@ -146,21 +147,7 @@ def load_csv_regression(
     """
     ds = read_csv(path)
     require_columns(ds, [x_col, y_col], f"CSV {path!r}")
-    cols = {}
-    for c in (x_col, y_col):
-        raw = list(ds[c])
-        vals = []
-        for i, v in enumerate(raw):
-            if v is None or (isinstance(v, str) and not v.strip()):
-                vals.append(float("nan"))
-                continue
-            try:
-                vals.append(float(v))
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"CSV {path!r}: column {c!r} row {i} holds {v!r}, which is not a number"
-                ) from None
-        cols[c] = np.asarray(vals, dtype=np.float64)
+    cols = {c: _to_float(ds[c], c, f"CSV {path!r}") for c in (x_col, y_col)}
     bad = np.flatnonzero(~(np.isfinite(cols[x_col]) & np.isfinite(cols[y_col])))
     if bad.size:
         shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if bad.size > 10 else "")
