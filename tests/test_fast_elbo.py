@@ -5,7 +5,8 @@ import torch
 from pyro import poutine
 
 from pyrobayes import Categorical, Gaussian, fit, to_bayesian
-from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO, _raw_leaf
+from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
+from pyrobayes.infer.flat_guide import _raw_leaf
 
 
 def pyro_elbo_and_eps(model, guide, fused, x, y):
@@ -157,12 +158,13 @@ def test_fit_takes_the_fused_path_for_a_latent_noise_model(monkeypatch):
     assert len(calls) == 6 and all(torch.isfinite(torch.tensor(h.losses)))
 
 
-@pytest.mark.parametrize("large_scale", [False, True])
+@pytest.mark.parametrize("large_scale", [None, 85.0, 95.0])
 def test_flat_draw_node_equals_the_per_site_path_in_value_and_gradient(large_scale):
     """The one-node draw (``_DrawLogRatio``: softplus as ``log1p(exp(rho))`` with the
-    backward's sigmoid from the kept ``exp(rho)``, or torch's softplus kernel once some
-    ``rho >= 80``, a scale of 80, would bring ``exp`` near overflow) against the per-site
-    autograd path, for the same noise."""
+    backward's sigmoid from the kept ``exp(rho)``; a raw scale of 85 keeps ``exp`` finite
+    at 8e36, where ``g * exp(rho)`` would overflow before a division; one of 95 makes
+    ``exp`` overflow and the node redo the draw with torch's softplus kernel) against the
+    per-site autograd path, for the same noise."""
     torch.manual_seed(4)
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     model, guide = to_bayesian(net, delta=0.3, likelihood=Categorical(), prior="pretrained")
@@ -170,12 +172,12 @@ def test_flat_draw_node_equals_the_per_site_path_in_value_and_gradient(large_sca
     guide.setup(x, y=y)
     fused = FusedMeanFieldELBO(model, guide)
     eps = {s: torch.randn_like(guide._get_loc_and_scale(s)[0]) for s in fused.sites}
-    if large_scale:  # one raw scale past exp's range
+    if large_scale is not None:  # one huge raw scale
         site = next(s for s in fused.sites if s.endswith("2.bias"))
         store, key, _ = _raw_leaf(guide.scales, site)
         with torch.no_grad():
-            store[key][0] = 85.0
-        assert guide._get_loc_and_scale(site)[1][0] > 80  # softplus(85) = 85
+            store[key][0] = large_scale
+        assert guide._get_loc_and_scale(site)[1][0] > 80  # softplus(rho) = rho
     params = [p for p in guide.parameters() if p.requires_grad]
     loss = fused.loss(x, y=y, eps=eps)
     g_flat = torch.autograd.grad(loss, params)

@@ -13,7 +13,7 @@ but evaluates it in one pass over tensors instead of recording and replaying Pyr
 (the network runs through ``torch.func.functional_call`` on the converted module's twin).
 On small networks Pyro's per-site bookkeeping costs more than the arithmetic; this path
 removes it. For ``AutoNormal``-family guides the sites are handled as ONE flat vector
-(:class:`_FlatMeanField`): the draw, the softplus, :math:`\\log q` and a Normal
+(:mod:`pyrobayes.infer.flat_guide`): the draw, the softplus, :math:`\\log q` and a Normal
 :math:`\\log p` are single vectorised operations, and each site's weight is a view. The
 guide's parameters are the autoguide's own, so everything downstream
 (``PosteriorPredictive``, checkpoints, Pyro's own ``SVI``) sees the same objects. A test
@@ -23,17 +23,15 @@ checks the value against Pyro's traces for the same weight draw.
 from __future__ import annotations
 
 import contextlib
-import math
 
-import pyro.distributions
 import torch
-from pyro.distributions.transforms import SoftplusTransform
 from pyro.infer.autoguide import AutoNormal
-from torch.distributions import Independent, Normal, biject_to
+from torch.distributions import biject_to
 
 from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
+from pyrobayes.infer.flat_guide import _HALF_LOG_2PI, _fast_log_prob, _FlatMeanField
 from pyrobayes.infer.twin import (
     _linear_chain,
     chain_forward_one,
@@ -43,8 +41,6 @@ from pyrobayes.infer.twin import (
 )
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
-
-_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def supports_fused(model, guide) -> bool:
@@ -108,6 +104,17 @@ class FusedMeanFieldELBO:
         self._getters = None
         self._flat: _FlatMeanField | None = None
         self._chains: dict = {}
+
+    def bind_flat(self) -> _FlatMeanField | None:
+        """Make the guide's sites live in two flat leaf tensors (:meth:`_FlatMeanField.bind`)
+        and return the flat view, or ``None`` where the flat path does not apply. After
+        this the loss differentiates with respect to the flat tensors, not the site
+        parameters: whoever binds must optimise ``flat.flat`` (the fused stepper does)."""
+        if self._getters is None:
+            self._resolve()
+        if self._flat is None or self._flat.bind() is None:
+            return None
+        return self._flat
 
     def _chain(self, twin, x):
         """:func:`_linear_chain` of this twin for inputs like ``x``, looked up once per input
@@ -238,265 +245,3 @@ def _leaf(root, name: str):
     if attr in module._buffers:  # frozen means
         return lambda: module._buffers[attr]
     raise KeyError(f"guide has no parameter for site {name!r}")
-
-
-def _fast_log_prob(d):
-    """``d.log_prob`` for an ``Independent(Normal)`` prior whose scale is one number
-    broadcast over the parameter, without materialising the broadcast scale (twice)."""
-    base = d.base_dist if isinstance(d, Independent) else None
-    if isinstance(base, Normal) and all(st == 0 for st in base.scale.stride()):
-        scale = base.scale.reshape(-1)[0]
-        loc = base.loc
-        const = float(torch.log(scale)) + _HALF_LOG_2PI
-        if all(st == 0 for st in loc.stride()):
-            loc = loc.reshape(-1)[0]
-
-        def log_prob(w):
-            return -0.5 * ((w - loc) / scale).pow(2).sum() - w.numel() * const
-
-        return log_prob
-    return d.log_prob
-
-
-# Pyro's softplus_positive constraint maps to its own SoftplusTransform (also F.softplus)
-_SOFTPLUS = (torch.distributions.transforms.SoftplusTransform, SoftplusTransform)
-
-
-def _unwrap(transform):
-    """The element-wise transform inside an ``IndependentTransform``."""
-    while isinstance(transform, torch.distributions.transforms.IndependentTransform):
-        transform = transform.base_transform
-    return transform
-
-
-def _raw_leaf(root, name: str):
-    """``(module, key, kind)``: where the guide stores site ``name``'s tensor under ``root``
-    and how it maps to the constrained value (``"identity"``, ``"softplus"``), or ``None``
-    when the flat path does not cover it (another constraint)."""
-    module = root
-    *path, attr = name.split(".")
-    for part in path:
-        module = module._modules.get(part)
-        if module is None:
-            return None
-    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
-        transform = _unwrap(biject_to(param_constraint(module, attr)))
-        if transform == torch.distributions.transforms.identity_transform:
-            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "identity"
-        if isinstance(transform, _SOFTPLUS):
-            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "softplus"
-        return None
-    if attr in module._buffers:  # frozen means
-        return module._buffers, attr, "identity"
-    return None
-
-
-def _normal_prior_parts(d):
-    """``(loc, scale)`` of an ``Independent(Normal)`` prior with fixed (non-trained)
-    parameters, else ``None``."""
-    base = d.base_dist if isinstance(d, Independent) else d
-    # exactly Normal (torch's or Pyro's wrapper), not a subclass with its own log_prob
-    if type(base) not in (Normal, pyro.distributions.Normal):
-        return None
-    if base.loc.requires_grad or base.scale.requires_grad:
-        return None
-    return base.loc, base.scale
-
-
-class _DrawLogRatio(torch.autograd.Function):
-    r"""The guide's draw of every site and :math:`\log p(w) - \log q(w)` as ONE autograd
-    node: ``apply(layout, e, prior_loc, prior_prec, *locs, *raws)`` returns the per-site
-    weights (views of one flat draw, shaped like the sites) and then
-
-    .. math::
-
-        r = \log p(w) - \log q(w)
-          = -\tfrac12 (w-m)^\top \Lambda (w-m) + \tfrac12 \varepsilon^\top\varepsilon
-            + \textstyle\sum_i \log\sigma_i \quad (+\text{constants}),
-        \qquad w = \mu + \sigma\odot\varepsilon,\ \sigma = \mathrm{softplus}(\rho),
-
-    for a Normal prior :math:`\mathcal N(m, \Lambda^{-1})` with diagonal precision
-    :math:`\Lambda` (a scalar or a vector). ``log q`` is written through
-    :math:`\varepsilon` (``w - mu = sigma * eps``), which gives the same total derivative
-    as differentiating :math:`\log q(w)` through :math:`w`. The backward is the chain rule
-    in a few vector passes,
-
-    .. math::
-
-        \bar w = g_w - g_r \Lambda (w - m),\qquad \bar\mu = \bar w,\qquad
-        \bar\rho = \big(\bar w\odot\varepsilon + g_r/\sigma\big)\odot
-        \mathrm{sigmoid}(\rho),
-
-    handing each parameter a view of the flat gradients. Autograd through the separate
-    operations (a reshape and a concatenation per parameter, the dozen element-wise
-    operations, a split and a view per site) would record and replay some forty nodes
-    per step and sweep a full-length temporary for most of them."""
-
-    @staticmethod
-    def forward(ctx, layout, e, prior_loc, prior_prec, *tensors):
-        sizes, shapes = layout
-        k = len(sizes)
-        # the concatenations are this node's own buffers: the draw and exp(rho) overwrite
-        # them (fewer full-length temporaries, which no longer fit the cache together)
-        loc = torch.cat([t.reshape(-1) for t in tensors[:k]])
-        raw = torch.cat([t.reshape(-1) for t in tensors[k:]])
-        # Pyro's softplus_positive transform, sigma = log1p(exp(rho)) (torch's own formula
-        # below its threshold): keeping exp(rho) gives the backward its
-        # sigmoid(rho) = exp(rho) / (1 + exp(rho)) without another transcendental pass, and
-        # exp + log1p cost half of torch's CPU softplus kernel. exp overflows past rho ~ 88
-        # (sigma ~ rho there, a scale of 88): from 80 on the softplus kernel takes over (the
-        # check reads one number per step, as fit reads the loss every step anyway).
-        if float(raw.max()) < 80.0:
-            exp_raw = raw.exp_()
-            scale = torch.log1p(exp_raw)
-        else:
-            exp_raw, scale = None, torch.nn.functional.softplus(raw)
-        w = loc.addcmul_(scale, e)
-        d = w - prior_loc
-        if prior_prec.dim() == 0:
-            log_p = -0.5 * prior_prec * torch.dot(d, d)
-        else:
-            log_p = -0.5 * torch.dot(d * prior_prec, d)
-        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
-        ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior_prec)
-        ctx.raw_saved = exp_raw is None
-        ctx.layout = layout
-        ctx.param_shapes = [t.shape for t in tensors]
-        weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
-        return (*weights, log_p - log_q)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        raw_or_exp, scale, e, d, prec = ctx.saved_tensors
-        sizes, _ = ctx.layout
-        k = len(sizes)
-        g_r = grads[-1]
-        if g_r is None:
-            g_r = torch.zeros((), dtype=d.dtype, device=d.device)
-        g_w = torch.cat(
-            [g.reshape(-1) if g is not None else d.new_zeros(n) for g, n in zip(grads[:-1], sizes)]
-        )
-        # g_w is this backward's own concatenation: update it in place
-        if prec.dim() == 0:
-            g_w.addcmul_(d, -g_r * prec)
-        else:
-            g_w.addcmul_(d, prec * -g_r)
-        need = ctx.needs_input_grad[4:]
-        g_locs = [None] * k
-        if any(need[:k]):
-            g_locs = [g.view(shape) for g, shape in zip(g_w.split(sizes), ctx.param_shapes[:k])]
-        g_raws = [None] * k
-        if any(need[k:]):
-            g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
-            if ctx.raw_saved:
-                g_raw.mul_(torch.sigmoid(raw_or_exp))
-            else:  # sigmoid(rho) = exp(rho) / (1 + exp(rho))
-                g_raw.mul_(raw_or_exp).div_(raw_or_exp + 1.0)
-            g_raws = [g.view(shape) for g, shape in zip(g_raw.split(sizes), ctx.param_shapes[k:])]
-        return (None, None, None, None, *g_locs, *g_raws)
-
-
-class _FlatMeanField:
-    """All sites of a mean-field Normal guide as one flat vector.
-
-    Per step the guide's locs and raw scales are concatenated once (``torch.cat``; its
-    backward hands each parameter a view of the flat gradient), so the softplus, the
-    draw :math:`w = \\mu + \\sigma\\odot\\varepsilon`, :math:`\\log q(w)` and, for Normal
-    priors, :math:`\\log p(w)` are single vectorised operations instead of one small
-    expression per site; each site's weight is a view of the flat draw. The arithmetic is
-    the per-site path's, so values and gradients are Pyro's ``Trace_ELBO``'s.
-    """
-
-    def __init__(self, sites, locs, scales, prior_fns, prior_loc, prior_prec, prior_const):
-        self.sites = sites  # [(site, path, start, end, shape)]
-        self.locs, self.scales = locs, scales  # [(dict, key)]
-        self.prior_fns = prior_fns  # per-site log-density when priors are not all Normal
-        self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
-        self.numel = sites[-1][3] if sites else 0
-        self.sizes = [b - a for _, _, a, b, _ in sites]
-        self._paths = [path for _, path, *_ in sites]
-        self._layout = (self.sizes, [shape for *_, shape in sites])
-
-    @classmethod
-    def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
-        if not sites:
-            return None
-        entries, locs, scales, offset = [], [], [], 0
-        for site, paths in sites.items():
-            loc = _raw_leaf(guide.locs, site)
-            scale = _raw_leaf(guide.scales, site)
-            if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
-                return None
-            t = loc[0][loc[1]]
-            if scale[0][scale[1]].shape != t.shape:
-                return None
-            entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
-            locs.append(loc[:2])
-            scales.append(scale[:2])
-            offset += t.numel()
-        parts = {site: _normal_prior_parts(priors[site]) for site in sites}
-        if all(p is not None for p in parts.values()):
-            mus, precs, const = [], [], 0.0
-            for site, _path, a, b, shape in entries:
-                mu, sd = parts[site]
-                mus.append(mu.detach().expand(shape).reshape(-1))
-                precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
-                const -= float(sd.detach().log().expand(shape).sum()) + (b - a) * _HALF_LOG_2PI
-            prec = torch.cat(precs)
-            # one prior scale for all sites (the common case): a scalar precision
-            prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
-            return cls(entries, locs, scales, None, torch.cat(mus), prec, const)
-        fns = {site: _fast_log_prob(priors[site]) for site in sites}
-        return cls(entries, locs, scales, fns, None, None, 0.0)
-
-    def _views(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
-        # split (not slicing): its backward is one concatenation, where each slice's would
-        # scatter into its own zero-filled buffer of the full length
-        return {
-            path: part.view(shape)
-            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
-        }
-
-    def sample(self, eps: dict | None, lrt):
-        if lrt is None and self.prior_fns is None:
-            # the common case (Normal priors, no local reparameterisation): the draw and
-            # log p - log q in one autograd node with a hand-written backward
-            locs = [d[k] for d, k in self.locs]
-            if eps is not None:
-                e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
-            else:  # the same draw as randn_like of the concatenated locs
-                e = torch.randn(self.numel, dtype=locs[0].dtype, device=locs[0].device)
-            *ws, log_ratio = _DrawLogRatio.apply(
-                self._layout, e, self.prior_loc, self.prior_prec,
-                *locs, *(d[k] for d, k in self.scales),
-            )  # fmt: skip
-            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
-            return dict(zip(self._paths, ws)), log_ratio, 0.0
-        loc = torch.cat([d[k].reshape(-1) for d, k in self.locs])
-        raw = torch.cat([d[k].reshape(-1) for d, k in self.scales])
-        if eps is not None:
-            e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
-        else:
-            e = torch.randn_like(loc)
-        # torch's own softplus kernel (Pyro's softplus_positive transform): measured 2.5x
-        # faster forward and backward than a composition of exp/log kernels on this CPU
-        scale = torch.nn.functional.softplus(raw)
-        w = torch.addcmul(loc, scale, e)
-        # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
-        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum()) - self.numel * _HALF_LOG_2PI
-        weights = self._views(w)
-        if lrt is not None:
-            for (_, path, *_, shape), lo, sc in zip(
-                self.sites, loc.split(self.sizes), scale.split(self.sizes)
-            ):
-                lrt.register(weights[path], lo.view(shape), sc.view(shape))
-        if self.prior_fns is None:
-            d = w - self.prior_loc
-            if self.prior_prec.dim() == 0:
-                log_p = -0.5 * self.prior_prec * torch.dot(d, d) + self.prior_const
-            else:
-                log_p = -0.5 * torch.dot(d * self.prior_prec, d) + self.prior_const
-        else:
-            log_p = sum(self.prior_fns[site](weights[path]) for site, path, *_ in self.sites)
-        return weights, log_p, log_q

@@ -171,7 +171,7 @@ def _softplus_normal_leaves(guide: nn.Module) -> list | None:
     from the guide's tensors; ``None`` for any other guide (the general path)."""
     from pyro.infer.autoguide import AutoNormal
 
-    from pyrobayes.infer.fast_elbo import _raw_leaf, _unwrap
+    from pyrobayes.infer.flat_guide import _raw_leaf, _unwrap
 
     if not isinstance(guide, AutoNormal):
         return None

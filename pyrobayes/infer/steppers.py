@@ -34,6 +34,7 @@ import torch
 from pyro.infer import SVI
 
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
+from pyrobayes.infer.flat_guide import flat_optim_state, site_optim_state
 
 __all__ = ["SVIStepper", "TorchStepper", "FusedStepper"]
 
@@ -110,19 +111,33 @@ class TorchStepper:
         self.sync = None  # a GradSync under torch.distributed
         self.params: list = []
 
-    def _build(self, *args, **kwargs) -> None:
-        if getattr(self.guide, "prototype_trace", "absent") is None:
-            self.guide._setup_prototype(*args, **kwargs)
+    def _module_params(self) -> list:
+        """Every trainable parameter of the guide and the model, each once."""
         params = {
             id(p): p for m in (self.guide, self.model) for p in m.parameters() if p.requires_grad
         }
-        self.params = list(params.values())
+        return list(params.values())
+
+    def _collect_params(self) -> list:
+        return self._module_params()
+
+    def _state_in(self, state: dict) -> dict:
+        """An optimiser state as saved (:meth:`get_state`) -> this optimiser's own."""
+        return state
+
+    def _state_out(self, state: dict) -> dict:
+        return state
+
+    def _build(self, *args, **kwargs) -> None:
+        if getattr(self.guide, "prototype_trace", "absent") is None:
+            self.guide._setup_prototype(*args, **kwargs)
+        self.params = self._collect_params()
         if self.sync is not None:
             # guides create their parameters lazily (and may draw them): rank 0's win
             self.sync.after_build(self.params, (self.guide, self.model))
         self.opt = self.make_optim(self.params)
         if self._pending is not None:
-            self.opt.load_state_dict(self._pending)
+            self.opt.load_state_dict(self._state_in(self._pending))
             self._pending = None
         # the schedule scales the learning rates the optimiser was built (or resumed) with
         self._base_lrs = [g.get("initial_lr", g["lr"]) for g in self.opt.param_groups]
@@ -147,17 +162,26 @@ class TorchStepper:
         return self._update(float(loss))
 
     def get_state(self) -> dict:
-        return self.opt.state_dict() if self.opt is not None else {}
+        return self._state_out(self.opt.state_dict()) if self.opt is not None else {}
 
     def set_state(self, state: dict) -> None:
         if self.opt is None:
             self._pending = state or None
         else:
-            self.opt.load_state_dict(state)
+            self.opt.load_state_dict(self._state_in(state))
 
 
 class FusedStepper(TorchStepper):
     """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser.
+
+    With ``fit``'s default optimiser (``Adam``/``AdamW`` built with ``foreach=True``, an
+    element-wise update) the guide's locs and raw scales are first moved into two flat
+    tensors (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and
+    the optimiser updates those: no per-step concatenation of the parameters, no split
+    of their gradients, one update over two tensors. :meth:`get_state` still returns the
+    state per site parameter, as without the flat storage, so checkpoints are the same.
+    A site parameter replaced between steps (``guide.to(...)``, a new ``PyroParam``) is
+    noticed before the next step, and the flat storage is rebuilt around it.
 
     Example (a batch whose loss overflows to ``inf`` leaves the parameters untouched)::
 
@@ -177,12 +201,45 @@ class FusedStepper(TorchStepper):
     """
 
     def __init__(self, model, guide, make_optim, weight):
+        # flat storage changes what "one parameter" is: only for element-wise updates
+        self._flat_ok = _default_adam_keywords(make_optim) is not None
         super().__init__(model, guide, model, guide, None, _prefer_fused_adam(make_optim))
         self.fused = FusedMeanFieldELBO(model, guide)
         self.weight = weight
+        self._flat = None
+        self._layout: list | None = None  # per site-list parameter: where it lives
+
+    def _collect_params(self) -> list:
+        params = self._module_params()
+        self._flat = self.fused.bind_flat() if self._flat_ok else None
+        if self._flat is None:
+            self._layout = None
+            return params
+        where = {}
+        for k, group in enumerate(self._flat.site_tensors()):
+            for t, (*_, a, b, shape) in zip(group, self._flat.sites):
+                where[id(t)] = ("flat", k, a, b, tuple(shape))
+        others = [p for p in params if id(p) not in where]
+        index = {id(p): 2 + j for j, p in enumerate(others)}
+        self._layout = [where.get(id(p)) or ("param", index[id(p)]) for p in params]
+        return [*self._flat.flat, *others]
+
+    def _state_in(self, state: dict) -> dict:
+        if self._layout is None:
+            return state
+        return flat_optim_state(state, self._layout, len(self.params))
+
+    def _state_out(self, state: dict) -> dict:
+        if self._layout is None:
+            return state
+        return site_optim_state(state, self._layout, self._flat.numel)
 
     def step(self, *args, **kwargs) -> float:
         if self.opt is None:
+            self._build(*args, **kwargs)
+        elif self._flat is not None and not self._flat.is_bound():
+            # a site parameter was replaced: rebuild the flat storage, keep the state
+            self._pending, self.opt = self.get_state(), None
             self._build(*args, **kwargs)
         self.fused.beta = self.weight["beta"]
         loss = self.fused.loss(*args, **kwargs)
@@ -190,19 +247,28 @@ class FusedStepper(TorchStepper):
         return self._update(float(loss.detach()))
 
 
-def _prefer_fused_adam(make_optim):
-    """``Adam(foreach=True)`` (``fit``'s default) built as ``Adam(fused=True)`` where every
-    parameter allows it: the same update rule in one kernel per step instead of a dozen
-    passes over the guide's locs and scales (the largest cost of the step after the
-    matrix products). Any other optimiser factory is used as given."""
+def _default_adam_keywords(make_optim) -> dict | None:
+    """The keywords of ``fit``'s default optimiser factory (``functools.partial`` of
+    ``Adam``/``AdamW`` with ``foreach=True``), or ``None`` for any other factory."""
     kw = getattr(make_optim, "keywords", None) or {}
-    if not (
+    if (
         isinstance(make_optim, functools.partial)
         and make_optim.func in (torch.optim.Adam, torch.optim.AdamW)
         and not make_optim.args
         and kw.get("foreach")
         and "fused" not in kw
     ):
+        return kw
+    return None
+
+
+def _prefer_fused_adam(make_optim):
+    """``Adam(foreach=True)`` (``fit``'s default) built as ``Adam(fused=True)`` where every
+    parameter allows it: the same update rule in one kernel per step instead of a dozen
+    passes over the guide's locs and scales (the largest cost of the step after the
+    matrix products). Any other optimiser factory is used as given."""
+    kw = _default_adam_keywords(make_optim)
+    if kw is None:
         return make_optim
 
     def build(params):

@@ -1,0 +1,454 @@
+"""A mean-field Normal guide's sites as ONE flat vector: the fused ELBO's draw and
+:math:`\\log p(w) - \\log q(w)` in one autograd node, and, for the fused stepper, the
+guide's locs and raw scales stored in two flat leaf tensors.
+
+:class:`_FlatMeanField` concatenates the guide's per-site tensors (site order, each
+flattened), so the softplus, the draw :math:`w = \\mu + \\sigma\\odot\\varepsilon`,
+:math:`\\log q` and a Normal :math:`\\log p` are single vectorised operations, and each
+site's weight is a view of the flat draw.
+
+Once :meth:`_FlatMeanField.bind` has run (the fused stepper does it for an element-wise
+optimiser), the flat vectors ARE the storage: every site parameter of the guide is a view
+into them (``param.data``), so Pyro's param store, ``guide.median()``, the predictive and
+checkpoints see the same numbers, while the optimiser updates two tensors instead of two
+per site and no step concatenates parameters or splits gradients. The optimiser state is
+kept per flat tensor and handed out per site (:func:`site_optim_state`), so checkpoints
+look as without the binding.
+
+Example (after binding, a site's loc is a view of the flat loc)::
+
+    >>> import torch
+    >>> from pyrobayes import to_bayesian, Gaussian
+    >>> from pyrobayes.convert import bayesian_sites, site_priors
+    >>> from pyrobayes.infer.flat_guide import _FlatMeanField
+    >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="m")
+    >>> guide.setup(torch.randn(4, 2), y=torch.randn(4))
+    >>> flat = _FlatMeanField.build(guide, bayesian_sites(model), site_priors(model))
+    >>> loc, raw = flat.bind()
+    >>> loc.shape, flat.is_bound()
+    (torch.Size([3]), True)
+    >>> with torch.no_grad():
+    ...     _ = loc.zero_()
+    >>> float(guide.locs.m.net.weight.detach().abs().sum())
+    0.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions
+import torch
+from pyro.distributions.transforms import SoftplusTransform
+from torch.distributions import Independent, Normal, biject_to
+
+from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# exp overflows float32 past rho ~ 88.7; a non-finite draw with a raw scale from here on
+# is redone with torch's softplus kernel (scale ~ rho there)
+_EXP_SAFE = 80.0
+
+
+def _fast_log_prob(d):
+    """``d.log_prob`` for an ``Independent(Normal)`` prior whose scale is one number
+    broadcast over the parameter, without materialising the broadcast scale (twice)."""
+    base = d.base_dist if isinstance(d, Independent) else None
+    if isinstance(base, Normal) and all(st == 0 for st in base.scale.stride()):
+        scale = base.scale.reshape(-1)[0]
+        loc = base.loc
+        const = float(torch.log(scale)) + _HALF_LOG_2PI
+        if all(st == 0 for st in loc.stride()):
+            loc = loc.reshape(-1)[0]
+
+        def log_prob(w):
+            return -0.5 * ((w - loc) / scale).pow(2).sum() - w.numel() * const
+
+        return log_prob
+    return d.log_prob
+
+
+# Pyro's softplus_positive constraint maps to its own SoftplusTransform (also F.softplus)
+_SOFTPLUS = (torch.distributions.transforms.SoftplusTransform, SoftplusTransform)
+
+
+def _unwrap(transform):
+    """The element-wise transform inside an ``IndependentTransform``."""
+    while isinstance(transform, torch.distributions.transforms.IndependentTransform):
+        transform = transform.base_transform
+    return transform
+
+
+def _raw_leaf(root, name: str):
+    """``(module, key, kind)``: where the guide stores site ``name``'s tensor under ``root``
+    and how it maps to the constrained value (``"identity"``, ``"softplus"``), or ``None``
+    when the flat path does not cover it (another constraint)."""
+    module = root
+    *path, attr = name.split(".")
+    for part in path:
+        module = module._modules.get(part)
+        if module is None:
+            return None
+    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
+        transform = _unwrap(biject_to(param_constraint(module, attr)))
+        if transform == torch.distributions.transforms.identity_transform:
+            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "identity"
+        if isinstance(transform, _SOFTPLUS):
+            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "softplus"
+        return None
+    if attr in module._buffers:  # frozen means
+        return module._buffers, attr, "identity"
+    return None
+
+
+def _normal_prior_parts(d):
+    """``(loc, scale)`` of an ``Independent(Normal)`` prior with fixed (non-trained)
+    parameters, else ``None``."""
+    base = d.base_dist if isinstance(d, Independent) else d
+    # exactly Normal (torch's or Pyro's wrapper), not a subclass with its own log_prob
+    if type(base) not in (Normal, pyro.distributions.Normal):
+        return None
+    if base.loc.requires_grad or base.scale.requires_grad:
+        return None
+    return base.loc, base.scale
+
+
+def _draw(layout, e, prior_loc, prior_prec, loc, raw, fast: bool):
+    """``(exp(rho) or None, sigma, w, w - m, log p - log q)`` for flat tensors (no autograd).
+
+    ``fast``: Pyro's softplus_positive transform as ``sigma = log1p(exp(rho))`` (torch's own
+    formula below its threshold). On the CPU ``exp`` + ``log1p`` cost half of torch's
+    softplus kernel, and the kept ``exp(rho)`` gives the backward its
+    ``sigmoid(rho) = exp(rho) / (1 + exp(rho))`` without another transcendental pass."""
+    if fast:
+        exp_raw = raw.exp()
+        scale = torch.log1p(exp_raw)
+    else:
+        exp_raw, scale = None, torch.nn.functional.softplus(raw)
+    w = torch.addcmul(loc, scale, e)
+    d = w - prior_loc
+    if prior_prec.dim() == 0:
+        log_p = -0.5 * prior_prec * torch.dot(d, d)
+    else:
+        log_p = -0.5 * torch.dot(d * prior_prec, d)
+    log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
+    return exp_raw, scale, w, d, log_p - log_q
+
+
+class _DrawLogRatio(torch.autograd.Function):
+    r"""The guide's draw of every site and :math:`\log p(w) - \log q(w)` as ONE autograd
+    node: ``apply(layout, e, prior_loc, prior_prec, loc, raw)`` with the flat locs and raw
+    scales returns the per-site weights (views of one flat draw, shaped like the sites) and
+    then
+
+    .. math::
+
+        r = \log p(w) - \log q(w)
+          = -\tfrac12 (w-m)^\top \Lambda (w-m) + \tfrac12 \varepsilon^\top\varepsilon
+            + \textstyle\sum_i \log\sigma_i \quad (+\text{constants}),
+        \qquad w = \mu + \sigma\odot\varepsilon,\ \sigma = \mathrm{softplus}(\rho),
+
+    for a Normal prior :math:`\mathcal N(m, \Lambda^{-1})` with diagonal precision
+    :math:`\Lambda` (a scalar or a vector). ``log q`` is written through
+    :math:`\varepsilon` (``w - mu = sigma * eps``), which gives the same total derivative
+    as differentiating :math:`\log q(w)` through :math:`w`. The backward is the chain rule
+    in a few vector passes,
+
+    .. math::
+
+        \bar w = g_w - g_r \Lambda (w - m),\qquad \bar\mu = \bar w,\qquad
+        \bar\rho = \big(\bar w\odot\varepsilon + g_r/\sigma\big)\odot
+        \mathrm{sigmoid}(\rho).
+
+    Autograd through the separate operations (the dozen element-wise operations, a split
+    and a view per site) would record and replay some forty nodes per step and sweep a
+    full-length temporary for most of them."""
+
+    @staticmethod
+    def forward(ctx, layout, e, prior_loc, prior_prec, loc, raw):
+        sizes, shapes = layout
+        parts = _draw(layout, e, prior_loc, prior_prec, loc, raw, raw.device.type == "cpu")
+        # exp overflowed (a raw scale past ~88.7 makes the ratio inf or nan): torch's
+        # softplus kernel instead. One number is read per step, as fit reads the loss.
+        if parts[0] is not None and not math.isfinite(float(parts[-1])):
+            if float(raw.max()) >= _EXP_SAFE:
+                parts = _draw(layout, e, prior_loc, prior_prec, loc, raw, False)
+        exp_raw, scale, w, d, ratio = parts
+        ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior_prec)
+        ctx.exp_saved = exp_raw is not None
+        ctx.sizes = sizes
+        weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
+        return (*weights, ratio)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        raw_or_exp, scale, e, d, prec = ctx.saved_tensors
+        g_r = grads[-1]
+        if g_r is None:
+            g_r = torch.zeros((), dtype=d.dtype, device=d.device)
+        g_w = torch.cat(
+            [
+                g.reshape(-1) if g is not None else d.new_zeros(n)
+                for g, n in zip(grads[:-1], ctx.sizes)
+            ]
+        )
+        g_w.addcmul_(d, prec * -g_r)  # g_w is this backward's own concatenation
+        g_raw = None
+        if ctx.needs_input_grad[5]:
+            g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
+            if ctx.exp_saved:  # sigmoid(rho) = exp(rho) / (1 + exp(rho)), never overflows
+                s = raw_or_exp + 1.0
+                g_raw.mul_(torch.div(raw_or_exp, s, out=s))
+            else:
+                g_raw.mul_(torch.sigmoid(raw_or_exp))
+        return None, None, None, None, (g_w if ctx.needs_input_grad[4] else None), g_raw
+
+
+class _FlatMeanField:
+    """All sites of a mean-field Normal guide as one flat vector (see the module's doc).
+
+    The arithmetic is the per-site path's, so values and gradients are Pyro's
+    ``Trace_ELBO``'s. Unbound, each step concatenates the guide's tensors (``torch.cat``;
+    its backward hands each parameter a view of the flat gradient); bound
+    (:meth:`bind`), the flat leaves are the parameters.
+    """
+
+    def __init__(self, sites, locs, scales, prior_fns, prior_loc, prior_prec, prior_const):
+        self.sites = sites  # [(site, path, start, end, shape)]
+        self.locs, self.scales = locs, scales  # [(dict, key)]
+        self.prior_fns = prior_fns  # per-site log-density when priors are not all Normal
+        self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
+        self.numel = sites[-1][3] if sites else 0
+        self.sizes = [b - a for _, _, a, b, _ in sites]
+        self._paths = [path for _, path, *_ in sites]
+        self._layout = (self.sizes, [shape for *_, shape in sites])
+        self.flat: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
+        if not sites:
+            return None
+        entries, locs, scales, offset = [], [], [], 0
+        for site, paths in sites.items():
+            loc = _raw_leaf(guide.locs, site)
+            scale = _raw_leaf(guide.scales, site)
+            if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
+                return None
+            t = loc[0][loc[1]]
+            if scale[0][scale[1]].shape != t.shape:
+                return None
+            entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
+            locs.append(loc[:2])
+            scales.append(scale[:2])
+            offset += t.numel()
+        parts = {site: _normal_prior_parts(priors[site]) for site in sites}
+        if all(p is not None for p in parts.values()):
+            mus, precs, const = [], [], 0.0
+            for site, _path, a, b, shape in entries:
+                mu, sd = parts[site]
+                mus.append(mu.detach().expand(shape).reshape(-1))
+                precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
+                const -= float(sd.detach().log().expand(shape).sum()) + (b - a) * _HALF_LOG_2PI
+            prec = torch.cat(precs)
+            # one prior scale for all sites (the common case): a scalar precision
+            prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
+            return cls(entries, locs, scales, None, torch.cat(mus), prec, const)
+        fns = {site: _fast_log_prob(priors[site]) for site in sites}
+        return cls(entries, locs, scales, fns, None, None, 0.0)
+
+    def site_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The guide's current loc and raw-scale tensor of every site, in flat order."""
+        return [d[k] for d, k in self.locs], [d[k] for d, k in self.scales]
+
+    def bind(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Make two flat leaf tensors (locs, raw scales) the guide's storage: each site
+        parameter's ``data`` becomes a view into them. ``None`` (nothing changed) when a
+        site's tensor is not a trainable parameter (a frozen mean) or the sites differ in
+        dtype or device. Binding again rebuilds the flat tensors from the current values."""
+        locs, raws = self.site_tensors()
+        tensors = locs + raws
+        ref = tensors[0]
+        if not all(
+            isinstance(t, torch.nn.Parameter)
+            and t.requires_grad
+            and t.dtype == ref.dtype
+            and t.device == ref.device
+            for t in tensors
+        ):
+            return None
+        flat = []
+        for group in (locs, raws):
+            f = torch.cat([t.detach().reshape(-1) for t in group]).requires_grad_()
+            for t, part in zip(group, f.detach().split(self.sizes)):
+                t.data = part.view(t.shape)
+            flat.append(f)
+        self.flat = (flat[0], flat[1])
+        return self.flat
+
+    def is_bound(self) -> bool:
+        """Whether every site tensor still is its view of the flat storage (a parameter
+        replaced or moved to another device since :meth:`bind` is not)."""
+        if self.flat is None:
+            return False
+        for group, f in zip(self.site_tensors(), self.flat):
+            base, size = f.data_ptr(), f.element_size()
+            for t, (*_, a, _b, shape) in zip(group, self.sites):
+                if t.data_ptr() != base + a * size or t.shape != shape or not t.is_contiguous():
+                    return False
+        return True
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, raw)``: the bound flat leaves, else concatenations of the site tensors."""
+        if self.flat is not None:
+            return self.flat
+        locs, raws = self.site_tensors()
+        return torch.cat([t.reshape(-1) for t in locs]), torch.cat([t.reshape(-1) for t in raws])
+
+    def _views(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        # split (not slicing): its backward is one concatenation, where each slice's would
+        # scatter into its own zero-filled buffer of the full length
+        return {
+            path: part.view(shape)
+            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
+        }
+
+    def sample(self, eps: dict | None, lrt):
+        loc, raw = self.inputs()
+        if eps is not None:
+            e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
+        else:  # the same draw as randn_like of the concatenated locs
+            e = torch.randn(self.numel, dtype=loc.dtype, device=loc.device)
+        if lrt is None and self.prior_fns is None:
+            # the common case (Normal priors, no local reparameterisation): the draw and
+            # log p - log q in one autograd node with a hand-written backward
+            *ws, log_ratio = _DrawLogRatio.apply(
+                self._layout, e, self.prior_loc, self.prior_prec, loc, raw
+            )
+            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
+            return dict(zip(self._paths, ws)), log_ratio, 0.0
+        # torch's own softplus kernel (Pyro's softplus_positive transform)
+        scale = torch.nn.functional.softplus(raw)
+        w = torch.addcmul(loc, scale, e)
+        # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
+        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum()) - self.numel * _HALF_LOG_2PI
+        weights = self._views(w)
+        if lrt is not None:
+            for (_, path, *_, shape), lo, sc in zip(
+                self.sites, loc.split(self.sizes), scale.split(self.sizes)
+            ):
+                lrt.register(weights[path], lo.view(shape), sc.view(shape))
+        if self.prior_fns is None:
+            d = w - self.prior_loc
+            if self.prior_prec.dim() == 0:
+                log_p = -0.5 * self.prior_prec * torch.dot(d, d) + self.prior_const
+            else:
+                log_p = -0.5 * torch.dot(d * self.prior_prec, d) + self.prior_const
+        else:
+            log_p = sum(self.prior_fns[site](weights[path]) for site, path, *_ in self.sites)
+        return weights, log_p, log_q
+
+
+def site_optim_state(state: dict, layout: list, numel: int) -> dict:
+    """An optimiser ``state_dict`` over ``[flat_loc, flat_raw, *others]`` re-expressed
+    over the per-site parameter list (what an optimiser over the guide's own parameters
+    holds, so checkpoints do not depend on the binding). ``layout``: per site-list
+    parameter, ``("flat", k, start, end, shape)`` (a slice of flat tensor ``k``) or
+    ``("param", j)`` (the optimiser's parameter ``j``). The per-site tensors are views.
+
+    Example (two sites of 2 and 1 numbers in one flat loc)::
+
+        >>> import torch
+        >>> flat = {"step": torch.tensor(3.0), "exp_avg": torch.arange(3.0)}
+        >>> sd = {"state": {0: flat}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+        >>> layout = [("flat", 0, 0, 2, (2,)), ("flat", 0, 2, 3, (1,))]
+        >>> out = site_optim_state(sd, layout, 3)
+        >>> out["state"][1]["exp_avg"], out["param_groups"][0]["params"]
+        (tensor([2.]), [0, 1])
+    """
+    old, new, expand = state["state"], {}, {}
+    for i, entry in enumerate(layout):
+        j = entry[1]
+        expand.setdefault(j, []).append(i)
+        s = old.get(j)
+        if s is None:
+            continue
+        if entry[0] == "flat":
+            _, _, a, b, shape = entry
+            s = {k: _slice(k, v, numel, a, b, shape) for k, v in s.items()}
+        new[i] = s
+    groups = [
+        {**g, "params": [i for j in g["params"] for i in expand.get(j, [])]}
+        for g in state["param_groups"]
+    ]
+    return {"state": new, "param_groups": groups}
+
+
+def _slice(key, value, numel: int, a: int, b: int, shape):
+    if key != "step" and torch.is_tensor(value) and value.dim() == 1 and len(value) == numel:
+        return value[a:b].view(shape)
+    return value
+
+
+def flat_optim_state(state: dict, layout: list, num_params: int) -> dict:
+    """The inverse of :func:`site_optim_state`: a per-site optimiser ``state_dict`` (one
+    parameter group, the site list's order) as the state of the optimiser over
+    ``num_params`` parameters ``[flat_loc, flat_raw, *others]``. Raises ``ValueError``
+    when the sites' states cannot form one flat state (some sites without state, or
+    sites stepped a different number of times).
+
+    Example::
+
+        >>> import torch
+        >>> layout = [("flat", 0, 0, 2, (2,)), ("flat", 0, 2, 3, (1,))]
+        >>> per_site = {0: {"step": torch.tensor(3.0), "exp_avg": torch.tensor([0.0, 1.0])},
+        ...             1: {"step": torch.tensor(3.0), "exp_avg": torch.tensor([2.0])}}
+        >>> sd = {"state": per_site, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
+        >>> flat_optim_state(sd, layout, 1)["state"][0]["exp_avg"]
+        tensor([0., 1., 2.])
+    """
+    groups = state.get("param_groups", [])
+    if len(groups) != 1 or len(groups[0]["params"]) != len(layout):
+        got = [len(g["params"]) for g in groups]
+        raise ValueError(
+            f"optimiser state has parameter groups of sizes {got}; this fit's optimiser "
+            f"has one group of {len(layout)} parameters"
+        )
+    ids, old = groups[0]["params"], state["state"]
+    new = {}
+    for k in range(2):
+        members = [(old.get(ids[i]), e) for i, e in enumerate(layout) if e[:2] == ("flat", k)]
+        merged = _merge([s for s, _ in members], [e[3] - e[2] for _, e in members])
+        if merged is not None:
+            new[k] = merged
+    for i, entry in enumerate(layout):
+        if entry[0] == "param" and ids[i] in old:
+            new[entry[1]] = old[ids[i]]
+    return {"state": new, "param_groups": [{**groups[0], "params": list(range(num_params))}]}
+
+
+def _merge(states: list, sizes: list[int]) -> dict | None:
+    """One flat state from the per-site states of one flat tensor."""
+    if all(s is None for s in states):
+        return None
+    if any(s is None for s in states) or len({tuple(sorted(s)) for s in states}) != 1:
+        raise ValueError("optimiser state covers only some of the guide's sites")
+    merged = {}
+    for key in states[0]:
+        values = [s[key] for s in states]
+        per_element = key != "step" and all(
+            torch.is_tensor(v) and v.numel() == n for v, n in zip(values, sizes)
+        )
+        if per_element:
+            merged[key] = torch.cat([v.reshape(-1) for v in values])
+        elif all(_same(v, values[0]) for v in values):
+            merged[key] = values[0]
+        else:
+            raise ValueError(f"optimiser state {key!r} differs between the guide's sites")
+    return merged
+
+
+def _same(a, b) -> bool:
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+    return a == b
