@@ -113,7 +113,7 @@ def _normal_prior_parts(d):
     return base.loc, base.scale
 
 
-def _draw(layout, e, prior_loc, prior_prec, loc, raw, fast: bool):
+def _draw(e, prior_loc, prior_prec, loc, raw, fast: bool):
     """``(exp(rho) or None, sigma, w, w - m, log p - log q)`` for flat tensors (no autograd).
 
     ``fast``: Pyro's softplus_positive transform as ``sigma = log1p(exp(rho))`` (torch's own
@@ -167,12 +167,12 @@ class _DrawLogRatio(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layout, e, prior_loc, prior_prec, loc, raw):
         sizes, shapes = layout
-        parts = _draw(layout, e, prior_loc, prior_prec, loc, raw, raw.device.type == "cpu")
+        parts = _draw(e, prior_loc, prior_prec, loc, raw, raw.device.type == "cpu")
         # exp overflowed (a raw scale past ~88.7 makes the ratio inf or nan): torch's
         # softplus kernel instead. One number is read per step, as fit reads the loss.
         if parts[0] is not None and not math.isfinite(float(parts[-1])):
             if float(raw.max()) >= _EXP_SAFE:
-                parts = _draw(layout, e, prior_loc, prior_prec, loc, raw, False)
+                parts = _draw(e, prior_loc, prior_prec, loc, raw, False)
         exp_raw, scale, w, d, ratio = parts
         ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior_prec)
         ctx.exp_saved = exp_raw is not None
