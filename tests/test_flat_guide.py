@@ -4,10 +4,11 @@ parameters, and a replaced parameter is picked up, not silently left untrained."
 
 import functools
 
+import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrobayes import Categorical, to_bayesian
+from pyrobayes import Categorical, Gaussian, to_bayesian
 from pyrobayes.infer.flat_guide import flat_optim_state
 from pyrobayes.infer.steppers import FusedStepper
 
@@ -18,11 +19,18 @@ def _per_site_adam(params):
     return torch.optim.Adam(params, lr=0.01, fused=True)  # the same update, not bound
 
 
-def _pair(freeze=False, seed=0):
-    torch.manual_seed(seed)
+def _pair(freeze=False, kind="categorical"):
+    """``kind``: ``"noise"`` adds a latent noise site to the guide, ``"partial"`` leaves
+    the last bias deterministic (a trainable model parameter): both are optimised next to
+    the two flat tensors."""
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    model, guide = to_bayesian(net, delta=0.2, likelihood=Categorical(), freeze=freeze)
-    return model, guide
+    lik = Categorical()
+    if kind == "noise":
+        net[2] = torch.nn.Linear(8, 1)
+        lik = Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8))
+    exclude = "2.bias" if kind == "partial" else None
+    return to_bayesian(net, delta=0.2, likelihood=lik, freeze=freeze, exclude=exclude)
 
 
 def _run(stepper, x, y, seeds):
@@ -33,14 +41,17 @@ def _run(stepper, x, y, seeds):
     return losses
 
 
-def _data():
+def _data(kind="categorical"):
     g = torch.Generator().manual_seed(5)
-    return torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    x = torch.randn(16, 4, generator=g)
+    if kind == "noise":
+        return x, torch.randn(16, generator=g)
+    return x, torch.randint(0, 3, (16,), generator=g)
 
 
-def _bound_and_plain():
+def _bound_and_plain(kind="categorical"):
     """Two equal (model, guide) pairs: one stepper binds, the other does not."""
-    (m1, g1), (m2, g2) = _pair(), _pair()
+    (m1, g1), (m2, g2) = _pair(kind=kind), _pair(kind=kind)
     bound = FusedStepper(m1, g1, ADAM, {"beta": 1.0})
     plain = FusedStepper(m2, g2, _per_site_adam, {"beta": 1.0})
     return bound, plain, g1, g2
@@ -64,11 +75,14 @@ def test_bound_steps_equal_an_optimiser_over_the_site_parameters():
     assert not any(torch.equal(a, b) for a, b in zip(s1, start))
 
 
-def test_bound_state_is_per_site_and_resumes_exactly():
-    x, y = _data()
-    bound, plain, g1, _ = _bound_and_plain()
+@pytest.mark.parametrize("kind", ["categorical", "noise", "partial"])
+def test_bound_state_is_per_site_and_resumes_exactly(kind):
+    x, y = _data(kind)
+    bound, plain, g1, _ = _bound_and_plain(kind)
     _run(bound, x, y, range(3))
     _run(plain, x, y, range(3))
+    # the two flat tensors, plus the noise site's loc and scale, or the deterministic bias
+    assert len(bound.params) == {"categorical": 2, "noise": 4, "partial": 3}[kind]
     a, b = bound.get_state(), plain.get_state()
     assert a["param_groups"][0]["params"] == b["param_groups"][0]["params"]
     assert a["state"].keys() == b["state"].keys()
@@ -78,16 +92,18 @@ def test_bound_state_is_per_site_and_resumes_exactly():
             assert a["state"][i][k].shape == v.shape and torch.allclose(a["state"][i][k], v)
     # resume from the per-site state (e.g. a checkpoint of an unbound run) into a new
     # bound stepper: the next step equals the uninterrupted one
-    m3, g3 = _pair()
+    m3, g3 = _pair(kind=kind)
     g3.setup(x, y=y)
-    with torch.no_grad():  # copy g1's values (the auto-generated names differ)
-        for t, v in zip(g3.state_dict().values(), g1.state_dict().values()):
-            t.copy_(v)
+    with torch.no_grad():  # copy the values (the auto-generated names differ)
+        for mine, theirs in ((g3, g1), (m3, bound.model)):
+            for t, v in zip(mine.state_dict().values(), theirs.state_dict().values()):
+                t.copy_(v)
     resumed = FusedStepper(m3, g3, ADAM, {"beta": 1.0})
     resumed.set_state(b)
     assert _run(resumed, x, y, [3]) == pytest.approx(_run(bound, x, y, [3]), rel=1e-6)
-    s1, s3 = list(g1.state_dict().values()), list(g3.state_dict().values())
-    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(s1, s3))
+    for mine, theirs in ((g3, g1), (m3, bound.model)):
+        s1, s3 = list(theirs.state_dict().values()), list(mine.state_dict().values())
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(s1, s3))
     assert int(resumed.opt.state[resumed.params[0]]["step"]) == 4
 
 

@@ -377,8 +377,9 @@ def site_optim_state(state: dict, layout: list, numel: int) -> dict:
             _, _, a, b, shape = entry
             s = {k: _slice(k, v, numel, a, b, shape) for k, v in s.items()}
         new[i] = s
+    # in the site list's order, as an optimiser built over that list would list them
     groups = [
-        {**g, "params": [i for j in g["params"] for i in expand.get(j, [])]}
+        {**g, "params": sorted(i for j in g["params"] for i in expand.get(j, []))}
         for g in state["param_groups"]
     ]
     return {"state": new, "param_groups": groups}
