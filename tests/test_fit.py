@@ -2,6 +2,7 @@ import dataclasses
 import math
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
@@ -18,10 +19,11 @@ def regression(n=40, seed=0):
     return x, y
 
 
-def new_model(name=None, **kw):
+def new_model(name=None, likelihood=None, **kw):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
-    return to_bayesian(net, delta=0.1, likelihood=Gaussian(0.1), prior="normal", name=name, **kw)
+    lik = likelihood or Gaussian(0.1)
+    return to_bayesian(net, delta=0.1, likelihood=lik, prior="normal", name=name, **kw)
 
 
 def test_history_and_loss_decreases():
@@ -61,18 +63,22 @@ def test_kl_weight_scales_latent_sites_only():
     assert [r["kl_weight"] for r in h] == [0.5, 1.0]
 
 
-def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("noise_prior", [False, True])
+def test_checkpoint_resume_matches_uninterrupted_run(tmp_path, noise_prior):
+    """Also with a latent noise site: its guide parameters are optimised next to the fused
+    stepper's flat tensors, and the saved per-site optimiser state must map back."""
     x, y = regression()
-    m_full, g_full = new_model(name="full")
+    kw = {"likelihood": Gaussian(noise_prior=dist.LogNormal(-2.0, 0.5))} if noise_prior else {}
+    m_full, g_full = new_model(name="full", **kw)
     full = fit(m_full, g_full, (x, y), epochs=4, batch_size=16, lr=0.02, progress=False, seed=3)
 
     pyro.clear_param_store()
     ckpt = tmp_path / "fit.json"
-    m1, g1 = new_model(name="part")
+    m1, g1 = new_model(name="part", **kw)
     fit(m1, g1, (x, y), epochs=2, batch_size=16, lr=0.02, progress=False, seed=3, checkpoint=ckpt)
     assert load_fit_checkpoint(ckpt)["epoch"] == 2
     pyro.clear_param_store()
-    m2, g2 = new_model(name="part")  # a fresh process would rebuild the same objects
+    m2, g2 = new_model(name="part", **kw)  # a fresh process would rebuild the same objects
     resumed = fit(
         m2,
         g2,
