@@ -141,3 +141,25 @@ def test_flat_state_refuses_what_it_cannot_merge():
         flat_optim_state({"state": steps, "param_groups": [{"params": [0, 1]}]}, layout, 1)
     with pytest.raises(ValueError, match="one group of 2 parameters"):
         flat_optim_state({"state": {}, "param_groups": [{"params": [0]}]}, layout, 1)
+
+
+def test_fit_gives_the_parameters_their_own_storage_back(tmp_path):
+    """During a fit the site parameters are views of two flat tensors; afterwards each has
+    its own storage again (safetensors' save_file refuses shared storage), same values."""
+    from safetensors.torch import save_file
+
+    from pyrobayes import fit
+
+    x, y = _data()
+    model, guide = _pair()
+    seen = []
+
+    def during(record):
+        storages = {p.untyped_storage().data_ptr() for p in guide.parameters()}
+        seen.append(len(storages))
+
+    fit(model, guide, (x, y), epochs=2, batch_size=8, progress=False, callbacks=[during])
+    params = list(guide.parameters())
+    assert seen == [2, 2]  # bound while fitting: locs in one storage, raw scales in another
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params) == 8
+    save_file(guide.state_dict(), str(tmp_path / "guide.safetensors"))

@@ -13,7 +13,8 @@ into them (``param.data``), so Pyro's param store, ``guide.median()``, the predi
 checkpoints see the same numbers, while the optimiser updates two tensors instead of two
 per site and no step concatenates parameters or splits gradients. The optimiser state is
 kept per flat tensor and handed out per site (:func:`site_optim_state`), so checkpoints
-look as without the binding.
+look as without the binding. When ``fit`` ends, :meth:`_FlatMeanField.unbind` gives every
+site parameter its own storage back (same values).
 
 Example (after binding, a site's loc is a view of the flat loc)::
 
@@ -285,6 +286,16 @@ class _FlatMeanField:
             flat.append(f)
         self.flat = (flat[0], flat[1])
         return self.flat
+
+    def unbind(self) -> None:
+        """Give every site parameter its own storage again (same values); the flat
+        tensors are dropped."""
+        if self.flat is None:
+            return
+        for group in self.site_tensors():
+            for t in group:
+                t.data = t.data.clone()
+        self.flat = None
 
     def is_bound(self) -> bool:
         """Whether every site tensor still is its view of the flat storage (a parameter

@@ -234,6 +234,13 @@ class FusedStepper(TorchStepper):
             return state
         return site_optim_state(state, self._layout, self._flat.numel)
 
+    def release(self) -> None:
+        """Give the guide's site parameters their own storage back (values unchanged), so
+        that after a fit they share no memory, as before (``safetensors``' ``save_file``,
+        for one, refuses tensors that share storage). A later step binds again."""
+        if self._flat is not None:
+            self._flat.unbind()
+
     def step(self, *args, **kwargs) -> float:
         if self.opt is None:
             self._build(*args, **kwargs)
