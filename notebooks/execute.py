@@ -62,7 +62,7 @@ def execute(path: Path, timeout: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("notebooks", nargs="*", help="notebook files (default: all in notebooks/)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     args = p.parse_args(argv)
     paths = [Path(n) for n in args.notebooks] or sorted(HERE.glob("*.ipynb"))
     for path in paths:
