@@ -179,9 +179,10 @@ class FusedStepper(TorchStepper):
     tensors (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and
     the optimiser updates those: no per-step concatenation of the parameters, no split
     of their gradients, one update over two tensors. :meth:`get_state` still returns the
-    state per site parameter, as without the flat storage, so checkpoints are the same.
+    state per site parameter, as without the flat storage, so checkpoints keep that layout.
     A site parameter replaced between steps (``guide.to(...)``, a new ``PyroParam``) is
-    noticed before the next step, and the flat storage is rebuilt around it.
+    noticed before the next step, and the flat storage is rebuilt around it; ``fit`` calls
+    :meth:`release` when it ends.
 
     Example (a batch whose loss overflows to ``inf`` leaves the parameters untouched)::
 
