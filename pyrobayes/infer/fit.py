@@ -483,6 +483,18 @@ def _make_stepper(model, guide, cfg: FitConfig, weight: dict):
     return TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)
 
 
+@contextlib.contextmanager
+def _closing(bar, stepper):
+    """Close the progress bar and give a fused stepper's flat guide storage back (each site
+    parameter its own storage again), whether the epochs end or raise."""
+    try:
+        yield
+    finally:
+        bar.close()
+        if isinstance(stepper, FusedStepper):
+            stepper.release()
+
+
 def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -> float:
     """One step; on a non-finite loss restore the last finite state and raise."""
     snap = _snapshot(model, guide, stepper) if isinstance(stepper, SVIStepper) else None
@@ -728,47 +740,43 @@ def fit(
     bar = progress_bar(
         range(start_epoch, epochs), enabled=cfg.progress and main, desc="SVI", unit="epoch"
     )
-    try:
-        with data_size(n_data):  # the global N on every rank
-            for epoch in bar:
-                weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
-                if distributed:
-                    _distributed_epoch(loader, base_seed, epoch)
-                t0 = time.perf_counter()
-                total, seen, steps = _train_epoch(
-                    loader,
-                    stepper,
-                    model,
-                    guide,
-                    cfg,
-                    device,
-                    epoch,
-                    lr_factor,
-                    (steps_per_epoch, total_steps),
-                    lrt,
-                )
-                if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
-                    cfg.optim.step()
-                record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)
-                if lr_factor is not None:
-                    record["lr_factor"] = stepper.lr_factor
-                stop = False
-                for cb in cfg.callbacks:
-                    stop = bool(cb(record)) or stop
-                if distributed:
-                    record["world_size"] = dist_.world_size()
-                    stop = dist_.any_rank(stop, device)  # all ranks stop together
-                history.records.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}")
-                if ckpt is not None and main:
-                    _save(ckpt, epoch + 1, model, guide, stepper, loader, history)
-                if stop:
-                    history.stopped_early = True
-                    break
-    finally:
-        bar.close()
-        if isinstance(stepper, FusedStepper):
-            stepper.release()  # the guide's parameters get their own storage back
+    # the global N on every rank; the bar closed, the guide released, also on an error
+    with data_size(n_data), _closing(bar, stepper):
+        for epoch in bar:
+            weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
+            if distributed:
+                _distributed_epoch(loader, base_seed, epoch)
+            t0 = time.perf_counter()
+            total, seen, steps = _train_epoch(
+                loader,
+                stepper,
+                model,
+                guide,
+                cfg,
+                device,
+                epoch,
+                lr_factor,
+                (steps_per_epoch, total_steps),
+                lrt,
+            )
+            if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
+                cfg.optim.step()
+            record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)
+            if lr_factor is not None:
+                record["lr_factor"] = stepper.lr_factor
+            stop = False
+            for cb in cfg.callbacks:
+                stop = bool(cb(record)) or stop
+            if distributed:
+                record["world_size"] = dist_.world_size()
+                stop = dist_.any_rank(stop, device)  # all ranks stop together
+            history.records.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4g}")
+            if ckpt is not None and main:
+                _save(ckpt, epoch + 1, model, guide, stepper, loader, history)
+            if stop:
+                history.stopped_early = True
+                break
     return history
 
 
