@@ -128,12 +128,15 @@ def _draw(e, prior_loc, prior_prec, loc, raw, fast: bool):
         exp_raw, scale = None, torch.nn.functional.softplus(raw)
     w = torch.addcmul(loc, scale, e)
     d = w - prior_loc
-    if prior_prec.dim() == 0:
-        log_p = -0.5 * prior_prec * torch.dot(d, d)
-    else:
-        log_p = -0.5 * torch.dot(d * prior_prec, d)
     log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
-    return exp_raw, scale, w, d, log_p - log_q
+    return exp_raw, scale, w, d, _quadratic(d, prior_prec) - log_q
+
+
+def _quadratic(d: torch.Tensor, prec: torch.Tensor) -> torch.Tensor:
+    """:math:`-\\tfrac12 d^\\top \\Lambda d` for a diagonal precision (a scalar or a vector)."""
+    if prec.dim() == 0:
+        return -0.5 * prec * torch.dot(d, d)
+    return -0.5 * torch.dot(d * prec, d)
 
 
 class _DrawLogRatio(torch.autograd.Function):
@@ -350,11 +353,7 @@ class _FlatMeanField:
             ):
                 lrt.register(weights[path], lo.view(shape), sc.view(shape))
         if self.prior_fns is None:
-            d = w - self.prior_loc
-            if self.prior_prec.dim() == 0:
-                log_p = -0.5 * self.prior_prec * torch.dot(d, d) + self.prior_const
-            else:
-                log_p = -0.5 * torch.dot(d * self.prior_prec, d) + self.prior_const
+            log_p = _quadratic(w - self.prior_loc, self.prior_prec) + self.prior_const
         else:
             log_p = sum(self.prior_fns[site](weights[path]) for site, path, *_ in self.sites)
         return weights, log_p, log_q
