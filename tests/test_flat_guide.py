@@ -128,6 +128,12 @@ def test_frozen_means_are_not_bound():
     first = _run(st, x, y, [0])[0]
     assert st._layout is None  # the locs are buffers: nothing to bind
     assert all(p.grad is None for p in st.params) and first > 0
+    # unbound, the optimiser holds the scales themselves, and the steps still move them
+    scales = [t for t in guide.parameters() if t.requires_grad]
+    assert {id(t) for t in scales} == {id(t) for t in st.params}
+    before = [t.detach().clone() for t in scales]
+    _run(st, x, y, [1])
+    assert all(not torch.equal(a, t) for a, t in zip(before, scales))
 
 
 def test_flat_state_refuses_what_it_cannot_merge():
