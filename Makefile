@@ -1,17 +1,25 @@
 # Two entry points for a fresh machine: `make demo` (main job on built-in data) and `make test`.
+SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned to the CPU build first so that nothing later pulls a multi-GB CUDA wheel.
 TORCH ?= torch==2.13.0
+PIP ?= pip==26.3
+# Exact versions of everything else (made by `make lock`): `make demo`, `make test` and CI
+# install from it, so the two README commands give the same environment next month.
+LOCK ?= requirements/lock.txt
+LOCK_PY ?= 3.11.7
+UV ?= uv==0.13.9
+LATEST ?= .venv-latest
 
-.PHONY: venv demo test test-all lint bench docs notebooks clean
+.PHONY: venv demo test test-all test-latest lock lint bench docs notebooks clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+$(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(PIP)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[dev,docs]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,docs]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -24,6 +32,27 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
+
+# The same suite on the newest versions setup.cfg allows (torch stays $(TORCH), the CPU
+# build): a breaking release shows up here before users meet it. Versions it ran with:
+# $(LATEST)/versions.txt.
+test-latest:
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q $(TORCH)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev,docs]"
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
+# Refresh the lock from setup.cfg (newest allowed versions today). torch is left out of it:
+# its build (CPU/CUDA) is platform-specific and installed first by $(TORCH).
+lock:
+	$(PY) -m venv .venv-tools
+	.venv-tools/bin/pip install -q $(UV)
+	.venv-tools/bin/uv pip compile setup.cfg --extra dev --extra docs --quiet \
+		--python-version $(LOCK_PY) --python-platform x86_64-unknown-linux-gnu \
+		$(if $(wildcard /opt/wheels),--find-links /opt/wheels) -c <(echo "$(TORCH)") \
+		--no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
 
 lint: venv
 	$(BIN)/ruff check pyrobayes tests benchmarks
@@ -45,4 +74,4 @@ notebooks: venv
 	MPLBACKEND=Agg $(BIN)/python notebooks/execute.py
 
 clean:
-	rm -rf $(VENV) pyrobayes-out build site *.egg-info
+	rm -rf $(VENV) $(LATEST) .venv-tools pyrobayes-out build site *.egg-info
