@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import functools
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,19 +47,29 @@ import pyro.optim
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from pyrobayes import distributed as dist_
+from pyrobayes.convert import is_converted
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_elbo import supports_fused
 from pyrobayes.infer.fit_checkpoint import (
     CHECKPOINT_FORMAT,
+    check_data_fingerprint,
     check_state_dict,
+    data_fingerprint,
     load_fit_checkpoint,
     rename_prefix,
     save_fit_checkpoint,
 )
 from pyrobayes.infer.steppers import FusedStepper, SVIStepper, TorchStepper
+from pyrobayes.infer.twin import check_input_features
 from pyrobayes.likelihoods import data_size
 from pyrobayes.options import Option
 from pyrobayes.progress import progress_bar
@@ -265,22 +276,78 @@ def _shard(data, loader: DataLoader, cfg: FitConfig) -> DataLoader:
     """Under torch.distributed, this rank's shard of the data (a ``DistributedSampler``)."""
     if not dist_.is_distributed():
         return loader
+    sampler = getattr(data, "sampler", None)
+    if isinstance(data, DataLoader) and type(sampler) not in (SequentialSampler, RandomSampler):
+        if not isinstance(data.dataset, IterableDataset) and data.batch_size is not None:
+            # a subset or weighted sampler would be dropped silently, and N with it
+            raise ValueError(
+                f"under torch.distributed fit shards the DataLoader's whole dataset with a "
+                f"DistributedSampler, which would replace its {type(sampler).__name__}: pass "
+                "the points to train on as the dataset (torch.utils.data.Subset(dataset, "
+                "indices)) with shuffle=True or False instead of a sampler"
+            )
     source = data if isinstance(data, DataLoader) else loader.dataset.tensors
     return dist_.shard_loader(
         source, cfg.batch_size, cfg.shuffle, cfg.seed, lambda d: TensorDataset(*d)
     )
 
 
-def _data_size(loader: DataLoader) -> int | None:
-    """``N`` of the likelihood plate: the size of the whole data set, also on a rank that
-    only sees its shard (its sampler draws from ``loader.dataset``, the global data)."""
-    try:
+def _data_size(loader, explicit: int | None, model, distributed: bool) -> int:
+    """``N`` of the likelihood plate: ``data_size=`` when given; else the tensors' length;
+    under torch.distributed the size of the whole data set, also on a rank that only sees
+    its shard (its ``DistributedSampler`` draws from ``loader.dataset``, the global data);
+    else the points one epoch of the user's ``DataLoader`` visits (:func:`_epoch_points`)."""
+    if explicit is not None:
+        return explicit
+    if isinstance(loader, _TensorBatches) or distributed:
         n = len(loader.dataset)
-    except TypeError:
-        return None
+    else:
+        n = _epoch_points(loader)
+    if n is None:
+        fixed = getattr(getattr(model, "likelihood", None), "dataset_size", None)
+        if fixed:
+            return int(fixed)  # the user's own N on the likelihood: the plate takes it anyway
+        raise ValueError(
+            f"fit cannot know how many points one epoch of this DataLoader visits "
+            f"({_unknown_size_reason(loader)}): pass data_size=N, the number of training "
+            "points; N scales the likelihood of each batch by N/B, so a wrong N gives a "
+            "too narrow or too wide posterior"
+        )
     if n == 0:
         raise ValueError("data is empty")
     return n
+
+
+def _epoch_points(loader: DataLoader) -> int | None:
+    """The points one epoch draws, ``len(sampler)`` (not ``len(dataset)``: a
+    ``SubsetRandomSampler`` visits a part); in a fixed order (``SequentialSampler``)
+    ``drop_last`` never visits the tail, which is left out. A random order draws every
+    batch from all ``len(sampler)`` points, so ``drop_last`` changes nothing there.
+    ``None`` when it cannot be known before the first epoch."""
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
+        return None
+    try:
+        n = len(loader.sampler)
+    except TypeError:
+        return None
+    if loader.drop_last and isinstance(loader.sampler, SequentialSampler):
+        if 0 < n < loader.batch_size:
+            raise ValueError(
+                f"the DataLoader yielded no batches: drop_last=True with "
+                f"batch_size={loader.batch_size} drops all {n} points"
+            )
+        n -= n % loader.batch_size
+    return n
+
+
+def _unknown_size_reason(loader: DataLoader) -> str:
+    if isinstance(loader.dataset, IterableDataset):
+        return "an IterableDataset"
+    if loader.batch_sampler is not None and loader.batch_size is None:
+        return "a custom batch_sampler"
+    if loader.batch_size is None:
+        return "automatic batching disabled (batch_size=None)"
+    return f"its {type(loader.sampler).__name__} has no length"
 
 
 def _split_batch(batch, device) -> tuple[tuple, dict, torch.Tensor]:
@@ -290,10 +357,41 @@ def _split_batch(batch, device) -> tuple[tuple, dict, torch.Tensor]:
         key = "labels" if "labels" in batch else "label" if "label" in batch else None
         if key is None:
             raise ValueError(f"dict batches need a 'labels' key; got keys {sorted(batch)}")
-        y = batch.pop(key).to(device)
-        return (), {k: v.to(device) for k, v in batch.items()}, y
+        y = _on_device(f"dict batch field {key!r}", batch.pop(key), device)
+        kw = {k: _on_device(f"dict batch field {k!r}", v, device) for k, v in batch.items()}
+        return (), kw, y
     *xs, y = batch
-    return tuple(x.to(device) for x in xs), {}, y.to(device)
+    xs = tuple(_on_device(f"batch input {i}", x, device) for i, x in enumerate(xs))
+    return xs, {}, _on_device("batch targets", y, device)
+
+
+def _on_device(name: str, value, device) -> torch.Tensor:
+    """A batch entry on ``device``. Every entry but the labels reaches the model as an
+    input, and a non-tensor (a tokenizer's ``text`` list) would fail deep inside the net or
+    the NaN check: refuse it here, by name."""
+    if not torch.is_tensor(value):
+        raise TypeError(
+            f"{name} is a {type(value).__name__}, not a tensor: fit passes every batch entry "
+            "but the labels to the model as an input; remove it from the batch (e.g. "
+            "dataset.remove_columns([...]) or a collate_fn that drops it)"
+        )
+    return value.to(device)
+
+
+@contextlib.contextmanager
+def _naming_input_shapes(model, xs: tuple):
+    """A wrong feature/channel count fails in torch as ``mat1 and mat2 shapes cannot be
+    multiplied``; turn it into the predictive's error naming both shapes. Checked only
+    after a failure, so a working step pays nothing."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if any(is_converted(m) for m in model.modules()):
+            try:
+                check_input_features(model, *xs)
+            except ValueError as clear:
+                raise clear from exc
+        raise
 
 
 def _check_batch(xs: tuple, kw: dict, y: torch.Tensor, epoch: int, step: int) -> None:
@@ -394,22 +492,63 @@ def _pyro_name(model) -> str | None:
     return getattr(model, "_pyro_name", None)
 
 
-def _ensure_guide_params(guide, loader, device) -> None:
+def _ensure_guide_params(model, guide, loader, device) -> None:
     """The guide's parameters must exist before saved values can be loaded into them."""
     first = next(iter(loader), None)
     if first is None:
         raise ValueError("the DataLoader yields no batches; nothing to resume with")
     xs, kw, y = _split_batch(first, device)
-    if hasattr(guide, "setup"):
-        guide.setup(*xs, y=y, **kw)
-    else:
-        guide(*xs, y=y, **kw)
+    with _naming_input_shapes(model, xs):
+        if hasattr(guide, "setup"):
+            guide.setup(*xs, y=y, **kw)
+        else:
+            guide(*xs, y=y, **kw)
 
 
-def _resume(path: Path, model, guide, stepper, loader, device, history: History) -> int:
+def _batch_fields(xs: tuple, kw: dict, y) -> list[tuple[str, torch.Tensor]]:
+    """A batch's tensors under the names the errors of a fit use."""
+    fields = [(f"input {i}", x) for i, x in enumerate(xs)]
+    return fields + [(f"input {k!r}", v) for k, v in kw.items()] + [("targets", y)]
+
+
+def _peek(loader):
+    """The first batch of ``loader`` without moving any random stream a fit draws from
+    (the global RNG, the loader's and its sampler's generators)."""
+    gens = {getattr(loader, "generator", None), getattr(loader.sampler, "generator", None)}
+    states = [(g, g.get_state()) for g in gens if isinstance(g, torch.Generator)]
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(loader), None)
+    for g, state in states:
+        g.set_state(state)
+    return batch
+
+
+def _fingerprint(loader, n: int) -> dict:
+    """The data a checkpoint is written for: tensors held whole (tensor data or a
+    ``TensorDataset``) are hashed; of another dataset, its length and one batch's shapes
+    per point and dtypes are kept (its content is too costly to read for a check)."""
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, TensorDataset):
+        *xs, y = dataset.tensors
+        return data_fingerprint(n, _batch_fields(tuple(xs), {}, y), whole=True)
+    try:
+        length = len(dataset)
+    except TypeError:
+        length = None
+    batch = _peek(loader)
+    if batch is None:
+        raise ValueError("the DataLoader yields no batches")
+    fields = _batch_fields(*_split_batch(batch, "cpu"))
+    return data_fingerprint(n, fields, whole=False, dataset_length=length)
+
+
+def _resume(
+    path: Path, model, guide, stepper, loader, device, history: History, fingerprint: dict
+) -> int:
     """Load a checkpoint into ``model``, ``guide``, the optimiser and the RNGs; the epoch."""
     state = load_fit_checkpoint(path)
-    _ensure_guide_params(guide, loader, device)
+    check_data_fingerprint(path, state.get("data"), fingerprint)
+    _ensure_guide_params(model, guide, loader, device)
     saved_name, name = state.get("pyro_name"), _pyro_name(model)
     hint = ""
     if saved_name and name and saved_name != name:
@@ -429,7 +568,9 @@ def _resume(path: Path, model, guide, stepper, loader, device, history: History)
     return int(state["epoch"])
 
 
-def _save(path: Path, epoch: int, model, guide, stepper, loader, history: History) -> None:
+def _save(
+    path: Path, epoch: int, model, guide, stepper, loader, history: History, fingerprint: dict
+) -> None:
     gen = loader.generator if isinstance(loader.generator, torch.Generator) else None
     save_fit_checkpoint(
         path,
@@ -437,6 +578,7 @@ def _save(path: Path, epoch: int, model, guide, stepper, loader, history: Histor
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
             "pyro_name": _pyro_name(model),
+            "data": fingerprint,
             "model": model.state_dict(),
             "guide": guide.state_dict(),
             "optim": stepper.get_state(),
@@ -500,7 +642,7 @@ def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -
     snap = _snapshot(model, guide, stepper) if isinstance(stepper, SVIStepper) else None
     cause = None
     try:
-        with pyro.validation_enabled(validate), lrt():
+        with pyro.validation_enabled(validate), lrt(), _naming_input_shapes(model, xs):
             value = stepper.step(*xs, y=y, **kw)
     except ValueError as exc:
         # Pyro's argument validation is how a NaN parameter usually surfaces.
@@ -555,6 +697,19 @@ class FitConfig:
             (:class:`~pyrobayes.guides.LocalReparameterization`): the same ELBO in
             expectation with lower-variance gradients.
         progress: show progress (a tqdm bar in terminals, a few plain lines in logs).
+        data_size: the data set size ``N`` of the likelihood plate (each batch of ``B``
+            points counts ``N/B`` times). ``None``: what one epoch visits, i.e. the
+            tensors' length, or for a ``DataLoader`` ``len(sampler)`` (a
+            ``SubsetRandomSampler`` over 100 rows: 100; with ``drop_last`` in a fixed order
+            the tail it never visits is left out); under torch.distributed the length of
+            the whole dataset. Required where that cannot be known before the first step
+            (an ``IterableDataset``, a custom ``batch_sampler``), unless the likelihood
+            has its own ``dataset_size``.
+        train_mode: ``True``: the net in train mode during the fit (dropout active,
+            BatchNorm normalising by the batch and updating its running statistics);
+            ``False``: in eval mode throughout (dropout off, BatchNorm statistics frozen).
+            Either way each module's own mode, as the user left it, is restored when
+            ``fit`` returns or raises.
 
     Example (string options are checked when the config is built)::
 
@@ -589,8 +744,15 @@ class FitConfig:
     fused: bool | None = None
     local_reparam: bool = False
     progress: bool = True
+    data_size: int | None = None
+    train_mode: bool = True
 
     def __post_init__(self):
+        n = self.data_size
+        if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+            raise ValueError(f"data_size must be a positive integer, got {n!r}")
+        if not isinstance(self.train_mode, bool):
+            raise TypeError(f"train_mode must be True or False, got {self.train_mode!r}")
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.num_particles < 1:
@@ -664,12 +826,29 @@ def fit(
     Args:
         model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
         data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
-            such tuples or dicts with a ``labels`` key. The data set size ``N`` sets the
+            such tuples or dicts with a ``labels`` key (every entry a tensor: each one but
+            the labels is passed to the model). The data set size ``N`` sets the
             likelihood plate inside the loop only (:func:`pyrobayes.likelihoods.data_size`),
             so each minibatch ELBO is unbiased for the full data and the model is left
             unchanged for NUTS, ``Predictive`` or tracing afterwards.
         config: a :class:`FitConfig`; ``**options``: its fields as keywords (``epochs=``,
             ``lr=``, ``lr_schedule=``, ``checkpoint=``, ...; they override ``config``).
+
+    ``N`` is the number of points one epoch visits: the tensors' length, or
+    ``len(sampler)`` of a ``DataLoader`` (a ``SubsetRandomSampler`` over 100 of 1000 rows
+    gives 100, not 1000; in a fixed order ``drop_last`` leaves the unvisited tail out). Where
+    it cannot be known before the first step (an ``IterableDataset``, a custom
+    ``batch_sampler``) pass ``data_size=N``; ``data_size=`` also overrides it anywhere.
+
+    The net trains in train mode (``train_mode=True``: dropout on, BatchNorm batch
+    statistics, its running statistics updated) or, with ``train_mode=False``, in eval mode
+    throughout (dropout off, BatchNorm running statistics frozen and used). Either way every
+    module is back in the mode it had when ``fit`` was called once it returns or raises: a
+    net the user put in ``eval()`` is in ``eval()`` afterwards.
+
+    A checkpoint records the data it was written for (``N``, shapes, dtypes, a hash of
+    tensor data; of another dataset its length and the shapes per point):
+    ``resume=True`` on other data raises, naming what differs.
 
     Under ``torchrun`` (or any initialised ``torch.distributed`` group; ``fit`` initialises
     one from torchrun's environment variables itself) every rank passes the same full
@@ -685,7 +864,12 @@ def fit(
 
     Raises:
         ValueError: bad options; NaN/inf in a batch (naming epoch, batch and input) before
-            any update; a loader with no batches; a checkpoint that does not fit the model.
+            any update; a loader with no batches; an ``N`` that cannot be known without
+            ``data_size=``; inputs whose feature or channel count does not fit the first
+            layer (naming both shapes); a checkpoint that does not fit the model or was
+            written for other data.
+        TypeError: a batch entry that is not a tensor (e.g. a tokenizer's ``text`` list),
+            naming it.
         FloatingPointError: the loss became NaN/inf; the message names epoch, step and
             site, and the guide, model and optimiser are left at their last finite state.
 
@@ -709,6 +893,17 @@ def fit(
         (True, True)
     """
     cfg = _config(config, options)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        return _fit(model, guide, data, cfg)
+    finally:
+        # each module's own mode back (not model.train(mode): a user may keep parts in eval)
+        for m, training in modes:
+            m.training = training
+
+
+def _fit(model, guide, data, cfg: FitConfig) -> History:
+    """:func:`fit` after its options are read (which restores the modules' modes)."""
     device = cfg.device
     if device is None:
         device = next((t.device for t in model.buffers()), torch.device("cpu"))
@@ -717,10 +912,10 @@ def fit(
         pyro.set_rng_seed(cfg.seed)
     base_seed = _base_seed(cfg.seed, device) if distributed else None
     loader = _shard(data, _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed), cfg)
-    n_data = _data_size(loader)
+    n_data = _data_size(loader, cfg.data_size, model, distributed)
     steps_per_epoch = _len_or_none(loader)
     lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
-    model.train()
+    model.train(cfg.train_mode)
     weight = {"beta": 1.0}
     stepper = _checked_stepper(model, guide, cfg, weight, distributed, lr_factor)
     # The fused step registers its own draws; Pyro's traced paths use the messenger.
@@ -731,8 +926,9 @@ def fit(
 
     history, start_epoch = History(), 0
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
+    fingerprint = _fingerprint(loader, n_data) if ckpt is not None else None
     if ckpt is not None and cfg.resume and ckpt.exists():
-        start_epoch = _resume(ckpt, model, guide, stepper, loader, device, history)
+        start_epoch = _resume(ckpt, model, guide, stepper, loader, device, history, fingerprint)
 
     epochs = cfg.epochs
     total_steps = epochs * (steps_per_epoch or 0)
@@ -773,7 +969,7 @@ def fit(
             history.records.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4g}")
             if ckpt is not None and main:
-                _save(ckpt, epoch + 1, model, guide, stepper, loader, history)
+                _save(ckpt, epoch + 1, model, guide, stepper, loader, history, fingerprint)
             if stop:
                 history.stopped_early = True
                 break

@@ -22,9 +22,12 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,8 @@ __all__ = [
     "tensor_path",
     "check_state_dict",
     "rename_prefix",
+    "data_fingerprint",
+    "check_data_fingerprint",
 ]
 
 CHECKPOINT_FORMAT = "pyrobayes-fit-checkpoint"
@@ -231,3 +236,111 @@ def check_state_dict(
     if shapes:
         lines.append("  wrong shape: " + "; ".join(shapes))
     raise ValueError("\n".join(lines))
+
+
+# Above this many bytes per tensor only every k-th row is hashed (k chosen to stay below):
+# hashing stays a fraction of a second on any data set.
+_HASH_BYTES = 1 << 25
+
+
+def _digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (all rows, or evenly strided rows of a large tensor)."""
+    t = t.detach()
+    rows = t.shape[0] if t.dim() else 1
+    row_bytes = max(t.numel() // max(rows, 1), 1) * t.element_size()
+    stride = max(1, -(-rows * row_bytes // _HASH_BYTES))
+    part = t[::stride] if stride > 1 else t
+    h = hashlib.sha256(f"{stride}:".encode())
+    h.update(part.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    return h.hexdigest()
+
+
+def data_fingerprint(
+    n: int,
+    fields: Sequence[tuple[str, torch.Tensor]],
+    whole: bool,
+    dataset_length: int | None = None,
+) -> dict[str, Any]:
+    """What a fit checkpoint remembers of its data, to refuse resuming on other data.
+
+    ``fields``: ``(name, tensor)`` pairs; ``whole=True``: they are the whole data (shape,
+    dtype and a hash of the content are kept), ``False``: one batch of a user ``DataLoader``
+    (the shape per point and the dtype). ``n``: the data size ``N`` of the fit.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.infer.fit_checkpoint import data_fingerprint
+        >>> fp = data_fingerprint(3, [("targets", torch.zeros(3))], whole=True)
+        >>> fp["N"], fp["fields"]["targets"]["shape"], len(fp["fields"]["targets"]["sha256"])
+        (3, [3], 64)
+    """
+    out: dict[str, Any] = {}
+    for name, t in fields:
+        shape = list(t.shape) if whole else list(t.shape[1:])
+        entry = {"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
+        entry["sha256"] = _digest(t) if whole else None
+        out[name] = entry
+    return {"N": int(n), "dataset_length": dataset_length, "whole": whole, "fields": out}
+
+
+def _field_differences(saved: dict, now: dict, per_point: bool) -> list[str]:
+    shape = "shape per point" if per_point else "shape"
+    lines = []
+    for name in sorted(set(saved) | set(now), key=str):
+        if name not in now or name not in saved:
+            where = "the checkpoint" if name in saved else "the data now"
+            lines.append(f"{name}: only in {where}")
+            continue
+        a, b = saved[name], now[name]
+        if list(a["shape"]) != list(b["shape"]):
+            lines.append(f"{name}: {shape} checkpoint {tuple(a['shape'])}, now {tuple(b['shape'])}")
+        if a["dtype"] != b["dtype"]:
+            lines.append(f"{name}: dtype checkpoint {a['dtype']}, now {b['dtype']}")
+        if list(a["shape"]) == list(b["shape"]) and a.get("sha256") != b.get("sha256"):
+            lines.append(f"{name}: content differs")
+    return lines
+
+
+def check_data_fingerprint(path: str | os.PathLike, saved: dict | None, now: dict) -> None:
+    """Refuse to resume a fit on data other than the checkpoint's, naming what differs; a
+    checkpoint from before fingerprints (``saved=None``) resumes with a warning.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.infer.fit_checkpoint import check_data_fingerprint, data_fingerprint
+        >>> old = data_fingerprint(4, [("targets", torch.zeros(4))], whole=True)
+        >>> check_data_fingerprint("fit.json", old, old)  # the same data: no error
+        >>> new = data_fingerprint(4, [("targets", torch.ones(4))], whole=True)
+        >>> check_data_fingerprint("fit.json", old, new)
+        Traceback (most recent call last):
+            ...
+        ValueError: the checkpoint fit.json was written for different data (resume=True continues a fit only on its own data; pass resume=False or another checkpoint path to start afresh):
+          targets: content differs
+    """
+    if saved is None:
+        warnings.warn(
+            f"the checkpoint {path} has no data fingerprint (written by an older pyrobayes): "
+            "cannot check that it was written for the same data",
+            stacklevel=3,
+        )
+        return
+    lines = []
+    if saved["N"] != now["N"]:
+        lines.append(f"N: checkpoint {saved['N']}, now {now['N']}")
+    if saved.get("dataset_length") != now.get("dataset_length"):
+        lines.append(
+            f"dataset length: checkpoint {saved.get('dataset_length')}, "
+            f"now {now.get('dataset_length')}"
+        )
+    if saved.get("whole") != now.get("whole"):
+        lines.append("kind: tensors in one place vs batches of a DataLoader")
+    else:
+        lines += _field_differences(saved["fields"], now["fields"], not now.get("whole"))
+    if lines:
+        raise ValueError(
+            f"the checkpoint {path} was written for different data (resume=True continues a "
+            "fit only on its own data; pass resume=False or another checkpoint path to start "
+            "afresh):\n  " + "\n  ".join(lines)
+        )
