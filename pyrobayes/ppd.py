@@ -25,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,15 +40,87 @@ __all__ = [
     "AffinePPD",
     "normal_ppd",
     "affine_ppd",
+    "align_value",
 ]
 
 
-class RegressionPPD(Distribution):
+def align_value(value: Any, batch_shape: torch.Size, what: str = "PPD") -> torch.Tensor:
+    """``value`` as a tensor a PPD of ``batch_shape`` scores point by point.
+
+    The value-shape rule of every PPD's ``log_prob``/``cdf``, with ``B = batch_shape``:
+
+    - ``B + (1,)`` (a column of targets, e.g. ``y_train`` shaped ``(N, 1)``): the trailing
+      1 is dropped, one target per point; never the ``(N, N)`` grid broadcasting would give;
+    - a shape that broadcasts to ``B`` (a scalar, ``(1,)``, ``B`` itself): expanded to ``B``;
+    - ``(*S, *B)``: leading sample dimensions ``S`` in front of exactly ``B`` (a grid of
+      values at every point; expand a ``(S, 1)`` grid to ``(S, *B)`` first);
+    - anything else would score more points than the PPD has: a ``ValueError`` naming
+      both shapes.
+
+    Example::
+
+        >>> align_value(torch.zeros(3, 1), torch.Size([3])).shape
+        torch.Size([3])
+        >>> align_value(torch.tensor(0.5), torch.Size([3])).shape
+        torch.Size([3])
+    """
+    value = torch.as_tensor(value)
+    shape, k = tuple(value.shape), len(batch_shape)
+    batch = tuple(batch_shape)
+    if k and shape == batch + (1,):
+        return value.squeeze(-1)
+    if len(shape) <= k:
+        try:
+            if torch.broadcast_shapes(value.shape, batch_shape) == batch_shape:
+                return value.expand(batch_shape)
+        except RuntimeError:
+            pass
+    elif shape[len(shape) - k :] == batch:
+        return value
+    raise ValueError(
+        f"{what} with batch_shape {batch} cannot score a value of shape {shape}: pass one "
+        f"value per point, shape {batch} (or {batch + (1,)}), a scalar, or values with "
+        f"leading sample dimensions, shape (S, {', '.join(map(str, batch))})"
+    )
+
+
+def _aligned(method: Callable) -> Callable:
+    """``method(self, value, ...)`` with ``value`` passed through :func:`align_value`."""
+
+    @functools.wraps(method)
+    def wrapper(self, value, *args, **kwargs):
+        return method(
+            self, align_value(value, self.batch_shape, type(self).__name__), *args, **kwargs
+        )
+
+    wrapper._aligns_value = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+class _PPD(Distribution):
+    """Base of every PPD: each subclass's own ``log_prob`` and ``cdf`` see their value
+    through :func:`align_value` (one shape rule for all, user subclasses included)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("log_prob", "cdf"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_aligns_value", False):
+                setattr(cls, name, _aligned(method))
+
+
+class RegressionPPD(_PPD):
     """Shared interface of 1-D regression PPDs (batch shape = query points).
 
     Subclasses provide ``mean``, ``variance``, ``log_prob``, ``cdf`` and ``sample``;
     ``icdf`` defaults to a vectorised bisection on ``cdf`` so that every PPD has
     quantiles and central intervals.
+
+    Values given to ``log_prob``/``cdf`` follow one shape rule (:func:`align_value`,
+    applied to every subclass's methods): one value per point (shape ``batch_shape``, or
+    ``batch_shape + (1,)`` whose trailing 1 is dropped, so a ``(N, 1)`` column of targets
+    is scored point by point), a scalar (scored at every point), or leading sample
+    dimensions in front of exactly ``batch_shape``; anything else raises ``ValueError``.
 
     Example::
 
@@ -160,13 +234,9 @@ class NormalMixturePPD(RegressionPPD):
     def variance(self) -> torch.Tensor:
         return self.aleatoric_variance + self.epistemic_variance
 
-    def _value(self, value: Any) -> torch.Tensor:
-        """``value`` with at least the batch dimensions (a scalar or a shorter shape
-        broadcasts, as for any torch distribution), ready for a draw axis before them."""
-        value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
-        if value.dim() < len(self.batch_shape):
-            value = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
-        return value
+    def _value(self, value: torch.Tensor) -> torch.Tensor:
+        # align_value (the base class) has given value at least the batch dimensions.
+        return value.to(dtype=self.loc.dtype, device=self.loc.device)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         value = self._value(value)
@@ -334,11 +404,15 @@ def as_class_indices(y, num_classes: int, logits_shape: torch.Size | None = None
     return y.long()
 
 
-class CategoricalPPD(Distribution):
+class CategoricalPPD(_PPD):
     """Categorical PPD: class probabilities averaged over ``S`` posterior draws.
 
     Args:
         probs_per_draw: shape ``[S, *batch, C]``; each draw's class probabilities.
+
+    ``log_prob`` takes labels by the shape rule of :func:`align_value`: one label per
+    point (a ``(N, 1)`` column too), a single label for every point, or leading sample
+    dimensions in front of exactly ``batch_shape``.
 
     The predictive entropy splits into an aleatoric part (expected entropy of each
     draw) and an epistemic part, the mutual information between label and weights:
@@ -398,11 +472,7 @@ class CategoricalPPD(Distribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         value = as_class_indices(value, self.num_classes).to(self.probs.device)
         logp = self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log()
-        logp = (
-            logp.expand(value.shape + (self.num_classes,))
-            if value.dim() > len(self.batch_shape)
-            else logp
-        )
+        logp = logp.expand(value.shape + (self.num_classes,))
         return logp.gather(-1, value.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod

@@ -45,7 +45,7 @@ def test_is_a_regression_ppd():
 def test_integrates_to_one_including_tails():
     d = _dist()
     y, dy = _midpoint_grid(d)
-    p = d.log_prob(y.unsqueeze(-1)).exp()
+    p = d.log_prob(y.unsqueeze(-1).expand(-1, 3)).exp()
     # midpoint rule is exact on the flat buckets; the tails' error is O(dy^2)
     torch.testing.assert_close(
         (p * dy.unsqueeze(-1)).sum(0), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0
@@ -58,7 +58,7 @@ def test_integrates_to_one_including_tails():
 def test_mean_and_variance_match_numerical_moments():
     d = _dist()
     y, dy = _midpoint_grid(d)
-    w = d.log_prob(y.unsqueeze(-1)).exp() * dy.unsqueeze(-1)
+    w = d.log_prob(y.unsqueeze(-1).expand(-1, 3)).exp() * dy.unsqueeze(-1)
     mean = (w * y.unsqueeze(-1)).sum(0)
     # per-bucket variance of the midpoint rule is (cell^2/12) short: well below the tolerance
     var = (w * (y.unsqueeze(-1) - mean) ** 2).sum(0)
@@ -71,7 +71,7 @@ def test_cdf_and_icdf_are_inverses():
     q = torch.linspace(1e-6, 1 - 1e-6, 2001, dtype=torch.float64).unsqueeze(-1)
     torch.testing.assert_close(d.cdf(d.icdf(q)), q.expand(-1, 3), atol=1e-12, rtol=0)
     y = torch.linspace(-30, 30, 2001, dtype=torch.float64).unsqueeze(-1)
-    c = d.cdf(y)
+    c = d.cdf(y.expand(-1, 3))
     ok = (c > 1e-9) & (c < 1 - 1e-9)
     torch.testing.assert_close(
         d.icdf(c.clamp(1e-9, 1 - 1e-9))[ok], y.expand(-1, 3)[ok], atol=1e-7, rtol=0
@@ -82,10 +82,10 @@ def test_cdf_and_icdf_are_inverses():
 def test_log_prob_matches_finite_difference_of_cdf():
     d = _dist()
     # points away from borders (where the density jumps)
-    y = torch.linspace(-40, 40, 3001, dtype=torch.float64).unsqueeze(-1)
+    y = torch.linspace(-40, 40, 3001, dtype=torch.float64).unsqueeze(-1).expand(-1, 3)
     h = 1e-6
     fd = (d.cdf(y + h) - d.cdf(y - h)) / (2 * h)
-    near = (y - d.borders).abs().min(-1, keepdim=True).values < 2 * h
+    near = (y[:, :1] - d.borders).abs().min(-1, keepdim=True).values < 2 * h
     dens = d.log_prob(y).exp()
     mask = ~near.expand_as(dens)
     torch.testing.assert_close(dens[mask], fd[mask], rtol=1e-5, atol=1e-8)
@@ -143,3 +143,15 @@ def test_bad_inputs():
         _dist().icdf(torch.tensor(1.0))
     with pytest.raises(ValueError, match="ties"):
         borders_from_samples(torch.zeros(1000), 10)
+
+
+def test_a_column_of_targets_is_one_target_per_point_never_a_grid():
+    # y shaped (N, 1) used to broadcast against the (N,) batch into an (N, N) matrix.
+    d = _dist()
+    y = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(d.log_prob(y.unsqueeze(-1)), d.log_prob(y))
+    torch.testing.assert_close(d.cdf(y.unsqueeze(-1)), d.cdf(y))
+    crit = BarCriterion(d.borders)
+    torch.testing.assert_close(crit(d.logits, y.unsqueeze(-1)), crit(d.logits, y))
+    with pytest.raises(ValueError, match=r"batch_shape \(3,\).*\(5, 1\)"):
+        d.log_prob(torch.zeros(5, 1, dtype=torch.float64))

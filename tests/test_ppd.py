@@ -83,3 +83,98 @@ def test_mixture_scores_broadcast_a_scalar_value():
     full = torch.zeros(2)
     assert torch.equal(ppd.cdf(torch.tensor(0.0)), ppd.cdf(full))
     assert torch.equal(ppd.log_prob(0.0), ppd.log_prob(full))
+
+
+# --------------------------------------------------------------------------------------
+# value shapes: a column of targets (N, 1) is one target per point, never an (N, N) grid
+# --------------------------------------------------------------------------------------
+
+
+def _regression_ppds() -> dict:
+    from pyrobayes.pfn.bar import BarDistribution
+    from pyrobayes.ppd import AffinePPD
+
+    g = torch.Generator().manual_seed(1)
+    n = 5
+    mix = NormalMixturePPD(torch.randn(7, n, generator=g), 0.5 + torch.rand(7, n, generator=g))
+    bar = BarDistribution(torch.linspace(-3, 3, 21), torch.randn(n, 20, generator=g))
+    return {
+        "mixture": mix,
+        "normal_ppd": normal_ppd(torch.randn(n, generator=g), 0.7),
+        "affine(mixture)": AffinePPD(mix, loc=1.0, scale=2.0),
+        "affine(bar)": AffinePPD(bar, loc=torch.randn(n, generator=g), scale=3.0),
+        "bar": bar,
+    }
+
+
+@pytest.mark.parametrize("kind", list(_regression_ppds()))
+@pytest.mark.parametrize("method", ["log_prob", "cdf"])
+def test_a_column_of_targets_scores_one_target_per_point(kind, method):
+    ppd = _regression_ppds()[kind]
+    y = torch.linspace(-1.0, 1.5, 5)
+    flat = getattr(ppd, method)(y)
+    column = getattr(ppd, method)(y.unsqueeze(-1))  # (N, 1), like the README tour's y_train
+    assert flat.shape == column.shape == ppd.batch_shape
+    torch.testing.assert_close(column, flat)
+
+
+@pytest.mark.parametrize("kind", list(_regression_ppds()))
+@pytest.mark.parametrize("method", ["log_prob", "cdf"])
+def test_values_that_would_broadcast_past_the_batch_raise(kind, method):
+    ppd = _regression_ppds()[kind]
+    for bad in [(3, 1), (5, 1, 1), (2, 5, 1), (5, 2), (3,)]:
+        with pytest.raises(ValueError, match=r"batch_shape \(5,\)") as err:
+            getattr(ppd, method)(torch.zeros(bad))
+        assert str(bad) in str(err.value)
+
+
+@pytest.mark.parametrize("kind", list(_regression_ppds()))
+def test_legitimate_value_shapes_still_broadcast(kind):
+    ppd = _regression_ppds()[kind]
+    y = torch.linspace(-1.0, 1.5, 5)
+    # a scalar (or a single value) is scored at every point
+    torch.testing.assert_close(ppd.log_prob(torch.tensor(0.3)), ppd.log_prob(torch.full((5,), 0.3)))
+    torch.testing.assert_close(ppd.cdf(torch.tensor([0.3])), ppd.cdf(torch.full((5,), 0.3)))
+    # leading sample dimensions in front of the batch shape, as torch.distributions allow
+    grid = torch.stack([y, y + 1, y - 1])
+    lp = ppd.log_prob(grid)
+    assert lp.shape == (3, 5)
+    torch.testing.assert_close(lp[1], ppd.log_prob(y + 1))
+    # the bisection icdf (cdf with a leading level dimension) and intervals still work
+    lo, hi = ppd.interval(0.8)
+    torch.testing.assert_close(ppd.cdf(hi) - ppd.cdf(lo), torch.full((5,), 0.8), atol=1e-4, rtol=0)
+    assert ppd.icdf(torch.tensor([[0.1], [0.9]])).shape == (2, 5)
+
+
+def test_a_user_subclass_gets_the_same_shape_rule():
+    from pyrobayes.ppd import RegressionPPD
+
+    class Shifted(RegressionPPD):
+        def __init__(self, loc):
+            self.loc = loc
+            super().__init__(batch_shape=loc.shape)
+
+        def log_prob(self, value):
+            return torch.distributions.Normal(self.loc, 1.0).log_prob(value)
+
+        def cdf(self, value):
+            return torch.distributions.Normal(self.loc, 1.0).cdf(value)
+
+    ppd = Shifted(torch.zeros(4))
+    assert ppd.log_prob(torch.zeros(4, 1)).shape == (4,)
+    with pytest.raises(ValueError, match="batch_shape"):
+        ppd.cdf(torch.zeros(2, 1))
+
+
+def test_categorical_labels_as_a_column_score_one_label_per_point():
+    g = torch.Generator().manual_seed(0)
+    ppd = CategoricalPPD(torch.softmax(torch.randn(6, 4, 3, generator=g), -1))
+    labels = torch.tensor([0, 2, 1, 2])
+    flat = ppd.log_prob(labels)
+    assert flat.shape == (4,)
+    torch.testing.assert_close(ppd.log_prob(labels.unsqueeze(-1)), flat)
+    # a single label is scored at every point; a stack of label vectors keeps its dimension
+    torch.testing.assert_close(ppd.log_prob(torch.tensor(2)), ppd.log_prob(torch.full((4,), 2)))
+    assert ppd.log_prob(torch.stack([labels, labels.flip(0)])).shape == (2, 4)
+    with pytest.raises(ValueError, match=r"batch_shape \(4,\).*\(2, 1\)"):
+        ppd.log_prob(torch.zeros(2, 1, dtype=torch.long))

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pyrobayes classify`` from parsed arguments; returns the exit code."""
+    from pyrobayes.cli import check_device
+
+    check_device(args.device, allow_auto=True)
     common = {
         "seed": args.seed,
         "out": args.out,

@@ -278,5 +278,6 @@ class BarCriterion(nn.Module):
         return BarDistribution(self.borders, logits)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-point NLL :math:`-\\log p(y)`, shape = ``y.shape``."""
+        """Per-point NLL :math:`-\\log p(y)`, shape = the logits' batch shape (``y`` of that
+        shape, or with a trailing 1: see :func:`~pyrobayes.ppd.align_value`)."""
         return -self.distribution(logits).log_prob(y)
