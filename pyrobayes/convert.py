@@ -157,6 +157,15 @@ def to_pyro(
     shared tensor Bayesian everywhere it is used. Excluding one of its paths while
     including another is contradictory and raises.
 
+    Classes that Pyro's ``PyroModule[...]`` cannot take convert too: those deriving from
+    ``abc.ABC`` (peft's LoRA layers and ``LoraModel``) and those whose ``__getattr__``
+    raises ``KeyError`` (peft's ``ModulesToSaveWrapper``). A layer whose class computes
+    ``device``/``dtype`` from ``next(self.parameters())`` (transformers'
+    ``PreTrainedModel``, which ``train()`` uses in transformers 5) takes them from its
+    buffers, the pretrained weights first, once every parameter is a sample site. Every
+    ``nn.Embedding``/``nn.EmbeddingBag`` checks its ids (one min and max per call): an id
+    outside ``0 .. num_embeddings - 1`` is a ``ValueError`` naming the layer.
+
     Example (the weight becomes a prior draw per call, the bias stays a parameter)::
 
         >>> import torch
