@@ -33,6 +33,7 @@ __all__ = [
     "param_constraint",
     "UNCONSTRAINED_SUFFIX",
     "rnn_flat_weights_follow_samples",
+    "pyro_module_class",
 ]
 
 #: ``PyroModule`` stores a ``PyroParam`` ``x`` as the raw parameter ``x_unconstrained``, and
@@ -106,3 +107,68 @@ def rnn_flat_weights_follow_samples() -> bool:
         and type(desc).__name__ == "_FlatWeightsDescriptor"
         and hasattr(pm, "_FlatWeightsDescriptor")
     )
+
+
+def pyro_module_class(cls: type) -> type:
+    """``PyroModule[cls]``, also for the classes Pyro's class factory
+    (``_PyroModuleMeta.__getitem__``) cannot convert:
+
+    * a class whose metaclass is not ``type`` (any class deriving from ``abc.ABC``, e.g.
+      peft's LoRA layers and ``LoraModel``): Pyro's ``class result(cls, *pyro_bases)``
+      raises ``TypeError: metaclass conflict``, so the class is built the same way with a
+      metaclass derived from both;
+    * a class with its own ``__getattr__`` that raises ``KeyError``/``IndexError`` for a
+      missing name (peft's ``ModulesToSaveWrapper`` looks into ``_modules``):
+      ``to_pyro_module_`` deletes and re-adds each submodule and torch's ``add_module``
+      calls ``hasattr`` in between, which only tolerates ``AttributeError``; the Pyro
+      class turns such a lookup error into an ``AttributeError``.
+
+    The class is stored in Pyro's class cache (``_PyroModuleMeta._pyro_mixin_cache``), so
+    ``to_pyro_module_`` and unpickling (``_PyroModuleMeta._New``) find it.
+    """
+    from pyro.nn.module import _PyroModuleMeta
+
+    if issubclass(cls, PyroModule):
+        return cls
+    cache = _PyroModuleMeta._pyro_mixin_cache
+    own_getattr = cls.__getattr__ is not torch.nn.Module.__getattr__
+    if cls in cache or (issubclass(_PyroModuleMeta, type(cls)) and not own_getattr):
+        return PyroModule[cls]
+    bases = [pyro_module_class(b) for b in cls.__bases__ if issubclass(b, torch.nn.Module)]
+    meta = _derived_metaclass([type(cls), _PyroModuleMeta, *map(type, bases)])
+
+    def __reduce__(self):  # as Pyro's own: unpickle into PyroModule[cls]
+        state = getattr(self, "__getstate__", self.__dict__.copy)()
+        return _PyroModuleMeta._New, (cls,), state
+
+    def __getattr__(self, name: str):
+        try:
+            return super(result, self).__getattr__(name)
+        except LookupError as err:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r} ({err!r})"
+            ) from err
+
+    namespace: dict[str, Any] = {"__reduce__": __reduce__}
+    if own_getattr:
+        namespace["__getattr__"] = __getattr__
+    result = meta("Pyro" + cls.__name__, (cls, *bases), namespace)
+    cache[cls] = result
+    return result
+
+
+_METACLASSES: dict[tuple[type, ...], type] = {}
+
+
+def _derived_metaclass(metas: list[type]) -> type:
+    """The one metaclass deriving from every metaclass in ``metas`` (made once per set)."""
+    leaves: list[type] = []
+    for m in metas:
+        if m not in leaves and not any(o is not m and issubclass(o, m) for o in metas):
+            leaves.append(m)
+    if len(leaves) == 1:
+        return leaves[0]
+    key = tuple(leaves)
+    if key not in _METACLASSES:
+        _METACLASSES[key] = type("Pyro" + "".join(m.__name__ for m in leaves), key, {})
+    return _METACLASSES[key]

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
+import inspect
 import itertools
 import re
 from collections.abc import Iterable, Sequence
@@ -36,7 +38,7 @@ from pyro.nn import PyroModule, PyroSample
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from pyrobayes._pyro_compat import pyro_name, set_pyro_name
+from pyrobayes._pyro_compat import pyro_module_class, pyro_name, set_pyro_name
 from pyrobayes.priors import Prior, get_prior
 
 __all__ = [
@@ -155,6 +157,15 @@ def to_pyro(
     shared tensor Bayesian everywhere it is used. Excluding one of its paths while
     including another is contradictory and raises.
 
+    Classes that Pyro's ``PyroModule[...]`` cannot take convert too: those deriving from
+    ``abc.ABC`` (peft's LoRA layers and ``LoraModel``) and those whose ``__getattr__``
+    raises ``KeyError`` (peft's ``ModulesToSaveWrapper``). A layer whose class computes
+    ``device``/``dtype`` from ``next(self.parameters())`` (transformers'
+    ``PreTrainedModel``, which ``train()`` uses in transformers 5) takes them from its
+    buffers, the pretrained weights first, once every parameter is a sample site. Every
+    ``nn.Embedding``/``nn.EmbeddingBag`` checks its ids (one min and max per call): an id
+    outside ``0 .. num_embeddings - 1`` is a ``ValueError`` naming the layer.
+
     Example (the weight becomes a prior draw per call, the bias stays a parameter)::
 
         >>> import torch
@@ -179,12 +190,19 @@ def to_pyro(
     chosen, frozen = _select_params(target, includes, excludes, include_types, include_frozen)
     _freeze_deterministic(target, chosen, frozen)
 
+    originals = [(m, type(m)) for m in target.modules()]
+    for _, cls in originals:
+        pyro_module_class(cls)  # a class mixing in abc.ABC needs its own metaclass
     to_pyro_module_(target)
     # A unique Pyro name prefix: PyroModules with equal names share pyro.param entries in
     # the global param store, so two converted copies of one net would silently share.
     set_pyro_name(target, name or _unique_name())
     _install_sites(target, chosen, prior_obj)
+    for m, cls in originals:
+        m.__class__ = _with_tensor_fallback(cls)
 
+    _install_id_checks(target)
+    _install_id_checks(twin)
     tied = [c for c in chosen if c.aliases]
     if tied:
         target.register_forward_pre_hook(_make_tie_hook(tied))
@@ -321,6 +339,97 @@ def _install_sites(target: PyroModule, chosen: list[BayesianParam], prior_obj: P
             alias_layer = modules[a_owner]
             if a_attr in alias_layer._parameters:
                 delattr(alias_layer, a_attr)
+
+
+# Properties that libraries compute from ``next(self.parameters())``: transformers'
+# ``PreTrainedModel.device`` / ``.dtype`` (and through ``device`` its ``train()`` ->
+# ``kernelize`` path in 5.x). With every weight a sample site, a converted layer may have no
+# parameter left, and the property dies with a bare ``StopIteration``.
+_TENSOR_PROPERTIES = ("device", "dtype")
+_FALLBACK_CLASSES: dict[type, type] = {}
+
+
+def _first_buffer(module: nn.Module, floating: bool) -> torch.Tensor:
+    """The module's first buffer, the pretrained weights (``<attr>_pretrained``) first."""
+    named = list(module.named_buffers())
+    named.sort(key=lambda nb: not nb[0].endswith(PRETRAINED_SUFFIX))
+    for _, t in named:
+        if t.is_floating_point() or not floating:
+            return t
+    raise RuntimeError(
+        f"{type(module).__name__} holds no {'floating-point ' if floating else ''}parameter "
+        "or buffer to take its device/dtype from"
+    )
+
+
+def _fallback_property(prop: property, attr: str) -> property:
+    def get(self):
+        try:
+            return prop.fget(self)
+        except StopIteration:  # no plain parameter left: the weights live in buffers now
+            return getattr(_first_buffer(self, floating=attr == "dtype"), attr)
+
+    return property(get, prop.fset, prop.fdel, prop.__doc__)
+
+
+class _NewConverted:
+    """Unpickling (and ``copy.deepcopy``) helper: an empty object of the converted class
+    (as Pyro's ``_PyroModuleMeta._New``; an ``abc.ABC`` class cannot be ``__new__``-ed)."""
+
+    def __init__(self, original: type):
+        self.__class__ = _with_tensor_fallback(original)
+
+
+def _with_tensor_fallback(original: type) -> type:
+    """The Pyro class of ``original`` or, made once per class, its subclass whose
+    ``device``/``dtype`` properties fall back to the buffers when no parameter is left."""
+    if original not in _FALLBACK_CLASSES:
+        cls = pyro_module_class(original)
+        namespace: dict = {}
+        for attr in _TENSOR_PROPERTIES:
+            prop = inspect.getattr_static(cls, attr, None)
+            if isinstance(prop, property):
+                namespace[attr] = _fallback_property(prop, attr)
+        if namespace:
+
+            def __reduce__(self):
+                state = getattr(self, "__getstate__", self.__dict__.copy)()
+                return _NewConverted, (original,), state
+
+            namespace |= {"__reduce__": __reduce__, "__module__": __name__}
+            cls = type(cls)(cls.__name__, (cls,), namespace)
+        _FALLBACK_CLASSES[original] = cls
+    return _FALLBACK_CLASSES[original]
+
+
+def _install_id_checks(module: nn.Module) -> None:
+    """Check the ids every embedding receives (fit, predictive and Pyro traces all call it)."""
+    for path, m in module.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            m.register_forward_pre_hook(functools.partial(_check_ids, path))
+
+
+def _check_ids(path: str, layer: nn.Module, args: tuple) -> None:
+    """Raise a ``ValueError`` naming the embedding, its size and the first bad id when an
+    id is negative or ``>= num_embeddings`` (torch's own message is ``index out of range
+    in self`` on the CPU and a device-side assert on CUDA). One min and one max per call."""
+    ids = args[0] if args else None
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.numel() == 0:
+        return
+    n = layer.num_embeddings
+    lo, hi = ids.min(), ids.max()
+    try:
+        in_range = bool(lo >= 0) and bool(hi < n)
+    except RuntimeError:  # ids batched under vmap (one data set per draw): not checkable here
+        return
+    if not in_range:
+        bad = int(lo) if int(lo) < 0 else int(hi)
+        name = repr(path) if path else type(layer).__name__
+        raise ValueError(
+            f"id {bad} is out of range for the embedding {name} with {n} entries "
+            f"(valid ids 0..{n - 1}); map unknown tokens to an id the vocabulary has (e.g. "
+            "the tokenizer's unknown-token id) or give the embedding more entries"
+        )
 
 
 _counter = itertools.count()

@@ -1,12 +1,14 @@
 """Hugging Face helpers on the real shipped MiniLM-L6 (no network)."""
 
 import copy
+import math
 
 import datasets
 import pytest
 import torch
 
-from pyrobayes.convert import bayesian_sites, to_pyro
+from pyrobayes._pyro_compat import loc_and_scale
+from pyrobayes.convert import bayesian_sites, pretrained_values, to_pyro
 from pyrobayes.data import DataUnavailableError, tokenize
 from pyrobayes.infer import forward_draws, sample_prior
 from pyrobayes.model import BayesianModel
@@ -137,3 +139,90 @@ def test_fine_tune_learns_and_predicts(minilm, encoded):
     assert float(ce(after, labels)) < float(ce(before, labels))
     with pytest.raises(ValueError, match="'label' column"):
         fine_tune(model, encoded.remove_columns("label"), epochs=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny BERT saved as a checkpoint: ``from_pretrained`` is what switches on
+    transformers 5's hub kernels (``use_kernels``), which ``train()`` then re-applies."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        num_labels=3,
+    )
+    path = tmp_path_factory.mktemp("tiny_bert")
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "no-kernels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fully_bayesian_hf_model_reports_device_dtype_and_switches_mode(
+    tiny_bert_dir, monkeypatch, kernels, dtype
+):
+    import transformers.modeling_utils as mu
+    from transformers import BertForSequenceClassification
+
+    if kernels and not getattr(mu, "is_kernels_available", lambda: False)():
+        pytest.skip(
+            "the kernels package is not installed (or this transformers has no hub kernels)"
+        )
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir).to(dtype)
+    if not kernels:  # train() as in a transformers without the `kernels` package
+        monkeypatch.setattr(mu, "is_kernels_available", lambda: False, raising=False)
+    else:
+        assert model.use_kernels  # so that train() below really goes through kernelize
+    bnn = to_pyro(model, name=f"tiny_{kernels}_{dtype}".replace(".", "_"))
+    assert list(bnn.parameters()) == []  # every weight is a PyroSample site
+    for m in (bnn, bnn.bert):  # both are PreTrainedModels
+        assert m.device == torch.device("cpu") and m.dtype == dtype
+    assert bnn.train() is bnn and bnn.training and bnn.bert.encoder.layer[1].training
+    if kernels:
+        assert bnn.kernels_mode.name == "TRAINING"
+    assert bnn.eval() is bnn and not bnn.training and not bnn.bert.encoder.layer[1].training
+    if kernels:
+        assert bnn.kernels_mode.name == "INFERENCE"
+    ids = torch.tensor([[1, 5, 7, 2]])
+    assert bnn(input_ids=ids).logits.dtype == dtype
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_lora_wrapped_minilm_with_bayesian_lora_a_fits_and_predicts(minilm, encoded):
+    """peft's LoRA layers and LoraModel mix in abc.ABC and its ModulesToSaveWrapper (the
+    classifier here) answers unknown attributes from ``_modules``: both must convert."""
+    peft = pytest.importorskip("peft")
+    from pyrobayes.classify.result import bayesianize_and_fit
+    from pyrobayes.classify.text import bayesian_text_ppd
+
+    torch.manual_seed(0)
+    config = peft.LoraConfig(
+        r=2,
+        target_modules=["query", "value"],
+        layers_to_transform=[5],
+        task_type="SEQ_CLS",  # wraps the classifier in a ModulesToSaveWrapper
+        init_lora_weights=False,  # lora_B random, not 0: lora_A then changes the output
+    )
+    lora = peft.get_peft_model(copy.deepcopy(minilm[0]), config)
+    loader = torch.utils.data.DataLoader(encoded, batch_size=4)
+    model, guide, history, _ = bayesianize_and_fit(
+        lora, loader, delta=0.1, prior_scale=1.0, name="lora", svi_epochs=3, svi_lr=0.01,
+        svi_loss="trace_elbo", seed=0, progress=False, include="*lora_A*",
+    )  # fmt: skip
+    paths = sorted(p for ps in bayesian_sites(model).values() for p in ps)
+    assert paths == [
+        f"base_model.model.bert.encoder.layer.5.attention.self.{m}.lora_A.default.weight"
+        for m in ("query", "value")
+    ]
+    assert len(history) == 3 and all(math.isfinite(h["loss"]) for h in history)
+    for site, start in pretrained_values(model).items():  # SVI moved the LoRA means
+        loc, _ = loc_and_scale(guide, site)
+        assert loc.shape == start.shape and not torch.allclose(loc, start)
+    ppd = bayesian_text_ppd(model, guide, encoded, num_samples=6)
+    assert ppd.probs.shape == (4, 2) and torch.allclose(ppd.probs.sum(-1), torch.ones(4))
+    assert float(ppd.mutual_information().max()) > 0  # the LoRA draws do change predictions

@@ -1,6 +1,9 @@
 """One test per private Pyro hook in pyrobayes._pyro_compat: a Pyro upgrade that breaks
 one of them fails here, by name."""
 
+import abc
+import pickle
+
 import pyro
 import pytest
 import torch
@@ -102,3 +105,18 @@ def test_rnn_flat_weights_follow_samples():
     with pyro.poutine.trace() as tr:
         lstm(torch.randn(1, 4, 2))
     assert "weight_hh_l0" in tr.trace.nodes
+
+
+class _AbcLinear(nn.Linear, abc.ABC):
+    pass
+
+
+def test_pyro_module_class_builds_abc_classes_into_pyros_cache():
+    with pytest.raises(TypeError, match="metaclass conflict"):
+        PyroModule[type("Fresh", (nn.Linear, abc.ABC), {})]  # Pyro's own factory
+    cls = pc.pyro_module_class(_AbcLinear)
+    assert PyroModule[_AbcLinear] is cls and issubclass(cls, (_AbcLinear, PyroModule[nn.Linear]))
+    assert pc.pyro_module_class(nn.Linear) is PyroModule[nn.Linear]  # plain classes: Pyro's
+    m = _AbcLinear(2, 1)
+    m.__class__ = cls
+    assert type(pickle.loads(pickle.dumps(m))) is cls  # unpickled through Pyro's _New
