@@ -142,9 +142,10 @@ def oracle_nll(model, latents: dict, xq: torch.Tensor, yq: torch.Tensor) -> floa
     included) is at least this one's, so it bounds how good a reference can look."""
     from pyrobayes.infer import forward_draws
 
-    weights = {k: v.unsqueeze(0) for k, v in latents.items() if k != "noise_scale"}
+    noise_site = model.likelihood.noise_site
+    weights = {k: v.unsqueeze(0) for k, v in latents.items() if k != noise_site}
     f = forward_draws(model, weights, xq).reshape(-1)
-    return float(-torch.distributions.Normal(f, latents["noise_scale"]).log_prob(yq).mean())
+    return float(-torch.distributions.Normal(f, latents[noise_site]).log_prob(yq).mean())
 
 
 def pfn_results(args: argparse.Namespace) -> list[dict]:

@@ -35,6 +35,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from pyrobayes._pyro_compat import pyro_name
 from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, as_class_indices
 
@@ -152,11 +153,40 @@ class Likelihood(PyroModule):
         """Network outputs for ``S`` draws, shape ``[S, N, ...]``, to the PPD."""
         raise NotImplementedError
 
+    def site_name(self, local: str) -> str:
+        """The Pyro name of this likelihood's own sample site ``local``: prefixed by the
+        likelihood's Pyro name, as Pyro names a ``PyroParam`` of a submodule. Inside a
+        :class:`~pyrobayes.model.BayesianModel` that is ``"<model name>.likelihood"``, so
+        two models' sites (and their guides' entries in Pyro's param store) never share
+        a name; a likelihood that no model holds uses ``local`` itself.
+
+        Example::
+
+            >>> import torch
+            >>> from pyrobayes import BayesianModel, Gaussian, to_pyro
+            >>> lik = Gaussian()
+            >>> lik.site_name("noise_scale")
+            'noise_scale'
+            >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), name="reg"), lik)
+            >>> model.likelihood.site_name("noise_scale")
+            'reg.likelihood.noise_scale'
+        """
+        prefix = pyro_name(self)
+        return f"{prefix}.{local}" if prefix else local
+
+    @property
+    def latent_keywords(self) -> dict[str, str]:
+        """``{latent site name: keyword}``: the likelihood's own latent sample sites (e.g.
+        a noise scale with a prior; the network's weight sites are not among them), each
+        with the keyword of :meth:`ppd` / :meth:`log_prob` that takes its draws. The
+        keyword is also the site's name when no model holds the likelihood."""
+        return {}
+
     @property
     def latent_sites(self) -> tuple[str, ...]:
-        """Names of the likelihood's own latent sample sites (e.g. a noise scale with a
-        prior); the network's weight sites are not among them."""
-        return ()
+        """Names of the likelihood's own latent sample sites (the keys of
+        :attr:`latent_keywords`)."""
+        return tuple(self.latent_keywords)
 
     def sample_latents(self, num_draws: int) -> dict[str, torch.Tensor]:
         """``{site: Tensor[num_draws]}`` drawn from the priors of :attr:`latent_sites`."""
@@ -168,7 +198,8 @@ class Likelihood(PyroModule):
         missing = [s for s in self.latent_sites if s not in draws]
         if missing:
             raise ValueError(f"draws lack the likelihood's latent site(s) {missing}")
-        return self.ppd(outputs, **{s: draws[s] for s in self.latent_sites})
+        keywords = self.latent_keywords
+        return self.ppd(outputs, **{keywords.get(s, s): draws[s] for s in self.latent_sites})
 
     def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-point log-likelihood ``log p(y_i | f(x_i))`` (no plate scaling), shape ``[B]``."""
@@ -197,13 +228,16 @@ class Gaussian(Likelihood):
     Args:
         scale: the fixed (or initial learned) noise std.
         learn_scale: learn ``sigma`` as a parameter.
-        noise_prior: a distribution over positive reals; makes ``sigma`` a latent site
-            ``pyro.sample("noise_scale", noise_prior)`` drawn once per model execution
-            before the data plate, so NUTS samples it, an autoguide fits it and a PFN
-            trained on this model's prior integrates it out. ``scale`` is then unused.
+        noise_prior: a ``pyro.distributions`` distribution over positive reals (a
+            ``torch.distributions`` one is converted to its Pyro class); makes ``sigma`` a
+            latent site :attr:`noise_site` drawn once per model execution before the data
+            plate, so NUTS samples it, an autoguide fits it and a PFN trained on this
+            model's prior integrates it out. ``scale`` is then unused.
         dataset_size: the plate's ``N``.
 
-    With a latent noise, :meth:`ppd` needs the per-draw scales (``noise_scale=``).
+    With a latent noise, :meth:`ppd` needs the per-draw scales (``noise_scale=``). The
+    site is named after the model that holds the likelihood (:meth:`site_name`):
+    ``"<model name>.likelihood.noise_scale"``.
 
     Example::
 
@@ -213,6 +247,7 @@ class Gaussian(Likelihood):
         torch.Size([4])
     """
 
+    # the noise site's own name (before the model's prefix) and the keyword of ppd/log_prob
     NOISE_SITE = "noise_scale"
 
     def __init__(
@@ -228,10 +263,7 @@ class Gaussian(Likelihood):
         if noise_prior is not None:
             if learn_scale:
                 raise ValueError("Gaussian: give either learn_scale=True or noise_prior, not both")
-            if not isinstance(noise_prior, torch.distributions.Distribution):
-                raise TypeError(
-                    f"noise_prior must be a torch/pyro distribution, got {type(noise_prior).__name__}"
-                )
+            noise_prior = _as_pyro_distribution(noise_prior)
             if noise_prior.batch_shape != torch.Size() or noise_prior.event_shape != torch.Size():
                 raise ValueError(
                     "noise_prior must be a scalar distribution (empty batch/event shape)"
@@ -252,17 +284,24 @@ class Gaussian(Likelihood):
 
     @property
     def latent_noise(self) -> bool:
-        """Whether the noise std is a latent ``"noise_scale"`` site."""
+        """Whether the noise std is a latent site (:attr:`noise_site`)."""
         return self.noise_prior is not None
 
     @property
-    def latent_sites(self) -> tuple[str, ...]:
-        return (self.NOISE_SITE,) if self.latent_noise else ()
+    def noise_site(self) -> str:
+        """The name of the latent noise std's sample site, ``"<model>.likelihood.noise_scale"``
+        (the one name every consumer looks the noise up by: guides' ``init_values``,
+        posterior and NUTS draws, a PFN prior's latents)."""
+        return self.site_name(self.NOISE_SITE)
+
+    @property
+    def latent_keywords(self) -> dict[str, str]:
+        return {self.noise_site: self.NOISE_SITE} if self.latent_noise else {}
 
     def sample_latents(self, num_draws: int) -> dict[str, torch.Tensor]:
         if not self.latent_noise:
             return {}
-        return {self.NOISE_SITE: self.noise_prior.sample((num_draws,))}
+        return {self.noise_site: self.noise_prior.sample((num_draws,))}
 
     @staticmethod
     def _squeeze(f: torch.Tensor) -> torch.Tensor:
@@ -287,7 +326,7 @@ class Gaussian(Likelihood):
                 )
         if self.latent_noise:
             # one sigma per model execution, outside the data plate (it is shared by all points)
-            sigma = pyro.sample(self.NOISE_SITE, self._noise_prior_on(loc.device, loc.dtype))
+            sigma = pyro.sample(self.noise_site, self._noise_prior_on(loc.device, loc.dtype))
         else:
             sigma = self.scale
         with self._plate(loc.shape[0], loc.device):
@@ -300,7 +339,7 @@ class Gaussian(Likelihood):
             if self.latent_noise:
                 raise ValueError(
                     "this Gaussian has a latent noise scale: pass the per-draw values as "
-                    f"noise_scale= (the {self.NOISE_SITE!r} site of the posterior draws)"
+                    f"noise_scale= (the {self.noise_site!r} site of the posterior draws)"
                 )
             return self.scale.detach().to(loc.dtype)
         s = torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
@@ -330,6 +369,30 @@ class Gaussian(Likelihood):
         scalar) overrides the fixed scale and is required when the noise is latent."""
         loc = self._squeeze(outputs)
         return NormalMixturePPD(loc, self._draw_scale(loc, noise_scale))
+
+
+def _as_pyro_distribution(prior) -> dist.TorchDistribution:
+    """``prior`` as a Pyro distribution: Pyro's sample statements need its extra interface
+    (``event_dim``, ``expand_by``, ...), which a plain ``torch.distributions`` object lacks
+    (``fit`` would fail deep in a trace). A torch distribution is rebuilt as the Pyro class
+    of the same name from its parameters; one that cannot be is refused."""
+    if isinstance(prior, dist.TorchDistribution):
+        return prior
+    if not isinstance(prior, torch.distributions.Distribution):
+        raise TypeError(
+            f"noise_prior must be a pyro.distributions distribution, got {type(prior).__name__}"
+        )
+    cls = getattr(dist, type(prior).__name__, None)
+    if isinstance(cls, type) and issubclass(cls, type(prior)):
+        try:
+            return cls(**{k: getattr(prior, k) for k in prior.arg_constraints})
+        except (TypeError, ValueError, AttributeError, NotImplementedError):
+            pass
+    raise TypeError(
+        f"noise_prior is a torch.distributions.{type(prior).__name__}, which cannot be "
+        "converted to a Pyro distribution: use pyro.distributions (e.g. "
+        "pyro.distributions.LogNormal(loc, scale)) instead"
+    )
 
 
 class Categorical(Likelihood):

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -59,7 +60,10 @@ class BayesianModel(PyroModule):
 
     Args:
         net: a network converted by :func:`~pyrobayes.convert.to_pyro`.
-        likelihood: a :class:`~pyrobayes.likelihoods.Likelihood` (or its name).
+        likelihood: a :class:`~pyrobayes.likelihoods.Likelihood` (or its name). Its own
+            sites (e.g. a latent noise std) are named after this model
+            (``"<name>.likelihood.noise_scale"``); a likelihood another model already
+            holds is copied, so each model's sites keep its own name.
         output_fn: maps the network's raw output to the likelihood's input
             (default: ``.logits`` of Hugging Face outputs, first item of tuples).
 
@@ -89,7 +93,12 @@ class BayesianModel(PyroModule):
             raise ValueError("BayesianModel needs a network converted by pyrobayes.to_pyro")
         super().__init__(name=pyro_name(net))
         self.net = net
-        self.likelihood = get_likelihood(likelihood)
+        likelihood = get_likelihood(likelihood)
+        if pyro_name(likelihood) not in ("", f"{pyro_name(self)}.likelihood"):
+            # assigning would rename its sites under this model, also for the model that
+            # holds it: both would then share one site name in Pyro's param store
+            likelihood = copy.deepcopy(likelihood)
+        self.likelihood = likelihood  # PyroModule names it "<name>.likelihood"
         self.output_fn = output_fn or default_output
 
     def forward(self, *inputs, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

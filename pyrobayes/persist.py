@@ -59,6 +59,25 @@ def _rename(key: str, old: str, new: str) -> str:
     return ".".join(new if part == old else part for part in key.split("."))
 
 
+def _legacy_sites(state: dict, own: dict, model: nn.Module) -> dict:
+    """Keys of a file saved before the likelihood's sites carried the model's name
+    (``locs.noise_scale`` for today's ``locs.<model>.likelihood.noise_scale``) mapped onto
+    this guide's names; keys this guide has are left alone."""
+    keywords = getattr(getattr(model, "likelihood", None), "latent_keywords", {})
+    if not keywords:
+        return state
+    out = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        for site, old in keywords.items():
+            for suffix in ("", "_unconstrained"):
+                new = f"{head}.{site}{suffix}"
+                if key not in own and rest == old + suffix and new in own:
+                    key = new
+        out[key] = value
+    return out
+
+
 def save(path: str | os.PathLike, model: nn.Module, guide: nn.Module) -> None:
     """Write a fitted ``(model, guide)`` to ``path`` (safetensors + JSON header, atomic).
 
@@ -168,6 +187,8 @@ def load(path: str | os.PathLike, model: nn.Module, guide: nn.Module, *inputs, *
             if k.startswith(prefix + "/")
         }
         own = module.state_dict()
+        if prefix == "guide":
+            state = _legacy_sites(state, own, model)
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         bad = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
         if missing or extra or bad:

@@ -337,7 +337,7 @@ def standardise_split(
 
 def _bayesian_model(d: int, net: torch.nn.Module | None = None):
     """The one Bayesian model of every method: :func:`pyrobayes.models.
-    tabular_regression_model` (fan-in weight priors, latent ``"noise_scale"``), the prior
+    tabular_regression_model` (fan-in weight priors, latent noise std), the prior
     the ``bnn-tabular`` PFN is trained on."""
     from pyrobayes.models import tabular_regression_model
 
@@ -492,13 +492,13 @@ def _split_svi(
 
     ppds, grid_ppds, times, info = out
     # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise.
-    # Every split's guide has the same parameter names, and Pyro's global param store hands
-    # an existing name's stored value back instead of the new start: without clearing it,
-    # split k > 1 would keep (and report) split 1's guide.
+    # Each split's model has its own name (so do its sites); clearing Pyro's global param
+    # store also keeps it from holding every split's guide.
     pyro.clear_param_store()
     t0 = time.perf_counter()
     model = _bayesian_model(s.x_train.shape[1], copy.deepcopy(mlp))
-    guide = MOPEDNormal(model, delta=cfg.delta, init_values={"noise_scale": noise})
+    noise_site = model.likelihood.noise_site
+    guide = MOPEDNormal(model, delta=cfg.delta, init_values={noise_site: noise})
     fit(
         model,
         guide,
@@ -516,7 +516,7 @@ def _split_svi(
         grid_ppds["SVI (MOPED)"] = pp(grid)
     with torch.no_grad():
         svi_median = {k: v.detach().clone() for k, v in guide.median(s.x_train).items()}
-    info["svi_noise_std"] = float(svi_median["noise_scale"])
+    info["svi_noise_std"] = float(svi_median[noise_site])
     return model, svi_median
 
 
@@ -593,7 +593,7 @@ def _split_nuts(
     ppds["NUTS"] = _slice_mixture(ppd, slice(0, m)) if grid is not None else ppd
     if grid is not None:
         grid_ppds["NUTS"] = _slice_mixture(ppd, slice(m, None))
-    noise_draws = nuts_info.draws.get("noise_scale")
+    noise_draws = nuts_info.draws.get(model.likelihood.noise_site)
     info["nuts"] = {
         "max_r_hat": nuts_info.max_r_hat,
         "min_ess": nuts_info.min_ess,

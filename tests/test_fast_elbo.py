@@ -97,7 +97,7 @@ def test_fused_kl_weight_matches_pyro_traces_under_scaled_latents(beta):
 
 @pytest.mark.parametrize("beta", [1.0, 0.4])
 def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
-    """``Gaussian(noise_prior=...)`` adds the latent site ``noise_scale`` (a LogNormal prior,
+    """``Gaussian(noise_prior=...)`` adds the latent noise site (a LogNormal prior,
     the guide's Normal in log space pushed through exp): the fused loss scores it as Pyro's
     traces do, Jacobian included, in value and in every guide parameter's gradient."""
     import pyro.distributions as dist
@@ -111,8 +111,9 @@ def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
     model, guide = to_bayesian(net, delta=0.3, likelihood=lik, prior="normal", name="noisy")
     x, y = torch.randn(10, 3), torch.randn(10)
     guide.setup(x, y=y)
+    noise = model.likelihood.noise_site  # "noisy.likelihood.noise_scale"
     with torch.no_grad():  # a noise guide away from its initial values
-        guide.locs.noise_scale.fill_(-1.2)
+        guide.locs.noisy.likelihood.noise_scale.fill_(-1.2)
     fused = FusedMeanFieldELBO(model, guide)
     fused.beta = beta
     with data_size(40), _ScaleLatents(beta):
@@ -125,8 +126,8 @@ def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
     for site in fused.sites:
         m, s = guide._get_loc_and_scale(site)
         eps[site] = ((gtr.nodes[site]["value"] - m) / s).detach()
-    m, s = guide._get_loc_and_scale("noise_scale")
-    eps["noise_scale"] = ((gtr.nodes["noise_scale_unconstrained"]["value"] - m) / s).detach()
+    m, s = guide._get_loc_and_scale(noise)
+    eps[noise] = ((gtr.nodes[noise + "_unconstrained"]["value"] - m) / s).detach()
     with data_size(40):
         loss = fused.loss(x, y=y, eps=eps)
     assert torch.allclose(loss, -elbo, rtol=1e-6, atol=1e-6)

@@ -48,10 +48,11 @@ def test_tabular_model_has_latent_noise_site_before_the_plate():
     x, y = torch.randn(30, 4), torch.randn(30)
     tr = pyro.poutine.trace(model).get_trace(x, y=y)
     names = [n for n, s in tr.nodes.items() if s["type"] == "sample"]
-    assert "noise_scale" in names
-    assert names.index("noise_scale") < names.index("obs")
-    assert tr.nodes["noise_scale"]["cond_indep_stack"] == ()  # not inside the data plate
-    sigma = tr.nodes["noise_scale"]["value"]
+    noise = model.likelihood.noise_site
+    assert noise == f"{model._pyro_name}.likelihood.noise_scale" and noise in names
+    assert names.index(noise) < names.index("obs")
+    assert tr.nodes[noise]["cond_indep_stack"] == ()  # not inside the data plate
+    sigma = tr.nodes[noise]["value"]
     assert tr.nodes["obs"]["fn"].scale.unique().item() == pytest.approx(sigma.item())
     assert tuple(model.net[0].weight.shape) == (50, 4)
 
@@ -158,9 +159,10 @@ def test_sample_with_latents_returns_the_latents_that_made_the_data():
     # same RNG stream as sample(): resumed PFN training draws the same data sets
     assert torch.equal(x, x2) and torch.equal(y, y2)
     model = prior.model(d)
-    weights = {k: v for k, v in latents.items() if k != "noise_scale"}
+    noise = model.likelihood.noise_site
+    weights = {k: v for k, v in latents.items() if k != noise}
     f = forward_draws(model, weights, x2, inputs_batched=True).reshape(4, 300)
-    z = (y2 - f) / latents["noise_scale"][:, None]
+    z = (y2 - f) / latents[noise][:, None]
     # 1200 standardised residuals: mean s.e. 0.029, sd s.e. 0.02
     assert abs(float(z.mean())) < 0.12 and abs(float(z.std()) - 1) < 0.08
     with pytest.raises(ValueError, match="d must be in 1..5"):

@@ -198,7 +198,7 @@ def test_nuts_with_gaussian_noise_prior_mixes_over_noise_draws():
     ppd, info = nuts_ppd(
         model, x, y, x[:3], num_warmup=60, num_samples=40, progress=False, seed=0, return_mcmc=True
     )
-    sigma = info.draws["noise_scale"]
+    sigma = info.draws[model.likelihood.noise_site]
     assert sigma.shape == (40,) and (sigma > 0).all()
     assert torch.allclose(ppd.scale[:, 0], sigma)
 

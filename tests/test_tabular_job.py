@@ -210,11 +210,11 @@ def test_moped_starts_the_noise_site_at_the_given_value_or_the_prior_median():
     for cls in (MOPEDNormal, MOPEDLowRank):
         g = cls(model, delta=0.1)
         g.setup(x)
-        assert float(g.median(x)["noise_scale"]) == pytest.approx(0.2, rel=1e-5)
-    g = MOPEDNormal(model, delta=0.1, init_values={"noise_scale": 0.37})
+        assert float(g.median(x)[model.likelihood.noise_site]) == pytest.approx(0.2, rel=1e-5)
+    g = MOPEDNormal(model, delta=0.1, init_values={model.likelihood.noise_site: 0.37})
     g.setup(x)
     med = g.median(x)
-    assert float(med["noise_scale"]) == pytest.approx(0.37, rel=1e-5)
+    assert float(med[model.likelihood.noise_site]) == pytest.approx(0.37, rel=1e-5)
     # the weights still start at the network's values (MOPED)
     from pyrobayes.convert import pretrained_values
 

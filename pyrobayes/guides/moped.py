@@ -41,7 +41,7 @@ from pyrobayes._pyro_compat import (
     setup_prototype,
     unconstrained_shapes,
 )
-from pyrobayes.convert import pretrained_values
+from pyrobayes.convert import bayesian_sites, pretrained_values
 from pyrobayes.options import Option
 
 __all__ = ["MOPEDNormal", "MOPEDLowRank", "GuideKind", "moped_guide", "moped_scale"]
@@ -94,6 +94,33 @@ def _init_values(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pretrained_values(model).items()}
 
 
+def model_sites(model) -> tuple[str, ...]:
+    """The latent sites a guide for ``model`` must cover: the converted network's weight
+    sites, then the likelihood's own latent sites (e.g. its noise std)."""
+    likelihood = getattr(model, "likelihood", None)
+    return (*bayesian_sites(model), *getattr(likelihood, "latent_sites", ()))
+
+
+def _site_aliases(model) -> dict[str, str]:
+    """``{keyword: site}`` of the likelihood's latent sites: ``init_values`` may name the
+    noise std by its keyword (``"noise_scale"``) as well as by its model-prefixed site."""
+    keywords = getattr(getattr(model, "likelihood", None), "latent_keywords", {})
+    return {kw: site for site, kw in keywords.items()}
+
+
+def _check_init_values(guide, names) -> None:
+    """Every ``init_values`` name must be a latent site of the model (Pyro would silently
+    ignore a misspelt or foreign one and start that site at its prior median)."""
+    sites = [n for n, _ in guide.prototype_trace.iter_stochastic_nodes()]
+    unknown = sorted(set(names) - set(sites))
+    if unknown:
+        others = [s for s in sites if s not in guide._weight_sites]
+        raise ValueError(
+            f"init_values names {unknown}, which are not latent sites of this model; "
+            f"its non-weight latent sites are {others}"
+        )
+
+
 def _init_to_prior_median(site: dict) -> torch.Tensor:
     """Start a latent site that has no pretrained value (e.g. a latent noise scale) at its
     prior median :math:`F^{-1}(1/2)`. Pyro's default fallback, ``init_to_feasible``, puts it
@@ -110,17 +137,21 @@ def _init_to_prior_median(site: dict) -> torch.Tensor:
     return init_to_median(site, fallback=init_to_feasible)
 
 
-def _loc_init(pretrained: dict[str, torch.Tensor], init_values: dict | None):
-    """Pretrained weights, then the caller's values for other latent sites, then the prior
-    median. ``init_values`` must not name weight sites (their start is MOPED's)."""
-    extra = {k: torch.as_tensor(v).detach().clone() for k, v in (init_values or {}).items()}
+def _loc_init(pretrained: dict[str, torch.Tensor], init_values: dict | None, aliases: dict):
+    """Pretrained weights, then the caller's values for other latent sites (a likelihood
+    keyword in ``aliases`` stands for its site), then the prior median. ``init_values``
+    must not name weight sites (their start is MOPED's)."""
+    extra = {
+        aliases.get(k, k): torch.as_tensor(v).detach().clone()
+        for k, v in (init_values or {}).items()
+    }
     clash = sorted(set(extra) & set(pretrained))
     if clash:
         raise ValueError(
             f"init_values names weight sites {clash[:3]}; MOPED starts weights at the "
             "pretrained network (change the network instead)"
         )
-    return init_to_value(values={**pretrained, **extra}, fallback=_init_to_prior_median)
+    return init_to_value(values={**pretrained, **extra}, fallback=_init_to_prior_median), extra
 
 
 def _latent_only(model):
@@ -130,6 +161,16 @@ def _latent_only(model):
 
 
 class _Setup:
+    def _remember(self, model, init_values: dict | None):
+        """Note the model's sites (a guide used with another model is refused by name,
+        :func:`pyrobayes.infer.predictive.check_guide`) and return the ``init_loc_fn``."""
+        self._pretrained = _init_values(model)
+        self._weight_sites = tuple(self._pretrained)
+        self._model_sites = model_sites(model)
+        init_loc_fn, extra = _loc_init(self._pretrained, init_values, _site_aliases(model))
+        self._init_names = tuple(extra)
+        return init_loc_fn
+
     def setup(self, *args, **kwargs) -> None:
         """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
         if self.prototype_trace is None:
@@ -146,7 +187,9 @@ class MOPEDNormal(_Setup, AutoNormal):
         freeze_loc: keep the means at the pretrained values (only the scales learn).
         min_scale: floor of the initial scale.
         init_values: start values of latent sites that are not weights (e.g.
-            ``{"noise_scale": 0.3}``); any other such site starts at its prior median.
+            ``{"noise_scale": 0.3}``, the likelihood's keyword, or the full site name
+            ``{model.likelihood.noise_site: 0.3}``); any other such site starts at its
+            prior median; a name that is no latent site of the model is a ``ValueError``.
 
     Example (means at the pretrained weights, scales ``delta * |w|``)::
 
@@ -178,11 +221,12 @@ class MOPEDNormal(_Setup, AutoNormal):
             bool(freeze_loc),
             float(min_scale),
         )
-        self._pretrained = _init_values(model)
-        super().__init__(_latent_only(model), init_loc_fn=_loc_init(self._pretrained, init_values))
+        init_loc_fn = self._remember(model, init_values)
+        super().__init__(_latent_only(model), init_loc_fn=init_loc_fn)
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
+        _check_init_values(self, self._init_names)
         for name, w in self._pretrained.items():
             if name not in event_dims(self):
                 continue
@@ -248,7 +292,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
         if not (isinstance(rank, int) and rank >= 1):
             raise ValueError(f"rank must be a positive integer, got {rank!r}")
         self.delta, self.min_scale = float(delta), float(min_scale)
-        self._pretrained = _init_values(model)
+        init_loc_fn = self._remember(model, init_values)
         low = sorted({str(v.dtype) for v in self._pretrained.values()} - _LOWRANK_DTYPES)
         if low:
             # LowRankMultivariateNormal factors its capacitance matrix by Cholesky, which
@@ -260,12 +304,13 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             )
         super().__init__(
             _latent_only(model),
-            init_loc_fn=_loc_init(self._pretrained, init_values),
+            init_loc_fn=init_loc_fn,
             rank=rank,
         )
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
+        _check_init_values(self, self._init_names)
         pieces = []
         for name, shape in unconstrained_shapes(self).items():
             if name in self._pretrained:

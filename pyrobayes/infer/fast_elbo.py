@@ -71,7 +71,7 @@ def _latents_supported(lik) -> bool:
     if not sites:
         return True
     return (
-        sites == (getattr(lik, "NOISE_SITE", None),)
+        sites == (getattr(lik, "noise_site", None),)
         and getattr(lik, "noise_prior", None) is not None
     )
 
@@ -137,8 +137,9 @@ class FusedMeanFieldELBO:
         priors = site_priors(self.model)
         self._priors = {site: _fast_log_prob(d) for site, d in priors.items()}
         self._flat = _FlatMeanField.build(self.guide, self.sites, priors)
+        keywords = getattr(self.model.likelihood, "latent_keywords", {})
         self._latents = [
-            (site, _leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
+            (site, keywords[site], _leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
             for site in getattr(self.model.likelihood, "latent_sites", ())
         ]
 
@@ -184,9 +185,9 @@ class FusedMeanFieldELBO:
                 )
         lik = self.model.likelihood
         extra = {}
-        for site, get_loc, get_scale in self._latents:  # the noise std, drawn after the net
+        for site, keyword, get_loc, get_scale in self._latents:  # the noise std, after the net
             value, lp, lq = self._latent_draw(site, get_loc(), get_scale(), eps)
-            extra["noise_scale"] = value
+            extra[keyword] = value
             log_p, log_q = log_p + lp, log_q + lq
         batch = out.shape[0]
         n = lik.plate_size(batch)

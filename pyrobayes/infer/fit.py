@@ -68,6 +68,7 @@ from pyrobayes.infer.fit_checkpoint import (
     rename_prefix,
     save_fit_checkpoint,
 )
+from pyrobayes.infer.predictive import check_guide
 from pyrobayes.infer.steppers import FusedStepper, SVIStepper, TorchStepper
 from pyrobayes.infer.twin import check_input_features
 from pyrobayes.likelihoods import data_size
@@ -770,7 +771,9 @@ def _config(config: FitConfig | None, options: dict[str, Any]) -> FitConfig:
 
 
 def _checked_stepper(model, guide, cfg: FitConfig, weight: dict, distributed: bool, lr_factor):
-    """The stepper for ``cfg``, with gradient sync under torch.distributed; checks options."""
+    """The stepper for ``cfg``, with gradient sync under torch.distributed; checks options
+    and that the guide is one for this model."""
+    check_guide(model, guide)
     stepper = _make_stepper(model, guide, cfg, weight)
     if distributed:
         if isinstance(stepper, SVIStepper):

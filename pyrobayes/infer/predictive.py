@@ -42,7 +42,8 @@ from pyrobayes._pyro_compat import (
     setup_prototype,
     unpack_latent,
 )
-from pyrobayes.convert import site_priors
+from pyrobayes.convert import check_input_dtype, check_sites, site_priors
+from pyrobayes.guides.moped import model_sites
 from pyrobayes.infer.twin import (
     chain_forward,
     chain_output,
@@ -59,6 +60,7 @@ __all__ = [
     "forward_draws",
     "fixed_tensors",
     "posterior_chunks",
+    "check_guide",
 ]
 
 
@@ -87,6 +89,60 @@ def sample_prior(model: nn.Module, num_draws: int) -> dict[str, torch.Tensor]:
     """
     _check_count("num_draws", num_draws)
     return {site: d.sample((num_draws,)) for site, d in site_priors(model).items()}
+
+
+def _guide_sites(guide: nn.Module) -> list[str] | None:
+    """The latent sites ``guide`` draws: its prototype trace once set up, else the sites of
+    the model it was built for (noted by the MOPED guides, or an autoguide's own
+    ``model``); ``None`` when they cannot be known without running it."""
+    trace = getattr(guide, "prototype_trace", None)
+    if trace is not None:
+        return [name for name, _ in trace.iter_stochastic_nodes()]
+    noted = getattr(guide, "_model_sites", None)
+    if noted is not None:
+        return list(noted)
+    own = getattr(guide, "model", None)
+    if isinstance(own, nn.Module) and hasattr(own, "likelihood"):
+        return list(model_sites(own))
+    return None
+
+
+def check_guide(model: nn.Module, guide: nn.Module) -> None:
+    """Raise a ``ValueError`` naming missing and unexpected sites when ``guide`` does not
+    cover ``model``'s latent sites (weights and the likelihood's own, e.g. a noise std):
+    typically a guide built for another model, whose sites carry the other model's name.
+    Silent when the guide's sites cannot be known yet (an autoguide of a plain function
+    that was never called); :func:`forward_draws` then checks the draws.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian
+        >>> model_a, guide_a = to_bayesian(torch.nn.Linear(2, 1), name="a")
+        >>> model_b, _ = to_bayesian(torch.nn.Linear(2, 1), name="b")
+        >>> check_guide(model_a, guide_a)
+        >>> check_guide(model_b, guide_a)
+        Traceback (most recent call last):
+        ...
+        ValueError: the guide's sites do not match the model's sites: missing ['b.net.weight', 'b.net.bias']; unexpected ['a.net.weight', 'a.net.bias']; build the guide for this model (e.g. MOPEDNormal(model))
+    """
+    given = _guide_sites(guide)
+    if given is None or not hasattr(model, "likelihood"):
+        return
+    hint = "; build the guide for this model (e.g. MOPEDNormal(model))"
+    try:
+        check_sites(model, given, "the guide's sites")  # the weight sites
+    except ValueError as exc:
+        raise ValueError(f"{exc}{hint}") from None
+    known = set(given)
+    missing = [s for s in model.likelihood.latent_sites if s not in known]
+    if missing:
+        expected = set(model_sites(model))
+        unexpected = [s for s in given if s not in expected]
+        raise ValueError(
+            f"the guide's sites do not match the model's sites: missing {missing}; "
+            f"unexpected {unexpected[:5]}{hint}"
+        )
 
 
 def _pull_from_store(guide: nn.Module) -> None:
@@ -327,10 +383,25 @@ class PosteriorPredictive:
     def draws(self, *inputs, **kwargs) -> dict[str, torch.Tensor]:
         return sample_posterior(self.guide, self.num_samples, *inputs, **kwargs)
 
+    def _prepare(self, *inputs, **kwargs) -> None:
+        """Eval mode, then the checks a wrong pair would otherwise fail deep inside (a raw
+        dtype error or a ``KeyError``): the inputs' dtype against the network's, and the
+        guide's sites against the model's (a never-called guide is set up here first, as
+        the sampling paths below would do, from Pyro's param store where it holds them)."""
+        self.model.eval()
+        check_input_dtype(getattr(self.model, "net", self.model), *inputs, **kwargs)
+        if getattr(self.guide, "prototype_trace", None) is None and hasattr(
+            self.guide, "_setup_prototype"
+        ):
+            check_guide(self.model, self.guide)  # before running the guide's own model
+            setup_prototype(self.guide, *inputs, **kwargs)
+            _pull_from_store(self.guide)
+        check_guide(self.model, self.guide)
+
     def outputs(self, *inputs, **kwargs) -> torch.Tensor:
         """Per-draw network outputs ``[S, *out_shape]``; draws are made chunk by chunk so
         that weight samples of large networks never all live in memory at once."""
-        self.model.eval()
+        self._prepare(*inputs, **kwargs)
         chunk = self.chunk_size
         block = fast_block_size(self.model, *inputs, mc_dropout=self.mc_dropout, **kwargs)
         if block is not None:  # sample as the batched path evaluates: cache-sized blocks
@@ -355,7 +426,7 @@ class PosteriorPredictive:
         if not lik.latent_sites:
             return lik.ppd(self.outputs(*inputs, **kwargs))
         # a latent likelihood site (a noise scale) varies per draw along with the weights
-        self.model.eval()
+        self._prepare(*inputs, **kwargs)
         outs, latents = [], {s: [] for s in lik.latent_sites}
         for draws in posterior_chunks(
             self.guide, self.num_samples, self.chunk_size, *inputs, **kwargs
@@ -370,6 +441,7 @@ class PosteriorPredictive:
 
 def prior_predictive(model: nn.Module, *inputs, num_samples: int = 100, **kwargs):
     """The prior predictive PPD at ``inputs`` (weights from their priors)."""
+    check_input_dtype(getattr(model, "net", model), *inputs, **kwargs)
     draws = sample_prior(model, num_samples)
     lik = model.likelihood
     return lik.ppd_from_draws(

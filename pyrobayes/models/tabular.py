@@ -82,7 +82,8 @@ def tabular_regression_model(
 ):
     """The BNN for ``d`` standardised features: ``d``-50-50-1 tanh MLP, fan-in Normal weight
     priors, N(0, 1) biases and a latent Gaussian noise std with prior ``noise_prior``
-    (default :func:`tabular_noise_prior`), sampled as the site ``"noise_scale"``.
+    (default :func:`tabular_noise_prior`), sampled as the site
+    ``model.likelihood.noise_site`` (``"<name>.likelihood.noise_scale"``).
 
     Args:
         d: number of input features (>= 1).
@@ -104,7 +105,7 @@ def tabular_regression_model(
         >>> tr = pyro.poutine.trace(model).get_trace(torch.zeros(5, 3))
         >>> sites = [k for k, v in tr.nodes.items() if v["type"] == "sample"]
         >>> sites[:2], sites[-3:]                  # 3 layers' weights, then the noise std
-        (['tab.net.0.weight', 'tab.net.0.bias'], ['noise_scale', 'data', 'obs'])
+        (['tab.net.0.weight', 'tab.net.0.bias'], ['tab.likelihood.noise_scale', 'data', 'obs'])
         >>> len(sites)
         9
         >>> round(float(tr.nodes["tab.net.0.weight"]["fn"].stddev[0, 0]), 4)   # 1.8/sqrt(3)

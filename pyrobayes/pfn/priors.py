@@ -402,7 +402,8 @@ class TabularBNNPrior:
         """``batch_size`` datasets with ``d`` features, and the latents that generated them.
 
         Returns ``x [B, L, d]``, ``y [B, L]`` and ``{site: Tensor[B, ...]}``: every weight
-        site of :meth:`model` and ``"noise_scale"`` (``[B]``). Each dataset's latents are an
+        site of :meth:`model` and its noise site ``model(d).likelihood.noise_site``
+        (``[B]``). Each dataset's latents are an
         exact draw from its posterior given the dataset (the joint of latents and data
         factorises either way), which is why a reference MCMC may start there.
 
@@ -410,7 +411,8 @@ class TabularBNNPrior:
 
             >>> prior = TabularBNNPrior()
             >>> x, y, latents = prior.sample_with_latents(2, 30, d=3)
-            >>> x.shape, y.shape, latents["noise_scale"].shape
+            >>> noise_site = prior.model(3).likelihood.noise_site
+            >>> x.shape, y.shape, latents[noise_site].shape
             (torch.Size([2, 30, 3]), torch.Size([2, 30]), torch.Size([2]))
         """
         from pyrobayes.infer import forward_draws, sample_prior
@@ -424,4 +426,4 @@ class TabularBNNPrior:
         sigma = self.noise_prior.sample((batch_size,)).to(f.dtype)
         self.last_noise = sigma
         y = f + sigma.unsqueeze(1) * torch.randn_like(f)
-        return x, y, {**draws, "noise_scale": sigma}
+        return x, y, {**draws, model.likelihood.noise_site: sigma}
