@@ -39,7 +39,8 @@ from pyro.infer import MCMC, NUTS
 from pyro.ops.stats import effective_sample_size
 
 from pyrobayes.gp import exact_gp_ppd
-from pyrobayes.infer.potential import FLAT, Potential
+from pyrobayes.infer.fast_check import warn_fallback
+from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
 from pyrobayes.infer.predictive import forward_draws
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
 from pyrobayes.progress import _in_notebook, _is_tty, progress_bar
@@ -184,8 +185,7 @@ def nuts_ppd(
     xt, yt, xq = _nuts_inputs(x_train, y_train, x_query, device)
 
     with _eval_mode(model), _seeded(seed, device):
-        potential = Potential(model, xt, yt)
-        _check_latent_sites(model, potential)
+        potential = _checked_potential(model, xt, yt)
         init_values = _initial_values(potential, init, map_steps)
         # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
         u0 = potential.pack(potential.unconstrain(init_values)).detach()
@@ -210,7 +210,10 @@ def nuts_ppd(
         mcmc.run()
         flat = mcmc.get_samples(group_by_chain=True)[FLAT]  # [C, S, dim]
         draws = potential.constrain(potential.unpack(flat.reshape(-1, potential.dim)))
-        out = forward_draws(model, draws, xq, chunk_size=chunk_size)
+        if isinstance(potential, TracedPotential):
+            out = potential.outputs(draws, xq)
+        else:
+            out = forward_draws(model, draws, xq, chunk_size=chunk_size)
         with torch.no_grad():
             log_lik = torch.stack(
                 [
@@ -406,6 +409,18 @@ class NUTSInfo:
     def get_samples(self) -> dict[str, torch.Tensor]:
         """The constrained draws (what ``MCMC.get_samples`` would give on the traced model)."""
         return self.draws
+
+
+def _checked_potential(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Potential:
+    """The trace-free potential where it is the model's own log joint (checked once against
+    the setup trace), else Pyro's traces of the model, said once."""
+    potential = Potential(model, x, y)
+    reason = potential.verify()
+    if reason is None:
+        _check_latent_sites(model, potential)
+        return potential
+    warn_fallback(reason, "Pyro's traces of the model for NUTS")
+    return TracedPotential.from_potential(potential)
 
 
 def _check_latent_sites(model: torch.nn.Module, potential: Potential) -> None:

@@ -2,15 +2,21 @@
 matrix products for Linear chains, fused Adam) equal the general paths they replace."""
 
 import functools
+import warnings
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrobayes import Categorical, Gaussian, to_bayesian
+from pyrobayes import BayesianModel, Categorical, Gaussian, fit, to_bayesian, to_pyro
+from pyrobayes.guides import MOPEDNormal
 from pyrobayes.infer import twin as twin_mod
+from pyrobayes.infer.fast_check import FastPathFallbackWarning
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
 from pyrobayes.infer.predictive import _softplus_normal_leaves, sample_posterior
-from pyrobayes.infer.steppers import FusedStepper, _prefer_fused_adam
+from pyrobayes.infer.steppers import FusedStepper, TorchStepper, _prefer_fused_adam
+from pyrobayes.likelihoods import data_size
 
 
 def _mlp(out=3, bias=True):
@@ -183,3 +189,125 @@ def test_linear_chain_reuses_buffers_without_touching_the_input(monkeypatch):
     general = twin_mod.forward_draws(model, draws, x)
     assert fast.shape == general.shape == (7, 5, 2)
     assert torch.allclose(fast, general, atol=1e-6)
+
+
+# --- the setup check: the fused ELBO steps aside for a model it does not compute --------
+
+
+class _Penalised(BayesianModel):
+    """Adds a ``pyro.factor`` penalty on the outputs: a site the fused ELBO never scores."""
+
+    def forward(self, *inputs, y=None, **kwargs):
+        out = super().forward(*inputs, y=y, **kwargs)
+        pyro.factor("penalty", -100.0 * out.pow(2).sum())
+        return out
+
+
+class _Shifted(BayesianModel):
+    """An extra latent sample site (a shift of the outputs) the fused ELBO knows nothing of."""
+
+    def forward(self, *inputs, y=None, **kwargs):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        out = self.output_fn(self.net(*inputs, **kwargs)) + shift
+        return self.likelihood(out, y)
+
+
+def _regression(cls=BayesianModel, likelihood=None, dtype=torch.float32):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model = cls(to_pyro(net.to(dtype), name="reg"), likelihood or Gaussian(0.1))
+    x = torch.linspace(-1, 1, 32, dtype=dtype)[:, None]
+    return model, MOPEDNormal(model, delta=0.1), x, torch.sin(3 * x[:, 0])
+
+
+def _fit(model, guide, x, y, **kw):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = fit(
+            model, guide, (x, y), epochs=3, batch_size=16, lr=0.01, seed=3, progress=False, **kw
+        )
+    fallbacks = [w for w in caught if issubclass(w.category, FastPathFallbackWarning)]
+    return history.losses, [str(w.message) for w in fallbacks]
+
+
+@pytest.mark.parametrize(("cls", "site"), [(_Penalised, "penalty"), (_Shifted, "shift")])
+def test_fit_falls_back_to_pyro_traces_for_a_model_that_adds_to_itself(cls, site):
+    losses, warned = _fit(*_regression(cls))
+    pyro.clear_param_store()
+    expected, none = _fit(*_regression(cls), fused=False)
+    assert losses == expected  # the very objective (and draws) of Pyro's Trace_ELBO
+    assert none == []
+    assert len(warned) == 1  # said once, at setup, not per step
+    assert f"site {site!r} is in the model's trace but not in the fused ELBO" in warned[0]
+
+
+def test_fit_keeps_the_fused_path_for_a_plain_model(monkeypatch):
+    def traced_step(*args, **kwargs):
+        raise AssertionError("the plain BayesianModel left the fused path")
+
+    monkeypatch.setattr(TorchStepper, "step", traced_step)
+    losses, warned = _fit(*_regression())
+    assert warned == [] and len(losses) == 3
+
+
+def test_fused_true_refuses_a_model_the_fused_elbo_does_not_compute():
+    with pytest.raises(ValueError, match="site 'penalty' is in the model's trace"):
+        _fit(*_regression(_Penalised), fused=True)
+
+
+def _class_model(**kw):
+    torch.manual_seed(0)
+    model, guide = to_bayesian(_mlp(), delta=0.2, likelihood=Categorical(), **kw)
+    return model, guide, torch.randn(12, 5), torch.randint(0, 3, (12,))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: _class_model(),
+        lambda: _class_model(prior="scale_mixture"),  # not a Normal prior: per-site log p
+        lambda: _class_model(freeze=True),  # frozen means are buffers
+        lambda: _regression(likelihood=Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8))),
+        lambda: _regression(dtype=torch.float64),
+    ],
+    ids=["categorical", "scale-mixture", "frozen-means", "latent-noise", "float64"],
+)
+def test_setup_check_accepts_what_the_fused_elbo_computes(build):
+    model, guide, x, y = build()
+    model.train()
+    with data_size(3 * len(x)):  # a minibatch: the likelihood scaled by N / B on both paths
+        assert FusedMeanFieldELBO(model, guide).verify(x, y=y) is None
+    assert model.training and all(m.training for m in model.modules())  # modes restored
+
+
+def test_setup_check_names_a_changed_likelihood_density():
+    """Same sites, other numbers: a subclass that rescales the likelihood's input."""
+
+    class Doubled(BayesianModel):
+        def forward(self, *inputs, y=None, **kwargs):
+            return self.likelihood(2.0 * self.output_fn(self.net(*inputs, **kwargs)), y)
+
+    model, guide, x, y = _regression(Doubled)
+    reason = FusedMeanFieldELBO(model, guide).verify(x, y=y)
+    assert reason is not None and reason.startswith("the fused ELBO gives log density")
+
+
+# --- Pyro's param store holds the fitted guide ----------------------------------------------
+
+
+def test_param_store_saved_after_a_default_fit_restores_the_fit(tmp_path):
+    model, guide, x, y = _regression()
+    guide.setup(x)
+    start = {k: v.clone() for k, v in guide.median().items()}
+    _fit(model, guide, x, y)  # the default: fused, flat storage bound and released
+    fitted = {k: v.clone() for k, v in guide.median().items()}
+    assert max(float((fitted[k] - start[k]).abs().max()) for k in start) > 1e-3
+    store = pyro.get_param_store()
+    store.save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    store.load(tmp_path / "params.pt")
+    # what a Pyro user does next: the same model and guide built again, run once
+    model2, guide2, _, _ = _regression()
+    guide2(x, y=y)
+    for k, v in guide2.median().items():
+        assert torch.equal(v, fitted[k]), k

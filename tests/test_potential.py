@@ -3,6 +3,8 @@ gradient), including a likelihood with a constrained latent noise site."""
 
 from __future__ import annotations
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
@@ -11,7 +13,8 @@ import torch
 from torch.distributions import biject_to
 
 from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
-from pyrobayes.infer.potential import FLAT, Potential
+from pyrobayes.infer.fast_check import FastPathFallbackWarning
+from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
 from pyrobayes.likelihoods import Likelihood
 from pyrobayes.models.mlp import default_regression_model
 from pyrobayes.ppd import NormalMixturePPD
@@ -215,3 +218,96 @@ def test_potential_with_tied_linear_weights_matches_traced_log_joint():
     x = torch.randn(11, 3)
     pot = _check(model, x, x[:, 0], seed=2)
     assert pot._chain is not None and pot._tied == {"2.weight": "0.weight"}
+
+
+# --- the setup check: NUTS steps aside for a model the trace-free potential is not -------
+
+
+class _Penalised(BayesianModel):
+    """A strong penalty on the outputs (a ``pyro.factor`` site): it pulls f(x) to 0."""
+
+    def forward(self, *inputs, y=None, **kwargs):
+        out = super().forward(*inputs, y=y, **kwargs)
+        pyro.factor("penalty", -200.0 * out.pow(2).sum())
+        return out
+
+
+class _Shifted(BayesianModel):
+    """An extra latent site: the outputs are shifted by ``shift`` ~ N(3, 0.1)."""
+
+    def forward(self, *inputs, y=None, **kwargs):
+        shift = pyro.sample("shift", dist.Normal(3.0, 0.1))
+        return self.likelihood(self.output_fn(self.net(*inputs, **kwargs)) + shift, y)
+
+
+def _linear(cls):
+    torch.manual_seed(0)
+    model = cls(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0), name="lin"), Gaussian(0.3))
+    x = torch.linspace(-1, 1, 12)[:, None]
+    return model, x, x[:, 0] + 0.1 * torch.randn(12)
+
+
+@pytest.mark.parametrize(("cls", "site"), [(_Penalised, "penalty"), (_Shifted, "shift")])
+def test_potential_check_names_what_the_model_adds(cls, site):
+    model, x, y = _linear(cls)
+    pot = Potential(model, x, y)
+    assert pot.verify() == f"site {site!r} is in the model's trace but not in the NUTS potential"
+    # the fallback is Pyro's own log joint: minus the traced model's, plus the Jacobians
+    traced = TracedPotential.from_potential(pot)
+    values = pot.prior_draw()
+    tr = poutine.trace(poutine.condition(model, data=values)).get_trace(x, y=y)
+    assert torch.allclose(traced(pot.unconstrain(values)), -tr.log_prob_sum(), rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:NUTS has not converged")
+@pytest.mark.parametrize("cls", [_Penalised, _Shifted])
+def test_nuts_falls_back_to_pyro_traces_and_says_so_once(cls):
+    model, x, y = _linear(cls)
+    xq = torch.tensor([[0.0], [0.5]])
+    with pytest.warns(FastPathFallbackWarning) as caught:
+        ppd, info = nuts_ppd(
+            model,
+            x,
+            y,
+            xq,
+            num_warmup=40,
+            num_samples=40,
+            progress=False,
+            seed=0,
+            return_mcmc=True,
+        )
+    assert len([w for w in caught if w.category is FastPathFallbackWarning]) == 1
+    bias = float(info.get_samples()["lin.net.bias"].mean())
+    if cls is _Penalised:
+        # the penalty pins the predictions to ~0 (the trace-free potential: f(x) ~ x)
+        assert torch.allclose(ppd.mean, torch.zeros(2), atol=0.1)
+    else:
+        # shift ~ N(3, 0.1) is sampled, the bias makes up for it, and the PPD is the
+        # model's own f(x) + shift ~ x (the twin alone would predict x - 3)
+        assert abs(float(info.get_samples()["shift"].mean()) - 3.0) < 0.3
+        assert abs(bias + 3.0) < 0.3
+        assert torch.allclose(ppd.mean, xq[:, 0], atol=0.25)
+
+
+@pytest.mark.filterwarnings("ignore:NUTS has not converged")  # a short run
+def test_nuts_keeps_the_trace_free_potential_for_a_plain_model(monkeypatch):
+    def traced(*args, **kwargs):
+        raise AssertionError("the plain BayesianModel left the trace-free potential")
+
+    monkeypatch.setattr(TracedPotential, "energy", traced)
+    model, x, y = _linear(BayesianModel)
+    assert Potential(model, x, y).verify() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FastPathFallbackWarning)
+        nuts_ppd(model, x, y, x[:2], num_warmup=5, num_samples=5, progress=False, seed=0)
+
+
+@pytest.mark.parametrize("dataset_size", [None, 1000])
+def test_potential_check_accepts_latent_noise_and_a_left_dataset_size(dataset_size):
+    model = BayesianModel(
+        to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), LatentNoiseGaussian()
+    )
+    model.likelihood.dataset_size = dataset_size  # the potential sums the full data unscaled
+    x = torch.linspace(-2, 2, 15)[:, None]
+    assert Potential(model, x, 0.5 * x[:, 0]).verify() is None
+    assert model.likelihood.dataset_size == dataset_size

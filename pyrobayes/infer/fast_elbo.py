@@ -24,13 +24,22 @@ from __future__ import annotations
 
 import contextlib
 
+import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoNormal
 from torch.distributions import biject_to
 
-from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, param_constraint
+from pyrobayes._pyro_compat import (
+    UNCONSTRAINED_SUFFIX,
+    loc_and_scale,
+    param_constraint,
+    pyro_name,
+    setup_prototype,
+)
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
+from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
 from pyrobayes.infer.flat_guide import _HALF_LOG_2PI, _fast_log_prob, _FlatMeanField
 from pyrobayes.infer.twin import (
     _linear_chain,
@@ -162,6 +171,11 @@ class FusedMeanFieldELBO:
             >>> bool(elbo.loss(x, y=y, eps=eps) == elbo.loss(x, y=y, eps=eps))  # w = loc
             True
         """
+        return self._loss_and_output(inputs, y, eps, kwargs)[0]
+
+    def _loss_and_output(self, inputs, y, eps, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the network output it scored (the output names the likelihood's
+        sites for :meth:`verify`)."""
         if self._getters is None:
             self._resolve()
         with LocalReparameterization() if self.local_reparam else contextlib.nullcontext() as lrt:
@@ -192,7 +206,87 @@ class FusedMeanFieldELBO:
         batch = out.shape[0]
         n = lik.plate_size(batch)
         log_lik = lik.log_prob_sum(out, y, **extra) * (n / batch)
-        return -(log_lik + self.beta * (log_p - log_q))
+        return -(log_lik + self.beta * (log_p - log_q)), out
+
+    def verify(self, *inputs, y: torch.Tensor, **kwargs) -> str | None:
+        """``None`` when this ELBO is Pyro's ``Trace_ELBO`` estimate for this model and guide,
+        else why not (:func:`~pyrobayes.infer.fast_check.trace_mismatch`). Both are evaluated
+        once on this batch at the guide's means (``eps = 0``): Pyro's guide trace there, the
+        model's trace replayed on it, against :meth:`loss` at the same draw, every module in
+        eval mode (the two paths would draw different dropout masks, and BatchNorm's
+        statistics must not move). Running the guide under Pyro also puts its parameter
+        objects in Pyro's param store (replacing entries of the same name: this ELBO trains
+        the guide's own tensors and never reads the store), so a store saved after a fit
+        holds the fit.
+
+        Example (a subclass that adds a penalty is not what the fused ELBO computes)::
+
+            >>> import pyro
+            >>> from torch import nn
+            >>> from pyrobayes import BayesianModel, Gaussian, to_bayesian
+            >>> class Penalised(BayesianModel):
+            ...     def forward(self, *inputs, y=None):
+            ...         pyro.factor("penalty", torch.tensor(-1.0))
+            ...         return super().forward(*inputs, y=y)
+            >>> model, guide = to_bayesian(nn.Linear(1, 1), likelihood=Gaussian(0.1))
+            >>> x, y = torch.randn(4, 1), torch.randn(4)
+            >>> guide.setup(x)
+            >>> FusedMeanFieldELBO(model, guide).verify(x, y=y) is None
+            True
+            >>> model.__class__ = Penalised
+            >>> FusedMeanFieldELBO(model, guide).verify(x, y=y)
+            "site 'penalty' is in the model's trace but not in the fused ELBO"
+        """
+        guide = self.guide
+        if guide.prototype_trace is None:
+            setup_prototype(guide, *inputs, y=y, **kwargs)
+        names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
+        with eval_mode(self.model), torch.no_grad():
+            locs = self._guide_means(names, inputs, y, kwargs)
+            guide_tr = poutine.trace(poutine.condition(guide, data=locs)).get_trace(
+                *inputs, y=y, **kwargs
+            )
+            model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(
+                *inputs, y=y, **kwargs
+            )
+            eps = {n: torch.zeros_like(loc) for n, loc in zip(names, locs.values())}
+            saved = self.beta, self.local_reparam
+            self.beta, self.local_reparam = 1.0, False  # LRT would draw output noise
+            try:
+                loss, out = self._loss_and_output(inputs, y, eps, kwargs)
+            finally:
+                self.beta, self.local_reparam = saved
+            model_lp, model_mag = log_density(model_tr)
+            guide_lp, guide_mag = log_density(guide_tr)
+        values = {n: guide_tr.nodes[n]["value"] for n in names}
+        sites = {site: False for site in self.sites}
+        sites.update(likelihood_sites(self.model.likelihood, out, y, values))
+        return trace_mismatch(
+            model_tr,
+            sites,
+            -loss,
+            what="the fused ELBO",
+            reference=model_lp - guide_lp,
+            magnitude=model_mag + guide_mag,
+            dists=site_priors(self.model),
+        )
+
+    def _guide_means(self, names: list[str], inputs, y, kwargs) -> dict[str, torch.Tensor]:
+        """``{"<site>_unconstrained": mean}`` for conditioning the guide's draws on its
+        means. First the guide's parameters go into Pyro's param store: entries of the same
+        name are dropped (a guide run would otherwise swap the store's tensors into the
+        guide), then one blocked guide run registers the guide's own."""
+        store = pyro.get_param_store()
+        prefix = pyro_name(self.guide)
+        for path, _ in self.guide.named_parameters():
+            if path.endswith(UNCONSTRAINED_SUFFIX):
+                name = f"{prefix}.{path[: -len(UNCONSTRAINED_SUFFIX)]}"
+                if name in store:
+                    del store[name]
+        locs = {f"{n}_unconstrained": loc_and_scale(self.guide, n)[0].detach() for n in names}
+        with poutine.block():
+            poutine.condition(self.guide, data=locs)(*inputs, y=y, **kwargs)
+        return locs
 
     def _latent_draw(self, site: str, loc, scale, eps):
         r"""The guide's draw of a constrained latent (AutoNormal: a Normal in the

@@ -620,7 +620,10 @@ def _make_stepper(model, guide, cfg: FitConfig, weight: dict):
     if is_pyro:
         return SVIStepper(scaled_model, scaled_guide, elbo, optim)
     if can_fuse and cfg.fused is not False:
-        stepper = FusedStepper(model, guide, make_optim, weight)
+        # Pyro's traces take over where the fused ELBO is not this model's; fused=True refuses
+        traced = functools.partial(TorchStepper, scaled_model, scaled_guide, model, guide, elbo)
+        fallback = None if cfg.fused else functools.partial(traced, make_optim)
+        stepper = FusedStepper(model, guide, make_optim, weight, fallback=fallback)
         stepper.fused.local_reparam = cfg.local_reparam
         return stepper
     return TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)

@@ -27,8 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pyro.poutine as poutine
 import torch
@@ -37,11 +38,12 @@ from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
 from pyrobayes.convert import _converted_root, bayesian_sites
+from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
 from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, tied_paths
-from pyrobayes.likelihoods import Gaussian
+from pyrobayes.likelihoods import Gaussian, data_size
 from pyrobayes.model import default_output
 
-__all__ = ["FLAT", "Potential"]
+__all__ = ["FLAT", "Potential", "TracedPotential"]
 
 FLAT = "_flat"  # the one site name NUTS sees: all latents concatenated, unconstrained
 
@@ -60,6 +62,33 @@ def _latent_sites(
         priors[name] = site["fn"]
         init_values[name] = site["value"].detach()
     return priors, init_values
+
+
+@contextlib.contextmanager
+def _full_data(lik: nn.Module) -> Iterator[None]:
+    """The likelihood's plate over the whole training set, unscaled: no ``dataset_size``
+    left on it and no enclosing :func:`~pyrobayes.likelihoods.data_size` block (the
+    potential sums over all ``N`` points)."""
+    saved = getattr(lik, "dataset_size", None)
+    lik.dataset_size = None
+    try:
+        with data_size(None):
+            yield
+    finally:
+        lik.dataset_size = saved
+
+
+def _likelihood_log_prob(
+    lik: nn.Module, out: torch.Tensor, y: torch.Tensor, data: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """The likelihood's observed sites' log density on ``out``, unscaled (full data,
+    whatever plate size it was left with), its latent sites conditioned on ``data``."""
+    tr = poutine.trace(poutine.condition(lik, data=dict(data))).get_trace(out, y)
+    total = out.new_zeros(())
+    for site in tr.nodes.values():
+        if site["type"] == "sample" and site["is_observed"] and site["name"] not in data:
+            total = total + site["fn"].log_prob(site["value"]).sum()
+    return total
 
 
 def _split_closed_form(
@@ -149,9 +178,10 @@ class Potential:
         # the fused ELBO does: functional_call's per-call module walk and parameter swap
         # were a third of a potential + gradient evaluation at the default model's size
         self._chain = _linear_chain(model, self.twin, x)
-        # the one trace: which sites are latent, their priors and supports
-        with torch.no_grad():
+        # the one trace: which sites are latent, their priors and supports; kept for verify
+        with eval_mode(model), torch.no_grad(), _full_data(model.likelihood):
             tr = poutine.trace(model).get_trace(x, y=y)
+        self._trace = tr
         self.priors, self.init_values = _latent_sites(tr)
         missing = [s for s in self.weight_paths if s not in self.priors]
         if missing:
@@ -221,15 +251,59 @@ class Potential:
             for (s, _, _, shape), part in zip(self.layout, parts)
         }
 
-    def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
+    def verify(self) -> str | None:
+        """``None`` when this potential is minus the model's own log joint (plus the
+        Jacobians of the unconstraining maps), else why not
+        (:func:`~pyrobayes.infer.fast_check.trace_mismatch`): checked once at the setup
+        trace's point against that trace (its sample sites, the weight priors' kinds, its
+        log density). ``nuts_ppd`` falls back to :class:`TracedPotential` on a mismatch.
+
+        Example (a subclass that adds a penalty is not what this potential computes)::
+
+            >>> import pyro, torch
+            >>> from pyrobayes import BayesianModel, Gaussian, to_pyro
+            >>> class Penalised(BayesianModel):
+            ...     def forward(self, *inputs, y=None):
+            ...         pyro.factor("penalty", torch.tensor(-1.0))
+            ...         return super().forward(*inputs, y=y)
+            >>> x, y = torch.randn(5, 1), torch.randn(5)
+            >>> Potential(BayesianModel(to_pyro(torch.nn.Linear(1, 1)), Gaussian(0.5)), x, y).verify()
+            >>> Potential(Penalised(to_pyro(torch.nn.Linear(1, 1)), Gaussian(0.5)), x, y).verify()
+            "site 'penalty' is in the model's trace but not in the NUTS potential"
+        """
+        values = dict(self.init_values)
+        u = self.unconstrain(values)
+        with torch.no_grad():
+            fast = -self(u)
+            jac = sum(
+                self.transforms[s].log_abs_det_jacobian(u[s], v).sum() for s, v in values.items()
+            )
+            reference, magnitude = log_density(self._trace)
+            out = self._output(values)
+        sites = {s: False for s in self.weight_paths}
+        sites.update(likelihood_sites(self.model.likelihood, out, self.y, values))
+        return trace_mismatch(
+            self._trace,
+            sites,
+            fast,
+            what="the NUTS potential",
+            reference=reference + jac,
+            magnitude=magnitude + abs(float(jac)),
+            dists={s: d for s, d in self.priors.items() if s in self.weight_paths},
+        )
+
+    def _output(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The network's output on the training inputs at the weights in ``values``."""
         weights = {self.weight_paths[s]: values[s] for s in self.weight_paths}
         if self._chain is not None:
             for alias, path in self._tied.items():
                 weights[alias] = weights[path]
-            out = chain_forward_one(self._chain, weights, self.fixed, self.x)
-        else:
-            out = self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
+            return chain_forward_one(self._chain, weights, self.fixed, self.x)
+        return self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
+
+    def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
+        out = self._output(values)
         lik = self.model.likelihood
         if self._gauss is not None:
             y_sq, half_precision, const = self._gauss
@@ -239,15 +313,7 @@ class Potential:
             return const - half_precision * sq
         if not self.extra_sites:
             return lik.log_prob_sum(out, self.y)
-        # latent likelihood parameters: condition them into a trace of the likelihood alone
-        # and sum its observed sites unscaled (full data, whatever plate size it was left with)
-        data = {s: values[s] for s in self.extra_sites}
-        tr = poutine.trace(poutine.condition(lik, data=data)).get_trace(out, self.y)
-        total = out.new_zeros(())
-        for site in tr.nodes.values():
-            if site["type"] == "sample" and site["is_observed"] and site["name"] not in data:
-                total = total + site["fn"].log_prob(site["value"]).sum()
-        return total
+        return _likelihood_log_prob(lik, out, self.y, {s: values[s] for s in self.extra_sites})
 
     def energy(self, flat: torch.Tensor) -> torch.Tensor:
         """:math:`U(u)` of one flat unconstrained vector ``[dim]``."""
@@ -270,3 +336,76 @@ class Potential:
         if FLAT in params and len(params) == 1:
             return self.energy(params[FLAT])
         return self.energy(self.pack(params))
+
+
+class TracedPotential(Potential):
+    """Pyro's own potential of the model behind :class:`Potential`'s flat interface: the
+    model's trace conditioned on the constrained latents, minus its log density and the
+    Jacobians (what ``NUTS(model)`` evaluates), and the network outputs read from the
+    model's own run (the input its likelihood receives). ``nuts_ppd`` uses it when
+    :meth:`Potential.verify` finds that the trace-free potential is not the model's (a
+    subclass whose ``forward`` adds a factor or a sample site). Slower: one model trace per
+    gradient.
+
+    Example (the penalty is part of this potential)::
+
+        >>> import pyro, torch
+        >>> from pyrobayes import BayesianModel, Gaussian, to_pyro
+        >>> class Penalised(BayesianModel):
+        ...     def forward(self, *inputs, y=None):
+        ...         pyro.factor("penalty", torch.tensor(-1.0))
+        ...         return super().forward(*inputs, y=y)
+        >>> model = Penalised(to_pyro(torch.nn.Linear(1, 1), name="pen"), Gaussian(0.5))
+        >>> x, y = torch.randn(5, 1), torch.randn(5)
+        >>> fast = Potential(model, x, y)
+        >>> u = fast.unconstrain(fast.init_values)
+        >>> float(TracedPotential.from_potential(fast)(u) - fast(u))  # the factor's -(-1)
+        1.0
+    """
+
+    @classmethod
+    def from_potential(cls, potential: Potential) -> TracedPotential:
+        """The same sites, layout and start point as ``potential`` (no second setup trace)."""
+        traced = object.__new__(cls)
+        traced.__dict__.update(potential.__dict__)
+        return traced
+
+    def _joint_trace(self, values: Mapping[str, torch.Tensor], x, y) -> poutine.Trace:
+        with _full_data(self.model.likelihood):
+            return poutine.trace(poutine.condition(self.model, data=dict(values))).get_trace(x, y=y)
+
+    def energy(self, flat: torch.Tensor) -> torch.Tensor:
+        u = self.unpack(flat)
+        values, jac = {}, flat.new_zeros(())
+        for s, t in self.transforms.items():
+            values[s] = t(u[s])
+            jac = jac + t.log_abs_det_jacobian(u[s], values[s]).sum()
+        return -(self._joint_trace(values, self.x, self.y).log_prob_sum() + jac)
+
+    def outputs(self, draws: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``[S, N, ...]``: per draw (every latent site), what the model hands its
+        likelihood at inputs ``x``."""
+        seen: list[torch.Tensor] = []
+        hook = self.model.likelihood.register_forward_pre_hook(
+            lambda _module, args: seen.append(args[0].detach())
+        )
+        num = next(iter(draws.values())).shape[0]
+        try:
+            with torch.no_grad():
+                for i in range(num):
+                    before = len(seen)
+                    self._joint_trace({s: v[i] for s, v in draws.items()}, x, None)
+                    if len(seen) != before + 1:
+                        raise ValueError(
+                            f"{type(self.model).__name__}.forward must call its likelihood "
+                            f"exactly once per run (called {len(seen) - before} times)"
+                        )
+        finally:
+            hook.remove()
+        return torch.stack(seen)
+
+    def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = self.outputs({s: v[None] for s, v in values.items()}, self.x)[0]
+        lik = self.model.likelihood
+        latents = {s: values[s] for s in getattr(lik, "latent_sites", ()) if s in values}
+        return _likelihood_log_prob(lik, out, self.y, latents)

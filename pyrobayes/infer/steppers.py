@@ -27,12 +27,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
 import torch
 from pyro.infer import SVI
 
+from pyrobayes.guides.local_reparam import LocalReparameterization
+from pyrobayes.infer.fast_check import warn_fallback
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
 from pyrobayes.infer.flat_guide import flat_optim_state, site_optim_state
 
@@ -184,6 +187,14 @@ class FusedStepper(TorchStepper):
     noticed before the next step, and the flat storage is rebuilt around it; ``fit`` calls
     :meth:`release` when it ends.
 
+    Before its first step it checks on that batch that the fused ELBO is the model's own
+    (:meth:`FusedMeanFieldELBO.verify`, one Pyro trace; this also puts the guide's
+    parameters in Pyro's param store). Where it is not (a ``BayesianModel`` subclass whose
+    ``forward`` adds a factor or a sample site), ``fallback()`` (``fit`` passes a
+    :class:`TorchStepper` over Pyro's ``Trace_ELBO``) takes every step, with one
+    :class:`~pyrobayes.infer.fast_check.FastPathFallbackWarning` naming the difference;
+    without a fallback that is a ``ValueError``.
+
     Example (a batch whose loss overflows to ``inf`` leaves the parameters untouched)::
 
         >>> import torch
@@ -201,7 +212,7 @@ class FusedStepper(TorchStepper):
         True
     """
 
-    def __init__(self, model, guide, make_optim, weight):
+    def __init__(self, model, guide, make_optim, weight, fallback=None):
         # flat storage changes what "one parameter" is: only for element-wise updates
         self._flat_ok = _default_adam_keywords(make_optim) is not None
         super().__init__(model, guide, model, guide, None, _prefer_fused_adam(make_optim))
@@ -209,6 +220,51 @@ class FusedStepper(TorchStepper):
         self.weight = weight
         self._flat = None
         self._layout: list | None = None  # per site-list parameter: where it lives
+        self._make_fallback = fallback
+        self.fallback: TorchStepper | None = None  # Pyro's traces, when the check failed
+        self._verified = False
+
+    def _verify(self, *args, **kwargs) -> None:
+        """The setup check (:meth:`FusedMeanFieldELBO.verify`, on the first batch): on a
+        mismatch, Pyro's traces (``fallback()``, a :class:`TorchStepper`) take over, with a
+        warning saying why; without a fallback it is a ``ValueError``."""
+        self._verified = True
+        if getattr(self.guide, "prototype_trace", "absent") is None:
+            self.guide._setup_prototype(*args, **kwargs)
+        reason = self.fused.verify(*args, **kwargs)
+        if reason is None:
+            return
+        if self._make_fallback is None:
+            raise ValueError(
+                f"the fused ELBO does not compute this model's objective: {reason}. "
+                "Fit with fused=False (Pyro's traces) instead"
+            )
+        warn_fallback(reason, "Pyro's Trace_ELBO")
+        self.fallback = self._make_fallback()
+        self.fallback.sync = self.sync
+        if self._pending is not None:
+            self.fallback.set_state(self._pending)
+            self._pending = None
+
+    def _fallback_step(self, *args, **kwargs) -> float:
+        fb = self.fallback
+        fb.lr_factor = self.lr_factor
+        # fit leaves local reparameterisation to the fused ELBO when it picks this stepper
+        with LocalReparameterization() if self.fused.local_reparam else contextlib.nullcontext():
+            loss = fb.step(*args, **kwargs)
+        self.params = fb.params
+        return loss
+
+    def get_state(self) -> dict:
+        if self.fallback is not None:
+            return self.fallback.get_state()
+        return super().get_state()
+
+    def set_state(self, state: dict) -> None:
+        if self.fallback is not None:
+            self.fallback.set_state(state)
+        else:
+            super().set_state(state)
 
     def _collect_params(self) -> list:
         params = self._module_params()
@@ -243,6 +299,10 @@ class FusedStepper(TorchStepper):
             self._flat.unbind()
 
     def step(self, *args, **kwargs) -> float:
+        if not self._verified:
+            self._verify(*args, **kwargs)
+        if self.fallback is not None:
+            return self._fallback_step(*args, **kwargs)
         if self.opt is None:
             self._build(*args, **kwargs)
         elif self._flat is not None and not self._flat.is_bound():
