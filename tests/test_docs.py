@@ -34,6 +34,7 @@ PUBLIC = [
     "pyrobayes.compare",
     "pyrobayes.plotting",
     "pyrobayes.reference",
+    "pyrobayes.diagnostics",
     "pyrobayes.gp",
     "pyrobayes.classify",
     "pyrobayes.compare_job",
