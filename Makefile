@@ -33,14 +33,14 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -q -m ""
 
-# The same suite on the newest versions setup.cfg allows (torch stays $(TORCH), the CPU
-# build): a breaking release shows up here before users meet it. Versions it ran with:
+# The same suite on the newest versions setup.cfg allows (torch held at $(TORCH) by a
+# constraint: an eager upgrade would otherwise fetch the multi-GB CUDA build): a breaking release shows up here before users meet it. Versions it ran with:
 # $(LATEST)/versions.txt.
 test-latest:
 	$(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q $(TORCH)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev,docs]"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c <(echo "$(TORCH)") -e ".[dev,docs]"
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q
 
