@@ -91,7 +91,9 @@ _LABELS = {
     KL_COLUMN: "KL(ref‖·)",
     TIME_COLUMN: "time (s)",
     "r_hat": "R-hat",
-    "ess": "ESS",
+    "ess": "bulk ESS",
+    "ess_tail": "tail ESS",
+    "chains": "chains",
 }
 
 

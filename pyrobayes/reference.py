@@ -31,13 +31,13 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from pyro.infer import MCMC, NUTS
-from pyro.ops.stats import effective_sample_size
 
+from pyrobayes.diagnostics import ConvergenceReport, summarize
 from pyrobayes.gp import exact_gp_ppd
 from pyrobayes.infer.fast_check import warn_fallback
 from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
@@ -45,7 +45,7 @@ from pyrobayes.infer.predictive import forward_draws
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
 from pyrobayes.progress import _in_notebook, _is_tty, progress_bar
 
-__all__ = ["NUTSInfo", "exact_gp_ppd", "nuts_ppd"]
+__all__ = ["NUTSInfo", "exact_gp_ppd", "nuts_diagnostics", "nuts_ppd"]
 
 
 def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
@@ -222,16 +222,15 @@ def nuts_ppd(
                 ]
             )
     ppd = _ppd(model, out, draws)
-    info = NUTSInfo.from_mcmc(
-        mcmc,
+    info = NUTSInfo.from_draws(
         draws,
         out.reshape(num_chains, num_samples, -1),
         log_lik.reshape(num_chains, num_samples),
+        mcmc=mcmc,
     )
-    if info.max_r_hat > 1.05:
+    if not info.converged:
         warnings.warn(
-            f"NUTS has not converged: max R-hat {info.max_r_hat:.3f} > 1.05 "
-            f"(min ESS {info.min_ess:.0f}); run more warmup/samples or more chains",
+            f"NUTS reference {info.verdict}; run more warmup/samples or more chains",
             stacklevel=2,
         )
     return (ppd, info) if return_mcmc else ppd
@@ -324,17 +323,19 @@ def _make_mcmc(
 
 @dataclass
 class NUTSInfo:
-    """Diagnostics of a NUTS run.
+    """Diagnostics of a NUTS run, judged over chains on the quantities the PPD is made of.
 
-    * ``max_r_hat``: the largest split Gelman--Rubin :math:`\\hat R` over all latent
-      coordinates (Pyro's estimate; 1 at convergence, > 1.05 means "not yet").
-    * ``min_ess``: the smallest effective sample size of the quantities the PPD is made of:
-      the per-draw predictive output :math:`f_{w_s}(x_*)` at every query point and the
-      training log-likelihood :math:`\\sum_i \\log p(y_i \\mid f_{w_s}(x_i))`. Per weight
-      coordinate ESS is not meaningful for a BNN (hidden units are exchangeable and
-      Geyer's estimator can even come out negative); ``ess_coords`` keeps its median and
-      5th percentile (clamped at 0) for reference.
-    * ``mcmc``: the ``MCMC`` object; ``draws``: the constrained ``{site: Tensor[S, *shape]}``.
+    The functionals are the per-draw predictive output :math:`f_{w_s}(x_*)` at every query
+    point and the training log-likelihood :math:`\\sum_i \\log p(y_i \\mid f_{w_s}(x_i))`
+    (per weight coordinate diagnostics mean little for a BNN: hidden units are exchangeable,
+    so chains may sit in permuted copies of the same mode). ``report`` is
+    :func:`pyrobayes.diagnostics.summarize` of them: rank-normalised split R-hat, bulk and
+    tail ESS, and a verdict (converged needs at least 2 chains).
+
+    * ``max_r_hat``, ``min_ess`` (bulk), ``min_ess_tail``, ``converged``, ``verdict``: from
+      ``report``; ``num_chains``;
+    * ``draws``: the constrained ``{site: Tensor[chains * draws, *shape]}`` (chain-major);
+    * ``mcmc``: Pyro's ``MCMC`` object (``None`` for another backend); ``backend``.
 
     Example::
 
@@ -345,10 +346,10 @@ class NUTSInfo:
         >>> model = BayesianModel(net, Gaussian(0.3))
         >>> x = torch.linspace(-2, 2, 20)[:, None]
         >>> ppd, info = nuts_ppd(model, x, 0.8 * x[:, 0] - 0.3, torch.zeros(1, 1),
-        ...                      num_warmup=50, num_samples=50, progress=False, seed=0,
-        ...                      return_mcmc=True)
+        ...                      num_warmup=50, num_samples=50, num_chains=2, progress=False,
+        ...                      seed=0, return_mcmc=True)
         >>> {k: tuple(v.shape) for k, v in info.draws.items()}
-        {'lin.net.weight': (50, 1, 1), 'lin.net.bias': (50, 1)}
+        {'lin.net.weight': (100, 1, 1), 'lin.net.bias': (100, 1)}
         >>> info.max_r_hat < 1.05, info.min_ess > 10
         (True, True)
         >>> # the posterior means recover the line (the posterior std is ~0.06)
@@ -358,57 +359,63 @@ class NUTSInfo:
         -0.3
     """
 
-    max_r_hat: float
-    min_ess: float
-    mcmc: MCMC
+    report: ConvergenceReport
     draws: dict[str, torch.Tensor]
-    ess_log_lik: float = float("nan")
-    ess_coords: dict[str, float] = field(default_factory=dict)
+    mcmc: MCMC | None = None
+    backend: str = "pyro"
+
+    @property
+    def max_r_hat(self) -> float:
+        return self.report.max_rhat
+
+    @property
+    def min_ess(self) -> float:
+        return self.report.min_ess_bulk
+
+    @property
+    def min_ess_tail(self) -> float:
+        return self.report.min_ess_tail
+
+    @property
+    def converged(self) -> bool:
+        return self.report.converged
+
+    @property
+    def verdict(self) -> str:
+        return self.report.verdict
+
+    @property
+    def num_chains(self) -> int:
+        return self.report.num_chains
 
     @classmethod
-    def from_mcmc(
+    def from_draws(
         cls,
-        mcmc: MCMC,
         draws: dict[str, torch.Tensor],
-        outputs: torch.Tensor | None = None,
-        log_lik: torch.Tensor | None = None,
+        outputs: torch.Tensor,
+        log_lik: torch.Tensor,
+        mcmc: MCMC | None = None,
+        backend: str = "pyro",
     ) -> NUTSInfo:
-        """From ``mcmc.diagnostics()`` plus, when given, the per-chain predictive
-        ``outputs`` ``[C, S, Q]`` and training log-likelihoods ``log_lik`` ``[C, S]``."""
-        diag = mcmc.diagnostics()
-        r_hat, ess = [], []
-        for d in diag.values():
-            if not isinstance(d, dict) or "r_hat" not in d:
-                continue
-            r_hat.append(torch.as_tensor(d["r_hat"]).flatten())
-            ess.append(torch.as_tensor(d["n_eff"]).flatten())
-        r = torch.cat(r_hat)
-        r = r[torch.isfinite(r)]
-        e = torch.cat(ess).double().clamp_min(0.0)
-        e = e[torch.isfinite(e)]
-        coords = {"median": float(e.median()), "p5": float(e.quantile(0.05))} if e.numel() else {}
-        functionals = []
-        ess_ll = float("nan")
-        if log_lik is not None:
-            ess_ll = float(effective_sample_size(log_lik.double().unsqueeze(-1)).squeeze())
-            functionals.append(ess_ll)
-        if outputs is not None:
-            functionals += effective_sample_size(outputs.double()).flatten().tolist()
-        # Pyro's estimator can come out negative on very short chains: that means "none"
-        functionals = [max(0.0, e) for e in functionals]
-        min_ess = min(functionals) if functionals else coords.get("p5", float("nan"))
-        return cls(
-            max_r_hat=float(r.max()) if r.numel() else float("nan"),
-            min_ess=float(min_ess),
-            mcmc=mcmc,
-            draws=draws,
-            ess_log_lik=ess_ll,
-            ess_coords=coords,
-        )
+        """From the per-chain predictive ``outputs`` ``[C, S, Q]`` and training
+        log-likelihoods ``log_lik`` ``[C, S]``."""
+        report = summarize({"f(x*)": outputs.detach(), "log_lik": log_lik.detach()})
+        return cls(report=report, draws=draws, mcmc=mcmc, backend=backend)
 
     def get_samples(self) -> dict[str, torch.Tensor]:
         """The constrained draws (what ``MCMC.get_samples`` would give on the traced model)."""
         return self.draws
+
+
+def nuts_diagnostics(info: NUTSInfo) -> dict[str, float]:
+    """The columns a comparison table shows next to the NUTS row (``compare_ppds``'s
+    ``diagnostics``): max R-hat, min bulk and tail ESS, the number of chains."""
+    return {
+        "r_hat": info.max_r_hat,
+        "ess": info.min_ess,
+        "ess_tail": info.min_ess_tail,
+        "chains": float(info.num_chains),
+    }
 
 
 def _checked_potential(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Potential:

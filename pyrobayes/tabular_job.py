@@ -597,6 +597,10 @@ def _split_nuts(
     info["nuts"] = {
         "max_r_hat": nuts_info.max_r_hat,
         "min_ess": nuts_info.min_ess,
+        "min_ess_tail": nuts_info.min_ess_tail,
+        "chains": nuts_info.num_chains,
+        "converged": nuts_info.converged,
+        "verdict": nuts_info.verdict,
         "noise_std_median": float(noise_draws.median()) if noise_draws is not None else None,
     }
 
@@ -809,12 +813,13 @@ def _diagnostics_md(infos: list[dict]) -> str:
         rows.append(
             f"| {k} | {cell(info.get('mlp_noise_std'))} | {cell(info.get('svi_noise_std'))} | "
             f"{cell(nuts.get('noise_std_median'))} | {cell(nuts.get('max_r_hat'))} | "
-            f"{cell(nuts.get('min_ess'))} | {cell(gp.get('noise_std'))} |"
+            f"{cell(nuts.get('min_ess'))} | {nuts.get('verdict', '—').split(' (')[0]} | "
+            f"{cell(gp.get('noise_std'))} |"
         )
     return (
         "\n## Noise std per split (standardised units) and NUTS diagnostics\n\n"
         "| split | MLP noise | SVI noise | NUTS noise (median) | NUTS max R-hat | "
-        "NUTS min ESS | GP noise |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "NUTS min ESS | NUTS verdict | GP noise |\n| ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: |\n"
         + "\n".join(rows)
         + "\n"
     )

@@ -66,9 +66,10 @@ def test_nuts_matches_conjugate_linear_regression():
     exact_std = (exact_epi + NOISE**2).sqrt()
     assert ((ppd.stddev.double() - exact_std).abs() < 4.5 * epi_se / (2 * exact_std)).all()
 
-    # min_ess is over the PPD's ingredients: the f(x*) draws (and the log-likelihood)
-    assert 100 < mcmc.min_ess <= float(ess.min()) + 1e-6
-    assert mcmc.ess_coords["p5"] >= 0.0
+    # min_ess is over the PPD's ingredients (the f(x*) draws and the log-likelihood), by
+    # the rank-normalised estimator on the two halves of the chain
+    assert mcmc.min_ess > 100 and mcmc.min_ess_tail > 100
+    assert mcmc.num_chains == 1 and not mcmc.converged  # one chain cannot show convergence
 
     # the PPD is built from exactly the MCMC draws
     again = forward_draws(model, mcmc.get_samples(), xq)
