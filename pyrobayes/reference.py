@@ -346,12 +346,12 @@ class NUTSInfo:
         >>> model = BayesianModel(net, Gaussian(0.3))
         >>> x = torch.linspace(-2, 2, 20)[:, None]
         >>> ppd, info = nuts_ppd(model, x, 0.8 * x[:, 0] - 0.3, torch.zeros(1, 1),
-        ...                      num_warmup=50, num_samples=50, num_chains=2, progress=False,
+        ...                      num_warmup=100, num_samples=100, num_chains=2, progress=False,
         ...                      seed=0, return_mcmc=True)
         >>> {k: tuple(v.shape) for k, v in info.draws.items()}
-        {'lin.net.weight': (100, 1, 1), 'lin.net.bias': (100, 1)}
-        >>> info.max_r_hat < 1.05, info.min_ess > 10
-        (True, True)
+        {'lin.net.weight': (200, 1, 1), 'lin.net.bias': (200, 1)}
+        >>> info.num_chains, info.max_r_hat < 1.05, info.min_ess > 50
+        (2, True, True)
         >>> # the posterior means recover the line (the posterior std is ~0.06)
         >>> round(float(info.draws["lin.net.weight"].mean()), 1)
         0.8
