@@ -409,7 +409,18 @@ class NUTSInfo:
 
 def nuts_diagnostics(info: NUTSInfo) -> dict[str, float]:
     """The columns a comparison table shows next to the NUTS row (``compare_ppds``'s
-    ``diagnostics``): max R-hat, min bulk and tail ESS, the number of chains."""
+    ``diagnostics``): max R-hat, min bulk and tail ESS, the number of chains.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.diagnostics import summarize
+        >>> g = torch.Generator().manual_seed(0)
+        >>> report = summarize({"f(x*)": torch.randn(4, 200, 3, generator=g)})
+        >>> info = NUTSInfo(report=report, draws={})
+        >>> sorted(nuts_diagnostics(info)), nuts_diagnostics(info)["chains"]
+        (['chains', 'ess', 'ess_tail', 'r_hat'], 4.0)
+    """
     return {
         "r_hat": info.max_r_hat,
         "ess": info.min_ess,
