@@ -120,6 +120,7 @@ def test_starts_keep_a_given_point_and_jitter_by_prior_std():
         _starts(dens, start[:-1], 4, 0.1, seed=0)
 
 
+@pytest.mark.slow  # ~5 s, most of it compiling the NUTS loop
 def test_nuts_recovers_conjugate_gaussian_posterior():
     """y = w x + b + N(0, 0.5^2), w, b ~ N(0, 1): the posterior is Gaussian in closed form."""
     g = torch.Generator().manual_seed(0)

@@ -19,17 +19,18 @@ what it cannot express; the caller falls back to the torch potential.
 chains vectorised in one compiled XLA loop on one device, and returns the draws in the torch
 site layout.
 
-Example::
+Example (the log joint of the default 1-D model at a prior draw)::
 
     >>> import torch
     >>> from pyrobayes.models.mlp import default_regression_model
-    >>> from pyrobayes.infer.jax_potential import numpyro_nuts
+    >>> from pyrobayes.infer.jax_potential import jax_log_density
     >>> model = default_regression_model(name="reg")
     >>> x = torch.linspace(-1, 1, 10)[:, None]
-    >>> res = numpyro_nuts(model, x, torch.sin(3 * x[:, 0]), num_chains=2, num_warmup=20,
-    ...                    num_samples=10, seed=0)
-    >>> tuple(res.draws["reg.net.0.weight"].shape)
-    (2, 10, 50, 1)
+    >>> dens = jax_log_density(model, x, torch.sin(3 * x[:, 0]))
+    >>> dens.dim, [s.name for s in dens.sites][:2]
+    (2701, ['reg.net.0.weight', 'reg.net.0.bias'])
+    >>> bool(dens.log_density(dens.sample_prior(1)[0]) < 0)
+    True
 """
 
 from __future__ import annotations
@@ -71,7 +72,20 @@ def _require_jax():
 @dataclass(frozen=True)
 class JaxSite:
     """One latent site's slice ``[start, stop)`` of the flat vector; ``positive``: sampled on
-    the log scale (``value = exp(u)``, the bijection ``biject_to`` gives a positive support)."""
+    the log scale (``value = exp(u)``, the bijection ``biject_to`` gives a positive support).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.tabular import tabular_regression_model
+        >>> from pyrobayes.infer.jax_potential import jax_log_density
+        >>> model = tabular_regression_model(2, name="tab")
+        >>> dens = jax_log_density(model, torch.zeros(4, 2), torch.zeros(4))
+        >>> dens.sites[0]
+        JaxSite(name='tab.net.0.weight', shape=(50, 2), start=0, stop=100, positive=False)
+        >>> dens.sites[-1]
+        JaxSite(name='tab.likelihood.noise_scale', shape=(), start=2751, stop=2752, positive=True)
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -465,6 +479,12 @@ class NumpyroNUTSResult:
     * ``compile_seconds`` (tracing + XLA compilation), ``run_seconds`` (the compiled loop,
       all chains together: vectorised chains advance in lockstep, so there is no per-chain
       wall time; ``num_steps`` says how the work splits across chains).
+
+    Example (see :func:`numpyro_nuts` for a run)::
+
+        >>> import dataclasses
+        >>> [f.name for f in dataclasses.fields(NumpyroNUTSResult)][:4]
+        ['draws', 'flat', 'log_density', 'num_steps']
     """
 
     draws: dict[str, torch.Tensor]
@@ -597,6 +617,20 @@ def numpyro_nuts(
 
     Raises:
         NotImplementedError: the model is beyond :func:`jax_log_density`; use the torch path.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0),
+        ...                               name="lin"), Gaussian(0.3))
+        >>> x = torch.linspace(-2, 2, 20)[:, None]
+        >>> res = numpyro_nuts(model, x, 0.8 * x[:, 0] - 0.3, num_chains=2, num_warmup=50,
+        ...                    num_samples=50, seed=0)
+        >>> tuple(res.draws["lin.net.weight"].shape), res.num_steps.shape
+        ((2, 50, 1, 1), (2, 100))
+        >>> round(float(res.draws["lin.net.weight"].mean()), 1)
+        0.8
     """
     _require_jax()
     for name, v in (("num_chains", num_chains), ("num_samples", num_samples)):
