@@ -1,31 +1,53 @@
-"""NUTS reference speed: Pyro's traced model versus the trace-free potential.
+"""NUTS reference speed: pyrobayes versus NumPyro on the same posterior.
 
-Measured in one run, as ratios on the same machine, on the main job's default data set
-(draws from the default BNN prior, ``pyrobayes compare`` defaults):
+Side by side in one run, one CPU thread, same posterior, same start, same budget:
 
-* seconds per potential-energy + gradient evaluation: ``poutine.trace`` of the model (what
-  ``NUTS(model)`` differentiates) versus :class:`pyrobayes.infer.potential.Potential`;
-* a whole NUTS run (``--warmup``/``--samples``): today's path (``NUTS(model)``, prior-draw
-  start) versus :func:`pyrobayes.reference.nuts_ppd` (trace-free potential, started at the
-  fitted MLP's weights as the main job does), with the held-out NLL of both and its Monte
-  Carlo standard error (per-point log-density spread over the test points is not MC error;
-  the MC error here is estimated from batch means of the draws), max R-hat and min ESS.
+* (a) torch: :func:`pyrobayes.reference.nuts_ppd` (Pyro's NUTS on the trace-free torch
+  potential), one chain;
+* (b) backend: :func:`pyrobayes.infer.jax_potential.numpyro_nuts` (NumPyro's NUTS kernel on
+  the JAX log density built from the converted model, chains vectorised in one XLA loop);
+* (c) NumPyro: ``MCMC(NUTS(model), chain_method="vectorized")`` on a hand-written NumPyro
+  model of the same posterior (``numpyro.sample`` statements, as a NumPyro user writes it).
+
+Posteriors: the default 1-D model on the main job's data set (n = 20 from its prior, started
+at the fitted MLP's weights) and the tabular model (d = 8, n = 400, latent noise, started at
+the generating latents, tree depth 8); 1 and 4 chains (several chains start at the start
+point plus 0.1 prior std of jitter, the same starts for (b) and (c)).
+
+Columns: wall time including compilation (what a user waits), compiled time (backend: the
+timed compiled loop; NumPyro: the wall time less the seconds JAX reports for tracing,
+lowering and compiling during the run), ms per gradient (compiled time / gradient evaluations of all chains,
+warmup included), min bulk ESS (``numpyro.diagnostics.effective_sample_size``) of the PPD's
+ingredients f(x_test) and the training log-likelihood over chains, that per second of wall
+time, max split R-hat of the same (4 chains), held-out NLL of the draw mixture.
 
 Reproduce::
 
-    python benchmarks/bench_reference.py                 # 200/200, writes its RESULTS.md section
-    python benchmarks/bench_reference.py --warmup 50 --samples 50 --no-write
+    python benchmarks/bench_reference.py            # 100/200, writes its RESULTS.md section
+    python benchmarks/bench_reference.py --quick --no-write
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import sys
-import time
-from pathlib import Path
+import os
 
-import torch
+# one CPU thread for XLA and torch: set before jax/torch are imported
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import markdown_table, mixture_nll_and_mc_se, write_section  # noqa: E402
@@ -33,140 +55,294 @@ from _results import markdown_table, mixture_nll_and_mc_se, write_section  # noq
 SECTION = "## bench_reference.py"
 
 
-def _data():
-    from pyrobayes.compare_job import CompareConfig, _load_data
+def posterior_1d():
+    """The main job's data set and model, started at its fitted MLP."""
+    from pyrobayes.compare_job import CompareConfig, _fit_mlp, _load_data
+    from pyrobayes.convert import bayesian_sites
+    from pyrobayes.models.mlp import default_regression_model
 
-    x_tr, y_tr, x_te, y_te, *_ = _load_data(CompareConfig())
-    return x_tr, y_tr, x_te, y_te
+    cfg = CompareConfig()
+    x_tr, y_tr, x_te, y_te, *_ = _load_data(cfg)
+    mlp = _fit_mlp(x_tr, y_tr, cfg.mlp_steps, 0)
+    torch.manual_seed(0)
+    model = default_regression_model(name="d1").eval()
+    params = dict(mlp.named_parameters())
+    start = {s: params[p[0]].detach().clone() for s, p in bayesian_sites(model).items()}
+    spec = {"sizes": (1, 50, 50, 1), "weight_scale": 1.0, "noise": 0.1, "noise_prior": None}
+    return "1-D (n=20)", model, (x_tr, y_tr, x_te, y_te), start, spec, 10
 
 
-def _per_grad(fn, reps: int) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+def posterior_tabular(d: int = 8, n: int = 400, n_test: int = 200, seed: int = 0):
+    """A tabular data set from the PFN's prior, started at its generating latents."""
+    from pyrobayes.models.tabular import TABULAR_REGRESSION as cfg
+    from pyrobayes.pfn import TabularBNNPrior
+
+    prior = TabularBNNPrior()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x, y, latents = prior.sample_with_latents(1, n + n_test, d)
+    model = prior.model(d).eval()
+    start = {k: v[0] for k, v in latents.items()}
+    spec = {
+        "sizes": (d, 50, 50, 1),
+        "weight_scale": cfg["weight_scale"],
+        "noise": None,
+        "noise_prior": (cfg["noise_loc"], cfg["noise_scale"]),
+    }
+    data = (x[0, :n], y[0, :n], x[0, n:], y[0, n:])
+    return f"tabular (d={d}, n={n})", model, data, start, spec, 8
 
 
-def _nll_and_mc_error(model, draws, x_te, y_te, batches: int = 10) -> tuple[float, float]:
-    """Held-out NLL of the draw mixture and its Monte Carlo standard error (batch means,
-    :func:`_results.mixture_nll_and_mc_se`)."""
+def numpyro_model(spec: dict):
+    """The same posterior as a NumPyro user writes it (weights as [in, out])."""
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    sizes = spec["sizes"]
+
+    def model(x, y=None):
+        h = x
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            w_std = spec["weight_scale"] / np.sqrt(a)
+            w = numpyro.sample(f"w{i}", dist.Normal(0.0, w_std).expand([a, b]).to_event(2))
+            bias = numpyro.sample(f"b{i}", dist.Normal(0.0, 1.0).expand([b]).to_event(1))
+            h = h @ w + bias
+            if i < len(sizes) - 2:
+                h = jnp.tanh(h)
+        if spec["noise_prior"] is None:
+            sigma = spec["noise"]
+        else:
+            sigma = numpyro.sample("sigma", dist.LogNormal(*spec["noise_prior"]))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Normal(h[:, 0], sigma), obs=y)
+
+    return model
+
+
+def to_numpyro_sites(draws: dict[str, torch.Tensor], sites) -> dict:
+    """Torch site layout (constrained) -> the hand-written model's unconstrained sites."""
+    import jax.numpy as jnp
+
+    out = {}
+    layer = 0
+    for s in sites:
+        v = draws[s.name].detach().cpu().numpy()
+        if s.positive:
+            out["sigma"] = jnp.asarray(np.log(v))
+        elif s.name.endswith("weight"):
+            out[f"w{layer}"] = jnp.asarray(np.swapaxes(v, -1, -2))
+        else:
+            out[f"b{layer}"] = jnp.asarray(v)
+            layer += 1
+    return out
+
+
+def from_numpyro_samples(samples: dict, sites) -> dict[str, torch.Tensor]:
+    """The hand-written model's draws ``[C, S, ...]`` -> the torch site layout."""
+    out, layer = {}, 0
+    for s in sites:
+        if s.positive:
+            out[s.name] = torch.from_numpy(np.array(samples["sigma"]))
+        elif s.name.endswith("weight"):
+            out[s.name] = torch.from_numpy(np.swapaxes(np.array(samples[f"w{layer}"]), -1, -2))
+        else:
+            out[s.name] = torch.from_numpy(np.array(samples[f"b{layer}"]))
+            layer += 1
+    return out
+
+
+def evaluate(model, draws: dict[str, torch.Tensor], data) -> dict:
+    """Held-out NLL, min bulk ESS and max split R-hat of f(x_test) and the training
+    log-likelihood; ``draws`` ``{site: [C, S, ...]}``."""
+    from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+
     from pyrobayes.infer import forward_draws
 
-    ppd = model.likelihood.ppd_from_draws(forward_draws(model, draws, x_te), draws)
-    log_p = torch.distributions.Normal(ppd.loc, ppd.scale).log_prob(y_te)
-    return mixture_nll_and_mc_se(log_p, batches)
+    x_tr, y_tr, x_te, y_te = data
+    c, s = next(iter(draws.values())).shape[:2]
+    flat = {k: v.reshape(c * s, *v.shape[2:]).float() for k, v in draws.items()}
+    lik = model.likelihood
+    noise = lik.noise_site if lik.latent_noise else None
+    sigma = flat[noise][:, None] if noise else lik.scale
+    f_te = forward_draws(model, flat, x_te)[..., 0]
+    f_tr = forward_draws(model, flat, x_tr)[..., 0]
+    ll = torch.distributions.Normal(f_tr, sigma).log_prob(y_tr).sum(-1)
+    nll, mc_se = mixture_nll_and_mc_se(torch.distributions.Normal(f_te, sigma).log_prob(y_te))
+    funcs = torch.cat([f_te.double().reshape(c, s, -1), ll.double().reshape(c, s, 1)], -1).numpy()
+    ess = float(np.min(effective_sample_size(funcs)))
+    r_hat = float(np.max(split_gelman_rubin(funcs))) if c > 1 else float("nan")
+    return {"nll": nll, "nll_se": mc_se, "ess": ess, "r_hat": r_hat}
+
+
+def run_torch(model, data, start, budget) -> dict:
+    """(a) today's ``nuts_ppd``, one chain; gradient evaluations counted at the potential."""
+    from pyrobayes.infer import potential as potential_mod
+    from pyrobayes.reference import nuts_ppd
+
+    calls = [0]
+    energy = potential_mod.Potential.energy
+
+    def counted(self, flat):
+        calls[0] += 1
+        return energy(self, flat)
+
+    potential_mod.Potential.energy = counted
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # R-hat is in the table
+            _, info = nuts_ppd(
+                model, data[0], data[1], data[2], num_warmup=budget["warmup"],
+                num_samples=budget["samples"], max_tree_depth=budget["depth"], progress=False,
+                seed=0, return_mcmc=True, init=start,
+            )  # fmt: skip
+    finally:
+        potential_mod.Potential.energy = energy
+    wall = time.perf_counter() - t0
+    draws = {k: v.reshape(1, *v.shape) for k, v in info.draws.items()}
+    return {"wall": wall, "compiled": wall, "grads": calls[0], **evaluate(model, draws, data)}
+
+
+def run_backend(model, data, start, budget, chains: int) -> dict:
+    """(b) the NumPyro backend on the converted model's JAX log density."""
+    from pyrobayes.infer.jax_potential import jax_log_density, numpyro_nuts
+
+    t0 = time.perf_counter()
+    dens = jax_log_density(model, data[0], data[1])
+    res = numpyro_nuts(
+        model, data[0], data[1], num_chains=chains, num_warmup=budget["warmup"],
+        num_samples=budget["samples"], max_tree_depth=budget["depth"], seed=0, init=start,
+        density=dens,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    out = {"wall": wall, "compiled": res.run_seconds, "grads": res.num_grads}
+    return {**out, **evaluate(model, res.draws, data)}
+
+
+def run_numpyro(model, data, start, spec, budget, chains: int) -> dict:
+    """(c) NumPyro's ``MCMC`` on the hand-written model, from (b)'s starts."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer.util import potential_energy
+
+    from pyrobayes.infer.jax_potential import _starts, jax_log_density
+
+    dens = jax_log_density(model, data[0], data[1])
+    u0 = _starts(dens, start, chains, 0.1, seed=0)
+    x, y = jnp.asarray(data[0].numpy()), jnp.asarray(data[1].numpy())
+    np_model = numpyro_model(spec)
+    init = to_numpyro_sites(dens.unpack(u0), dens.sites)
+    # same posterior: the hand-written potential equals minus the backend's log density
+    one = {k: v[0] for k, v in init.items()}
+    pe = float(potential_energy(np_model, (x, y), {}, one))
+    assert abs(pe + float(dens.log_density(jnp.asarray(u0[0])))) < 1e-3 * abs(pe), pe
+    if chains == 1:
+        init = one  # MCMC takes a chain dimension only with several chains
+
+    def mcmc():
+        kernel = NUTS(np_model, max_tree_depth=budget["depth"])
+        return MCMC(
+            kernel, num_warmup=budget["warmup"], num_samples=budget["samples"],
+            num_chains=chains, chain_method="vectorized", progress_bar=False,
+        )  # fmt: skip
+
+    key = jax.random.PRNGKey(0)
+    m = mcmc()
+    with compile_timer() as compile_s:
+        t0 = time.perf_counter()
+        m.run(key, x, y, init_params=init, extra_fields=("num_steps",))
+        jax.block_until_ready(m.get_samples())
+        wall = time.perf_counter() - t0
+    # MCMC traces and compiles inside run (a second run of the same object compiles its loop
+    # again: a new potential closure per run), so the compiled time is the wall time less
+    # the time JAX reports for tracing, lowering and XLA compilation
+    compiled = wall - compile_s[0]
+    sample_steps = int(np.sum(m.get_extra_fields()["num_steps"]))
+    # the warmup's gradient count (not timed): the same key and starts replay that phase
+    w = mcmc()
+    w.warmup(key, x, y, init_params=init, extra_fields=("num_steps",), collect_warmup=True)
+    warm_steps = int(np.sum(w.get_extra_fields()["num_steps"]))
+    samples = m.get_samples(group_by_chain=True)
+    draws = from_numpyro_samples(samples, dens.sites)
+    out = {"wall": wall, "compiled": compiled, "grads": sample_steps + warm_steps}
+    return {**out, **evaluate(model, draws, data)}
+
+
+@contextlib.contextmanager
+def compile_timer():
+    """Seconds JAX spends tracing, lowering and compiling inside the block (``[total]``)."""
+    import jax
+
+    total, events = [0.0], ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration",
+                            "backend_compile_duration")  # fmt: skip
+
+    def listen(event: str, duration: float, **_) -> None:
+        if event.rsplit("/", 1)[-1] in events:
+            total[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def row(name: str, chains: int, what: str, r: dict) -> list:
+    ms = 1e3 * r["compiled"] / max(r["grads"], 1)
+    nll = f"{r['nll']:.4f} ± {r['nll_se']:.4f}"
+    rhat = "" if np.isnan(r["r_hat"]) else f"{r['r_hat']:.3f}"
+    return [name, chains, what, r["wall"], r["compiled"], r["grads"], ms, r["ess"],
+            r["ess"] / r["wall"], rhat, nll]  # fmt: skip
 
 
 def main() -> None:
-    import pyro
-    from pyro.infer import MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_sample
-    from pyro.infer.mcmc.util import initialize_model
-
-    from pyrobayes.compare_job import CompareConfig, _fit_mlp
-    from pyrobayes.infer import forward_draws
-    from pyrobayes.infer.potential import FLAT, Potential
-    from pyrobayes.models.mlp import default_regression_model
-    from pyrobayes.reference import NUTSInfo, nuts_ppd
+    import jax
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--reps", type=int, default=200, help="gradient evaluations timed")
+    ap.add_argument("--quick", action="store_true", help="smoke budget 20/20, no torch run")
+    ap.add_argument("--no-torch", action="store_true", help="skip (a), the slow torch NUTS")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.quick:
+        args.warmup, args.samples, args.no_torch = 20, 20, True
 
-    x_tr, y_tr, x_te, y_te = _data()
-    torch.manual_seed(0)
-    model = default_regression_model().eval()
+    rows, ratios = [], []
+    for make in (posterior_1d, posterior_tabular):
+        name, model, data, start, spec, depth = make()
+        budget = {"warmup": args.warmup, "samples": args.samples, "depth": depth}
+        if not args.no_torch:
+            rows.append(row(name, 1, "(a) torch nuts_ppd", run_torch(model, data, start, budget)))
+            print(rows[-1], flush=True)
+        for chains in (1, 4):
+            b = run_backend(model, data, start, budget, chains)
+            rows.append(row(name, chains, "(b) pyrobayes NumPyro backend", b))
+            print(rows[-1], flush=True)
+            c = run_numpyro(model, data, start, spec, budget, chains)
+            rows.append(row(name, chains, "(c) NumPyro, hand-written model", c))
+            print(rows[-1], flush=True)
+            ratios.append([name, chains, b["wall"] / c["wall"], b["compiled"] / c["compiled"]])
 
-    # one potential + gradient evaluation, both ways, at the same point
-    init_params, traced_pot, _, _ = initialize_model(
-        model, model_args=(x_tr,), model_kwargs={"y": y_tr}, init_strategy=init_to_sample
+    header = ["posterior", "chains", "sampler", "wall incl. compile (s)", "compiled (s)",
+              "gradients", "ms / gradient", "min bulk ESS", "ESS / s (wall)",
+              "max split R-hat", "held-out NLL ± MC s.e."]  # fmt: skip
+    table = markdown_table(header, rows)
+    ratio_table = markdown_table(
+        ["posterior", "chains", "(b)/(c) wall time", "(b)/(c) compiled time"], ratios
     )
-    pot = Potential(model, x_tr, y_tr)
-    u = {k: v.detach().clone().requires_grad_(True) for k, v in init_params.items()}
-    assert torch.allclose(traced_pot(u), pot(u), rtol=1e-4, atol=1e-3)
-
-    def grad_of(f):
-        return lambda: torch.autograd.grad(f(u), list(u.values()))
-
-    t_traced = _per_grad(grad_of(traced_pot), args.reps)
-    # the trace-free potential as NUTS calls it: one flat latent vector
-    flat = pot.pack(u).detach().requires_grad_(True)
-    t_free = _per_grad(lambda: torch.autograd.grad(pot({FLAT: flat}), flat), args.reps)
-
-    # whole runs: today's traced NUTS from a prior draw vs nuts_ppd from the fitted MLP
-    pyro.set_rng_seed(0)
-    ref = default_regression_model()
-    t0 = time.perf_counter()
-    mcmc = MCMC(
-        NUTS(ref, init_strategy=init_to_sample),
-        num_samples=args.samples,
-        warmup_steps=args.warmup,
-        disable_progbar=True,
-    )
-    ref.eval()
-    mcmc.run(x_tr, y=y_tr)
-    s_traced = time.perf_counter() - t0
-    draws_traced = mcmc.get_samples()
-    with torch.no_grad():
-        # the same ESS functionals as nuts_ppd reports: f(x_test) per draw, log-likelihood
-        f_te = forward_draws(ref, draws_traced, x_te).reshape(1, args.samples, -1)
-        ref_pot = Potential(ref, x_tr, y_tr)
-        s_draws = [{k: v[i] for k, v in draws_traced.items()} for i in range(args.samples)]
-        ll = torch.stack([ref_pot.log_likelihood(d) for d in s_draws]).reshape(1, -1)
-    info_traced = NUTSInfo.from_mcmc(mcmc, draws_traced, f_te, ll)
-    nll_traced, se_traced = _nll_and_mc_error(ref, info_traced.draws, x_te, y_te)
-
-    mlp = copy.deepcopy(
-        _fit_mlp(x_tr, y_tr, CompareConfig().mlp_steps, 0)
-    )  # the main job's MLP pre-training
-    free = default_regression_model()
-    t0 = time.perf_counter()
-    _, info = nuts_ppd(
-        free,
-        x_tr,
-        y_tr,
-        x_te,
-        num_warmup=args.warmup,
-        num_samples=args.samples,
-        progress=False,
-        seed=0,
-        return_mcmc=True,
-        init=mlp,
-    )
-    s_free = time.perf_counter() - t0
-    nll_free, se_free = _nll_and_mc_error(free, info.draws, x_te, y_te)
-
-    rows = [
-        ["potential + gradient (ms)", 1e3 * t_traced, 1e3 * t_free, t_traced / t_free],
-        [f"NUTS {args.warmup}/{args.samples} wall (s)", s_traced, s_free, s_traced / s_free],
-        [
-            "held-out NLL",
-            f"{nll_traced:.3f} ± {se_traced:.3f}",
-            f"{nll_free:.3f} ± {se_free:.3f}",
-            "",
-        ],
-        ["max R-hat", info_traced.max_r_hat, info.max_r_hat, ""],
-        ["min ESS of f(x_test), log-lik", info_traced.min_ess, info.min_ess, ""],
-        [
-            "ESS per weight coordinate, 5th pct",
-            info_traced.ess_coords["p5"],
-            info.ess_coords["p5"],
-            "",
-        ],
-    ]
-    table = markdown_table(["", "traced (today)", "trace-free", "speed-up"], rows)
     report = (
-        f"{SECTION}\n\nDefault data set of `pyrobayes compare` ({len(x_tr)} train, {len(x_te)} test "
-        "points), 1 torch thread, one run; the box was shared with other jobs, so only the "
-        "ratios are meaningful. Traced = `NUTS(model)` from a prior draw (the old "
-        "`nuts_ppd`); trace-free = `nuts_ppd` (potential without Pyro traces, started at the "
-        "fitted MLP's weights). NLL ± Monte Carlo standard error (batch means of draws).\n\n"
-        f"{table}\n"
+        f"{SECTION}\n\nNUTS {args.warmup} warmup / {args.samples} draws per chain, one CPU "
+        f"thread (XLA: no multi-threaded Eigen, 1 intra-op thread; torch: 1 thread), jax "
+        f"{jax.__version__}, float32. Same posterior, same starts for (b) and (c) (one chain: "
+        "the start point; 4 chains: plus 0.1 prior std of jitter), vectorised chains. "
+        "ESS/R-hat: of f(x_test) and the training log-likelihood (numpyro.diagnostics). "
+        "The box was shared with other jobs: only ratios from one run are meaningful.\n\n"
+        f"{table}\n\nTarget (issue 20): (b)/(c) wall time <= 1.0 for 4 chains.\n\n"
+        f"{ratio_table}\n"
     )
     print(report)
     if not args.no_write:

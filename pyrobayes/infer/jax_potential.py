@@ -1,0 +1,703 @@
+"""An optional JAX/NumPyro backend for the NUTS reference (extra ``nuts``: jax, numpyro).
+
+:func:`jax_log_density` rebuilds the log joint of a :class:`~pyrobayes.model.BayesianModel`
+as ONE jittable JAX function of a flat unconstrained vector ``u``,
+
+.. math:: \\log p(u) = \\sum_k \\log \\mathcal N(w_k; m_k, s_k^2)
+          + \\log p_\\sigma(e^{u_\\sigma}) + u_\\sigma
+          + \\sum_{i=1}^N \\log p(y_i \\mid f_w(x_i), \\sigma),
+
+the same number as minus :class:`pyrobayes.infer.potential.Potential` (the torch potential
+``nuts_ppd`` uses; a test checks value and gradient at random points), for the models the
+comparison uses: a plain ``nn.Sequential`` of ``nn.Linear`` and element-wise activations,
+Normal priors on the weight sites (deterministic parameters are constants), and a Gaussian
+likelihood with a fixed (or learned, then held) scale or a latent noise std on its log
+scale, or a Categorical likelihood. Anything else raises ``NotImplementedError`` naming
+what it cannot express; the caller falls back to the torch potential.
+
+:func:`numpyro_nuts` runs NumPyro's NUTS kernel (its functional ``hmc`` API) on it, several
+chains vectorised in one compiled XLA loop on one device, and returns the draws in the torch
+site layout.
+
+Example (the log joint of the default 1-D model at a prior draw)::
+
+    >>> import torch
+    >>> from pyrobayes.models.mlp import default_regression_model
+    >>> from pyrobayes.infer.jax_potential import jax_log_density
+    >>> model = default_regression_model(name="reg")
+    >>> x = torch.linspace(-1, 1, 10)[:, None]
+    >>> dens = jax_log_density(model, x, torch.sin(3 * x[:, 0]))
+    >>> dens.dim, [s.name for s in dens.sites][:2]
+    (2701, ['reg.net.0.weight', 'reg.net.0.bias'])
+    >>> bool(dens.log_density(dens.sample_prior(1)[0]) < 0)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro.poutine as poutine
+import torch
+from torch import nn
+from torch.distributions import biject_to, constraints
+
+from pyrobayes.convert import _converted_root, bayesian_sites
+from pyrobayes.infer.twin import _linear_chain, fixed_tensors
+from pyrobayes.likelihoods import Categorical, Gaussian
+from pyrobayes.model import default_output
+
+__all__ = ["JaxLogDensity", "JaxSite", "NumpyroNUTSResult", "jax_log_density", "numpyro_nuts"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _require_jax():
+    try:
+        import jax
+        import numpyro  # noqa: F401
+    except ImportError as err:  # pragma: no cover - the extra is installed in the dev setup
+        raise ImportError(
+            "the NumPyro NUTS backend needs jax and numpyro: pip install 'pyrobayes[nuts]'"
+        ) from err
+    return jax
+
+
+@dataclass(frozen=True)
+class JaxSite:
+    """One latent site's slice ``[start, stop)`` of the flat vector; ``positive``: sampled on
+    the log scale (``value = exp(u)``, the bijection ``biject_to`` gives a positive support).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.models.tabular import tabular_regression_model
+        >>> from pyrobayes.infer.jax_potential import jax_log_density
+        >>> model = tabular_regression_model(2, name="tab")
+        >>> dens = jax_log_density(model, torch.zeros(4, 2), torch.zeros(4))
+        >>> dens.sites[0]
+        JaxSite(name='tab.net.0.weight', shape=(50, 2), start=0, stop=100, positive=False)
+        >>> dens.sites[-1]
+        JaxSite(name='tab.likelihood.noise_scale', shape=(), start=2751, stop=2752, positive=True)
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+    positive: bool = False
+
+
+@dataclass
+class JaxLogDensity:
+    """The log joint as a JAX function of one flat unconstrained vector, and its layout.
+
+    * ``log_density(u)``: ``u`` ``[dim]`` -> scalar (jittable, differentiable);
+      ``potential(u) = -log_density(u)`` is what NUTS takes.
+    * ``sites``: the flat layout (weight sites in trace order, then the likelihood's latent
+      sites); ``pack``/``unpack`` map torch values (constrained) to and from it.
+    * ``x64``: the model is float64, so evaluate inside ``jax.enable_x64(True)``
+      (:meth:`precision` is that context; ``numpyro_nuts`` enters it).
+    * ``prior_std``: per coordinate, the prior std on the unconstrained scale (1 for a
+      positive site), the scale of :func:`numpyro_nuts`'s start jitter.
+    """
+
+    log_density: Callable[[Any], Any]
+    sites: tuple[JaxSite, ...]
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    prior_std: np.ndarray
+    sample_prior: Callable[[int, torch.Generator | None], np.ndarray] = field(repr=False)
+
+    @property
+    def x64(self) -> bool:
+        return self.dtype == torch.float64
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """``jax.enable_x64`` for a float64 model (scoped: other users of jax are unaffected)."""
+        jax = _require_jax()
+        return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
+
+    def potential(self, u):
+        return -self.log_density(u)
+
+    def pack(self, values: Mapping[str, torch.Tensor]) -> np.ndarray:
+        """``{site: constrained value [*batch, *shape]}`` -> flat unconstrained ``[*batch, dim]``."""
+        missing = [s.name for s in self.sites if s.name not in values]
+        if missing:
+            raise ValueError(f"missing latent sites {missing[:3]}")
+        first = torch.as_tensor(values[self.sites[0].name])
+        batch = first.shape[: first.dim() - len(self.sites[0].shape)]
+        parts = []
+        for s in self.sites:
+            v = torch.as_tensor(values[s.name]).detach().to("cpu", torch.float64)
+            if v.shape != (*batch, *s.shape):
+                raise ValueError(
+                    f"value of {s.name!r} has shape {tuple(v.shape)}, expected {(*batch, *s.shape)}"
+                )
+            v = v.log() if s.positive else v
+            parts.append(v.reshape(*batch, s.stop - s.start))
+        return torch.cat(parts, -1).numpy().astype(_np_dtype(self.dtype))
+
+    def unpack(self, flat: Any) -> dict[str, torch.Tensor]:
+        """Flat unconstrained ``[*batch, dim]`` -> ``{site: constrained torch tensor}`` on the
+        model's device and dtype."""
+        arr = torch.from_numpy(np.array(flat)).to(self.device, self.dtype)
+        if arr.shape[-1] != self.dim:
+            raise ValueError(f"flat latent vector must end in {self.dim}, got {tuple(arr.shape)}")
+        batch = arr.shape[:-1]
+        out = {}
+        for s in self.sites:
+            v = arr[..., s.start : s.stop].reshape((*batch, *s.shape))
+            out[s.name] = v.exp() if s.positive else v
+        return out
+
+
+def _np_dtype(dtype: torch.dtype):
+    if dtype not in (torch.float32, torch.float64):
+        raise NotImplementedError(
+            f"the JAX backend evaluates float32 or float64 models, got {dtype}"
+        )
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
+def _activation(module: nn.Module):
+    """The JAX version of an element-wise layer, or ``NotImplementedError``."""
+    import jax
+    import jax.numpy as jnp
+
+    t = type(module)
+    if t in (nn.Identity,) or isinstance(module, nn.modules.dropout._DropoutNd):
+        return lambda h: h  # eval mode: the potential is deterministic
+    simple = {
+        nn.Tanh: jnp.tanh,
+        nn.ReLU: jax.nn.relu,
+        nn.Sigmoid: jax.nn.sigmoid,
+        nn.SiLU: jax.nn.silu,
+    }
+    if t in simple:
+        return simple[t]
+    if t is nn.GELU:
+        approx = module.approximate == "tanh"
+        return lambda h: jax.nn.gelu(h, approximate=approx)
+    if t is nn.LeakyReLU:
+        slope = float(module.negative_slope)
+        return lambda h: jax.nn.leaky_relu(h, slope)
+    if t is nn.ELU:
+        alpha = float(module.alpha)
+        return lambda h: jax.nn.elu(h, alpha)
+    raise NotImplementedError(
+        f"the JAX backend has no {t.__name__} layer (supported: Linear, Tanh, ReLU, Sigmoid, "
+        "GELU, SiLU, LeakyReLU, ELU, Identity, Dropout); use the torch potential"
+    )
+
+
+def _normal_prior(site: str, d, shape: torch.Size) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element ``(loc, scale)`` of a Normal prior on a real support, flattened."""
+    base = d.base_dist if isinstance(d, torch.distributions.Independent) else d
+    support = d.support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if not (
+        type(base).__name__ == "Normal" and support is constraints.real and d.event_shape == shape
+    ):
+        raise NotImplementedError(
+            f"the JAX backend needs a Normal prior over the whole of site {site!r}, "
+            f"got {type(base).__name__} with event shape {tuple(d.event_shape)}; use the torch potential"
+        )
+    loc, scale = torch.broadcast_tensors(base.loc.detach(), base.scale.detach())
+    loc, scale = loc.expand(shape), scale.expand(shape)
+    return loc.reshape(-1).double().cpu().numpy(), scale.reshape(-1).double().cpu().numpy()
+
+
+def _noise_prior_fn(site: str, d):
+    """``log p(sigma)`` in JAX for a latent noise std on a positive support (LogNormal,
+    HalfNormal), checked to be sampled as ``exp(u)`` like ``biject_to`` does in torch."""
+    import jax.numpy as jnp
+
+    t = biject_to(d.support)
+    u = torch.tensor([-1.2, 0.3], dtype=torch.float64)
+    v = t(u)
+    if not (torch.allclose(v, u.exp()) and torch.allclose(t.log_abs_det_jacobian(u, v), u)):
+        raise NotImplementedError(
+            f"site {site!r}: the JAX backend samples positive sites as exp(u), but "
+            f"biject_to({d.support}) is {t}; use the torch potential"
+        )
+    name = type(d).__name__
+    if name == "LogNormal":
+        m, s = float(d.loc), float(d.scale)
+        c = -math.log(s) - _HALF_LOG_2PI
+
+        def log_p(log_sigma):
+            return c - log_sigma - 0.5 * ((log_sigma - m) / s) ** 2
+
+        return log_p
+    if name == "HalfNormal":
+        s = float(d.scale)
+        c = math.log(2.0) - math.log(s) - _HALF_LOG_2PI
+
+        def log_p(log_sigma):
+            return c - 0.5 * (jnp.exp(log_sigma) / s) ** 2
+
+        return log_p
+    raise NotImplementedError(
+        f"the JAX backend has no {name} prior for site {site!r} (LogNormal, HalfNormal); "
+        "use the torch potential"
+    )
+
+
+def _trace_latents(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """One trace of the model in eval mode: ``{site: (prior, value)}`` of its latent sites."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            tr = poutine.trace(model).get_trace(x, y=y)
+    finally:
+        model.train(was_training)
+    out = {}
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if type(site["fn"]).__name__ == "_Subsample":
+            continue
+        out[name] = (site["fn"], site["value"].detach())
+    return out
+
+
+def _layers(model: nn.Module, x: torch.Tensor, sites: Mapping[str, list[str]]):
+    """``[(kind, payload)]``: ``("linear", (weight source, bias source, out_features))`` with a
+    source ``("site", name)`` / ``("const", array)`` / ``None``; ``("act", fn)``."""
+    net, _ = _converted_root(model)
+    twin = net._pyrobayes_twin
+    if (
+        type(twin) is nn.Linear
+        and x.dim() == 2
+        and getattr(model, "output_fn", None) in (None, default_output)
+    ):
+        chain = [("", twin)]  # one bare layer: its parameters are "weight" and "bias"
+    else:
+        chain = _linear_chain(model, twin, x)
+    if chain is None:
+        raise NotImplementedError(
+            "the JAX backend needs the network to be a plain nn.Sequential of nn.Linear and "
+            "element-wise layers on one 2-D float input with the default output map; "
+            f"got {type(net._pyrobayes_twin).__name__}; use the torch potential"
+        )
+    by_path = {p: s for s, paths in sites.items() for p in paths}
+    fixed = fixed_tensors(net)
+    dtype = _np_dtype(x.dtype)
+
+    def source(key):
+        if key in by_path:
+            return ("site", by_path[key])
+        t = fixed.get(key)
+        return None if t is None else ("const", t.detach().cpu().numpy().astype(dtype))
+
+    layers = []
+    for name, m in chain:
+        if type(m) is nn.Linear:
+            prefix = f"{name}." if name else ""
+            w = source(f"{prefix}weight")
+            if w is None:
+                raise NotImplementedError(f"layer {name!r}: no weight found")
+            layers.append(("linear", (w, source(f"{prefix}bias"))))
+        else:
+            layers.append(("act", _activation(m)))
+    return layers, chain[max(i for i, (_, m) in enumerate(chain) if type(m) is nn.Linear)][1]
+
+
+def _likelihood_fn(model: nn.Module, x, y, last: nn.Linear, latents: Mapping[str, tuple]):
+    """``(log p(y | f, u_extra), {extra site: prior})``: the likelihood's summed term in JAX."""
+    import jax
+    import jax.numpy as jnp
+
+    lik = model.likelihood
+    extra = [s for s in latents if s not in bayesian_sites(model)]
+    dtype = _np_dtype(x.dtype)
+    if type(lik) is Categorical:
+        if extra:
+            raise NotImplementedError(f"Categorical likelihood with latent sites {extra}")
+        labels = Categorical._labels(x.new_zeros(x.shape[0], last.out_features), y)
+        idx = labels.cpu().numpy().astype(np.int32)[:, None]
+
+        def categorical(f, u_extra):
+            return jnp.take_along_axis(jax.nn.log_softmax(f, -1), idx, -1).sum()
+
+        return categorical, []
+    if type(lik) is not Gaussian:
+        raise NotImplementedError(
+            f"the JAX backend has Gaussian and Categorical likelihoods, got {type(lik).__name__}"
+        )
+    y_np = Gaussian._squeeze(y).detach().cpu().numpy().astype(dtype)
+    if last.out_features != 1 or y_np.ndim != 1:
+        raise NotImplementedError(
+            f"the JAX backend's Gaussian likelihood takes one output per point, got "
+            f"{last.out_features} outputs and targets of shape {tuple(y.shape)}"
+        )
+    n = y_np.shape[0]
+    if not lik.latent_noise:
+        if extra:
+            raise NotImplementedError(f"Gaussian likelihood with unknown latent sites {extra}")
+        scale = float(lik.scale.detach())  # a learned scale is held at its value, as in torch
+        const, half_prec = -n * (math.log(scale) + _HALF_LOG_2PI), 0.5 / scale**2
+
+        def fixed(f, u_extra):
+            r = f[:, 0] - y_np
+            return const - half_prec * jnp.dot(r, r)
+
+        return fixed, []
+    if extra != [lik.noise_site]:
+        raise NotImplementedError(
+            f"Gaussian likelihood: latent sites {extra}, expected only {lik.noise_site!r}"
+        )
+    log_prior = _noise_prior_fn(lik.noise_site, latents[lik.noise_site][0])
+
+    def latent(f, u_extra):
+        log_sigma = u_extra[0]
+        r = f[:, 0] - y_np
+        # + log_sigma: the Jacobian of sigma = exp(u)
+        ll = -n * (log_sigma + _HALF_LOG_2PI) - 0.5 * jnp.dot(r, r) * jnp.exp(-2 * log_sigma)
+        return ll + log_prior(log_sigma) + log_sigma
+
+    return latent, [lik.noise_site]
+
+
+def jax_log_density(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> JaxLogDensity:
+    """The log joint of ``model(x, y=y)`` (full data) as a JAX function of one flat
+    unconstrained vector; see the module docstring for what it can express.
+
+    Example (the same value as the torch potential, with the sign flipped)::
+
+        >>> import torch
+        >>> from pyrobayes.models.mlp import default_regression_model
+        >>> from pyrobayes.infer.potential import Potential
+        >>> model = default_regression_model().double()
+        >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]
+        >>> y = torch.sin(x[:, 0])
+        >>> dens = jax_log_density(model, x, y)
+        >>> pot = Potential(model, x, y)
+        >>> w = pot.prior_draw()
+        >>> with dens.precision():
+        ...     lp = float(dens.log_density(dens.pack(w)))
+        >>> abs(lp + float(pot(pot.unconstrain(w)))) < 1e-8 * abs(lp)
+        True
+    """
+    import jax.numpy as jnp
+
+    _require_jax()
+    x = torch.as_tensor(x)
+    dtype = _np_dtype(x.dtype)
+    sites = bayesian_sites(model)
+    layers, last = _layers(model, x, sites)
+    latents = _trace_latents(model, x, y)
+    loglik, extra = _likelihood_fn(model, x, y, last, latents)
+
+    weight_sites = [s for s in latents if s in sites]
+    layout, locs, scales, offset = [], [], [], 0
+    for s in weight_sites:
+        prior, value = latents[s]
+        loc, scale = _normal_prior(s, prior, value.shape)
+        layout.append(JaxSite(s, tuple(value.shape), offset, offset + value.numel()))
+        locs.append(loc)
+        scales.append(scale)
+        offset += value.numel()
+    n_w = offset
+    for s in extra:
+        layout.append(JaxSite(s, (), offset, offset + 1, positive=True))
+        offset += 1
+    loc = np.concatenate(locs) if locs else np.zeros(0)
+    scale = np.concatenate(scales) if scales else np.zeros(0)
+    inv_scale = (1.0 / scale).astype(dtype)
+    loc_scaled = (loc / scale).astype(dtype)
+    const = float(-(np.log(scale) + _HALF_LOG_2PI).sum())
+    views = {s.name: (s.start, s.stop, s.shape) for s in layout}
+    x_np = x.detach().cpu().numpy().astype(dtype)
+
+    def param(src, u):
+        if src is None or src[0] == "const":
+            return None if src is None else src[1]
+        a, b, shape = views[src[1]]
+        return u[a:b].reshape(shape)
+
+    def log_density(u):
+        z = u[:n_w] * inv_scale - loc_scaled
+        lp = const - 0.5 * jnp.dot(z, z)
+        h = x_np
+        for kind, payload in layers:
+            if kind == "act":
+                h = payload(h)
+                continue
+            w, b = param(payload[0], u), param(payload[1], u)
+            h = h @ w.T
+            if b is not None:
+                h = h + b
+        return lp + loglik(h, u[n_w:])
+
+    prior_std = np.concatenate([scale, np.ones(len(extra))]).astype(dtype)
+
+    def sample_prior(num: int, generator: torch.Generator | None = None) -> np.ndarray:
+        """``num`` flat unconstrained prior draws ``[num, dim]``."""
+        draws = {}
+        for s in layout:
+            prior = latents[s.name][0]
+            with torch.random.fork_rng(devices=[]):
+                if generator is not None:
+                    torch.manual_seed(int(torch.randint(2**31, (), generator=generator)))
+                draws[s.name] = prior.sample((num,)).reshape(num, *s.shape)
+        return dens.pack(draws)
+
+    dens = JaxLogDensity(
+        log_density=log_density,
+        sites=tuple(layout),
+        dim=offset,
+        dtype=x.dtype,
+        device=x.device,
+        prior_std=prior_std,
+        sample_prior=sample_prior,
+    )
+    return dens
+
+
+@dataclass
+class NumpyroNUTSResult:
+    """What :func:`numpyro_nuts` returns.
+
+    * ``draws``: ``{site: Tensor[chains, samples, *shape]}``, constrained, on the model's
+      device and dtype (the layout ``nuts_ppd``'s torch path gives after a reshape).
+    * ``flat``: the unconstrained draws ``[chains, samples, dim]`` (numpy, ``density.sites``).
+    * ``log_density``: the log joint of each draw ``[chains, samples]`` (numpy).
+    * ``num_steps``: gradient evaluations (leapfrog steps) per iteration ``[chains,
+      warmup + samples]``; ``diverging`` ``[chains, samples]``; ``step_size`` ``[chains]``.
+    * ``compile_seconds`` (tracing + XLA compilation), ``run_seconds`` (the compiled loop,
+      all chains together: vectorised chains advance in lockstep, so there is no per-chain
+      wall time; ``num_steps`` says how the work splits across chains).
+
+    Example (see :func:`numpyro_nuts` for a run)::
+
+        >>> import dataclasses
+        >>> [f.name for f in dataclasses.fields(NumpyroNUTSResult)][:4]
+        ['draws', 'flat', 'log_density', 'num_steps']
+    """
+
+    draws: dict[str, torch.Tensor]
+    flat: np.ndarray
+    log_density: np.ndarray
+    num_steps: np.ndarray
+    diverging: np.ndarray
+    step_size: np.ndarray
+    compile_seconds: float
+    run_seconds: float
+    density: JaxLogDensity = field(repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return self.compile_seconds + self.run_seconds
+
+    @property
+    def num_grads(self) -> int:
+        """All gradient evaluations of the run, every chain, warmup included."""
+        return int(self.num_steps.sum())
+
+
+def _starts(
+    dens: JaxLogDensity, init: Any, num_chains: int, init_jitter: float, seed: int
+) -> np.ndarray:
+    """Per-chain flat unconstrained starts ``[num_chains, dim]`` (see :func:`numpyro_nuts`)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    if init is None:
+        return dens.sample_prior(num_chains, gen)
+    if isinstance(init, Mapping):
+        start = dens.pack(init)
+    else:
+        start = np.asarray(torch.as_tensor(init).detach().cpu(), dtype=_np_dtype(dens.dtype))
+        if start.shape == (num_chains, dens.dim):
+            return start
+    if start.shape != (dens.dim,):
+        raise ValueError(
+            f"init must be a dict of site values, a flat vector [{dens.dim}] or one per chain "
+            f"[{num_chains}, {dens.dim}], got shape {tuple(start.shape)}"
+        )
+    if num_chains == 1:
+        return start[None]
+    noise = torch.randn(num_chains, dens.dim, generator=gen, dtype=torch.float64).numpy()
+    return (start + init_jitter * dens.prior_std * noise).astype(start.dtype)
+
+
+def _chain_fns(dens: JaxLogDensity, num_warmup: int, num_samples: int, kernel_kw: dict):
+    """Per-chain ``init(u0, key) -> carry`` and ``run(carry, start, n) -> carry``: ``n`` NUTS
+    iterations from iteration ``start``, the kept draws written into fixed-size buffers."""
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer.hmc import hmc
+
+    init_kernel, sample_kernel = hmc(potential_fn=dens.potential, algo="NUTS")
+    total = num_warmup + num_samples
+
+    def init(u0, key):
+        state = init_kernel(u0, num_warmup, rng_key=key, **kernel_kw)
+        bufs = (
+            jnp.zeros((num_samples, dens.dim), u0.dtype),
+            jnp.zeros(num_samples, u0.dtype),
+            jnp.zeros(num_samples, bool),
+            jnp.zeros(total, jnp.int32),
+        )
+        return state, bufs
+
+    def run(carry, start, n):
+        def body(i, carry):
+            state, (z, pe, div, steps) = carry
+            state = sample_kernel(state)
+            # warmup iterations write slot 0, which the first kept draw overwrites
+            k = jnp.maximum(i - num_warmup, 0)
+            z = z.at[k].set(state.z)
+            pe = pe.at[k].set(state.potential_energy)
+            div = div.at[k].set(state.diverging)
+            steps = steps.at[i].set(state.num_steps.astype(jnp.int32))
+            return state, (z, pe, div, steps)
+
+        return jax.lax.fori_loop(start, start + n, body, carry)
+
+    return init, run
+
+
+def numpyro_nuts(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    seed: int = 0,
+    init: Any = None,
+    init_jitter: float = 0.1,
+    max_tree_depth: int = 10,
+    target_accept_prob: float = 0.8,
+    step_size: float = 1.0,
+    chain_method: str = "vectorized",
+    progress: bool = False,
+    density: JaxLogDensity | None = None,
+) -> NumpyroNUTSResult:
+    """NUTS on :func:`jax_log_density` of ``model(x, y=y)`` with NumPyro's kernel, all chains
+    in one compiled XLA loop on JAX's default device.
+
+    Args:
+        model, x, y: a :class:`~pyrobayes.model.BayesianModel` and the full training set
+            (the model is not modified; it is traced once in eval mode).
+        num_chains, num_warmup, num_samples: chains, adaptation iterations (step size and
+            diagonal mass matrix, NumPyro's windowed schedule) and kept draws per chain.
+        seed: the JAX key of the chains and the start jitter.
+        init: where the chains start. ``None``: each chain at its own prior draw (dispersed;
+            in a BNN such chains often settle in different modes, which R-hat then shows).
+            A dict ``{site: constrained value}`` with every latent site (e.g. the fitted
+            network's weights, a MAP point or the generating latents) or a flat
+            unconstrained vector ``[dim]`` (``density.sites`` layout): one chain starts there,
+            several at ``start + init_jitter * prior_std * N(0, I)`` on the unconstrained
+            scale (jitter in units of each coordinate's prior std: far enough apart that a
+            stuck chain shows in R-hat, close enough that all start in the fitted basin).
+            ``[num_chains, dim]``: exactly these starts.
+        max_tree_depth, target_accept_prob, step_size: NUTS settings (NumPyro's defaults;
+            ``step_size`` is the initial one, then adapted).
+        chain_method: ``"vectorized"`` (one ``vmap``: chains advance in lockstep, each
+            tree as long as the longest; best when one gradient is cheap) or
+            ``"sequential"`` (``lax.map``: one chain after another in the same compiled loop).
+        progress: a few plain lines (the loop then runs in 10 compiled blocks).
+        density: a prebuilt :func:`jax_log_density` of the same model and data.
+
+    Returns:
+        :class:`NumpyroNUTSResult`.
+
+    Raises:
+        NotImplementedError: the model is beyond :func:`jax_log_density`; use the torch path.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0),
+        ...                               name="lin"), Gaussian(0.3))
+        >>> x = torch.linspace(-2, 2, 20)[:, None]
+        >>> res = numpyro_nuts(model, x, 0.8 * x[:, 0] - 0.3, num_chains=2, num_warmup=50,
+        ...                    num_samples=50, seed=0)
+        >>> tuple(res.draws["lin.net.weight"].shape), res.num_steps.shape
+        ((2, 50, 1, 1), (2, 100))
+        >>> round(float(res.draws["lin.net.weight"].mean()), 1)
+        0.8
+    """
+    _require_jax()
+    for name, v in (("num_chains", num_chains), ("num_samples", num_samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(num_warmup, bool) or not isinstance(num_warmup, int) or num_warmup < 0:
+        raise ValueError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
+    if chain_method not in ("vectorized", "sequential"):
+        raise ValueError(f"chain_method must be 'vectorized' or 'sequential', got {chain_method!r}")
+    dens = density if density is not None else jax_log_density(model, x, y)
+    u0 = _starts(dens, init, num_chains, init_jitter, seed)
+    kernel_kw = {
+        "step_size": float(step_size),
+        "target_accept_prob": float(target_accept_prob),
+        "max_tree_depth": int(max_tree_depth),
+    }
+    with dens.precision():
+        return _run_chains(
+            dens, u0, num_warmup, num_samples, seed, kernel_kw, chain_method, progress
+        )
+
+
+def _run_chains(dens, u0, num_warmup, num_samples, seed, kernel_kw, chain_method, progress):
+    """Compile (timed apart) and run the chains; see :func:`numpyro_nuts`."""
+    import jax
+    import jax.numpy as jnp
+
+    from pyrobayes.progress import progress_bar
+
+    total = num_warmup + num_samples
+    init, run = _chain_fns(dens, num_warmup, num_samples, kernel_kw)
+    if chain_method == "vectorized":
+        init_all = jax.vmap(init)
+        run_all = jax.vmap(run, in_axes=(0, None, None))
+    else:
+        init_all = lambda u, k: jax.lax.map(lambda a: init(*a), (u, k))  # noqa: E731
+        run_all = lambda c, s, n: jax.lax.map(lambda a: run(a, s, n), c)  # noqa: E731
+    keys = jax.random.split(jax.random.PRNGKey(int(seed)), u0.shape[0])
+    u0 = jnp.asarray(u0)
+    block = total if not progress else max(1, math.ceil(total / 10))
+    t0 = time.perf_counter()
+    init_c = jax.jit(init_all).lower(u0, keys).compile()
+    runs = {}
+    for n in {block, total % block or block}:
+        runs[n] = (
+            jax.jit(run_all, static_argnums=2, donate_argnums=0)
+            .lower(jax.eval_shape(init_all, u0, keys), 0, n)
+            .compile()
+        )
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    carry = init_c(u0, keys)
+    for start in progress_bar(range(0, total, block), enabled=progress, desc="NUTS", unit="blocks"):
+        carry = runs[min(block, total - start)](carry, start)
+        if progress:
+            jax.block_until_ready(carry)  # so that the progress lines tell the time
+    state, (z, pe, div, steps) = jax.block_until_ready(carry)
+    run_s = time.perf_counter() - t0
+    flat = np.asarray(z)
+    return NumpyroNUTSResult(
+        draws=dens.unpack(flat),
+        flat=flat,
+        log_density=-np.asarray(pe),
+        num_steps=np.asarray(steps),
+        diverging=np.asarray(div),
+        step_size=np.asarray(state.adapt_state.step_size),
+        compile_seconds=compile_s,
+        run_seconds=run_s,
+        density=dens,
+    )
