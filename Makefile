@@ -19,7 +19,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(PIP)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,docs]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[dev,docs,nuts]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -40,7 +40,7 @@ test-latest:
 	$(PY) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q $(TORCH)
-	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c <(echo "$(TORCH)") -e ".[dev,docs]"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c <(echo "$(TORCH)") -e ".[dev,docs,nuts]"
 	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q
 
@@ -62,7 +62,7 @@ test-lowest:
 lock:
 	$(PY) -m venv .venv-tools
 	.venv-tools/bin/pip install -q $(UV)
-	.venv-tools/bin/uv pip compile setup.cfg --extra dev --extra docs --quiet \
+	.venv-tools/bin/uv pip compile setup.cfg --extra dev --extra docs --extra nuts --quiet \
 		--python-version $(LOCK_PY) --python-platform x86_64-unknown-linux-gnu \
 		$(if $(wildcard /opt/wheels),--find-links /opt/wheels) -c <(echo "$(TORCH)") \
 		--no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
