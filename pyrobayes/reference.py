@@ -42,10 +42,11 @@ from pyrobayes.gp import exact_gp_ppd
 from pyrobayes.infer.fast_check import warn_fallback
 from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
 from pyrobayes.infer.predictive import forward_draws
+from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
 from pyrobayes.progress import _in_notebook, _is_tty, progress_bar
 
-__all__ = ["NUTSInfo", "exact_gp_ppd", "nuts_diagnostics", "nuts_ppd"]
+__all__ = ["NUTSBackend", "NUTSInfo", "exact_gp_ppd", "nuts_diagnostics", "nuts_ppd"]
 
 
 def _as_input(x: Any, device: torch.device, name: str) -> torch.Tensor:
@@ -105,7 +106,7 @@ def nuts_ppd(
     x_query: Any,
     num_warmup: int = 500,
     num_samples: int = 500,
-    num_chains: int = 1,
+    num_chains: int = 4,
     progress: bool = True,
     seed: int | None = None,
     return_mcmc: bool = False,
@@ -115,16 +116,19 @@ def nuts_ppd(
     init: Any = None,
     map_steps: int = 0,
     step_size: float = 0.01,
-    init_jitter: float = 0.01,
+    init_jitter: float = 0.1,
     mp_context: str | None = None,
-) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, MCMC]:
+    backend: str = "auto",
+) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, NUTSInfo]:
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
-    Runs Pyro's ``MCMC(NUTS(potential_fn=...))`` on the trace-free potential of
-    ``model(x_train, y=y_train)`` (``pyrobayes.infer.potential.Potential``: full batch,
-    eval mode, every latent as one flat unconstrained vector), keeps ``num_samples`` draws per chain after ``num_warmup`` adaptation steps, and
-    averages the likelihood's densities/probabilities over all ``num_chains * num_samples``
-    draws at ``x_query``:
+    Runs NUTS on the log joint of ``model(x_train, y=y_train)`` (full batch, eval mode, every
+    latent as one flat unconstrained vector; checked once against a Pyro trace of the model),
+    ``num_chains`` chains from dispersed starts, keeps ``num_samples`` draws per chain after
+    ``num_warmup`` adaptation steps, judges convergence over chains (rank-normalised split
+    R-hat, bulk/tail ESS of the PPD's ingredients: :class:`NUTSInfo`; a warning when not
+    converged), and averages the likelihood's densities/probabilities over all
+    ``num_chains * num_samples`` draws at ``x_query``:
 
     .. math:: p(y_* \\mid x_*, D) \\approx \\frac1S \\sum_s p(y_* \\mid f_{w_s}(x_*)),
               \\quad w_s \\sim p(w \\mid D) \\text{ by NUTS}.
@@ -141,12 +145,14 @@ def nuts_ppd(
         x_query: the query inputs.
         num_warmup: NUTS adaptation steps per chain (step size and diagonal mass matrix).
         num_samples: kept draws per chain.
-        num_chains: independent chains. Pyro runs them in parallel processes only when
-            ``num_chains <= cpu_count - 1`` (it reserves one CPU), else one after another.
+        num_chains: independent chains (default 4: one chain cannot show that it has not
+            converged). The NumPyro backend runs them vectorised in one compiled loop; Pyro
+            runs them in parallel processes only when ``num_chains <= cpu_count - 1`` (it
+            reserves one CPU), else one after another.
         progress: Pyro's progress bar on a terminal/notebook, a few plain lines in a log.
         seed: seeds torch's RNG for this run only (the caller's RNG state is restored).
-        return_mcmc: also return a :class:`NUTSInfo` (max R-hat, min ESS, the ``MCMC``
-            object, the constrained draws).
+        return_mcmc: also return a :class:`NUTSInfo` (R-hat, ESS and verdict over chains,
+            the constrained draws, Pyro's ``MCMC`` object on that backend).
         target_accept_prob, max_tree_depth: NUTS settings (a tree of depth ``d`` costs up to
             :math:`2^d - 1` gradient evaluations per draw).
         chunk_size: draws evaluated per vectorised forward pass at ``x_query``.
@@ -159,10 +165,17 @@ def nuts_ppd(
         step_size: NUTS's initial step size (then adapted during warmup; Pyro first
             rescales it by its doubling/halving heuristic at the start point).
         init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
-            ``init_jitter * N(0, I)`` on the unconstrained scale, so R-hat can see a chain
-            that is stuck.
-        mp_context: multiprocessing start method for parallel chains (default: ``"spawn"``
-            on CUDA, where forked workers cannot re-initialise CUDA; else Pyro's default).
+            ``init_jitter * N(0, I)`` on the unconstrained scale, in units of each
+            coordinate's prior std with the NumPyro backend (absolute with Pyro's), so
+            R-hat can see a chain that is stuck.
+        mp_context: multiprocessing start method for Pyro's parallel chains (default:
+            ``"spawn"`` on CUDA, where forked workers cannot re-initialise CUDA).
+        backend: ``"auto"`` (NumPyro when the ``nuts`` extra is installed and the model is
+            one it can express -- a Linear chain with element-wise activations, Normal weight
+            priors, a Gaussian or Categorical likelihood -- else Pyro), ``"numpyro"``
+            (:func:`pyrobayes.infer.jax_potential.numpyro_nuts`: the same log joint as one
+            JAX function, tested equal to the torch potential; an error if it cannot be
+            used) or ``"pyro"`` (Pyro's ``MCMC(NUTS)`` on the torch potential).
 
     Returns:
         The PPD at ``x_query`` (:class:`~pyrobayes.ppd.NormalMixturePPD` for a Gaussian
@@ -181,45 +194,36 @@ def nuts_ppd(
         20
     """
     _check_nuts_args(model, num_warmup, num_samples, num_chains, target_accept_prob)
+    chosen = NUTSBackend.parse(backend)
     device = model.device
     xt, yt, xq = _nuts_inputs(x_train, y_train, x_query, device)
 
     with _eval_mode(model), _seeded(seed, device):
         potential = _checked_potential(model, xt, yt)
         init_values = _initial_values(potential, init, map_steps)
-        # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
-        u0 = potential.pack(potential.unconstrain(init_values)).detach()
-        if num_chains > 1:
-            # distinct starts around the same point, so R-hat can see a chain that is stuck
-            u0 = u0 + init_jitter * torch.randn(
-                (num_chains, *u0.shape), dtype=u0.dtype, device=u0.device
-            )
-        mcmc = _make_mcmc(
-            potential,
-            u0,
-            device,
+        density = _numpyro_density(model, xt, yt, potential, chosen)
+        settings = dict(
+            num_chains=num_chains,
             num_warmup=num_warmup,
             num_samples=num_samples,
-            num_chains=num_chains,
             progress=progress,
             target_accept_prob=target_accept_prob,
             max_tree_depth=max_tree_depth,
-            step_size=step_size,
-            mp_context=mp_context,
+            init_jitter=init_jitter,
         )
-        mcmc.run()
-        flat = mcmc.get_samples(group_by_chain=True)[FLAT]  # [C, S, dim]
-        draws = potential.constrain(potential.unpack(flat.reshape(-1, potential.dim)))
+        if density is not None:
+            draws, mcmc = _run_numpyro(model, xt, yt, density, init_values, settings)
+        else:
+            extra = dict(step_size=step_size, mp_context=mp_context, device=device)
+            draws, mcmc = _run_pyro(potential, init_values, settings | extra)
         if isinstance(potential, TracedPotential):
             out = potential.outputs(draws, xq)
         else:
             out = forward_draws(model, draws, xq, chunk_size=chunk_size)
         with torch.no_grad():
+            n = num_chains * num_samples
             log_lik = torch.stack(
-                [
-                    potential.log_likelihood(potential.constrain(potential.unpack(f)))
-                    for f in flat.reshape(-1, potential.dim)
-                ]
+                [potential.log_likelihood({k: v[i] for k, v in draws.items()}) for i in range(n)]
             )
     ppd = _ppd(model, out, draws)
     info = NUTSInfo.from_draws(
@@ -227,6 +231,7 @@ def nuts_ppd(
         out.reshape(num_chains, num_samples, -1),
         log_lik.reshape(num_chains, num_samples),
         mcmc=mcmc,
+        backend=NUTSBackend.PYRO.value if density is None else NUTSBackend.NUMPYRO.value,
     )
     if not info.converged:
         warnings.warn(
@@ -234,6 +239,75 @@ def nuts_ppd(
             stacklevel=2,
         )
     return (ppd, info) if return_mcmc else ppd
+
+
+class NUTSBackend(Option):
+    """Which engine runs :func:`nuts_ppd`'s chains.
+
+    Example::
+
+        >>> NUTSBackend.parse("numpyro") is NUTSBackend.NUMPYRO
+        True
+    """
+
+    AUTO = "auto"
+    NUMPYRO = "numpyro"
+    PYRO = "pyro"
+
+
+def _numpyro_density(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    potential: Potential,
+    backend: NUTSBackend,
+) -> Any:
+    """The JAX log joint for the NumPyro backend, or ``None`` for Pyro's: ``auto`` takes
+    NumPyro where it is installed and expresses the model (the torch potential must itself
+    be the model's log joint: a model Pyro's traces had to take over stays with Pyro)."""
+    if backend is NUTSBackend.PYRO:
+        return None
+    from pyrobayes.infer import jax_potential
+
+    if backend is NUTSBackend.AUTO and not jax_potential.available():
+        return None
+    if isinstance(potential, TracedPotential):
+        if backend is NUTSBackend.NUMPYRO:
+            raise ValueError(
+                "backend='numpyro' cannot run this model: its forward adds to the model, so "
+                "only Pyro's traces compute its log joint; use backend='pyro'"
+            )
+        return None
+    try:
+        return jax_potential.jax_log_density(model, x, y)
+    except NotImplementedError:
+        if backend is NUTSBackend.NUMPYRO:
+            raise
+        return None
+
+
+def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, None]:
+    """NumPyro's NUTS on ``density``: the constrained draws ``{site: [C * S, ...]}``
+    (chain-major)."""
+    from pyrobayes.infer.jax_potential import numpyro_nuts
+
+    seed = int(torch.randint(0, 2**31 - 1, ()))  # from the (seeded) torch RNG
+    res = numpyro_nuts(model, x, y, seed=seed, init=init_values, density=density, **settings)
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in res.draws.items()}, None
+
+
+def _run_pyro(potential: Potential, init_values, settings) -> tuple[dict, MCMC]:
+    """Pyro's ``MCMC(NUTS)`` on the torch potential from jittered starts around the start."""
+    num_chains, jitter = settings["num_chains"], settings.pop("init_jitter")
+    # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
+    u0 = potential.pack(potential.unconstrain(init_values)).detach()
+    if num_chains > 1:
+        # distinct starts around the same point, so R-hat can see a chain that is stuck
+        u0 = u0 + jitter * torch.randn((num_chains, *u0.shape), dtype=u0.dtype, device=u0.device)
+    mcmc = _make_mcmc(potential, u0, **settings)
+    mcmc.run()
+    flat = mcmc.get_samples(group_by_chain=True)[FLAT].reshape(-1, potential.dim)
+    return potential.constrain(potential.unpack(flat)), mcmc
 
 
 def _check_nuts_args(

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from pyro.ops.stats import effective_sample_size
 
 from pyrobayes import BayesianModel, Gaussian, NormalPrior, forward_draws, to_pyro
+from pyrobayes.diagnostics import ess_bulk
 from pyrobayes.gp import exact_gp_ppd as gp_exact_gp_ppd
 from pyrobayes.ppd import NormalMixturePPD
 from pyrobayes.reference import exact_gp_ppd, nuts_ppd
@@ -37,23 +37,37 @@ def _exact_linear_ppd(x, y, xq):
     return q @ m, (q @ torch.linalg.inv(a) * q).sum(1)
 
 
-def test_nuts_matches_conjugate_linear_regression():
+@pytest.mark.parametrize(
+    "backend, chains, samples", [("numpyro", 4, 300), ("pyro", 1, 600)], ids=["numpyro", "pyro"]
+)
+def test_nuts_matches_conjugate_linear_regression(backend, chains, samples):
     model, x, y = _linear_problem()
     xq = torch.tensor([[-3.0], [0.0], [1.5], [4.0]])
     ppd, mcmc = nuts_ppd(
-        model, x, y, xq, num_warmup=300, num_samples=600, progress=False, seed=0, return_mcmc=True
+        model,
+        x,
+        y,
+        xq,
+        num_warmup=300,
+        num_samples=samples,
+        num_chains=chains,
+        progress=False,
+        seed=0,
+        return_mcmc=True,
+        backend=backend,
     )
-    assert isinstance(ppd, NormalMixturePPD) and ppd.num_draws == 600
+    assert mcmc.backend == backend
+    assert isinstance(ppd, NormalMixturePPD) and ppd.num_draws == chains * samples
     assert ppd.batch_shape == (4,)
     exact_mean, exact_epi = _exact_linear_ppd(x, y, xq)
 
     # Monte-Carlo error of the draws: the PPD mean is the average of f_s(x*) over draws,
     # with standard error sd(f) / sqrt(ESS); its epistemic variance is a sample variance of
-    # (Gaussian) f_s, with standard error var(f) * sqrt(2 / ESS). ESS comes from the chain's
+    # (Gaussian) f_s, with standard error var(f) * sqrt(2 / ESS). ESS comes from the chains'
     # autocorrelation. 4.5 standard errors on each of 4 points: a false failure < 1e-4.
-    f = ppd.loc.double()  # [S, 4], per-draw predictive means
-    ess = effective_sample_size(f.unsqueeze(0), chain_dim=0, sample_dim=1)
-    assert (ess > 100).all(), ess  # the chain mixes; otherwise the tolerance is meaningless
+    f = ppd.loc.double().reshape(chains, samples, 4)  # per-draw predictive means
+    ess = ess_bulk(f)
+    assert (ess > 100).all(), ess  # the chains mix; otherwise the tolerance is meaningless
     mean_se = exact_epi.sqrt() / ess.sqrt()
     assert ((ppd.mean.double() - exact_mean).abs() < 4.5 * mean_se).all(), (
         ppd.mean,
@@ -67,9 +81,9 @@ def test_nuts_matches_conjugate_linear_regression():
     assert ((ppd.stddev.double() - exact_std).abs() < 4.5 * epi_se / (2 * exact_std)).all()
 
     # min_ess is over the PPD's ingredients (the f(x*) draws and the log-likelihood), by
-    # the rank-normalised estimator on the two halves of the chain
+    # the rank-normalised estimator on the split chains; one chain is never "converged"
     assert mcmc.min_ess > 100 and mcmc.min_ess_tail > 100
-    assert mcmc.num_chains == 1 and not mcmc.converged  # one chain cannot show convergence
+    assert mcmc.num_chains == chains and mcmc.converged == (chains > 1)
 
     # the PPD is built from exactly the MCMC draws
     again = forward_draws(model, mcmc.get_samples(), xq)
@@ -102,7 +116,18 @@ def test_nuts_restores_train_mode():
 
 def test_nuts_progress_is_plain_lines_in_a_log(capsys):
     model, x, y = _linear_problem()
-    nuts_ppd(model, x, y, x[:1], num_warmup=10, num_samples=10, progress=True, seed=0)
+    nuts_ppd(
+        model,
+        x,
+        y,
+        x[:1],
+        num_warmup=10,
+        num_samples=10,
+        num_chains=1,
+        progress=True,
+        seed=0,
+        backend="pyro",
+    )
     err = capsys.readouterr().err  # pytest's capture is not a TTY
     lines = [ln for ln in err.splitlines() if ln.startswith("NUTS:")]
     assert lines[0].startswith("NUTS: 0/20 steps") and lines[-1].startswith("NUTS: 20/20")
@@ -131,3 +156,20 @@ def test_exact_gp_is_reexported():
         torch.zeros(0), torch.zeros(0), torch.zeros(2), outputscale=1.0, noise_std=0.1
     )
     assert torch.allclose(ppd.variance, torch.full((2,), 1.01))
+
+
+def test_nuts_backend_choice():
+    model, x, y = _linear_problem()
+    kw = dict(num_warmup=20, num_samples=20, num_chains=2, progress=False, seed=0)
+    _, auto = nuts_ppd(model, x, y, x[:1], return_mcmc=True, **kw)
+    assert auto.backend == "numpyro" and auto.mcmc is None  # the nuts extra is installed
+    with pytest.raises(ValueError, match="unknown NUTS backend 'stan'; valid: auto, numpyro"):
+        nuts_ppd(model, x, y, x[:1], backend="stan", **kw)
+    # a model NumPyro cannot express (a Conv layer) is Pyro's under "auto", an error otherwise
+    conv = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 1)), torch.nn.Conv1d(1, 1, 1))
+    conv.append(torch.nn.Flatten(0))
+    model_c = BayesianModel(to_pyro(conv, prior=NormalPrior(1.0)), Gaussian(scale=NOISE))
+    _, info = nuts_ppd(model_c, x, y, x[:1], return_mcmc=True, **kw)
+    assert info.backend == "pyro" and info.mcmc is not None
+    with pytest.raises(NotImplementedError, match="torch potential"):
+        nuts_ppd(model_c, x, y, x[:1], backend="numpyro", **kw)

@@ -53,9 +53,29 @@ from pyrobayes.infer.twin import _linear_chain, fixed_tensors
 from pyrobayes.likelihoods import Categorical, Gaussian
 from pyrobayes.model import default_output
 
-__all__ = ["JaxLogDensity", "JaxSite", "NumpyroNUTSResult", "jax_log_density", "numpyro_nuts"]
+__all__ = [
+    "JaxLogDensity",
+    "JaxSite",
+    "NumpyroNUTSResult",
+    "available",
+    "jax_log_density",
+    "numpyro_nuts",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def available() -> bool:
+    """Whether the ``nuts`` extra (jax, numpyro) is installed.
+
+    Example::
+
+        >>> isinstance(available(), bool)
+        True
+    """
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("jax", "numpyro"))
 
 
 def _require_jax():
