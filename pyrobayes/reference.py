@@ -190,8 +190,8 @@ def nuts_ppd(
         >>> x = torch.linspace(-1, 1, 10)[:, None]
         >>> ppd = nuts_ppd(model, x, torch.sin(3 * x[:, 0]), torch.zeros(3, 1),
         ...                num_warmup=20, num_samples=20, progress=False, seed=0)
-        >>> ppd.num_draws
-        20
+        >>> ppd.num_draws  # 4 chains x 20 draws
+        80
     """
     _check_nuts_args(model, num_warmup, num_samples, num_chains, target_accept_prob)
     chosen = NUTSBackend.parse(backend)

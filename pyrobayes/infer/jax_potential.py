@@ -126,6 +126,16 @@ class JaxLogDensity:
       (:meth:`precision` is that context; ``numpyro_nuts`` enters it).
     * ``prior_std``: per coordinate, the prior std on the unconstrained scale (1 for a
       positive site), the scale of :func:`numpyro_nuts`'s start jitter.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(2, 1), prior=NormalPrior(1.0),
+        ...                               name="lin"), Gaussian(0.3))
+        >>> dens = jax_log_density(model, torch.zeros(5, 2), torch.zeros(5))
+        >>> dens.dim, [(s.name, tuple(s.shape)) for s in dens.sites]
+        (3, [('lin.net.weight', (1, 2)), ('lin.net.bias', (1,))])
     """
 
     log_density: Callable[[Any], Any]
