@@ -67,6 +67,14 @@ class UCIData:
     ``tau_values``: precisions of the raw target; ``()`` when absent). Duck-types
     :class:`~pyrobayes.data.tabular.TabularData` (``x``, ``y``, ``feature_names``,
     ``target_name``, ``source``).
+
+    Example::
+
+        >>> d = UCIData(torch.zeros(4, 1, dtype=torch.float64), torch.arange(4.0),
+        ...             (torch.tensor([0, 1, 2]),), (torch.tensor([3]),), "toy", ("col0",),
+        ...             "col1", "toy", "/tmp/toy")
+        >>> d.num_splits, len(d), d.splits(1)[0][1].tolist()
+        (1, 4, [3])
     """
 
     x: torch.Tensor
@@ -245,6 +253,13 @@ def load_uci(data: str, root: str | None = None) -> UCIData:
         FileNotFoundError: the folder or a required file is missing (the message names the
             path tried and where the files come from).
         ValueError: a malformed file (module docstring).
+
+    Example::
+
+        >>> load_uci("uci:yacht", root="/nowhere")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: no UCI data folder at /nowhere/yacht; the standard UCI splits come from the MC dropout paper's repository ...
     """
     folder = uci_folder(data, root)
     if not folder.is_dir():
