@@ -62,8 +62,8 @@ __all__ = [
 
 # The MC dropout paper's rate grid (the same in every data set's dropout_rates.txt).
 DEFAULT_DROPOUT_RATES = (0.005, 0.01, 0.05, 0.1)
-# Precisions of a standardised target (noise std 0.5, 0.32, 0.2, 0.1, 0.05) when no grid is given.
-DEFAULT_TAUS = (4.0, 10.0, 25.0, 100.0, 400.0)
+# Precisions of a standardised target (noise std 0.71, 0.35, 0.18, 0.09) when no grid is given.
+DEFAULT_TAUS = (2.0, 8.0, 32.0, 128.0)
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor) -> None:
