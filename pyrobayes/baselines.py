@@ -8,8 +8,12 @@ r"""The field's two simple baselines for regression, each returning a PPD.
   per-member scales), whose variance is the members' mean variance plus the spread of their
   means. The paper's adversarial training (a small gain there) is left out. Each member is
   the tabular MLP's shape (``d``-50-50-2, tanh), trained by full-batch Adam and early-stopped
-  on the held-out NLL of a random 10% of the *training* rows (its own 10%, drawn from its
-  seed), the recipe of the MLP row of :mod:`pyrobayes.tabular_job`.
+  on a random 10% of the *training* rows (its own 10%, drawn from its seed), the recipe of
+  the MLP row of :mod:`pyrobayes.tabular_job`: first the mean by MSE, then mean and variance
+  by the Gaussian NLL (``mse_warmup``; trained by the NLL alone, the members gave up on
+  yacht's large targets, fitting them by a wide variance instead: on a held-out fifth of
+  split 0's training rows, standardised RMSE 0.51 and NLL -1.68 without the warm-up, 0.04
+  and -2.30 with it).
 * **MC dropout** (Gal and Ghahramani 2016): one hidden layer of 50 ReLU units, dropout before
   each linear layer (the paper's code), weight decay
   :math:`\lambda = l^2 (1 - p) / (2 N \tau)` with :math:`l = 10^{-2}`, kept on at test time;
@@ -133,6 +137,32 @@ def gaussian_nll_loss(
     return 0.5 * (torch.log(2 * math.pi * var) + (y - out[..., 0]).pow(2) / var).mean()
 
 
+def _mean_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (out[..., 0] - y).pow(2).mean()
+
+
+def _early_stopped(net, loss, x_fit, y_fit, x_val, y_val, max_steps, lr, patience) -> int:
+    """Full-batch Adam on ``loss``, keeping the weights of the step of lowest held-out
+    ``loss``; returns that step (0: the starting weights were best)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.no_grad():
+        best = float(loss(net(x_val), y_val))
+    best_step, best_state = 0, {k: t.detach().clone() for k, t in net.state_dict().items()}
+    for step in range(max_steps):
+        opt.zero_grad(set_to_none=True)
+        loss(net(x_fit), y_fit).backward()
+        opt.step()
+        with torch.no_grad():
+            v = float(loss(net(x_val), y_val))
+        if v < best:
+            best, best_step = v, step + 1
+            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+        elif step + 1 - best_step >= patience:
+            break
+    net.load_state_dict(best_state)
+    return best_step
+
+
 def _fit_member(
     net: MeanVarianceMLP,
     x: torch.Tensor,
@@ -142,27 +172,21 @@ def _fit_member(
     lr: float,
     patience: int,
     val_fraction: float,
+    mse_warmup: bool,
 ) -> int:
-    """Full-batch Adam on the Gaussian NLL of the member's fit rows, keeping the weights of
-    the step of lowest held-out NLL (its own seeded held-out rows); returns that step."""
+    """Early-stopped full-batch Adam on the member's own seeded held-out rows: first (with
+    ``mse_warmup``) the mean by MSE, then mean and variance by the Gaussian NLL; returns the
+    NLL phase's best step."""
     fit_rows, val = _holdout(len(x), val_fraction, seed)
     fit_rows, val = fit_rows.to(x.device), val.to(x.device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    best, best_step, best_state = float("inf"), 0, None
-    for step in range(max_steps):
-        opt.zero_grad(set_to_none=True)
-        gaussian_nll_loss(net(x[fit_rows]), y[fit_rows], net.min_variance).backward()
-        opt.step()
-        with torch.no_grad():
-            v = float(gaussian_nll_loss(net(x[val]), y[val], net.min_variance))
-        if v < best:
-            best, best_step = v, step + 1
-            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-        elif step + 1 - best_step >= patience:
-            break
-    if best_state is None:
-        raise FloatingPointError("deep ensemble member: the held-out NLL was never finite")
-    net.load_state_dict(best_state)
+    data = (x[fit_rows], y[fit_rows], x[val], y[val])
+    if mse_warmup:
+        _early_stopped(net, _mean_mse, *data, max_steps, lr, patience)
+
+    def nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return gaussian_nll_loss(out, target, net.min_variance)
+
+    best_step = _early_stopped(net, nll, *data, max_steps, lr, patience)
     net.eval()
     return best_step
 
@@ -201,6 +225,7 @@ def fit_deep_ensemble(
     patience: int = 200,
     val_fraction: float = 0.1,
     min_variance: float = 1e-6,
+    mse_warmup: bool = True,
     seed: int = 0,
 ) -> DeepEnsemble:
     """Train ``members`` mean-variance networks on the training rows ``x [N, d]``, ``y [N]``
@@ -225,7 +250,9 @@ def fit_deep_ensemble(
             torch.manual_seed(s)
             net = MeanVarianceMLP(x.shape[1], hidden, activation, min_variance)
         net = net.to(device=x.device, dtype=x.dtype)
-        ens.best_steps.append(_fit_member(net, x, y, s, max_steps, lr, patience, val_fraction))
+        ens.best_steps.append(
+            _fit_member(net, x, y, s, max_steps, lr, patience, val_fraction, mse_warmup)
+        )
         ens.members.append(net)
     return ens
 

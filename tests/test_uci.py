@@ -98,3 +98,90 @@ def test_bad_inputs_are_clear_errors(tmp_path, change, message):
 def test_bad_names(tmp_path, data):
     with pytest.raises(ValueError, match="expected uci:<name>"):
         load_uci(data, root=str(tmp_path))
+
+
+# ----------------------------------------------------------------- the comparison job
+
+TINY_JOB = [
+    "--mlp-steps", "40", "--svi-steps", "10", "--num-samples", "10", "--gp-steps", "10",
+    "--ensemble-steps", "20", "--dropout-steps", "20", "--dropout-passes", "10", "--no-progress",
+]  # fmt: skip
+
+
+def _regression_layout(folder, n=60, splits=3):
+    """A UCI folder with a learnable target: y = 3 sin(a) + b + noise, column 1 unused."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, generator=g) * 4 - 2
+    y = 3 * torch.sin(x[:, 0]) + x[:, 2] + 0.2 * torch.randn(n, generator=g)
+    data = "".join(
+        f"{a:.5f} {b:.5f} {c:.5f} {t:.5f}\n" for (a, b, c), t in zip(x.tolist(), y.tolist())
+    )
+    folder.mkdir(parents=True)
+    _layout(folder, n=n, splits=0, data=data, features="0\n2\n", target="3\n")
+    perm = torch.randperm(n, generator=g).tolist()
+    for k in range(splits):
+        test = perm[6 * k : 6 * k + 6]
+        train = [i for i in range(n) if i not in test]
+        (folder / f"index_train_{k}.txt").write_text("\n".join(map(str, train)))
+        (folder / f"index_test_{k}.txt").write_text("\n".join(map(str, test)))
+    (folder / "dropout_rates.txt").write_text("0.01\n0.1\n")
+    (folder / "tau_values.txt").write_text("1.0\n4.0\n")
+    return folder
+
+
+def test_compare_runs_the_given_splits_and_the_selected_methods(tmp_path, capsys):
+    import json
+
+    from pyrobayes.cli import main
+    from pyrobayes.compare import ComparisonTable
+
+    _regression_layout(tmp_path / "root" / "toy")
+    out = tmp_path / "o"
+    argv = ["compare", "--data", "uci:toy", "--data-root", str(tmp_path / "root"), "--splits", "2"]
+    methods = ["--methods", "mlp,ensemble,dropout,gp"]
+    assert main([*argv, *methods, *TINY_JOB, "--out", str(out)]) == 0
+    payload = json.loads((out / "compare.json").read_text())
+    table = ComparisonTable.from_dict(payload["table"])
+    assert table.methods == ("MLP + fitted noise", "deep ensemble", "MC dropout", "exact GP (ARD)")
+    assert len(payload["split_tables"]) == 2 and payload["features"] == ["col0", "col2"]
+    # the given splits: 54 training / 6 test rows each, split 1's test rows are rows 6..11
+    # of the folder's permutation (no random 90/10 split of the job's own)
+    assert payload["n_train"] == 54 and payload["n_test"] == 6
+    assert any("not run" in n and "svi" in n and "nuts" in n for n in payload["notes"])
+    # MC dropout chose from the folder's grid (taus of the raw target)
+    for info in payload["split_info"]:
+        assert info["dropout"]["rate"] in (0.01, 0.1)
+        assert min(abs(info["dropout"]["tau_raw"] - t) for t in (1.0, 4.0)) < 1e-6
+        assert len(info["ensemble_best_steps"]) == 5
+    md = (out / "compare.md").read_text()
+    assert "The first 2 of its 3 given splits" in md
+    for m in table.methods:
+        assert table.row(m)["nll"] == table.row(m)["nll"]  # finite, not NaN
+
+
+def test_splits_default_to_all_given_and_selection_errors(tmp_path, capsys):
+    from pyrobayes.cli import main
+    from pyrobayes.tabular_job import TabularConfig, run_tabular
+
+    folder = _regression_layout(tmp_path / "toy")
+    cfg = TabularConfig(
+        data=str(folder), methods="mlp", mlp_steps=20, no_progress=True, out=str(tmp_path / "o")
+    )
+    res = run_tabular(cfg)
+    assert len(res["split_tables"]) == 3 and res["table"].methods == ("MLP + fitted noise",)
+    # SVI without the MLP row: the MLP still runs (SVI starts there) but shows no row
+    cfg = TabularConfig(
+        data=str(folder), methods=("svi",), splits=1, mlp_steps=20, svi_steps=5, num_samples=5,
+        no_progress=True, out=str(tmp_path / "o2"),
+    )  # fmt: skip
+    assert run_tabular(cfg)["table"].methods == ("SVI (MOPED)",)
+    with pytest.raises(ValueError, match="unknown method 'bnn'; valid: mlp, ensemble, dropout"):
+        TabularConfig(data="diabetes", methods="mlp,bnn")
+    with pytest.raises(ValueError, match="no method left"):
+        TabularConfig(data="diabetes", methods="gp,nuts", no_gp=True, no_nuts=True)
+    assert TabularConfig(data="diabetes", no_gp=True, no_nuts=True).selected[-1].value == "pfn"
+    argv = ["compare", "--data", str(folder), "--splits", "4", "--methods", "mlp", "--out"]
+    assert main([*argv, str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert "asked for 4 split(s)" in capsys.readouterr().err
+    assert main(["compare", "--data", str(folder), "--y", "col3", "--out", str(tmp_path)]) == 2
+    assert "--x/--y do not apply to the UCI layout" in capsys.readouterr().err
