@@ -1,8 +1,11 @@
-"""The real-data comparison, ``pyrobayes compare --data diabetes|motorcycle|file.csv``.
+"""The real-data comparison, ``pyrobayes compare --data diabetes|motorcycle|file.csv|uci:name``.
 
 The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
 
-1. ``k`` random 90/10 train/test splits (``--splits``, seeded);
+1. ``k`` random 90/10 train/test splits (``--splits``, seeded; default 10), or, for a folder
+   in the standard UCI layout (``--data /path/to/yacht`` or ``--data uci:yacht --data-root
+   PATH``, :func:`~pyrobayes.data.uci.load_uci`), its given splits (all by default, the first
+   ``--splits K``);
 2. on each split, x (per feature) and y standardised with the *training* split's mean and
    standard deviation; every method sees every training row;
 3. methods: an MLP early-stopped on a held-out 10% of the training split, with its noise
@@ -12,7 +15,12 @@ The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
    posterior median) and an exact GP with an ARD RBF kernel whose hyperparameters maximise
    the marginal likelihood. SVI, NUTS and the PFN share one model,
    :func:`~pyrobayes.models.tabular_regression_model`, whose noise std is a latent site
-   with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it);
+   with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it).
+   Two baselines of the field (:mod:`pyrobayes.baselines`): a deep ensemble of 5
+   mean-variance networks and MC dropout (rate and precision chosen on the training rows,
+   from the folder's ``dropout_rates.txt``/``tau_values.txt`` when present).
+   ``--methods mlp,ensemble,dropout,svi,gp,pfn,nuts`` (default all), ``--no-gp`` and
+   ``--no-nuts`` choose the rows (SVI still fits the MLP it starts from, NUTS the SVI);
 4. every PPD mapped back to raw units, :math:`y = \\mu_y + s_y z`, so that
    :math:`\\log p(y) = \\log p(z) - \\log s_y` (:func:`~pyrobayes.ppd.affine_ppd`); held-out
    NLL, CRPS, MAE, RMSE and 50/90/95% coverage in raw units, mean ± standard error over
@@ -259,8 +267,8 @@ class TabularResult(TypedDict):
     """What :func:`run_tabular` returns (a plain ``dict`` with these keys).
 
     - ``table``: the :class:`~pyrobayes.compare.ComparisonTable` of mean ± standard error
-      over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per method in the order
-      MLP, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
+      over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per selected method in
+      the order MLP, deep ensemble, MC dropout, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
       ``KL(ref‖·)`` column. Plot it with :func:`plot_tabular_summary`.
     - ``nuts_table``: when NUTS ran on fewer splits than the others (``nuts_splits``), the
       same mean ± s.e. table over only those splits, every method on the same data (the
@@ -803,11 +811,13 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
 
         >>> import tempfile
         >>> cfg = TabularConfig(data="motorcycle", splits=1, mlp_steps=20, svi_steps=5,
-        ...                     num_samples=10, gp_steps=5, no_nuts=True,
+        ...                     num_samples=10, gp_steps=5, no_nuts=True, ensemble_steps=10,
+        ...                     dropout_steps=5, dropout_passes=5,
         ...                     out=tempfile.mkdtemp(), no_progress=True)
         >>> res = run_tabular(cfg)
-        >>> res["table"].methods
-        ('MLP + fitted noise', 'SVI (MOPED)', 'PFN (bnn-tabular)', 'exact GP (ARD)')
+        >>> res["table"].methods  # doctest: +NORMALIZE_WHITESPACE
+        ('MLP + fitted noise', 'deep ensemble', 'MC dropout', 'SVI (MOPED)', 'PFN (bnn-tabular)',
+         'exact GP (ARD)')
     """
     from pyrobayes.compare import compare_ppds, mean_se_table
     from pyrobayes.ppd import affine_ppd
@@ -1060,7 +1070,7 @@ def run(args: argparse.Namespace) -> int:
         >>> add_arguments(p)
         >>> args = p.parse_args(["--data", "motorcycle", "--splits", "1", "--mlp-steps", "20",
         ...     "--svi-steps", "5", "--num-samples", "10", "--gp-steps", "5", "--no-nuts",
-        ...     "--no-progress", "--out", tempfile.mkdtemp()])
+        ...     "--methods", "mlp,svi,gp", "--no-progress", "--out", tempfile.mkdtemp()])
         >>> run(args)  # doctest: +ELLIPSIS
         | method | NLL | ...
         0
