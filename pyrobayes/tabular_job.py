@@ -1,8 +1,11 @@
-"""The real-data comparison, ``pyrobayes compare --data diabetes|motorcycle|file.csv``.
+"""The real-data comparison, ``pyrobayes compare --data diabetes|motorcycle|file.csv|uci:name``.
 
 The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
 
-1. ``k`` random 90/10 train/test splits (``--splits``, seeded);
+1. ``k`` random 90/10 train/test splits (``--splits``, seeded; default 10), or, for a folder
+   in the standard UCI layout (``--data /path/to/yacht`` or ``--data uci:yacht --data-root
+   PATH``, :func:`~pyrobayes.data.uci.load_uci`), its given splits (all by default, the first
+   ``--splits K``);
 2. on each split, x (per feature) and y standardised with the *training* split's mean and
    standard deviation; every method sees every training row;
 3. methods: an MLP early-stopped on a held-out 10% of the training split, with its noise
@@ -12,7 +15,12 @@ The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
    posterior median) and an exact GP with an ARD RBF kernel whose hyperparameters maximise
    the marginal likelihood. SVI, NUTS and the PFN share one model,
    :func:`~pyrobayes.models.tabular_regression_model`, whose noise std is a latent site
-   with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it);
+   with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it).
+   Two baselines of the field (:mod:`pyrobayes.baselines`): a deep ensemble of 5
+   mean-variance networks and MC dropout (rate and precision chosen on the training rows,
+   from the folder's ``dropout_rates.txt``/``tau_values.txt`` when present).
+   ``--methods mlp,ensemble,dropout,svi,gp,pfn,nuts`` (default all), ``--no-gp`` and
+   ``--no-nuts`` choose the rows (SVI still fits the MLP it starts from, NUTS the SVI);
 4. every PPD mapped back to raw units, :math:`y = \\mu_y + s_y z`, so that
    :math:`\\log p(y) = \\log p(z) - \\log s_y` (:func:`~pyrobayes.ppd.affine_ppd`); held-out
    NLL, CRPS, MAE, RMSE and 50/90/95% coverage in raw units, mean ± standard error over
@@ -42,6 +50,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
+from pyrobayes.options import Option
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -49,6 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TabularConfig",
+    "Method",
+    "METHOD_ROWS",
     "TabularResult",
     "Split",
     "fit_mlp_heldout",
@@ -64,6 +76,55 @@ __all__ = [
 
 PFN_NAME = "bnn-tabular"
 LEVELS = (0.5, 0.9, 0.95)
+DEFAULT_RANDOM_SPLITS = 10
+
+
+class Method(Option):
+    """A row of the real-data table, as ``--methods`` names it (comma-separated).
+
+    Example::
+
+        >>> Method.parse("ensemble"), METHOD_ROWS[Method.ENSEMBLE]
+        (<Method.ENSEMBLE: 'ensemble'>, 'deep ensemble')
+        >>> Method.parse("bnn", "method")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown method 'bnn'; valid: mlp, ensemble, dropout, svi, gp, pfn, nuts
+    """
+
+    MLP = "mlp"
+    ENSEMBLE = "ensemble"
+    DROPOUT = "dropout"
+    SVI = "svi"
+    GP = "gp"
+    PFN = "pfn"
+    NUTS = "nuts"
+
+
+# Table row of each method, in the table's order.
+METHOD_ROWS = {
+    Method.MLP: "MLP + fitted noise",
+    Method.ENSEMBLE: "deep ensemble",
+    Method.DROPOUT: "MC dropout",
+    Method.SVI: "SVI (MOPED)",
+    Method.PFN: f"PFN ({PFN_NAME})",
+    Method.GP: "exact GP (ARD)",
+    Method.NUTS: "NUTS",
+}
+
+
+def _parse_methods(value: str | tuple | list | None) -> tuple[str, ...] | None:
+    """``--methods`` as a tuple of valid names in the table's order (``None``: all)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(v).strip() for v in items if str(v).strip()]
+    if not names:
+        raise ValueError(
+            "--methods is empty; name at least one of " + ", ".join(m.value for m in Method)
+        )
+    chosen = {Method.parse(v, "method") for v in names}
+    return tuple(m.value for m in METHOD_ROWS if m in chosen)
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -89,7 +150,16 @@ class TabularConfig:
     """
 
     data: str | None = _opt(
-        None, "built-in data set (diabetes, motorcycle) or a CSV file", flag="--data"
+        None,
+        "built-in data set (diabetes, motorcycle), a CSV file, a folder in the standard UCI "
+        "layout (data.txt, index_*.txt) or uci:<name> (with --data-root)",
+        flag="--data",
+    )
+    data_root: str | None = _opt(
+        None,
+        "folder holding the UCI data sets, for --data uci:<name> (default $PYROBAYES_UCI_ROOT)",
+        flag="--data-root",
+        type=str,
     )
     x_cols: tuple[str, ...] | None = _opt(
         None,
@@ -101,7 +171,17 @@ class TabularConfig:
     y_col: str | None = _opt(
         None, "target column (built-in sets know theirs)", flag="--y", type=str
     )
-    splits: int = _opt(10, "number of random train/test splits")
+    splits: int | None = _opt(
+        None,
+        f"number of splits: random train/test splits (default {DEFAULT_RANDOM_SPLITS}), or the "
+        "first K given splits of a UCI folder (default all of them)",
+        type=int,
+    )
+    methods: tuple[str, ...] | None = _opt(
+        None,
+        "comma-separated rows to run: " + ",".join(m.value for m in Method) + " (default all)",
+        type=str,
+    )
     test_fraction: float = _opt(0.1, "held-out fraction of each split")
     seed: int = _opt(0, "seed of the splits and of every method")
     mlp_steps: int = _opt(2000, "full-batch Adam steps of the frequentist MLP")
@@ -118,15 +198,34 @@ class TabularConfig:
         10, "NUTS maximum tree depth (at most 2^depth - 1 leapfrog steps per draw)"
     )
     no_nuts: bool = _opt(False, "skip the NUTS reference")
+    no_gp: bool = _opt(False, "skip the exact GP")
     gp_steps: int = _opt(300, "Adam steps of the GP's marginal-likelihood fit")
+    ensemble_steps: int = _opt(
+        2000, "most full-batch Adam steps per deep-ensemble member (early-stopped)"
+    )
+    dropout_steps: int = _opt(2000, "minibatch Adam steps per MC dropout fit")
+    dropout_passes: int = _opt(100, "MC dropout test-time passes (T)")
     out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
     no_progress: bool = _opt(False, "hide progress bars")
 
     def __post_init__(self) -> None:
         if self.data is None:
-            raise ValueError("--data is required: diabetes, motorcycle or a CSV file")
-        for name in ("splits", "mlp_steps", "svi_steps", "num_samples", "nuts_samples", "gp_steps"):
-            if getattr(self, name) < 1:
+            raise ValueError(
+                "--data is required: diabetes, motorcycle, a CSV file or a UCI folder/uci:<name>"
+            )
+        object.__setattr__(self, "methods", _parse_methods(self.methods))
+        for name in (
+            "splits",
+            "mlp_steps",
+            "svi_steps",
+            "num_samples",
+            "nuts_samples",
+            "gp_steps",
+            "ensemble_steps",
+            "dropout_steps",
+            "dropout_passes",
+        ):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
@@ -140,14 +239,36 @@ class TabularConfig:
             raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
         if not self.svi_lr > 0 or not self.delta > 0:
             raise ValueError("svi-lr and delta must be positive")
+        if not self.selected:
+            raise ValueError(
+                "no method left to run (--methods less --no-gp/--no-nuts); valid: "
+                + ", ".join(m.value for m in Method)
+            )
+
+    @property
+    def selected(self) -> tuple[Method, ...]:
+        """The methods whose rows the table shows, in its order: ``methods`` (default all)
+        less ``gp`` under ``no_gp`` and ``nuts`` under ``no_nuts``.
+
+        Example::
+
+            >>> TabularConfig(data="diabetes", methods="nuts,mlp", no_nuts=True).selected
+            (<Method.MLP: 'mlp'>,)
+        """
+        chosen = set(Method.parse(m) for m in (self.methods or [m.value for m in Method]))
+        if self.no_gp:
+            chosen.discard(Method.GP)
+        if self.no_nuts:
+            chosen.discard(Method.NUTS)
+        return tuple(m for m in METHOD_ROWS if m in chosen)
 
 
 class TabularResult(TypedDict):
     """What :func:`run_tabular` returns (a plain ``dict`` with these keys).
 
     - ``table``: the :class:`~pyrobayes.compare.ComparisonTable` of mean ± standard error
-      over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per method in the order
-      MLP, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
+      over splits (:func:`~pyrobayes.compare.mean_se_table`), one row per selected method in
+      the order MLP, deep ensemble, MC dropout, SVI, PFN, exact GP, NUTS; scores in raw target units, NUTS the reference of the
       ``KL(ref‖·)`` column. Plot it with :func:`plot_tabular_summary`.
     - ``nuts_table``: when NUTS ran on fewer splits than the others (``nuts_splits``), the
       same mean ± s.e. table over only those splits, every method on the same data (the
@@ -227,8 +348,8 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
         >>> add_dataclass_arguments(p, TabularConfig)
         >>> cfg = config_from_args(TabularConfig, p.parse_args(["--data", "diabetes",
         ...                                                    "--x", "age", "bmi"]))
-        >>> cfg.data, cfg.x_cols, cfg.splits
-        ('diabetes', ('age', 'bmi'), 10)
+        >>> cfg.data, cfg.x_cols, cfg.splits  # splits None: 10 random ones (all, for UCI)
+        ('diabetes', ('age', 'bmi'), None)
     """
     kw = {}
     for f in fields(cls):
@@ -432,24 +553,96 @@ def _slice_mixture(ppd, sl: slice):
 
 
 def _run_split(
-    s: Split, cfg: TabularConfig, pfn: Any, run_nuts: bool, grid: torch.Tensor | None, k: int
+    s: Split,
+    cfg: TabularConfig,
+    pfn: Any,
+    run_nuts: bool,
+    grid: torch.Tensor | None,
+    k: int,
+    dropout_grid: tuple[tuple[float, ...], tuple[float, ...]] = ((), ()),
 ) -> tuple[dict, dict, dict, dict]:
-    """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of one split."""
+    """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of one split.
+    ``dropout_grid``: the folder's MC dropout ``(rates, taus)``, taus of the raw target
+    (empty: the defaults)."""
     import pyro
 
     progress = not cfg.no_progress
     seed = cfg.seed + k
     out: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
     pyro.set_rng_seed(seed)
-
-    mlp, noise, t_mlp = _split_mlp(s, cfg, grid, seed, out)
-    model, svi_median = _split_svi(s, cfg, grid, seed, progress, mlp, noise, t_mlp, out)
+    sel = set(cfg.selected)
+    # SVI starts at the MLP and NUTS at SVI's posterior median: a selected method runs the
+    # ones it starts from too; their rows are dropped below unless selected
+    if sel & {Method.MLP, Method.SVI, Method.NUTS}:
+        mlp, noise, t_mlp = _split_mlp(s, cfg, grid, seed, out)
+    if Method.ENSEMBLE in sel:
+        _split_ensemble(s, cfg, grid, seed, out)
+    if Method.DROPOUT in sel:
+        _split_dropout(s, cfg, grid, seed, dropout_grid, out)
+    if sel & {Method.SVI, Method.NUTS}:
+        model, svi_median = _split_svi(s, cfg, grid, seed, progress, mlp, noise, t_mlp, out)
     if pfn is not None:
         _split_pfn(s, pfn, grid, out)
-    _split_gp(s, cfg, grid, progress, out)
+    if Method.GP in sel:
+        _split_gp(s, cfg, grid, progress, out)
     if run_nuts:
         _split_nuts(s, cfg, grid, seed, progress, model, svi_median, out)
+    shown = {METHOD_ROWS[m] for m in sel}
+    for d in out[:3]:
+        for row in [r for r in d if r not in shown]:
+            del d[row]
     return out
+
+
+def _split_ensemble(
+    s: Split, cfg: TabularConfig, grid: torch.Tensor | None, seed: int, out: tuple
+) -> None:
+    """The deep ensemble's PPDs, time and members' early-stopping steps."""
+    from pyrobayes.baselines import fit_deep_ensemble
+
+    ppds, grid_ppds, times, info = out
+    row = METHOD_ROWS[Method.ENSEMBLE]
+    t0 = time.perf_counter()
+    ens = fit_deep_ensemble(s.x_train, s.y_train, max_steps=cfg.ensemble_steps, seed=seed)
+    ppds[row] = ens.predict(s.x_test)
+    times[row] = time.perf_counter() - t0
+    if grid is not None:
+        grid_ppds[row] = ens.predict(grid)
+    info["ensemble_best_steps"] = ens.best_steps
+
+
+def _split_dropout(
+    s: Split,
+    cfg: TabularConfig,
+    grid: torch.Tensor | None,
+    seed: int,
+    dropout_grid: tuple[tuple[float, ...], tuple[float, ...]],
+    out: tuple,
+) -> None:
+    """MC dropout on the training rows only (its grid choice included): PPDs, time, choice."""
+    from pyrobayes.baselines import DEFAULT_DROPOUT_RATES, fit_mc_dropout
+
+    ppds, grid_ppds, times, info = out
+    row = METHOD_ROWS[Method.DROPOUT]
+    rates, raw_taus = dropout_grid
+    # the folder's taus are precisions of the raw target (the paper's code scores raw
+    # units); the network sees y / y_std, whose precision is tau * y_std**2
+    taus = tuple(t * s.y_std**2 for t in raw_taus) or None
+    t0 = time.perf_counter()
+    fit = fit_mc_dropout(
+        s.x_train,
+        s.y_train,
+        rates=rates or DEFAULT_DROPOUT_RATES,
+        taus=taus,
+        steps=cfg.dropout_steps,
+        passes=cfg.dropout_passes,
+        seed=seed,
+    )
+    ppds[row] = fit.predict(s.x_test)
+    times[row] = time.perf_counter() - t0
+    if grid is not None:
+        grid_ppds[row] = fit.predict(grid)
+    info["dropout"] = {"rate": fit.rate, "tau_raw": fit.tau / s.y_std**2}
 
 
 def _split_mlp(
@@ -622,29 +815,34 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
 
         >>> import tempfile
         >>> cfg = TabularConfig(data="motorcycle", splits=1, mlp_steps=20, svi_steps=5,
-        ...                     num_samples=10, gp_steps=5, no_nuts=True,
+        ...                     num_samples=10, gp_steps=5, no_nuts=True, ensemble_steps=10,
+        ...                     dropout_steps=5, dropout_passes=5,
         ...                     out=tempfile.mkdtemp(), no_progress=True)
         >>> res = run_tabular(cfg)
-        >>> res["table"].methods
-        ('MLP + fitted noise', 'SVI (MOPED)', 'PFN (bnn-tabular)', 'exact GP (ARD)')
+        >>> res["table"].methods  # doctest: +NORMALIZE_WHITESPACE
+        ('MLP + fitted noise', 'deep ensemble', 'MC dropout', 'SVI (MOPED)', 'PFN (bnn-tabular)',
+         'exact GP (ARD)')
     """
     from pyrobayes.compare import compare_ppds, mean_se_table
-    from pyrobayes.data.tabular import load_tabular
     from pyrobayes.ppd import affine_ppd
 
-    tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
+    tab, splits, dropout_grid = _load_data(cfg)
     n, d = tab.x.shape
-    splits = make_splits(n, cfg.splits, cfg.test_fraction, cfg.seed)
-    n_train = len(splits[0][0])
+    n_splits = len(splits)
+    n_train = max(len(tr) for tr, _ in splits)
     notes: list[str] = []
-    pfn, why = _load_pfn(n_train, d)
-    if why:
-        notes.append(why)
-    n_nuts = 0 if cfg.no_nuts else min(cfg.splits, cfg.nuts_splits or cfg.splits)
-    if cfg.no_nuts:
-        notes.append("NUTS: skipped (--no-nuts)")
-    elif n_nuts < cfg.splits:
-        notes.append(f"NUTS: run on the first {n_nuts} of {cfg.splits} splits only (--nuts-splits)")
+    selected = cfg.selected
+    skipped = [m.value for m in Method if m not in selected]
+    if skipped:
+        notes.append(f"not run (--methods/--no-gp/--no-nuts): {', '.join(skipped)}")
+    pfn = None
+    if Method.PFN in selected:
+        pfn, why = _load_pfn(n_train, d)
+        if why:
+            notes.append(why)
+    n_nuts = 0 if Method.NUTS not in selected else min(n_splits, cfg.nuts_splits or n_splits)
+    if 0 < n_nuts < n_splits:
+        notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
     tables, infos = [], []
     first: dict[str, Any] = {}
     t_start = time.perf_counter()
@@ -656,7 +854,7 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
             pad = 0.05 * (hi - lo)
             grid_raw = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)[:, None]
             grid = ((grid_raw - s.x_mean) / s.x_std).float()
-        ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k)
+        ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k, dropout_grid)
         raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
         table = compare_ppds(
             raw,
@@ -687,9 +885,7 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
                 "ppds": {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in grid_ppds.items()},
                 "train": (tab.x[tr].float(), tab.y[tr].float()),
             }
-    methods = ["MLP + fitted noise", "SVI (MOPED)", f"PFN ({PFN_NAME})", "exact GP (ARD)", "NUTS"]
-    if cfg.no_nuts:
-        methods.remove("NUTS")
+    methods = [METHOD_ROWS[m] for m in selected]
     summary = mean_se_table(tables, methods=methods)
     # NUTS's mean is over its own splits: the fair comparison is every method on those
     nuts_table = (
@@ -706,6 +902,25 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         "infos": infos,
         "files": files,
     }
+
+
+def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
+    """``(table, splits, (dropout rates, raw taus))``: a UCI folder's given splits (the first
+    ``cfg.splits``, default all) and MC dropout grid, or a table with seeded random splits."""
+    from pyrobayes.data.tabular import load_tabular
+    from pyrobayes.data.uci import is_uci, load_uci
+
+    if is_uci(cfg.data):
+        if cfg.x_cols is not None or cfg.y_col is not None:
+            raise ValueError(
+                f"--x/--y do not apply to the UCI layout ({cfg.data}): its index_features.txt "
+                "and index_target.txt name the columns"
+            )
+        uci = load_uci(cfg.data, cfg.data_root)
+        return uci, uci.splits(cfg.splits), (uci.dropout_rates, uci.tau_values)
+    tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
+    k = DEFAULT_RANDOM_SPLITS if cfg.splits is None else cfg.splits
+    return tab, make_splits(len(tab.x), k, cfg.test_fraction, cfg.seed), ((), ())
 
 
 def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Figure:
@@ -750,7 +965,7 @@ def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) ->
     out.mkdir(parents=True, exist_ok=True)
     files = {"png": out / "compare.png", "json": out / "compare.json", "md": out / "compare.md"}
     fig = plot_tabular_summary(
-        summary, title=f"{tab.source}: {cfg.splits} splits of {n_train}/{n_test} rows"
+        summary, title=f"{tab.source}: {len(tables)} splits of {n_train}/{n_test} rows"
     )
     fig.savefig(files["png"], dpi=110, bbox_inches="tight")
     if first:
@@ -776,8 +991,8 @@ def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) ->
     md = (
         f"# pyrobayes compare --data {cfg.data}\n\n"
         f"Data: {tab.source}; target `{tab.target_name}`, {len(tab.feature_names)} feature(s). "
-        f"{cfg.splits} random splits of {n_train} training / {n_test} test rows (seed {cfg.seed}); "
-        "x and y standardised on each training split; every method sees every training row. "
+        + _splits_md(tab, len(tables), n_train, n_test, cfg.seed)
+        + "x and y standardised on each training split; every method sees every training row. "
         "Scores in raw target units (NLL includes log of the y scale); mean ± standard error over "
         "splits. Times are wall-clock seconds per split (SVI includes the MLP pre-training).\n\n"
         f"{summary.to_markdown()}\n\n"
@@ -789,6 +1004,17 @@ def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) ->
     )
     files["md"].write_text(md)
     return files
+
+
+def _splits_md(tab: Any, k: int, n_train: int, n_test: int, seed: int) -> str:
+    from pyrobayes.data.uci import UCIData
+
+    if isinstance(tab, UCIData):
+        return (
+            f"The first {k} of its {tab.num_splits} given splits (standard UCI layout, "
+            f"index_train_K/index_test_K), {n_train} training / {n_test} test rows; "
+        )
+    return f"{k} random splits of {n_train} training / {n_test} test rows (seed {seed}); "
 
 
 def _nuts_subset_md(nuts_table: ComparisonTable | None) -> str:
@@ -849,7 +1075,7 @@ def run(args: argparse.Namespace) -> int:
         >>> add_arguments(p)
         >>> args = p.parse_args(["--data", "motorcycle", "--splits", "1", "--mlp-steps", "20",
         ...     "--svi-steps", "5", "--num-samples", "10", "--gp-steps", "5", "--no-nuts",
-        ...     "--no-progress", "--out", tempfile.mkdtemp()])
+        ...     "--methods", "mlp,svi,gp", "--no-progress", "--out", tempfile.mkdtemp()])
         >>> run(args)  # doctest: +ELLIPSIS
         | method | NLL | ...
         0

@@ -246,6 +246,7 @@ def test_config_drives_the_command_line():
 TINY = [
     "--splits", "2", "--mlp-steps", "60", "--svi-steps", "30", "--num-samples", "20",
     "--nuts-warmup", "5", "--nuts-samples", "5", "--nuts-max-tree-depth", "4", "--gp-steps", "30", "--no-progress",
+    "--ensemble-steps", "30", "--dropout-steps", "20", "--dropout-passes", "10",
 ]  # fmt: skip
 
 
@@ -263,7 +264,8 @@ def test_real_data_job_end_to_end(tmp_path, capsys):
     assert payload["features"] == ["u", "v"]
     table = ComparisonTable.from_dict(payload["table"])
     assert table.reference == "NUTS" and table.num_points == 8
-    for m in ("MLP + fitted noise", "SVI (MOPED)", "exact GP (ARD)", "NUTS"):
+    for m in ("MLP + fitted noise", "deep ensemble", "MC dropout", "SVI (MOPED)",
+              "exact GP (ARD)", "NUTS"):  # fmt: skip
         row = table.row(m)
         assert math.isfinite(row["nll"]) and row["coverage_90"] is not None
     # the shipped bnn-tabular PFN covers d=2, n=36: it answers like every other method
@@ -319,6 +321,7 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
         data=_csv(tmp_path, "a,b,c,y\n" + rows), y_col="y", splits=2, mlp_steps=40,
         svi_steps=10, num_samples=10, gp_steps=10, nuts_warmup=5, nuts_samples=5,
         nuts_max_tree_depth=3, nuts_splits=1, out=str(tmp_path / "o"), no_progress=True,
+        ensemble_steps=20, dropout_steps=10, dropout_passes=5,
     )  # fmt: skip
     res = run_tabular(cfg)
     assert set(res) == {"table", "nuts_table", "split_tables", "notes", "infos", "files"}

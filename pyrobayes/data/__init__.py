@@ -8,7 +8,9 @@
   :func:`load_text_classification` (your own file), :func:`tokenize`;
 * regression: :func:`regression_from_prior` (1-D data drawn from a BNN prior),
   :func:`load_csv_regression` (one column), :func:`load_tabular` (real tables by name --
-  ``diabetes``, ``motorcycle`` -- or a CSV with several feature columns).
+  ``diabetes``, ``motorcycle`` -- or a CSV with several feature columns), :func:`load_uci`
+  (the UCI benchmark's standard layout with its given splits, read from a folder: never
+  shipped).
 
 Example::
 
@@ -37,6 +39,7 @@ from pyrobayes.data.text import (
     text_columns_of,
     tokenize,
 )
+from pyrobayes.data.uci import UCIData, load_uci
 
 __all__ = [
     "BUILTIN_TABLES",
@@ -47,6 +50,7 @@ __all__ = [
     "ImageOOD",
     "RegressionData",
     "TabularData",
+    "UCIData",
     "image_ood",
     "load_any",
     "load_csv_regression",
@@ -57,6 +61,7 @@ __all__ = [
     "load_sentiment",
     "load_tabular",
     "load_text_classification",
+    "load_uci",
     "regression_from_prior",
     "text_columns_of",
     "to_tensors",
