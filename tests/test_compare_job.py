@@ -73,6 +73,12 @@ def test_cli_compare_reads_csv(tmp_path):
                 "v",
                 "--splits",  # --data runs the real-data protocol (pyrobayes.tabular_job)
                 "2",
+                "--ensemble-steps",
+                "20",
+                "--dropout-steps",
+                "20",
+                "--dropout-passes",
+                "5",
                 *SMOKE,
                 "--out",
                 str(tmp_path / "o"),

@@ -7,7 +7,7 @@ as ONE jittable JAX function of a flat unconstrained vector ``u``,
           + \\log p_\\sigma(e^{u_\\sigma}) + u_\\sigma
           + \\sum_{i=1}^N \\log p(y_i \\mid f_w(x_i), \\sigma),
 
-the same number as minus :class:`pyrobayes.infer.potential.Potential` (the torch potential
+the same number as minus ``pyrobayes.infer.potential.Potential`` (the torch potential
 ``nuts_ppd`` uses; a test checks value and gradient at random points), for the models the
 comparison uses: a plain ``nn.Sequential`` of ``nn.Linear`` and element-wise activations,
 Normal priors on the weight sites (deterministic parameters are constants), and a Gaussian
