@@ -36,7 +36,7 @@ from pyrobayes.metrics import (
     DEFAULT_LEVELS,
     OODScore,
     classification_metrics,
-    kl_divergence_grid,
+    kl_divergences_grid,
     regression_metrics,
 )
 from pyrobayes.options import Option
@@ -476,6 +476,10 @@ def compare_ppds(
         ppds, kind, times, reference, ood_ppds, diagnostics
     )
 
+    kl = {}
+    if reference is not None and kind is ProblemKind.REGRESSION:
+        others = {k: v for k, v in ppds.items() if k != reference}
+        kl = kl_divergences_grid(ppds[reference], others, reduction="mean")
     per_method: dict[str, dict[str, float]] = {}
     for name, ppd in ppds.items():
         if kind is ProblemKind.REGRESSION:
@@ -488,7 +492,7 @@ def compare_ppds(
             if name == reference:
                 m[KL_COLUMN] = 0.0
             elif kind is ProblemKind.REGRESSION:
-                m[KL_COLUMN] = kl_divergence_grid(ppds[reference], ppd, reduction="mean")
+                m[KL_COLUMN] = kl[name]
             else:
                 m[KL_COLUMN] = _categorical_kl(_as_cat(ppds[reference]), _as_cat(ppd))
         m.update({c: float(v) for c, v in diagnostics.get(name, {}).items()})

@@ -35,7 +35,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ __all__ = [
     "mae",
     "rmse",
     "kl_divergence_grid",
+    "kl_divergences_grid",
     "accuracy",
     "brier_score",
     "reliability_bins",
@@ -501,7 +502,8 @@ def kl_divergence_grid(
     ``num_points`` values spanning the reference's central ``1 - 2 tail`` mass (where the
     integrand lives); pass ``grid`` (a 1-D increasing tensor) to use one shared grid.
     Both PPDs must have the same batch shape. Returns a tensor of shape ``batch_shape``
-    by default (``reduction="mean"`` gives the average).
+    by default (``reduction="mean"`` gives the average). Several candidates against one
+    reference: :func:`kl_divergences_grid` (the reference's grid and density once).
 
     Example::
 
@@ -511,13 +513,55 @@ def kl_divergence_grid(
         >>> round(float(kl_divergence_grid(p, q)[0]), 4)  # (mu_p - mu_q)^2 / 2
         0.5
     """
+    return kl_divergences_grid(
+        reference, {"candidate": candidate}, num_points, tail, grid, reduction
+    )["candidate"]
+
+
+def kl_divergences_grid(
+    reference: Distribution,
+    candidates: Mapping[str, Distribution],
+    num_points: int = 1025,
+    tail: float = 1e-6,
+    grid: Any | None = None,
+    reduction: Reduction | str = "none",
+) -> dict[str, float | torch.Tensor]:
+    """:func:`kl_divergence_grid` from one reference to each of ``candidates`` (a dict of
+    PPDs), evaluating the reference's grid and log-density once (for a mixture over many
+    NUTS draws that is most of the work).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import normal_ppd
+        >>> p = normal_ppd(torch.zeros(2), 1.0)
+        >>> kl = kl_divergences_grid(p, {"same": p, "shifted": normal_ppd(torch.ones(2), 1.0)},
+        ...                          reduction="mean")
+        >>> {k: round(float(v), 4) for k, v in kl.items()}
+        {'same': 0.0, 'shifted': 0.5}
+    """
     ref = _as_regression_ppd(reference, "reference")
-    cand = _as_regression_ppd(candidate, "candidate")
-    if ref.batch_shape != cand.batch_shape:
-        raise ValueError(
-            f"reference and candidate have different batch shapes "
-            f"{tuple(ref.batch_shape)} vs {tuple(cand.batch_shape)}"
-        )
+    cands = {k: _as_regression_ppd(c, "candidate") for k, c in candidates.items()}
+    for c in cands.values():
+        if ref.batch_shape != c.batch_shape:
+            raise ValueError(
+                f"reference and candidate have different batch shapes "
+                f"{tuple(ref.batch_shape)} vs {tuple(c.batch_shape)}"
+            )
+    ys = _kl_grid(ref, num_points, tail, grid)
+    logp = ref.log_prob(ys)
+    p = logp.exp()
+    out = {}
+    for name, cand in cands.items():
+        logq = cand.log_prob(ys.to(cand.mean.device)).to(logp.device)
+        # p log(p/q) -> 0 where p underflows, even when q also does (avoids 0 * (-inf - -inf)).
+        integrand = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
+        out[name] = _reduce(torch.trapezoid(integrand, ys, dim=0), reduction)
+    return out
+
+
+def _kl_grid(ref, num_points: int, tail: float, grid: Any | None) -> torch.Tensor:
+    """The ``y`` values ``[num_points, *batch_shape]`` the KL integral is evaluated on."""
     like = ref.mean
     if grid is None:
         if num_points < 3:
@@ -526,25 +570,15 @@ def kl_divergence_grid(
             raise ValueError(f"tail must be in (0, 0.5), got {tail}")
         lo, hi = _quantiles(ref, (tail, 1.0 - tail))
         u = torch.linspace(0.0, 1.0, num_points, dtype=like.dtype, device=like.device)
-        ys = lo + (hi - lo) * u.reshape((num_points,) + (1,) * len(ref.batch_shape))
-    else:
-        g = _to_tensor(grid, like, "grid").to(like.dtype)
-        if g.dim() != 1 or g.numel() < 3:
-            raise ValueError(
-                f"grid must be a 1-D tensor of >= 3 values, got shape {tuple(g.shape)}"
-            )
-        if not torch.isfinite(g).all() or (g.diff() <= 0).any():
-            raise ValueError("grid must be finite and strictly increasing")
-        ys = g.reshape((g.numel(),) + (1,) * len(ref.batch_shape)).expand(
-            (g.numel(),) + tuple(ref.batch_shape)
-        )
-    logp = ref.log_prob(ys)
-    logq = cand.log_prob(ys.to(cand.mean.device)).to(like.device)
-    p = logp.exp()
-    # p log(p/q) -> 0 where p underflows, even when q also does (avoids 0 * (-inf - -inf)).
-    integrand = torch.where(p > 0, p * (logp - logq), torch.zeros_like(p))
-    values = torch.trapezoid(integrand, ys, dim=0)
-    return _reduce(values, reduction)
+        return lo + (hi - lo) * u.reshape((num_points,) + (1,) * len(ref.batch_shape))
+    g = _to_tensor(grid, like, "grid").to(like.dtype)
+    if g.dim() != 1 or g.numel() < 3:
+        raise ValueError(f"grid must be a 1-D tensor of >= 3 values, got shape {tuple(g.shape)}")
+    if not torch.isfinite(g).all() or (g.diff() <= 0).any():
+        raise ValueError("grid must be finite and strictly increasing")
+    return g.reshape((g.numel(),) + (1,) * len(ref.batch_shape)).expand(
+        (g.numel(),) + tuple(ref.batch_shape)
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -240,9 +240,22 @@ class NormalMixturePPD(RegressionPPD):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         value = self._value(value)
-        draw_dim = -len(self.batch_shape) - 1
-        lp = self._component().log_prob(value.unsqueeze(draw_dim))
-        return torch.logsumexp(lp, dim=draw_dim) - math.log(self.num_draws)
+        batch = tuple(self.batch_shape)
+        lead = value.shape[: value.dim() - len(batch)]
+        rows = value.reshape(-1, *batch)  # [M, *B]: M values per point (a grid, samples)
+        # -log(sigma) - log(2 pi)/2 - log(S): the per-component constant, once
+        const = -torch.log(self.scale) - 0.5 * math.log(2 * math.pi) - math.log(self.num_draws)
+        # Blocks of values: the [block, S, *B] intermediate stays in cache (a KL grid of
+        # 1025 values x 600 draws x 200 points at once is ~0.5 GB and 6x slower).
+        per_row = max(1, self.num_draws * math.prod(batch))
+        block = max(1, (1 << 18) // per_row)
+        out = [
+            torch.logsumexp(
+                const - 0.5 * ((rows[i : i + block, None] - self.loc) / self.scale).square(), 1
+            )
+            for i in range(0, rows.shape[0], block)
+        ]
+        return torch.cat(out).reshape(*lead, *batch)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         value = self._value(value)

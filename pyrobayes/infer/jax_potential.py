@@ -612,7 +612,7 @@ def numpyro_nuts(
     max_tree_depth: int = 10,
     target_accept_prob: float = 0.8,
     step_size: float = 1.0,
-    chain_method: str = "vectorized",
+    chain_method: str = "auto",
     progress: bool = False,
     density: JaxLogDensity | None = None,
 ) -> NumpyroNUTSResult:
@@ -637,8 +637,10 @@ def numpyro_nuts(
         max_tree_depth, target_accept_prob, step_size: NUTS settings (NumPyro's defaults;
             ``step_size`` is the initial one, then adapted).
         chain_method: ``"vectorized"`` (one ``vmap``: chains advance in lockstep, each
-            tree as long as the longest; best when one gradient is cheap) or
-            ``"sequential"`` (``lax.map``: one chain after another in the same compiled loop).
+            tree as long as the longest), ``"sequential"`` (``lax.map``: one chain after
+            another in the same compiled loop) or ``"auto"``: sequential on a CPU (about 2x
+            faster there for the comparison's BNNs, ``benchmarks/bench_reference.py``),
+            vectorised on an accelerator.
         progress: a few plain lines (the loop then runs in 10 compiled blocks).
         density: a prebuilt :func:`jax_log_density` of the same model and data.
 
@@ -668,8 +670,16 @@ def numpyro_nuts(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if isinstance(num_warmup, bool) or not isinstance(num_warmup, int) or num_warmup < 0:
         raise ValueError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
-    if chain_method not in ("vectorized", "sequential"):
-        raise ValueError(f"chain_method must be 'vectorized' or 'sequential', got {chain_method!r}")
+    if chain_method not in ("auto", "vectorized", "sequential"):
+        raise ValueError(
+            f"chain_method must be 'auto', 'vectorized' or 'sequential', got {chain_method!r}"
+        )
+    if chain_method == "auto":
+        import jax
+
+        # on a CPU the vectorised chains wait for the longest tree of each iteration and
+        # gain nothing from batching 50-wide matrices: one after another is ~2x faster
+        chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     dens = density if density is not None else jax_log_density(model, x, y)
     u0 = _starts(dens, init, num_chains, init_jitter, seed)
     kernel_kw = {
