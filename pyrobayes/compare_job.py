@@ -248,7 +248,7 @@ def _reference_ppds(
             init=mlp_weights,  # start where the posterior mass is, not at a prior draw
         )
         # the verdict goes into the row's name, so tables and plot legends both show it
-        ref_name = "NUTS" if info.converged else "NUTS (NOT converged)"
+        ref_name = "NUTS (converged)" if info.converged else "NUTS (NOT converged)"
         times[ref_name] = time.perf_counter() - t0
         diagnostics[ref_name] = nuts_diagnostics(info)
         test_ppds[ref_name] = ppd

@@ -51,7 +51,10 @@ def test_compare_bnn_prior_with_nuts(tmp_path):
             progress=False,
         )
     )
-    assert set(res["ppds"]) == {"MLP + noise", "SVI (MOPED)", "PFN (bnn-1d)", "NUTS"}
+    nuts = [k for k in res["ppds"] if k.startswith("NUTS")]
+    assert set(res["ppds"]) == {"MLP + noise", "SVI (MOPED)", "PFN (bnn-1d)", *nuts}
+    # the verdict is in the row's name (a 20/20 budget may or may not converge)
+    assert nuts in (["NUTS (converged)"], ["NUTS (NOT converged)"])
     assert (tmp_path / "compare.png").exists()
 
 
