@@ -212,10 +212,10 @@ def nuts_ppd(
             init_jitter=init_jitter,
         )
         if density is not None:
-            draws, mcmc = _run_numpyro(model, xt, yt, density, init_values, settings)
+            draws, mcmc, grads = _run_numpyro(model, xt, yt, density, init_values, settings)
         else:
             extra = dict(step_size=step_size, mp_context=mp_context, device=device)
-            draws, mcmc = _run_pyro(potential, init_values, settings | extra)
+            (draws, mcmc), grads = _run_pyro(potential, init_values, settings | extra), None
         if isinstance(potential, TracedPotential):
             out = potential.outputs(draws, xq)
         else:
@@ -232,6 +232,7 @@ def nuts_ppd(
         log_lik.reshape(num_chains, num_samples),
         mcmc=mcmc,
         backend=NUTSBackend.PYRO.value if density is None else NUTSBackend.NUMPYRO.value,
+        num_grads=grads,
     )
     if not info.converged:
         warnings.warn(
@@ -286,14 +287,14 @@ def _numpyro_density(
         return None
 
 
-def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, None]:
+def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, None, int]:
     """NumPyro's NUTS on ``density``: the constrained draws ``{site: [C * S, ...]}``
-    (chain-major)."""
+    (chain-major), no Pyro ``MCMC``, the gradient count."""
     from pyrobayes.infer.jax_potential import numpyro_nuts
 
     seed = int(torch.randint(0, 2**31 - 1, ()))  # from the (seeded) torch RNG
     res = numpyro_nuts(model, x, y, seed=seed, init=init_values, density=density, **settings)
-    return {k: v.reshape(-1, *v.shape[2:]) for k, v in res.draws.items()}, None
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in res.draws.items()}, None, res.num_grads
 
 
 def _run_pyro(potential: Potential, init_values, settings) -> tuple[dict, MCMC]:
@@ -409,7 +410,9 @@ class NUTSInfo:
     * ``max_r_hat``, ``min_ess`` (bulk), ``min_ess_tail``, ``converged``, ``verdict``: from
       ``report``; ``num_chains``;
     * ``draws``: the constrained ``{site: Tensor[chains * draws, *shape]}`` (chain-major);
-    * ``mcmc``: Pyro's ``MCMC`` object (``None`` for another backend); ``backend``.
+    * ``mcmc``: Pyro's ``MCMC`` object (``None`` for another backend); ``backend``;
+      ``num_grads``: gradient evaluations of all chains, warm-up included (NumPyro backend;
+      ``None`` on Pyro's, which does not report them).
 
     Example::
 
@@ -437,6 +440,7 @@ class NUTSInfo:
     draws: dict[str, torch.Tensor]
     mcmc: MCMC | None = None
     backend: str = "pyro"
+    num_grads: int | None = None
 
     @property
     def max_r_hat(self) -> float:
@@ -470,11 +474,12 @@ class NUTSInfo:
         log_lik: torch.Tensor,
         mcmc: MCMC | None = None,
         backend: str = "pyro",
+        num_grads: int | None = None,
     ) -> NUTSInfo:
         """From the per-chain predictive ``outputs`` ``[C, S, Q]`` and training
         log-likelihoods ``log_lik`` ``[C, S]``."""
         report = summarize({"f(x*)": outputs.detach(), "log_lik": log_lik.detach()})
-        return cls(report=report, draws=draws, mcmc=mcmc, backend=backend)
+        return cls(report=report, draws=draws, mcmc=mcmc, backend=backend, num_grads=num_grads)
 
     def get_samples(self) -> dict[str, torch.Tensor]:
         """The constrained draws (what ``MCMC.get_samples`` would give on the traced model)."""

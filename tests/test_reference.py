@@ -163,6 +163,7 @@ def test_nuts_backend_choice():
     kw = dict(num_warmup=20, num_samples=20, num_chains=2, progress=False, seed=0)
     _, auto = nuts_ppd(model, x, y, x[:1], return_mcmc=True, **kw)
     assert auto.backend == "numpyro" and auto.mcmc is None  # the nuts extra is installed
+    assert auto.num_grads > 2 * 40  # every chain, warm-up included
     with pytest.raises(ValueError, match="unknown NUTS backend 'stan'; valid: auto, numpyro"):
         nuts_ppd(model, x, y, x[:1], backend="stan", **kw)
     # a model NumPyro cannot express (a Conv layer) is Pyro's under "auto", an error otherwise
