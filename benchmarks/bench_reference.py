@@ -178,7 +178,8 @@ def evaluate(model, draws: dict[str, torch.Tensor], data) -> dict:
 
 
 def run_torch(model, data, start, budget) -> dict:
-    """(a) today's ``nuts_ppd``, one chain; gradient evaluations counted at the potential."""
+    """(a) ``nuts_ppd(backend="pyro")``, Pyro's NUTS on the torch potential (the path before
+    the NumPyro backend, still the fallback), one chain; gradients counted at the potential."""
     from pyrobayes.infer import potential as potential_mod
     from pyrobayes.reference import nuts_ppd
 
@@ -197,7 +198,7 @@ def run_torch(model, data, start, budget) -> dict:
             _, info = nuts_ppd(
                 model, data[0], data[1], data[2], num_warmup=budget["warmup"],
                 num_samples=budget["samples"], max_tree_depth=budget["depth"], progress=False,
-                seed=0, return_mcmc=True, init=start,
+                seed=0, return_mcmc=True, init=start, num_chains=1, backend="pyro",
             )  # fmt: skip
     finally:
         potential_mod.Potential.energy = energy
