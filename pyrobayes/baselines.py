@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pyrobayes.models.train import train_early_stopped
 from pyrobayes.ppd import NormalMixturePPD
 
 __all__ = [
@@ -141,28 +142,6 @@ def _mean_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out[..., 0] - y).pow(2).mean()
 
 
-def _early_stopped(net, loss, x_fit, y_fit, x_val, y_val, max_steps, lr, patience) -> int:
-    """Full-batch Adam on ``loss``, keeping the weights of the step of lowest held-out
-    ``loss``; returns that step (0: the starting weights were best)."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    with torch.no_grad():
-        best = float(loss(net(x_val), y_val))
-    best_step, best_state = 0, {k: t.detach().clone() for k, t in net.state_dict().items()}
-    for step in range(max_steps):
-        opt.zero_grad(set_to_none=True)
-        loss(net(x_fit), y_fit).backward()
-        opt.step()
-        with torch.no_grad():
-            v = float(loss(net(x_val), y_val))
-        if v < best:
-            best, best_step = v, step + 1
-            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-        elif step + 1 - best_step >= patience:
-            break
-    net.load_state_dict(best_state)
-    return best_step
-
-
 def _fit_member(
     net: MeanVarianceMLP,
     x: torch.Tensor,
@@ -181,12 +160,12 @@ def _fit_member(
     fit_rows, val = fit_rows.to(x.device), val.to(x.device)
     data = (x[fit_rows], y[fit_rows], x[val], y[val])
     if mse_warmup:
-        _early_stopped(net, _mean_mse, *data, max_steps, lr, patience)
+        train_early_stopped(net, _mean_mse, *data, max_steps, lr, patience)
 
     def nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return gaussian_nll_loss(out, target, net.min_variance)
 
-    best_step = _early_stopped(net, nll, *data, max_steps, lr, patience)
+    best_step = train_early_stopped(net, nll, *data, max_steps, lr, patience)
     net.eval()
     return best_step
 

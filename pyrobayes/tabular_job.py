@@ -497,6 +497,7 @@ def fit_mlp_heldout(
         True
     """
     from pyrobayes.models.mlp import MLP
+    from pyrobayes.models.train import train_early_stopped
 
     n = len(x)
     n_val = max(2, int(round(val_fraction * n)))
@@ -507,20 +508,15 @@ def fit_mlp_heldout(
     val, fit_rows = perm[:n_val], perm[n_val:]
     torch.manual_seed(seed)
     net = MLP(x.shape[-1], (50, 50), 1, "tanh")
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    best, best_step, best_state = float("inf"), 0, None
-    for step in range(max_steps):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(net(x[fit_rows]).squeeze(-1), y[fit_rows]).backward()
-        opt.step()
-        with torch.no_grad():
-            v = float((net(x[val]).squeeze(-1) - y[val]).pow(2).mean())
-        if v < best:
-            best, best_step = v, step + 1
-            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
-        elif step + 1 - best_step >= patience:
-            break
-    net.load_state_dict(best_state)
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (out.squeeze(-1) - target).pow(2).mean()
+
+    best_step = train_early_stopped(
+        net, mse, x[fit_rows], y[fit_rows], x[val], y[val], max_steps, lr, patience
+    )
+    with torch.no_grad():
+        best = float(mse(net(x[val]), y[val]))
     noise = max(best**0.5, 1e-3)
     return net.eval(), noise, {"best_step": best_step, "n_val": n_val}
 

@@ -42,7 +42,7 @@ from torch import nn
 from pyrobayes.options import Option
 from pyrobayes.progress import progress_bar
 
-__all__ = ["NetLoss", "TrainHistory", "train_network"]
+__all__ = ["NetLoss", "TrainHistory", "train_early_stopped", "train_network"]
 
 
 class NetLoss(Option):
@@ -182,3 +182,49 @@ def train_network(
             bar.set_postfix(loss=f"{history.losses[-1]:.4g}")
     net.eval()
     return history
+
+
+def train_early_stopped(
+    net: nn.Module,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    max_steps: int,
+    lr: float,
+    patience: int,
+) -> int:
+    """Full-batch Adam on ``loss(net(x), y)``, keeping the weights of the step of lowest
+    held-out ``loss``, stopping ``patience`` steps after it; returns that step (0: the
+    starting weights were best). The early-stopped trainer of the real-data job's MLP and
+    of the deep ensemble's members.
+
+    Example::
+
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Linear(1, 1)
+        >>> x = torch.linspace(-1, 1, 40)[:, None]
+        >>> mse = lambda out, y: (out[:, 0] - y).pow(2).mean()
+        >>> best = train_early_stopped(net, mse, x[::2], 2 * x[::2, 0], x[1::2], 2 * x[1::2, 0],
+        ...                            max_steps=300, lr=0.1, patience=20)
+        >>> best > 0, 1.8 < float(net.weight) < 2.1  # the slope of y = 2x
+        (True, True)
+    """
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.no_grad():
+        best = float(loss(net(x_val), y_val))
+    best_step, best_state = 0, {k: t.detach().clone() for k, t in net.state_dict().items()}
+    for step in range(max_steps):
+        opt.zero_grad(set_to_none=True)
+        loss(net(x_fit), y_fit).backward()
+        opt.step()
+        with torch.no_grad():
+            v = float(loss(net(x_val), y_val))
+        if v < best:
+            best, best_step = v, step + 1
+            best_state = {k: t.detach().clone() for k, t in net.state_dict().items()}
+        elif step + 1 - best_step >= patience:
+            break
+    net.load_state_dict(best_state)
+    return best_step
