@@ -40,17 +40,25 @@ Reproduce::
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import platform
-import sys
-import time
-import warnings
-from pathlib import Path
 
-import torch
+# one CPU thread for XLA (the NumPyro backend) and torch: set before jax/torch are imported
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import markdown_table, mixture_nll_and_mc_se, write_section  # noqa: E402
