@@ -91,8 +91,10 @@ def dataset(i: int, seed: int, n_test: int):
     return prior.model(d), (x[:n], y[:n], x[n:], y[n:]), latents
 
 
-def run_nuts(i: int, args: argparse.Namespace, scale: int = 1) -> dict:
-    """NUTS on data set ``i`` with ``scale`` x the warm-up and draws of ``args``."""
+def run_nuts(i: int, args: argparse.Namespace, scale: int = 1, depth: int | None = None) -> dict:
+    """NUTS on data set ``i`` with ``scale`` x the warm-up and draws of ``args`` and max tree
+    depth ``depth`` (default ``args.nuts_max_tree_depth``)."""
+    depth = depth or args.nuts_max_tree_depth
     from pyrobayes.reference import nuts_ppd
 
     model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
@@ -106,7 +108,7 @@ def run_nuts(i: int, args: argparse.Namespace, scale: int = 1) -> dict:
             xq,
             num_warmup=scale * args.nuts_warmup,
             num_samples=scale * args.nuts_samples,
-            max_tree_depth=args.nuts_max_tree_depth,
+            max_tree_depth=depth,
             num_chains=args.nuts_chains,
             progress=False,
             seed=args.seed + i,
@@ -123,6 +125,7 @@ def run_nuts(i: int, args: argparse.Namespace, scale: int = 1) -> dict:
         "n": n,
         "warmup": scale * args.nuts_warmup,
         "samples": scale * args.nuts_samples,
+        "depth": depth,
         "nll": nll,
         "mc_se": mc_se,
         "max_r_hat": float(info.max_r_hat),
@@ -150,38 +153,41 @@ def is_converged(r: dict) -> bool:
     )
 
 
-def _key(args: argparse.Namespace, i: int, scale: int = 1) -> str:
+def _key(args: argparse.Namespace, i: int, scale: int = 1, depth: int | None = None) -> str:
     return (
         f"seed{args.seed}-i{i}-test{args.n_test}-w{scale * args.nuts_warmup}"
-        f"-s{scale * args.nuts_samples}-depth{args.nuts_max_tree_depth}"
+        f"-s{scale * args.nuts_samples}-depth{depth or args.nuts_max_tree_depth}"
         f"-chains{args.nuts_chains}"
     )
 
 
 def nuts_results(args: argparse.Namespace) -> list[dict]:
     """One reference per data set: the ``args`` budget, or, with ``--nuts-retry K``, K x that
-    budget where the first run did not converge (the longer run replaces it; ``retried``)."""
+    budget (and ``--nuts-retry-depth``) where the first run did not converge (the longer run
+    replaces it; ``retried``)."""
     cache_path = Path(args.nuts_cache)
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = []
     for i in range(args.nuts_datasets):
-        r = _cached_run(cache, cache_path, args, i, 1)
-        if args.nuts_retry > 1 and not is_converged(r):
-            r = {**_cached_run(cache, cache_path, args, i, args.nuts_retry), "retried": True}
+        r = _cached_run(cache, cache_path, args, i, 1, None)
+        if args.nuts_retry > 0 and not is_converged(r):
+            again = _cached_run(cache, cache_path, args, i, args.nuts_retry, args.nuts_retry_depth)
+            r = {**again, "retried": True}
         results.append(r)
     return results
 
 
-def _cached_run(cache: dict, cache_path: Path, args: argparse.Namespace, i: int, scale: int):
-    key = _key(args, i, scale)
+def _cached_run(cache: dict, cache_path: Path, args, i: int, scale: int, depth: int | None):
+    key = _key(args, i, scale, depth)
     if key not in cache or args.rerun_nuts:
-        cache[key] = run_nuts(i, args, scale)
+        cache[key] = run_nuts(i, args, scale, depth)
         tmp = cache_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
         os.replace(tmp, cache_path)  # a killed run keeps every finished data set
         r = cache[key]
         print(
-            f"  NUTS data set {i} (d={r['d']}, n={r['n']}, {r['warmup']}/{r['samples']}): NLL "
+            f"  NUTS data set {i} (d={r['d']}, n={r['n']}, {r['warmup']}/{r['samples']}, depth "
+            f"{r['depth']}): NLL "
             f"{r['nll']:.4f} +- {r['mc_se']:.4f}, R-hat {r['max_r_hat']:.3f}, ESS bulk "
             f"{r['min_ess']:.0f} tail {r['min_ess_tail']:.0f}, "
             f"{'converged' if r['converged'] else 'NOT converged'}, {r['seconds']:.0f} s",
@@ -303,7 +309,11 @@ def _per_set_table(nuts: list[dict], by_i: dict) -> tuple[str, list[float]]:
                 f"{r['min_ess']:.0f}",
                 f"{r.get('min_ess_tail', float('nan')):.0f}",
                 ("yes" if is_converged(r) else "**no**")
-                + (f" ({r['warmup']}/{r['samples']})" if r.get("retried") else ""),
+                + (
+                    f" ({r['warmup']}/{r['samples']}, depth {r['depth']})"
+                    if r.get("retried")
+                    else ""
+                ),
                 f"{r['seconds']:.0f}",
                 f"{r['seconds'] / p['seconds']:.0f}",
             ]
@@ -323,14 +333,15 @@ def report(args, per_cell: str, per_set: str, s: dict, checkpoint_note: str) -> 
     retry = (
         f" With `--nuts-retry {args.nuts_retry}`: {s['n_retried']} references that had not "
         f"converged at {args.nuts_warmup}/{args.nuts_samples} were rerun with "
-        f"{args.nuts_retry}x warm-up and draws, and the rerun replaces them (its budget in the "
-        "converged column)."
-        if args.nuts_retry > 1
+        f"{args.nuts_retry}x warm-up and draws (max tree depth "
+        f"{args.nuts_retry_depth or args.nuts_max_tree_depth}), and the rerun replaces them (its "
+        "budget in the converged column)."
+        if args.nuts_retry > 0
         else ""
     )
     return f"""{SECTION}
 
-`python benchmarks/bench_tabular.py --nuts-datasets {k}{" --nuts-retry " + str(args.nuts_retry) if args.nuts_retry > 1 else ""}` ({args.datasets} prior data sets,
+`python benchmarks/bench_tabular.py --nuts-datasets {k}{_retry_flags(args)}` ({args.datasets} prior data sets,
 {args.n_test} held-out points each; NUTS {args.nuts_warmup}/{args.nuts_samples} per chain, max
 tree depth {args.nuts_max_tree_depth}, {args.nuts_chains} chains started at the generating
 latents (an exact posterior draw) plus 0.1 prior std of jitter each, on the first {k}).
@@ -358,6 +369,13 @@ All {args.datasets} data sets, PFN by cell:
 """
 
 
+def _retry_flags(args) -> str:
+    if args.nuts_retry <= 0:
+        return ""
+    depth = f" --nuts-retry-depth {args.nuts_retry_depth}" if args.nuts_retry_depth else ""
+    return f" --nuts-retry {args.nuts_retry}{depth}"
+
+
 def _checkpoint_note(path: str | None) -> str:
     from pyrobayes.pfn.checkpoint import read_checkpoint_json
     from pyrobayes.pfn.pretrained import CHECKPOINT_DIR
@@ -380,8 +398,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--nuts-retry",
         type=int,
-        default=1,
-        help="K > 1: rerun a reference that did not converge with K x warm-up and draws",
+        default=0,
+        help="K > 0: rerun a reference that did not converge with K x warm-up and draws "
+        "(and --nuts-retry-depth)",
+    )
+    p.add_argument(
+        "--nuts-retry-depth", type=int, default=None, help="max tree depth of those reruns"
     )
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--checkpoint", default=None, help="a PFN checkpoint (default: shipped)")
