@@ -18,8 +18,9 @@ held-out points; data set ``i`` is regenerated from seed ``seed + i``.
   log-likelihood, over chains); a reference counts as converged with
   ``pyrobayes.diagnostics.summarize(..., rhat_max=1.05, ess_min=200)`` semantics (R-hat
   <= 1.05 and bulk and tail ESS >= 200, at least 2 chains), and the PFN - NUTS gap is
-  reported on converged references only. The NLL's Monte Carlo error comes from batch means
-  of the draws.
+  reported on converged references only. With ``--nuts-retry K`` a reference that did not
+  converge is run again with K x the warm-up and draws (and ``--nuts-retry-depth``), and that
+  run replaces it. The NLL's Monte Carlo error comes from batch means of the draws.
 * Baseline: ``N(mean, sd)`` of the training targets (a model that ignores x).
 
 NUTS results do not depend on the PFN, so they are cached in ``--nuts-cache`` (JSON, one
@@ -35,6 +36,7 @@ Reproduce::
     python benchmarks/bench_tabular.py                     # NUTS from cache where present
     python benchmarks/bench_tabular.py --rerun-nuts        # redo the reference too
     python benchmarks/bench_tabular.py --nuts-only         # fill the NUTS cache (resumable)
+    python benchmarks/bench_tabular.py --nuts-retry 2 --nuts-retry-depth 10  # RESULTS.md run
     python benchmarks/bench_tabular.py --datasets 18 --nuts-datasets 3 --no-write  # quick
 """
 
