@@ -2,55 +2,59 @@
 
 On the main job's default data set (``pyrobayes compare`` defaults: 20 training and 200 test
 points drawn from the default BNN prior, seed 0), :func:`pyrobayes.reference.nuts_ppd` is
-started at the fitted MLP's weights exactly as the main job does, for several NUTS settings
-(warmup/samples budget, ``max_tree_depth``, ``target_accept_prob``, a MAP start, chains) and
-several NUTS seeds each. Per run it records the held-out NLL with its Monte Carlo standard
-error (batch means of the draws, as in ``bench_reference.py``), the max split R-hat, the min
-ESS of the PPD functionals (f(x_test) at every test point and the training log-likelihood),
-the number of potential-gradient evaluations (machine-independent cost) and the wall time.
+started at the fitted MLP's weights exactly as the main job does (4 chains, the given start
+plus 0.1 prior std of jitter per chain, ``backend="auto"``: NumPyro's NUTS when the ``nuts``
+extra is installed), for several NUTS settings (warmup/samples per chain, ``max_tree_depth``,
+``target_accept_prob``, ``num_chains``) and several NUTS seeds each. Per run it records the
+held-out NLL of the draw mixture with its Monte Carlo standard error (batch means of the
+draws), the convergence report of ``NUTSInfo`` (rank-normalised split R-hat, bulk and tail
+ESS over chains of f(x_test) at every test point and the training log-likelihood, and its
+verdict), the gradient evaluations of all chains incl. warm-up (``NUTSInfo.num_grads``, the
+machine-independent cost; NumPyro backend only) and the wall time incl. compilation.
 
-A setting passes when, across all its seeds, max R-hat <= 1.05 and the mean NLL over seeds is
-within Monte Carlo error of the 200/200 runs' mean (|difference| <= 2 x the combined
-standard error of the two means, where a mean's standard error is the larger of its
+A setting passes when NUTS reports converged on every seed and the mean NLL over seeds is
+within Monte Carlo error of the reference setting's mean (200/300: |difference| <= 2 x the
+combined standard error of the two means, where a mean's standard error is the larger of its
 seed-to-seed sd / sqrt(seeds) and the runs' own MC error / sqrt(seeds)).
 
 Reproduce::
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_nuts_budget.py             # full study
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_nuts_budget.py --seeds 2 \\
-        --configs 200/200 50/100 --no-write
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_nuts_budget.py --seeds 1 \\
+        --configs 200/300 50/100 --no-write
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
-import math
-import statistics
-import sys
-import time
-from pathlib import Path
+import os
 
-import torch
+# one CPU thread for XLA and torch: set before jax/torch are imported
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import markdown_table, write_section  # noqa: E402
-from bench_reference import _data, _nll_and_mc_error  # noqa: E402
+from _results import markdown_table, mixture_nll_and_mc_se, write_section  # noqa: E402
 
 SECTION = "## bench_nuts_budget.py"
+REFERENCE = "200/300"  # the setting the others' NLL is held against
 
-# What the study that set CompareConfig's defaults ran (RESULTS.md). Not run by default:
-# ``num_chains=2`` (on a 2-core box Pyro runs the chains one after another: it reserves a CPU)
-# and ``target_accept_prob`` / ``map_steps`` variants (run them with --configs).
-DEFAULT_CONFIGS = [
-    "200/200",
-    "100/200",
-    "100/100",
-    "50/200",
-    "50/100",
-    "50/100:max_tree_depth=6",
-]
+# The main job's setting (CompareConfig: 4 chains, 100/150, tree depth 10), cheaper and
+# dearer ones; more (target_accept_prob, num_chains, ...) with --configs.
+DEFAULT_CONFIGS = [REFERENCE, "100/150", "100/150:max_tree_depth=8", "75/150"]
 
 
 def parse_config(spec: str) -> tuple[str, dict]:
@@ -67,51 +71,52 @@ def parse_config(spec: str) -> tuple[str, dict]:
     return spec, kw
 
 
-class _GradCounter:
-    """Counts potential evaluations (one per leapfrog step plus the initial ones): wraps
-    ``Potential.__call__`` for the duration of the study."""
+def main_job_data():
+    """The main job's default data set and its fitted MLP (the NUTS start)."""
+    from pyrobayes.compare_job import CompareConfig, _fit_mlp, _load_data
 
-    def __init__(self):
-        from pyrobayes.infer.potential import Potential
-
-        self.cls, self.orig, self.n = Potential, Potential.__call__, 0
-        counter = self
-
-        def counted(pot, params):
-            counter.n += 1
-            return counter.orig(pot, params)
-
-        Potential.__call__ = counted
-
-    def restore(self) -> None:
-        self.cls.__call__ = self.orig
+    cfg = CompareConfig()
+    x_tr, y_tr, x_te, y_te, *_ = _load_data(cfg)
+    mlp = _fit_mlp(x_tr, y_tr, cfg.mlp_steps, cfg.seed)
+    return (x_tr, y_tr, x_te, y_te), mlp
 
 
-def run_one(kw: dict, seed: int, data, mlp, counter: _GradCounter) -> dict:
+def heldout_nll(model, draws: dict[str, torch.Tensor], x_te, y_te) -> tuple[float, float]:
+    """Held-out NLL of the draw mixture and its MC standard error (batch means of the
+    chain-major draws, so each batch lies mostly within one chain)."""
+    from pyrobayes.infer import forward_draws
+
+    with torch.no_grad():
+        f = forward_draws(model, draws, x_te)[..., 0]
+        log_p = torch.distributions.Normal(f, model.likelihood.scale).log_prob(y_te)
+    return mixture_nll_and_mc_se(log_p)
+
+
+def run_one(kw: dict, seed: int, data, mlp) -> dict:
     from pyrobayes.models.mlp import default_regression_model
     from pyrobayes.reference import nuts_ppd
 
     x_tr, y_tr, x_te, y_te = data
     model = default_regression_model()
-    counter.n = 0
     t0 = time.perf_counter()
-    import warnings
-
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the R-hat warning: the table reports R-hat itself
+        warnings.simplefilter("ignore")  # the convergence warning: the table reports it
         _, info = nuts_ppd(
             model, x_tr, y_tr, x_te, progress=False, seed=seed, return_mcmc=True, init=mlp, **kw
         )
     wall = time.perf_counter() - t0
-    nll, se = _nll_and_mc_error(model, info.draws, x_te, y_te)
+    nll, se = heldout_nll(model, info.draws, x_te, y_te)
     return {
         "nll": nll,
         "se": se,
         "r_hat": info.max_r_hat,
         "ess": info.min_ess,
-        "grads": counter.n,
+        "ess_tail": info.min_ess_tail,
+        "converged": bool(info.converged),
+        "chains": info.num_chains,
+        "backend": str(info.backend),
+        "grads": info.num_grads if info.num_grads is not None else float("nan"),
         "wall": wall,
-        "step": float(getattr(info.mcmc.kernel, "step_size", float("nan"))),
     }
 
 
@@ -127,6 +132,8 @@ def summarise(runs: list[dict]) -> dict:
         "mc": mc,
         "r_hat": max(r["r_hat"] for r in runs),
         "ess": min(r["ess"] for r in runs),
+        "ess_tail": min(r["ess_tail"] for r in runs),
+        "n_ok": sum(r["converged"] for r in runs),
         "grads": statistics.mean(r["grads"] for r in runs),
         "wall": statistics.mean(r["wall"] for r in runs),
     }
@@ -149,110 +156,103 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    data = _data()
-    x_tr, y_tr, *_ = data
+    data, mlp = main_job_data()
     results: dict[str, list[dict]] = {}
     if args.merge:
         for path in args.merge:
             for line in path.read_text().splitlines():
                 r = json.loads(line)
                 results.setdefault(r["label"], []).append(r)
-        results = {k: results[k] for k in sorted(results, key=_order)}
         args.seeds = max(len(v) for v in results.values())
     else:
-        _run_study(args, data, results)
+        _run_study(args, data, mlp, results)
+    results = {k: results[k] for k in sorted(results, key=_order)}
     _report(args, data, results)
 
 
 def _order(label: str) -> tuple:
-    """200/200 first, then by budget (descending), variants after their budget."""
+    """The reference first, then by budget (descending), variants after their budget."""
     budget, _, extra = label.partition(":")
     w, s = (int(v) for v in budget.split("/"))
-    return (-(w + s), -w, extra)
+    return (label != REFERENCE, -(w + s), -w, extra)
 
 
-def _run_study(args, data, results: dict[str, list[dict]]) -> None:
-    from pyrobayes.compare_job import CompareConfig, _fit_mlp
+def _run_study(args, data, mlp, results: dict[str, list[dict]]) -> None:
+    for spec in args.configs:
+        label, kw = parse_config(spec)
+        results[label] = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            r = run_one(kw, seed, data, mlp)
+            r.update(label=label, seed=seed)
+            results[label].append(r)
+            if args.jsonl:
+                with args.jsonl.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+            print(
+                f"{label:28s} seed {seed}: NLL {r['nll']:.4f} ± {r['se']:.4f}  R-hat "
+                f"{r['r_hat']:.3f}  ESS bulk {r['ess']:.0f} tail {r['ess_tail']:.0f}  "
+                f"{'converged' if r['converged'] else 'NOT converged'}  grads {r['grads']}  "
+                f"{r['wall']:.1f} s ({r['backend']}, {r['chains']} chains)",
+                flush=True,
+            )
 
-    x_tr, y_tr, *_ = data
-    mlp = copy.deepcopy(_fit_mlp(x_tr, y_tr, CompareConfig().mlp_steps, 0))
-    counter = _GradCounter()
-    try:
-        for spec in args.configs:
-            label, kw = parse_config(spec)
-            results[label] = []
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_one(kw, seed, data, mlp, counter)
-                r.update(label=label, seed=seed)
-                results[label].append(r)
-                if args.jsonl:
-                    with args.jsonl.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
-                print(
-                    f"{label:32s} seed {seed}: NLL {r['nll']:.3f} ± {r['se']:.3f}  R-hat "
-                    f"{r['r_hat']:.3f}  ESS {r['ess']:.0f}  grads {r['grads']}  "
-                    f"{r['wall']:.1f} s  step {r['step']:.3g}",
-                    flush=True,
-                )
-    finally:
-        counter.restore()
+
+def _row(label: str, runs: list[dict], base: dict | None) -> list:
+    s = summarise(runs)
+    verdict = ""
+    if base is not None:
+        diff = s["nll"] - base["nll"]
+        tol = 2 * math.hypot(s["se_mean"], base["se_mean"])
+        ok = abs(diff) <= tol and s["n_ok"] == len(runs)
+        verdict = f"{diff:+.4f} (tol {tol:.4f}); {'pass' if ok else 'FAIL'}"
+    return [
+        label,
+        len(runs),
+        f"{s['nll']:.4f}",
+        f"{s['sd']:.4f}" if len(runs) > 1 else "—",
+        f"{s['mc']:.4f}",
+        f"{s['r_hat']:.3f}",
+        f"{s['ess']:.0f}",
+        f"{s['ess_tail']:.0f}",
+        f"{s['n_ok']}/{len(runs)}",
+        f"{s['grads']:.0f}",
+        f"{s['wall']:.1f}",
+        verdict,
+    ]
 
 
 def _report(args, data, results: dict[str, list[dict]]) -> None:
-    x_tr = data[0]
-    base_label = next((lbl for lbl in results if lbl.startswith("200/200")), None)
-    base = summarise(results[base_label]) if base_label else None
-    rows = []
-    for label, runs in results.items():
-        s = summarise(runs)
-        n_ok = sum(r["r_hat"] <= 1.05 for r in runs)
-        if base is not None:
-            diff = s["nll"] - base["nll"]
-            tol = 2 * math.hypot(s["se_mean"], base["se_mean"])
-            nll_ok = abs(diff) <= tol
-            ok = nll_ok and n_ok == len(runs)
-            verdict = f"{diff:+.3f} (tol {tol:.3f}); {'pass' if ok else 'FAIL'}"
-        else:
-            verdict = ""
-        rows.append(
-            [
-                label,
-                len(runs),
-                f"{s['nll']:.3f}",
-                f"{s['sd']:.3f}" if len(runs) > 1 else "—",
-                f"{s['mc']:.3f}",
-                f"{s['r_hat']:.3f}",
-                f"{n_ok}/{len(runs)}",
-                f"{s['ess']:.0f}",
-                f"{s['grads']:.0f}",
-                f"{s['wall']:.1f}",
-                verdict,
-            ]
-        )
+    base = summarise(results[REFERENCE]) if REFERENCE in results else None
+    rows = [_row(label, runs, base) for label, runs in results.items()]
     header = [
-        "setting (warmup/samples)",
+        "setting (warmup/samples per chain)",
         "seeds",
         "mean NLL",
         "sd over seeds",
         "MC se per run",
         "max R-hat",
-        "seeds R-hat <= 1.05",
-        "min ESS",
+        "min bulk ESS",
+        "min tail ESS",
+        "seeds converged",
         "gradients / run",
         "wall s / run",
-        "NLL vs 200/200",
+        f"NLL vs {REFERENCE}",
     ]
     table = markdown_table(header, rows)
+    first = next(iter(results.values()))[0]
     report = (
-        f"{SECTION}\n\nSeed study of the main job's NUTS reference (`nuts_ppd` on the trace-free "
-        f"potential, started at the fitted MLP's weights) on the default data set of "
-        f"`pyrobayes compare` ({len(x_tr)} train, {len(data[2])} test points), k NUTS "
-        "seeds per setting (k = seeds column), 1 torch thread. Wall times come from a 2-core box "
-        "shared with a PFN training (one core) and other jobs, so they are inflated and "
-        "only comparable within this table; gradients / run is the machine-independent "
-        f"cost. {args.load_note}\n"
-        "Pass = max R-hat <= 1.05 over all seeds and mean NLL within 2 combined standard "
-        "errors of the 200/200 mean (a mean's se = max(sd over seeds, MC se) / sqrt(seeds)).\n\n"
+        f"{SECTION}\n\nSeed study of the main job's NUTS reference (`nuts_ppd`, "
+        f"{first['chains']} chains on the {first['backend']} backend, started at the fitted "
+        f"MLP's weights plus 0.1 prior std of jitter per chain) on the default data set of "
+        f"`pyrobayes compare` ({len(data[0])} train, {len(data[2])} test points), k NUTS seeds "
+        "per setting (k = seeds column), one CPU thread (XLA and torch). Converged = "
+        "`NUTSInfo.converged` (rank-normalised split R-hat <= 1.05 and bulk and tail ESS >= 100 "
+        "of f(x_test) and the training log-likelihood over chains); gradients / run = "
+        "`NUTSInfo.num_grads` (all chains, warm-up included), the machine-independent cost; "
+        "wall time includes JAX compilation, on a 2-core box shared with other jobs (only "
+        f"comparable within this table). {args.load_note}\n"
+        f"Pass = converged on every seed and mean NLL within 2 combined standard errors of "
+        f"the {REFERENCE} mean (a mean's se = max(sd over seeds, MC se) / sqrt(seeds)).\n\n"
         f"{table}\n"
     )
     print(report)
