@@ -387,6 +387,7 @@ class Split:
     y_std: float
     train_index: torch.Tensor
     test_index: torch.Tensor
+    dropped_features: tuple[int, ...] = ()
 
 
 def make_splits(
@@ -416,8 +417,10 @@ def standardise_split(
     x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor
 ) -> Split:
     """Standardise x (per feature) and y with the training rows' mean and standard deviation
-    only (the test rows never inform them); float32 tensors for the methods. A feature or
-    target that is constant on the training rows is a ``ValueError``.
+    only (the test rows never inform them); float32 tensors for the methods. A feature that
+    is constant on the training rows can inform no method: it is left out of this split
+    (``dropped_features``; naval's standard splits have two); a constant target, or every
+    feature constant, is a ``ValueError``.
 
     Example::
 
@@ -429,13 +432,13 @@ def standardise_split(
         >>> s.y_mean, round(float(s.x_test), 3)  # the test row is far outside: x = 10
         (2.5, 6.584)
     """
+    keep = x[train].std(0) > 0
+    if not bool(keep.any()):
+        raise ValueError("every feature is constant on this training split")
+    dropped = tuple(torch.nonzero(~keep).reshape(-1).tolist())
+    x = x[:, keep]
     xtr, ytr = x[train], y[train]
     xm, xs = xtr.mean(0), xtr.std(0)
-    const = torch.nonzero(xs == 0).reshape(-1).tolist()
-    if const:
-        raise ValueError(
-            f"feature(s) {const} are constant on this training split; standardising would divide by zero"
-        )
     ym, ys = float(ytr.mean()), float(ytr.std())
     if ys == 0:
         raise ValueError("the target is constant on this training split")
@@ -450,6 +453,7 @@ def standardise_split(
         y_std=ys,
         train_index=train,
         test_index=test,
+        dropped_features=dropped,
     )
 
 
@@ -841,9 +845,12 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
     tables, infos = [], []
     first: dict[str, Any] = {}
+    dropped: dict[str, list[int]] = {}  # feature -> splits whose training rows hold it constant
     t_start = time.perf_counter()
     for k, (tr, te) in enumerate(splits):
         s = standardise_split(tab.x, tab.y, tr, te)
+        for i in s.dropped_features:
+            dropped.setdefault(tab.feature_names[i], []).append(k + 1)
         grid = None
         if d == 1 and k == 0:
             lo, hi = float(tab.x.min()), float(tab.x.max())
@@ -881,6 +888,10 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
                 "ppds": {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in grid_ppds.items()},
                 "train": (tab.x[tr].float(), tab.y[tr].float()),
             }
+    for name, ks in dropped.items():
+        notes.append(
+            f"feature {name!r} is constant on the training rows of split(s) {ks}: left out there"
+        )
     methods = [METHOD_ROWS[m] for m in selected]
     summary = mean_se_table(tables, methods=methods)
     # NUTS's mean is over its own splits: the fair comparison is every method on those

@@ -339,3 +339,13 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
     ax_nll, ax_cov = fig.axes
     assert [t.get_text() for t in ax_nll.get_yticklabels()] == list(res["table"].methods)
     assert ax_cov.get_ylabel() == "empirical coverage"
+
+
+def test_a_feature_constant_on_the_training_rows_is_left_out_of_that_split():
+    # naval's standard splits have two such columns; no method can learn from them
+    x = torch.stack([torch.arange(6.0), torch.tensor([1.0, 1, 1, 1, 5, 5])], 1)
+    y = 2 * x[:, 0]
+    s = standardise_split(x, y, torch.arange(4), torch.tensor([4, 5]))
+    assert s.dropped_features == (1,) and s.x_train.shape == (4, 1) and s.x_test.shape == (2, 1)
+    with pytest.raises(ValueError, match="every feature is constant"):
+        standardise_split(x[:, 1:], y, torch.arange(4), torch.tensor([4, 5]))
