@@ -830,19 +830,8 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
     n, d = tab.x.shape
     n_splits = len(splits)
     n_train = max(len(tr) for tr, _ in splits)
-    notes: list[str] = []
     selected = cfg.selected
-    skipped = [m.value for m in Method if m not in selected]
-    if skipped:
-        notes.append(f"not run (--methods/--no-gp/--no-nuts): {', '.join(skipped)}")
-    pfn = None
-    if Method.PFN in selected:
-        pfn, why = _load_pfn(n_train, d)
-        if why:
-            notes.append(why)
-    n_nuts = 0 if Method.NUTS not in selected else min(n_splits, cfg.nuts_splits or n_splits)
-    if 0 < n_nuts < n_splits:
-        notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
+    notes, pfn, n_nuts = _plan(cfg, n_train, d, n_splits)
     tables, infos = [], []
     first: dict[str, Any] = {}
     dropped: dict[str, list[int]] = {}  # feature -> splits whose training rows hold it constant
@@ -868,20 +857,7 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         )
         tables.append(table)
         infos.append(info)
-        # each split's scores as soon as they exist: a long run stopped early keeps them
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
-            fh.write(
-                json.dumps(
-                    {"split": k, "table": json.loads(table.to_json()), "info": info}, default=str
-                )
-                + "\n"
-            )
-        print(  # one line per split: a long run should show it is alive even without bars
-            f"split {k + 1}/{len(splits)} done ({time.perf_counter() - t_start:.0f} s so far)",
-            file=sys.stderr,
-            flush=True,
-        )
+        _record_split(cfg, k, n_splits, table, info, t_start)
         if grid is not None:
             first = {
                 "grid": grid_raw.float(),
@@ -909,6 +885,41 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         "infos": infos,
         "files": files,
     }
+
+
+def _plan(cfg: TabularConfig, n_train: int, d: int, n_splits: int) -> tuple[list[str], Any, int]:
+    """``(notes, pfn, n_nuts)`` before the first split: what is not run and why, the PFN if
+    it covers ``n_train`` x ``d``, and how many splits get NUTS."""
+    notes: list[str] = []
+    selected = cfg.selected
+    skipped = [m.value for m in Method if m not in selected]
+    if skipped:
+        notes.append(f"not run (--methods/--no-gp/--no-nuts): {', '.join(skipped)}")
+    pfn = None
+    if Method.PFN in selected:
+        pfn, why = _load_pfn(n_train, d)
+        if why:
+            notes.append(why)
+    n_nuts = 0 if Method.NUTS not in selected else min(n_splits, cfg.nuts_splits or n_splits)
+    if 0 < n_nuts < n_splits:
+        notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
+    return notes, pfn, n_nuts
+
+
+def _record_split(
+    cfg: TabularConfig, k: int, n_splits: int, table: Any, info: dict, t_start: float
+) -> None:
+    """Split ``k``'s scores appended to ``splits.jsonl`` as soon as they exist (a long run
+    stopped early keeps them) and one progress line on stderr (alive even without bars)."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
+        record = {"split": k, "table": json.loads(table.to_json()), "info": info}
+        fh.write(json.dumps(record, default=str) + "\n")
+    print(
+        f"split {k + 1}/{n_splits} done ({time.perf_counter() - t_start:.0f} s so far)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
