@@ -15,7 +15,13 @@ from pyrobayes.pfn.bar import BarCriterion, BarDistribution, borders_from_sample
 from pyrobayes.pfn.checkpoint import load_checkpoint, save_checkpoint
 from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
 from pyrobayes.pfn.pretrained import pretrained
-from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior, TabularBNNPrior
+from pyrobayes.pfn.priors import (
+    BNNPrior,
+    DatasetPrior,
+    GPPrior,
+    TabularBNNClassifierPrior,
+    TabularBNNPrior,
+)
 from pyrobayes.pfn.train import TrainConfig, TrainResult, train_pfn
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "GPPrior",
     "BNNPrior",
     "TabularBNNPrior",
+    "TabularBNNClassifierPrior",
     "InputMode",
     "standardise_split",
     "DatasetPrior",

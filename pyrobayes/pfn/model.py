@@ -265,9 +265,15 @@ class PFN(nn.Module):
         c = config
         self.task = Task.parse(c.task)
         self.input_mode = InputMode.parse(c.input_mode)
-        if self.input_mode is InputMode.TABULAR and self.task is not Task.REGRESSION:
-            raise ValueError("input_mode='tabular' is implemented for regression PFNs only")
+        # tabular classification: datasets have 2..num_classes classes, told to the network
+        self.tabular_classes = (
+            self.input_mode is InputMode.TABULAR and self.task is Task.CLASSIFICATION
+        )
         self.x_encoder = nn.Linear(c.num_features, c.d_model)
+        if self.tabular_classes:
+            # the PPD over C classes depends on C (unseen classes share the mass the seen
+            # ones leave), so every token carries an embedding of its dataset's C
+            self.class_count_encoder = nn.Embedding(c.num_classes + 1, c.d_model)
         if self.task is Task.REGRESSION:
             self.y_encoder: nn.Module = nn.Linear(1, c.d_model)
             self.criterion: nn.Module = BarCriterion(torch.tensor(c.borders))
@@ -308,14 +314,35 @@ class PFN(nn.Module):
         # zero-pad to the maximum width; sqrt(D/d) keeps E|x|^2 = D whatever d is
         return nn.functional.pad(x, (0, dmax - d)) * (dmax / d) ** 0.5
 
+    def _class_counts(
+        self, num_classes: int | torch.Tensor | None, batch: int, device: torch.device
+    ) -> torch.Tensor:
+        """``[B]`` class counts of a tabular classifier's datasets (default the maximum)."""
+        kmax = self.config.num_classes
+        if num_classes is None:
+            num_classes = kmax
+        counts = torch.as_tensor(num_classes, device=device).long().expand(batch)
+        if bool(((counts < 2) | (counts > kmax)).any()):
+            raise ValueError(f"this PFN takes 2..{kmax} classes, got {counts.unique().tolist()}")
+        return counts
+
     def forward(
-        self, x_train: torch.Tensor, y_train: torch.Tensor, x_query: torch.Tensor
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_query: torch.Tensor,
+        num_classes: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, m, K]`` of the predictive at each query.
 
         ``"box"`` PFNs take raw data; ``"tabular"`` PFNs take data already standardised by
         :func:`standardise_split` (as :meth:`predict` and training do), ``d <= num_features``.
+        A tabular classifier also takes each dataset's class count ``num_classes`` (an int
+        or ``[B]``; default ``config.num_classes``): the logits of classes ``>= C`` are
+        ``-inf``, so the softmax is over the dataset's ``C`` classes.
         """
+        if num_classes is not None and not self.tabular_classes:
+            raise ValueError("num_classes is an input of tabular classification PFNs only")
         c = self.config
         n, m = x_train.shape[1], x_query.shape[1]
         xt = self._encode_inputs(x_train)
@@ -325,9 +352,16 @@ class PFN(nn.Module):
         else:
             ey = self.y_encoder(y_train.long())
         tokens = torch.cat([self.x_encoder(xt) + ey, self.x_encoder(xq)], dim=1)
+        if self.tabular_classes:
+            counts = self._class_counts(num_classes, tokens.shape[0], tokens.device)
+            tokens = tokens + self.class_count_encoder(counts).unsqueeze(1)
         mask = _queries_attend_to_training_only(n, m, tokens.device)
         h = self.encoder(tokens, mask=mask)
-        return self.decoder(h[:, n:])
+        logits = self.decoder(h[:, n:])
+        if self.tabular_classes:
+            absent = torch.arange(c.num_classes, device=logits.device) >= counts[:, None]
+            logits = logits.masked_fill(absent.unsqueeze(1), float("-inf"))
+        return logits
 
     def loss(self, logits: torch.Tensor, y_query: torch.Tensor) -> torch.Tensor:
         """Per-query negative log predictive density (nats), shape ``y_query.shape``."""
@@ -373,6 +407,8 @@ class PFN(nn.Module):
         x_query: torch.Tensor | np.ndarray,
         *,
         strict: bool = False,
+        num_classes: int | None = None,
+        class_permutations: int = 4,
     ) -> BarDistribution | CategoricalPPD:
         """Posterior predictive at ``x_query`` given the training set, in one forward pass.
 
@@ -382,12 +418,21 @@ class PFN(nn.Module):
             x_query: ``[m]`` or ``[m, d]``.
             strict: raise instead of warning when inputs leave the training box or
                 targets leave the range of targets the PFN was trained on.
+            num_classes: a tabular classifier's class count ``C`` (labels ``0..C-1``;
+                default ``max(y_train) + 1``, at least 2): pass it when a class may be
+                missing from the training rows.
+            class_permutations: a tabular classifier averages its probabilities over this
+                many relabellings of the (canonically ordered) training labels, the first
+                the identity (:meth:`_predict_tabular_classes`).
 
         A ``"tabular"`` PFN standardises features and targets by the training split itself
         (raw-unit data just work), drops features that are constant on the training split
         (so zero-padding columns change nothing), and returns the bar PPD in raw target
         units: its borders are :math:`\\mu_y + s_y b_k`, so the log-density includes the
-        Jacobian :math:`-\\log s_y`.
+        Jacobian :math:`-\\log s_y`. A tabular classifier standardises the features only
+        and is equivariant to relabelling the classes by construction: permuting the class
+        ids of ``y_train`` permutes the returned probabilities the same way (the network
+        sees identical inputs; only the final renormalisation's float rounding differs).
 
         Returns:
             :class:`BarDistribution` (regression) or a one-draw :class:`CategoricalPPD`,
@@ -428,6 +473,10 @@ class PFN(nn.Module):
         else:
             if yt.is_floating_point() and not torch.equal(yt, yt.round()):
                 raise ValueError("classification y_train must hold integer labels")
+            if self.tabular_classes:
+                return self._predict_tabular_classes(
+                    xt, yt.long(), xq, num_classes, class_permutations
+                )
             if ((yt < 0) | (yt >= c.num_classes)).any():
                 raise ValueError(f"labels must lie in [0, {c.num_classes - 1}]")
         if self.input_mode is InputMode.TABULAR:
@@ -470,19 +519,26 @@ class PFN(nn.Module):
                 raise ValueError(msg)
             warnings.warn(msg, stacklevel=3)
 
+    @staticmethod
+    def _informative_columns(
+        xt: torch.Tensor, xq: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drop the columns constant on the training rows: they carry no information (and
+        are what zero-padding looks like); keep one if all are."""
+        if xq.shape[1] != xt.shape[1]:
+            raise ValueError(f"x_query has {xq.shape[1]} features but x_train has {xt.shape[1]}")
+        if xt.shape[0] < 2:
+            return xt, xq
+        sd = xt.std(0, unbiased=False)
+        keep = sd > 1e-8 * (1 + xt.mean(0).abs())
+        if not keep.any():
+            keep[0] = True
+        return xt[:, keep], xq[:, keep]
+
     def _predict_tabular(
         self, xt: torch.Tensor, yt: torch.Tensor, xq: torch.Tensor, strict: bool
     ) -> BarDistribution:
-        if xq.shape[1] != xt.shape[1]:
-            raise ValueError(f"x_query has {xq.shape[1]} features but x_train has {xt.shape[1]}")
-        n = xt.shape[0]
-        if n >= 2:
-            # constant-on-train columns carry no information (and are what padding looks like)
-            sd = xt.std(0, unbiased=False)
-            keep = sd > 1e-8 * (1 + xt.mean(0).abs())
-            if not keep.any():
-                keep[0] = True
-            xt, xq = xt[:, keep], xq[:, keep]
+        xt, xq = self._informative_columns(xt, xq)
         xs, ys, qs, _, y_loc, y_scale = standardise_split(
             xt.unsqueeze(0), yt.unsqueeze(0), xq.unsqueeze(0)
         )
@@ -490,3 +546,74 @@ class PFN(nn.Module):
         logits = self._forward_eval(xs[0], ys[0], qs[0])
         borders = self.criterion.borders.to(logits.dtype)
         return BarDistribution(y_loc[0] + y_scale[0] * borders, logits)
+
+    def _predict_tabular_classes(
+        self,
+        xt: torch.Tensor,
+        yt: torch.Tensor,
+        xq: torch.Tensor,
+        num_classes: int | None,
+        permutations: int,
+    ) -> CategoricalPPD:
+        """A tabular classifier's PPD, exactly equivariant to relabelling the classes.
+
+        The labels are first put in a canonical order that relabelling cannot change:
+        classes sorted by training count (descending), then by the mean over their rows of
+        a fixed projection :math:`u^\\top x` of the standardised features; the network
+        sees the canonical labels, so relabelling ``y_train`` by :math:`\\sigma` gives it
+        identical inputs and the output, mapped back, is permuted by :math:`\\sigma`. The
+        classes absent from the training rows are exchangeable under the prior (their exact
+        PPD probabilities are equal), so they get their mean. Exactness needs no ties
+        between two *present* classes in (count, projected mean), which has probability 0
+        for continuous features. On top, the probabilities are averaged over
+        ``permutations`` fixed relabellings of the canonical labels (a cheap ensemble that
+        reduces the network's own dependence on label order; fixed, so still exact).
+        """
+        kmax = self.config.num_classes
+        seen_max = int(yt.max()) + 1 if yt.numel() else 0
+        C = int(num_classes) if num_classes is not None else max(2, seen_max)
+        if not 2 <= C <= kmax:
+            raise ValueError(f"this PFN was trained on 2..{kmax} classes, got num_classes={C}")
+        if yt.numel() and (int(yt.min()) < 0 or seen_max > C):
+            raise ValueError(f"labels must lie in [0, {C - 1}] (num_classes={C})")
+        if permutations < 1:
+            raise ValueError(f"class_permutations must be >= 1, got {permutations}")
+        xt, xq = self._informative_columns(xt, xq)
+        xs, _, qs, *_ = standardise_split(xt.unsqueeze(0), yt.unsqueeze(0).float(), xq.unsqueeze(0))
+        xs, qs = xs[0], qs[0]
+        rank, seen = self._canonical_ranks(xs, yt, C)
+        gen = torch.Generator().manual_seed(0)
+        perms = torch.stack(
+            [torch.arange(C)] + [torch.randperm(C, generator=gen) for _ in range(permutations - 1)]
+        ).to(self.device)  # [P, C]: canonical class c is shown as perms[p, c]
+        P = perms.shape[0]
+        y_in = perms[:, rank[yt]]  # [P, n]
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(xs.expand(P, -1, -1), y_in, qs.expand(P, -1, -1), C)
+        finally:
+            self.train(was_training)
+        probs = torch.softmax(logits.float(), -1)[..., :C]  # [P, m, C]
+        canon = probs.gather(-1, perms[:, None, :].expand_as(probs)).mean(0)  # [m, C]
+        n_seen = int(seen.sum())
+        if n_seen < C:
+            canon[:, n_seen:] = canon[:, n_seen:].mean(-1, keepdim=True)
+        return CategoricalPPD(canon[:, rank].unsqueeze(0))
+
+    def _canonical_ranks(
+        self, xs: torch.Tensor, yt: torch.Tensor, C: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rank [C]`` (class -> canonical position; present classes first) and ``seen [C]``."""
+        counts = torch.bincount(yt, minlength=C)
+        gen = torch.Generator().manual_seed(0)
+        u = torch.randn(self.config.num_features, generator=gen)[: xs.shape[1]].to(xs)
+        proj = torch.zeros(C, dtype=xs.dtype, device=xs.device)
+        if yt.numel():
+            proj = proj.index_add(0, yt, xs @ u) / counts.clamp(min=1).to(xs.dtype)
+        # lexicographic (count desc, projection desc) by stable sorts, last key first
+        order = torch.sort(-proj, stable=True).indices
+        order = order[torch.sort(-counts[order], stable=True).indices]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(C, device=order.device)
+        return rank, counts > 0

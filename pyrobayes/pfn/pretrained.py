@@ -12,6 +12,10 @@
 
 How they were trained (command, steps, time, loss) is in ``checkpoints/README.md``.
 
+Planned, not shipped yet: ``"bnn-tabular-classifier"`` (the prior of
+:func:`pyrobayes.models.tabular.tabular_classifier_model`, 1-20 features, 2-10 classes, up to
+1024 training rows); asking for it raises an error with the command that trains it.
+
 Example::
 
     >>> from pyrobayes.pfn import pretrained
@@ -29,9 +33,21 @@ from pyrobayes.options import Option
 from pyrobayes.pfn.checkpoint import load_checkpoint
 from pyrobayes.pfn.model import PFN
 
-__all__ = ["pretrained", "PretrainedName", "CHECKPOINT_DIR"]
+__all__ = ["pretrained", "PretrainedName", "CHECKPOINT_DIR", "PLANNED"]
 
 CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
+
+# Checkpoints designed (prior, CLI, training script) but not trained yet: name -> how to
+# train one. Kept out of PretrainedName, which lists what is shipped.
+PLANNED = {
+    "bnn-tabular-classifier": (
+        "it needs GPU-scale training (see the 'planned: bnn-tabular-classifier' section of "
+        "pyrobayes/pfn/checkpoints/README.md); train one with "
+        "`bash benchmarks/train_classifier_pfn.sh OUT` (one GPU, ~10 min, resumable) or "
+        "`pyrobayes pfn train --prior bnn-tabular-classifier --out OUT ...`, then load it with "
+        "pyrobayes.pfn.load_checkpoint(OUT)"
+    ),
+}
 
 
 class PretrainedName(Option):
@@ -78,7 +94,13 @@ def pretrained(name: str | PretrainedName, device: torch.device | str | None = N
         Traceback (most recent call last):
         ...
         ValueError: unknown pretrained PFN 'gp-2d'; valid: gp-1d, bnn-1d, bnn-tabular
+        >>> pretrained("bnn-tabular-classifier")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: pretrained PFN 'bnn-tabular-classifier' is not shipped yet: it needs GPU-scale training ...
     """
+    if isinstance(name, str) and name in PLANNED:
+        raise FileNotFoundError(f"pretrained PFN {name!r} is not shipped yet: {PLANNED[name]}")
     key = PretrainedName.parse(name, "pretrained PFN")
     path = CHECKPOINT_DIR / key.value
     if not path.with_name(key.value + ".json").exists():

@@ -8,6 +8,9 @@ RNG, so ``torch.manual_seed`` makes training reproducible).
 * :class:`GPPrior`: :math:`f \\sim \\mathcal{GP}(0, k_{\\mathrm{RBF}})`,
   :math:`y = f(x) + \\varepsilon`, :math:`x \\sim U(\\text{box})`; its exact PPD is
   :func:`pyrobayes.gp.exact_gp_ppd`.
+* :class:`TabularBNNPrior` / :class:`TabularBNNClassifierPrior`: synthetic tabular
+  features of a varying width, targets or labels from the tabular BNNs of
+  :mod:`pyrobayes.models.tabular`.
 * :class:`BNNPrior`: :math:`\\theta \\sim p(\\theta)` from a pyrobayes
   :class:`~pyrobayes.model.BayesianModel`'s weight priors, :math:`y \\sim p(y \\mid
   f_\\theta(x))` from its likelihood — all ``B`` networks evaluated in one batched call.
@@ -30,7 +33,14 @@ import torch
 from pyrobayes.gp import exact_gp_ppd, rbf_kernel
 from pyrobayes.ppd import NormalMixturePPD
 
-__all__ = ["DatasetPrior", "GPPrior", "BNNPrior", "TabularBNNPrior", "FeatureKind"]
+__all__ = [
+    "DatasetPrior",
+    "GPPrior",
+    "BNNPrior",
+    "TabularBNNPrior",
+    "TabularBNNClassifierPrior",
+    "FeatureKind",
+]
 
 
 class DatasetPrior(Protocol):
@@ -427,3 +437,141 @@ class TabularBNNPrior:
         self.last_noise = sigma
         y = f + sigma.unsqueeze(1) * torch.randn_like(f)
         return x, y, {**draws, model.likelihood.noise_site: sigma}
+
+
+class TabularBNNClassifierPrior:
+    """Tabular classification datasets from
+    :func:`~pyrobayes.models.tabular.tabular_classifier_model`.
+
+    Per batch a feature count :math:`d \\sim U\\{d_{\\min}..d_{\\max}\\}` (features as in
+    :class:`TabularBNNPrior`); per dataset a class count :math:`C \\sim
+    U\\{C_{\\min}..C_{\\max}\\}`, weights :math:`\\theta \\sim p(\\theta)` of the
+    ``d``-50-50-:math:`C_{\\max}` classifier of which the first ``C`` logits are kept (the
+    output rows are i.i.d. a priori, so they are exactly a ``d``-50-50-``C`` classifier's
+    logits), labels :math:`y \\sim \\mathrm{softmax}(f_\\theta(x)_{1..C})`, then relabelled
+    by a uniformly random permutation of ``0..C-1`` per dataset, so label order carries no
+    meaning whatever the model (for this exchangeable prior the relabelled data have the
+    same law).
+
+    ``sample`` returns ``x [B, L, d]`` and float labels ``y [B, L]``; ``last_num_classes``
+    holds the ``[B]`` class counts of the last call (training gives them to the PFN).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.pfn.priors import TabularBNNClassifierPrior
+        >>> prior = TabularBNNClassifierPrior(max_features=5, max_classes=4)
+        >>> x, y = prior.sample(6, 30)
+        >>> x.shape[:2], bool((y < prior.last_num_classes[:, None]).all())
+        (torch.Size([6, 30]), True)
+        >>> prior.task, prior.describe()["max_classes"]
+        ('classification', 4)
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        max_features: int = 20,
+        min_features: int = 1,
+        max_classes: int = 10,
+        min_classes: int = 2,
+        max_corr: float = 1.0,
+        x_clip: float = 6.0,
+    ):
+        if not 2 <= int(min_classes) <= int(max_classes):
+            raise ValueError(
+                f"need 2 <= min_classes <= max_classes, got {min_classes}, {max_classes}"
+            )
+        # the features (and their checks) are the regression prior's
+        self._features = TabularBNNPrior(max_features, min_features, max_corr, x_clip=x_clip)
+        self.max_features, self.min_features = int(max_features), int(min_features)
+        self.num_features = self.max_features
+        self.max_classes, self.min_classes = int(max_classes), int(min_classes)
+        self.max_corr = float(max_corr)
+        self.x_low, self.x_high = self._features.x_low, self._features.x_high
+        self._models: dict[tuple[int, int], Any] = {}
+        self.last_num_classes: torch.Tensor | None = None
+
+    def model(self, d: int, num_classes: int | None = None):
+        """The tabular classifier for ``d`` features and ``num_classes`` (default the
+        maximum) classes, built once per pair."""
+        key = (int(d), int(num_classes or self.max_classes))
+        if key not in self._models:
+            from pyrobayes.models.tabular import tabular_classifier_model
+
+            # off the global RNG stream, so a resumed training draws the same datasets
+            with torch.random.fork_rng(devices=[]):
+                self._models[key] = tabular_classifier_model(*key)
+        return self._models[key]
+
+    def describe(self) -> dict[str, Any]:
+        from pyrobayes.models.tabular import TABULAR_CLASSIFICATION as cfg
+
+        return {
+            "kind": "bnn-tabular-classifier",
+            "model": (
+                "tabular_classifier_model: d-50-50-C tanh, "
+                f"W ~ N(0, {cfg['weight_scale']}^2/fan_in), b ~ N(0, 1), y ~ softmax"
+            ),
+            "min_features": self.min_features,
+            "max_features": self.max_features,
+            "min_classes": self.min_classes,
+            "max_classes": self.max_classes,
+            "relabelled": "uniform permutation of 0..C-1 per dataset",
+            "max_corr": self.max_corr,
+            "feature_kinds": [k.value for k in FeatureKind],
+            "x_low": list(self.x_low),
+            "x_high": list(self.x_high),
+        }
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` datasets of ``seq_len`` rows sharing one random ``d``, each with
+        its own class count (``last_num_classes``)."""
+        from pyrobayes.infer import forward_draws, sample_prior
+
+        B = batch_size
+        d = int(torch.randint(self.min_features, self.max_features + 1, ()).item())
+        x = self._features.sample_features(B, seq_len, d)
+        model = self.model(d)
+        logits = forward_draws(model, sample_prior(model, B), x, inputs_batched=True)
+        counts = torch.randint(self.min_classes, self.max_classes + 1, (B,))
+        absent = torch.arange(self.max_classes) >= counts[:, None]  # [B, Cmax]
+        logits = logits.masked_fill(absent[:, None, :], float("-inf"))
+        y = torch.distributions.Categorical(logits=logits).sample()  # [B, L]
+        # per dataset a random permutation of 0..C-1: sorting keys with the absent classes
+        # last puts a uniform permutation of the present ones first
+        perm = torch.rand(B, self.max_classes).masked_fill(absent, 2.0).argsort(-1)
+        y = perm.gather(1, y)
+        self.last_num_classes = counts
+        return x, y.to(x.dtype)
+
+    @torch.no_grad()
+    def sample_with_latents(
+        self, batch_size: int, seq_len: int, d: int, num_classes: int
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``batch_size`` datasets with ``d`` features and ``num_classes`` classes from
+        ``model(d, num_classes)``, and the weights that generated them (no relabelling:
+        it would have to permute the output rows too, and the prior is exchangeable).
+
+        Example::
+
+            >>> prior = TabularBNNClassifierPrior()
+            >>> x, y, latents = prior.sample_with_latents(2, 30, d=3, num_classes=4)
+            >>> x.shape, y.shape, int(y.max()) < 4
+            (torch.Size([2, 30, 3]), torch.Size([2, 30]), True)
+        """
+        from pyrobayes.infer import forward_draws, sample_prior
+
+        if not 1 <= int(d) <= self.max_features:
+            raise ValueError(f"d must be in 1..{self.max_features}, got {d}")
+        if not 2 <= int(num_classes) <= self.max_classes:
+            raise ValueError(f"num_classes must be in 2..{self.max_classes}, got {num_classes}")
+        x = self._features.sample_features(batch_size, seq_len, d)
+        model = self.model(d, num_classes)
+        draws = sample_prior(model, batch_size)
+        logits = forward_draws(model, draws, x, inputs_batched=True)
+        y = torch.distributions.Categorical(logits=logits).sample()
+        self.last_num_classes = torch.full((batch_size,), int(num_classes))
+        return x, y.to(x.dtype), draws

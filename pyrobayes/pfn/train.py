@@ -58,7 +58,13 @@ from pyrobayes.pfn.checkpoint import (
     save_training_state,
 )
 from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
-from pyrobayes.pfn.priors import BNNPrior, DatasetPrior, GPPrior, TabularBNNPrior
+from pyrobayes.pfn.priors import (
+    BNNPrior,
+    DatasetPrior,
+    GPPrior,
+    TabularBNNClassifierPrior,
+    TabularBNNPrior,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "Precision", "train_pfn", "add_arguments", "run"]
 
@@ -200,9 +206,11 @@ class TrainResult:
 def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
     """The :class:`PFNConfig` for ``prior``: borders and y-normalisation from prior samples."""
     task = Task.parse(prior.task)
-    tabular = isinstance(prior, TabularBNNPrior)
+    tabular = isinstance(prior, TabularBNNPrior | TabularBNNClassifierPrior)
     ys = []
-    if tabular:
+    if tabular and task is Task.CLASSIFICATION:
+        pass  # no borders: the head is one logit per class, up to prior.max_classes
+    elif tabular:
         # borders for what the PFN predicts: query targets standardised by a training split
         # of the sizes training uses
         total = 0
@@ -218,7 +226,7 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
         for start in range(0, n_sets, 512):  # chunks keep the BNN's batched forward small
             _, y = prior.sample(min(512, n_sets - start), config.seq_len)
             ys.append(y.reshape(-1).to("cpu", torch.float64))
-    y = torch.cat(ys)
+    y = torch.cat(ys) if ys else torch.zeros(0)
     common = dict(
         num_features=prior.num_features,
         task=task.value,
@@ -243,6 +251,8 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
             y_scale=float(y.std()),
             borders=tuple(float(b) for b in borders),
         )
+    if tabular:
+        return PFNConfig(**common, num_classes=prior.max_classes)
     return PFNConfig(**common, num_classes=int(y.max().item()) + 1)
 
 
@@ -335,10 +345,15 @@ def _train_step(
     x, y = prior.sample(batch, seq_len)
     x, y = x.to(device), y.to(device)
     xt, yt, xq, yq = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
-    if model.input_mode is InputMode.TABULAR:
+    extra: tuple = ()
+    if model.tabular_classes:
+        xt, _, xq, *_ = standardise_split(xt, yt, xq)  # labels stay labels
+        counts = getattr(prior, "last_num_classes", None)  # each dataset's C
+        extra = () if counts is None else (counts.to(device),)
+    elif model.input_mode is InputMode.TABULAR:
         xt, yt, xq, yq, _, _ = standardise_split(xt, yt, xq, yq)
     with forward.autocast():
-        logits = forward(xt, yt, xq)
+        logits = forward(xt, yt, xq, *extra)
     loss = model.loss(logits.float(), yq).mean()
     value = dist_.all_reduce_mean(loss.item(), device) if distributed else loss.item()
     if not math.isfinite(value):  # the mean: every rank stops together
@@ -505,7 +520,7 @@ def _forward(model: PFN, device: torch.device, distributed: bool, config: TrainC
 
 # -- command line -------------------------------------------------------------------
 
-PRIORS = ("gp", "bnn", "bnn-tabular")
+PRIORS = ("gp", "bnn", "bnn-tabular", "bnn-tabular-classifier")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -551,7 +566,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tokens-per-step", type=int, default=None, help="shrink the batch for large n"
     )
     parser.add_argument(
-        "--max-features", type=int, default=10, help="bnn-tabular: maximum number of features"
+        "--max-features",
+        type=int,
+        default=None,
+        help="bnn-tabular(-classifier): maximum number of features (default 10 / 20)",
+    )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=10,
+        help="bnn-tabular-classifier: maximum number of classes",
+    )
+    parser.add_argument(
+        "--min-classes",
+        type=int,
+        default=2,
+        help="bnn-tabular-classifier: minimum number of classes",
     )
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--d-model", type=int, default=d.d_model)
@@ -612,7 +642,13 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
     if args.prior == "bnn":
         return BNNPrior(x_low=args.x_low, x_high=args.x_high)
     if args.prior == "bnn-tabular":
-        return TabularBNNPrior(max_features=args.max_features)
+        return TabularBNNPrior(max_features=args.max_features or 10)
+    if args.prior == "bnn-tabular-classifier":
+        return TabularBNNClassifierPrior(
+            max_features=args.max_features or 20,
+            max_classes=args.max_classes,
+            min_classes=args.min_classes,
+        )
     raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
 
 
