@@ -399,6 +399,35 @@ class PFN(nn.Module):
             raise ValueError(f"{name} contains NaN or infinite values")
         return t
 
+    def _dataset(
+        self, x_train: Any, y_train: Any, x_query: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``predict``'s inputs as checked tensors on the module's device."""
+        c = self.config
+        xt = self._points(np.asarray(x_train) if isinstance(x_train, list) else x_train, "x_train")
+        xq = self._points(np.asarray(x_query) if isinstance(x_query, list) else x_query, "x_query")
+        yt = torch.as_tensor(np.asarray(y_train) if isinstance(y_train, list) else y_train).to(
+            self.device
+        )
+        yt = yt.reshape(-1) if yt.dim() == 2 and yt.shape[-1] == 1 else yt
+        if yt.dim() != 1 or yt.shape[0] != xt.shape[0]:
+            raise ValueError(
+                f"y_train must have shape [{xt.shape[0]}] to match x_train, got {tuple(yt.shape)}"
+            )
+        if xt.shape[0] > c.max_train:
+            raise ValueError(
+                f"{xt.shape[0]} training points given but this PFN was trained with at most {c.max_train}"
+            )
+        if xq.shape[0] == 0:
+            raise ValueError("x_query is empty")
+        if self.task is Task.REGRESSION:
+            yt = yt.to(self.x_encoder.weight.dtype)
+            if not torch.isfinite(yt).all():
+                raise ValueError("y_train contains NaN or infinite values")
+        elif yt.is_floating_point() and not torch.equal(yt, yt.round()):
+            raise ValueError("classification y_train must hold integer labels")
+        return xt, yt, xq
+
     @torch.no_grad()
     def predict(
         self,
@@ -450,35 +479,11 @@ class PFN(nn.Module):
             >>> lo, hi = ppd.interval(0.9)
         """
         c = self.config
-        xt = self._points(np.asarray(x_train) if isinstance(x_train, list) else x_train, "x_train")
-        xq = self._points(np.asarray(x_query) if isinstance(x_query, list) else x_query, "x_query")
-        yt = torch.as_tensor(np.asarray(y_train) if isinstance(y_train, list) else y_train).to(
-            self.device
-        )
-        yt = yt.reshape(-1) if yt.dim() == 2 and yt.shape[-1] == 1 else yt
-        if yt.dim() != 1 or yt.shape[0] != xt.shape[0]:
-            raise ValueError(
-                f"y_train must have shape [{xt.shape[0]}] to match x_train, got {tuple(yt.shape)}"
-            )
-        if xt.shape[0] > c.max_train:
-            raise ValueError(
-                f"{xt.shape[0]} training points given but this PFN was trained with at most {c.max_train}"
-            )
-        if xq.shape[0] == 0:
-            raise ValueError("x_query is empty")
-        if self.task is Task.REGRESSION:
-            yt = yt.to(self.x_encoder.weight.dtype)
-            if not torch.isfinite(yt).all():
-                raise ValueError("y_train contains NaN or infinite values")
-        else:
-            if yt.is_floating_point() and not torch.equal(yt, yt.round()):
-                raise ValueError("classification y_train must hold integer labels")
-            if self.tabular_classes:
-                return self._predict_tabular_classes(
-                    xt, yt.long(), xq, num_classes, class_permutations
-                )
-            if ((yt < 0) | (yt >= c.num_classes)).any():
-                raise ValueError(f"labels must lie in [0, {c.num_classes - 1}]")
+        xt, yt, xq = self._dataset(x_train, y_train, x_query)
+        if self.tabular_classes:
+            return self._predict_tabular_classes(xt, yt.long(), xq, num_classes, class_permutations)
+        if self.task is Task.CLASSIFICATION and ((yt < 0) | (yt >= c.num_classes)).any():
+            raise ValueError(f"labels must lie in [0, {c.num_classes - 1}]")
         if self.input_mode is InputMode.TABULAR:
             return self._predict_tabular(xt, yt, xq, strict)
         low = torch.tensor(c.x_low, device=self.device)

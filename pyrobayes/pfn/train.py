@@ -565,24 +565,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokens-per-step", type=int, default=None, help="shrink the batch for large n"
     )
-    parser.add_argument(
-        "--max-features",
-        type=int,
-        default=None,
-        help="bnn-tabular(-classifier): maximum number of features (default 10 / 20)",
-    )
-    parser.add_argument(
-        "--max-classes",
-        type=int,
-        default=10,
-        help="bnn-tabular-classifier: maximum number of classes",
-    )
-    parser.add_argument(
-        "--min-classes",
-        type=int,
-        default=2,
-        help="bnn-tabular-classifier: minimum number of classes",
-    )
+    _add_tabular_arguments(parser)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--d-model", type=int, default=d.d_model)
     parser.add_argument("--layers", type=int, default=d.n_layers)
@@ -623,6 +606,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-std", type=float, default=0.1, help="GP prior noise std")
     parser.add_argument("--x-low", type=float, default=-2.0)
     parser.add_argument("--x-high", type=float, default=2.0)
+
+
+def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
+    """The tabular priors' options of ``pyrobayes pfn train``."""
+    parser.add_argument(
+        "--max-features",
+        type=int,
+        default=None,
+        help="bnn-tabular(-classifier): maximum number of features (default 10 / 20)",
+    )
+    parser.add_argument(
+        "--max-classes",
+        type=int,
+        default=10,
+        help="bnn-tabular-classifier: maximum number of classes",
+    )
+    parser.add_argument(
+        "--min-classes",
+        type=int,
+        default=2,
+        help="bnn-tabular-classifier: minimum number of classes",
+    )
 
 
 def build_prior(args: argparse.Namespace) -> DatasetPrior:
