@@ -84,6 +84,20 @@ def test_relabelling_makes_the_majority_class_uniform(monkeypatch):
     assert bool(((freq - 1000).abs() < 4 * 27.4).all()), freq
 
 
+def test_prior_on_a_device_draws_from_a_seed_off_the_cpu_rng():
+    prior = TabularBNNClassifierPrior(max_features=4, max_classes=3, device="cpu")
+    torch.manual_seed(0)
+    x1, y1 = prior.sample(5, 12)
+    after = torch.get_rng_state()
+    torch.manual_seed(0)
+    torch.randint(2**62, ())  # the one draw a call takes from the CPU RNG
+    assert torch.equal(torch.get_rng_state(), after)
+    torch.manual_seed(0)
+    x2, y2 = prior.sample(5, 12)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert bool((y1 < prior.last_num_classes[:, None]).all())
+
+
 def test_sample_with_latents_and_describe():
     prior = TabularBNNClassifierPrior()
     x, y, latents = prior.sample_with_latents(3, 25, d=4, num_classes=3)
@@ -192,15 +206,18 @@ def _args(out, *extra):
     )  # fmt: skip
 
 
-def test_cli_prior_choice_and_exact_resume(tmp_path):
-    prior = build_prior(_args(tmp_path / "a", "--steps", "4"))
+@pytest.mark.parametrize("device", [[], ["--device", "cpu"]], ids=["default", "prior-on-device"])
+def test_cli_prior_choice_and_exact_resume(tmp_path, device):
+    # with --device the prior draws where training runs, from a seed off the CPU RNG
+    prior = build_prior(_args(tmp_path / "a", "--steps", "4", *device))
     assert isinstance(prior, TabularBNNClassifierPrior) and prior.max_classes == 4
-    assert run(_args(tmp_path / "a", "--steps", "4")) == 0
-    # the same 4 steps in two runs: the second resumes from step 2
-    assert run(_args(tmp_path / "b", "--steps", "4", "--time-limit", "0")) == 0
+    assert prior.device == (torch.device("cpu") if device else None)
+    assert run(_args(tmp_path / "a", "--steps", "4", *device)) == 0
+    # the same 4 steps in two runs: the second resumes where the first stopped
+    assert run(_args(tmp_path / "b", "--steps", "4", "--time-limit", "0", *device)) == 0
     first = load_checkpoint(tmp_path / "b")
     assert first.checkpoint_info["training"]["steps"] < 4
-    assert run(_args(tmp_path / "b", "--steps", "4", "--resume")) == 0
+    assert run(_args(tmp_path / "b", "--steps", "4", "--resume", *device)) == 0
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     assert a.config.task == "classification" and a.config.num_classes == 4
     assert a.config.input_mode == "tabular" and a.config.max_train == 20

@@ -368,20 +368,23 @@ class TabularBNNPrior:
         }
 
     @torch.no_grad()
-    def sample_features(self, batch_size: int, seq_len: int, d: int) -> torch.Tensor:
-        """``[B, L, d]`` standardised synthetic features (see the class docstring)."""
-        B, L = batch_size, seq_len
-        g = torch.randn(B, d, d)
-        rho = self.max_corr * torch.rand(B, 1, 1)
-        a = torch.eye(d) + rho * g
+    def sample_features(
+        self, batch_size: int, seq_len: int, d: int, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """``[B, L, d]`` standardised synthetic features (see the class docstring), drawn
+        on ``device`` (default CPU)."""
+        B, L, dev = batch_size, seq_len, device
+        g = torch.randn(B, d, d, device=dev)
+        rho = self.max_corr * torch.rand(B, 1, 1, device=dev)
+        a = torch.eye(d, device=dev) + rho * g
         a = a / a.norm(dim=-1, keepdim=True)
-        z = torch.randn(B, L, d) @ a.transpose(1, 2)
+        z = torch.randn(B, L, d, device=dev) @ a.transpose(1, 2)
         normal = torch.distributions.Normal(0.0, 1.0)
-        kinds = torch.randint(len(FeatureKind), (B, 1, d))
-        s = 0.5 + torch.rand(B, 1, d)
-        chi2 = torch.distributions.Chi2(3.0).sample((B, L, d))
-        cut = 0.7 * torch.randn(B, 1, d)
-        levels = torch.randint(3, 8, (B, 1, d)).to(z.dtype)
+        kinds = torch.randint(len(FeatureKind), (B, 1, d), device=dev)
+        s = 0.5 + torch.rand(B, 1, d, device=dev)
+        chi2 = torch.distributions.Chi2(torch.full((), 3.0, device=dev)).sample((B, L, d))
+        cut = 0.7 * torch.randn(B, 1, d, device=dev)
+        levels = torch.randint(3, 8, (B, 1, d), device=dev).to(z.dtype)
         u = normal.cdf(z).clamp(1e-6, 1 - 1e-6)
         options = torch.stack(
             [
@@ -455,6 +458,10 @@ class TabularBNNClassifierPrior:
 
     ``sample`` returns ``x [B, L, d]`` and float labels ``y [B, L]``; ``last_num_classes``
     holds the ``[B]`` class counts of the last call (training gives them to the PFN).
+    With ``device`` set (e.g. ``"cuda"``, where training runs) datasets are drawn there:
+    each call draws one seed from torch's global CPU RNG and seeds a forked RNG with it, so
+    the datasets depend on the CPU RNG only and a resumed training (which restores that
+    state) replays them exactly.
 
     Example::
 
@@ -478,6 +485,7 @@ class TabularBNNClassifierPrior:
         min_classes: int = 2,
         max_corr: float = 1.0,
         x_clip: float = 6.0,
+        device: torch.device | str | None = None,
     ):
         if not 2 <= int(min_classes) <= int(max_classes):
             raise ValueError(
@@ -492,6 +500,7 @@ class TabularBNNClassifierPrior:
         self.x_low, self.x_high = self._features.x_low, self._features.x_high
         self._models: dict[tuple[int, int], Any] = {}
         self.last_num_classes: torch.Tensor | None = None
+        self.device = torch.device(device) if device is not None else None
 
     def model(self, d: int, num_classes: int | None = None):
         """The tabular classifier for ``d`` features and ``num_classes`` (default the
@@ -502,7 +511,7 @@ class TabularBNNClassifierPrior:
 
             # off the global RNG stream, so a resumed training draws the same datasets
             with torch.random.fork_rng(devices=[]):
-                self._models[key] = tabular_classifier_model(*key)
+                self._models[key] = tabular_classifier_model(*key, device=self.device)
         return self._models[key]
 
     def describe(self) -> dict[str, Any]:
@@ -529,20 +538,36 @@ class TabularBNNClassifierPrior:
     def sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` datasets of ``seq_len`` rows sharing one random ``d``, each with
         its own class count (``last_num_classes``)."""
+        if self.device is None:
+            return self._sample(batch_size, seq_len)
+        seed = int(torch.randint(2**62, ()).item())
+        cuda = self.device.type == "cuda"
+        index = (
+            (self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if cuda
+            else None
+        )
+        with torch.random.fork_rng(devices=[index] if cuda else []):
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            return self._sample(batch_size, seq_len)
+
+    def _sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         from pyrobayes.infer import forward_draws, sample_prior
 
-        B = batch_size
+        B, dev = batch_size, self.device
         d = int(torch.randint(self.min_features, self.max_features + 1, ()).item())
-        x = self._features.sample_features(B, seq_len, d)
+        x = self._features.sample_features(B, seq_len, d, device=dev)
         model = self.model(d)
         logits = forward_draws(model, sample_prior(model, B), x, inputs_batched=True)
-        counts = torch.randint(self.min_classes, self.max_classes + 1, (B,))
-        absent = torch.arange(self.max_classes) >= counts[:, None]  # [B, Cmax]
+        counts = torch.randint(self.min_classes, self.max_classes + 1, (B,), device=dev)
+        absent = torch.arange(self.max_classes, device=dev) >= counts[:, None]  # [B, Cmax]
         logits = logits.masked_fill(absent[:, None, :], float("-inf"))
         y = torch.distributions.Categorical(logits=logits).sample()  # [B, L]
         # per dataset a random permutation of 0..C-1: sorting keys with the absent classes
         # last puts a uniform permutation of the present ones first
-        perm = torch.rand(B, self.max_classes).masked_fill(absent, 2.0).argsort(-1)
+        perm = torch.rand(B, self.max_classes, device=dev).masked_fill(absent, 2.0).argsort(-1)
         y = perm.gather(1, y)
         self.last_num_classes = counts
         return x, y.to(x.dtype)
@@ -568,10 +593,10 @@ class TabularBNNClassifierPrior:
             raise ValueError(f"d must be in 1..{self.max_features}, got {d}")
         if not 2 <= int(num_classes) <= self.max_classes:
             raise ValueError(f"num_classes must be in 2..{self.max_classes}, got {num_classes}")
-        x = self._features.sample_features(batch_size, seq_len, d)
+        x = self._features.sample_features(batch_size, seq_len, d, device=self.device)
         model = self.model(d, num_classes)
         draws = sample_prior(model, batch_size)
         logits = forward_draws(model, draws, x, inputs_batched=True)
         y = torch.distributions.Categorical(logits=logits).sample()
-        self.last_num_classes = torch.full((batch_size,), int(num_classes))
+        self.last_num_classes = torch.full((batch_size,), int(num_classes), device=x.device)
         return x, y.to(x.dtype), draws

@@ -630,12 +630,18 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _prior_device(args: argparse.Namespace) -> torch.device | str | None:
+    """Where the GP and tabular-classifier priors draw datasets: where training runs, so
+    sampling is no host-side bottleneck (one GPU per rank under torchrun)."""
+    device = getattr(args, "device", None)
+    if device and torch.device(device).type == "cuda" and dist_.world_size() > 1:
+        device = dist_.local_device()
+    return device
+
+
 def build_prior(args: argparse.Namespace) -> DatasetPrior:
     if args.prior == "gp":
-        # datasets are drawn where training runs, so sampling is no host-side bottleneck
-        device = getattr(args, "device", None)
-        if device and torch.device(device).type == "cuda" and dist_.world_size() > 1:
-            device = dist_.local_device()
+        device = _prior_device(args)
         return GPPrior(
             args.lengthscale,
             args.outputscale,
@@ -653,6 +659,7 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
             max_features=args.max_features or 20,
             max_classes=args.max_classes,
             min_classes=args.min_classes,
+            device=_prior_device(args),
         )
     raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
 
