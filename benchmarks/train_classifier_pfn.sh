@@ -12,7 +12,7 @@
 # --checkpoint-every steps. A later call with OUT.state.json present resumes exactly
 # (--resume) with the step count stored in OUT.json, for another BUDGET seconds.
 #
-# Prior: TabularBNNClassifierPrior (tabular_classifier_model; 1-20 features, 2-10 classes,
+# Prior: TabularBNNClassifierPrior (tabular_classifier_model; 1-30 features (breast cancer has 30), 2-10 classes,
 # random relabelling), drawn on the GPU. Data: training-set size n log-uniform on 1..1024,
 # 128 queries per data set, ~64k tokens per step (512 data sets at small n, ~56 at n=1024).
 # Model: d_model 256, 6 layers, 8 heads, feed-forward 512 (3.3 M parameters, 13 MB fp32).
@@ -34,7 +34,7 @@ START=$(date +%s)
 
 # shellcheck disable=SC2086  # MODEL/DATA/EXTRA are option lists
 train() {
-    "$PYTHON" -m pyrobayes.cli pfn train --prior bnn-tabular-classifier --max-features 20 \
+    "$PYTHON" -m pyrobayes.cli pfn train --prior bnn-tabular-classifier --max-features 30 \
         --max-classes 10 $DATA $MODEL --seed 0 --device "$DEVICE" --precision "$PRECISION" \
         --no-progress $EXTRA "$@"
 }

@@ -108,7 +108,7 @@ def test_sample_with_latents_and_describe():
     last = [k for k in latents if k.endswith("net.4.weight")]
     assert len(last) == 1 and latents[last[0]].shape == (3, 3, 50)
     desc = prior.describe()
-    assert desc["kind"] == "bnn-tabular-classifier" and desc["max_features"] == 20
+    assert desc["kind"] == "bnn-tabular-classifier" and desc["max_features"] == 30
     with pytest.raises(ValueError, match="num_classes"):
         prior.sample_with_latents(1, 5, d=2, num_classes=11)
 

@@ -13,7 +13,7 @@
 How they were trained (command, steps, time, loss) is in ``checkpoints/README.md``.
 
 Planned, not shipped yet: ``"bnn-tabular-classifier"`` (the prior of
-:func:`pyrobayes.models.tabular.tabular_classifier_model`, 1-20 features, 2-10 classes, up to
+:func:`pyrobayes.models.tabular.tabular_classifier_model`, 1-30 features, 2-10 classes, up to
 1024 training rows); asking for it raises an error with the command that trains it.
 
 Example::

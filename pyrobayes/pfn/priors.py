@@ -479,7 +479,7 @@ class TabularBNNClassifierPrior:
 
     def __init__(
         self,
-        max_features: int = 20,
+        max_features: int = 30,
         min_features: int = 1,
         max_classes: int = 10,
         min_classes: int = 2,

@@ -614,7 +614,7 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-features",
         type=int,
         default=None,
-        help="bnn-tabular(-classifier): maximum number of features (default 10 / 20)",
+        help="bnn-tabular(-classifier): maximum number of features (default 10 / 30)",
     )
     parser.add_argument(
         "--max-classes",
@@ -656,7 +656,7 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
         return TabularBNNPrior(max_features=args.max_features or 10)
     if args.prior == "bnn-tabular-classifier":
         return TabularBNNClassifierPrior(
-            max_features=args.max_features or 20,
+            max_features=args.max_features or 30,
             max_classes=args.max_classes,
             min_classes=args.min_classes,
             device=_prior_device(args),
