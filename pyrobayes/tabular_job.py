@@ -177,6 +177,11 @@ class TabularConfig:
         "first K given splits of a UCI folder (default all of them)",
         type=int,
     )
+    first_split: int = _opt(
+        0,
+        "0-based index of the first split to run: splits first_split .. first_split + K - 1 "
+        "(resuming or extending a run split by split)",
+    )
     methods: tuple[str, ...] | None = _opt(
         None,
         "comma-separated rows to run: " + ",".join(m.value for m in Method) + " (default all)",
@@ -229,6 +234,8 @@ class TabularConfig:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
+        if self.first_split < 0:
+            raise ValueError(f"first-split must be >= 0, got {self.first_split}")
         if self.nuts_max_tree_depth < 1:
             raise ValueError(f"nuts-max-tree-depth must be >= 1, got {self.nuts_max_tree_depth}")
         if self.nuts_warmup < 0:
@@ -281,11 +288,13 @@ class TabularResult(TypedDict):
       ``min_ess``, ``noise_std_median``) and any PFN warnings (``pfn_warnings``).
     - ``files``: paths of ``compare.png``/``.json``/``.md`` (and ``compare-bands.png`` for
       1-D data) under ``TabularConfig.out``.
+    - ``rows``: ``{method name: its row label}`` of the methods run (a label names the
+      form the size check chose, e.g. a sparse GP).
 
     Example::
 
         >>> sorted(TabularResult.__annotations__)
-        ['files', 'infos', 'notes', 'nuts_table', 'split_tables', 'table']
+        ['files', 'infos', 'notes', 'nuts_table', 'rows', 'split_tables', 'table']
     """
 
     table: ComparisonTable
@@ -294,6 +303,7 @@ class TabularResult(TypedDict):
     notes: list[str]
     infos: list[dict[str, Any]]
     files: dict[str, Path]
+    rows: dict[str, str]
 
 
 # ----------------------------------------------------------------- dataclass -> argparse
@@ -846,7 +856,9 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
             pad = 0.05 * (hi - lo)
             grid_raw = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)[:, None]
             grid = ((grid_raw - s.x_mean) / s.x_std).float()
-        ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k, dropout_grid)
+        ppds, grid_ppds, times, info = _run_split(
+            s, cfg, pfn, k < n_nuts, grid, cfg.first_split + k, dropout_grid
+        )
         raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
         table = compare_ppds(
             raw,
@@ -884,6 +896,7 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         "notes": notes,
         "infos": infos,
         "files": files,
+        "rows": {m.value: METHOD_ROWS[m] for m in selected},
     }
 
 
@@ -935,10 +948,26 @@ def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
                 "and index_target.txt name the columns"
             )
         uci = load_uci(cfg.data, cfg.data_root)
-        return uci, uci.splits(cfg.splits), (uci.dropout_rates, uci.tau_values)
+        first = cfg.first_split
+        if first >= uci.num_splits:
+            raise ValueError(
+                f"--first-split {first}: {uci.path} holds {uci.num_splits} splits (0 .. "
+                f"{uci.num_splits - 1})"
+            )
+        k = uci.num_splits - first if cfg.splits is None else cfg.splits
+        splits = uci.splits(first + k)[first:] if first + k <= uci.num_splits else None
+        if splits is None:
+            raise ValueError(
+                f"{uci.name}: splits {first} .. {first + k - 1} asked for; {uci.path} holds "
+                f"{uci.num_splits} (0 .. {uci.num_splits - 1})"
+            )
+        return uci, splits, (uci.dropout_rates, uci.tau_values)
     tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
     k = DEFAULT_RANDOM_SPLITS if cfg.splits is None else cfg.splits
-    return tab, make_splits(len(tab.x), k, cfg.test_fraction, cfg.seed), ((), ())
+    # the same seeded sequence as a run from split 0: split j is the j-th draw
+    first = cfg.first_split
+    splits = make_splits(len(tab.x), first + k, cfg.test_fraction, cfg.seed)[first:]
+    return tab, splits, ((), ())
 
 
 def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Figure:
