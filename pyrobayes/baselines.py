@@ -21,6 +21,10 @@ r"""The field's two simple baselines for regression, each returning a PPD.
   :math:`\tau^{-1/2}`. The dropout rate ``p`` and precision :math:`\tau` are chosen on the
   grid by the mixture's NLL on an inner validation split of the *training* rows (the
   functions never receive test data), then the network is refit on all training rows.
+  One network per rate is trained and scored at every :math:`\tau` (the weight decay,
+  ~1e-7 at these sizes, is that of the grid's geometric-mean :math:`\tau`): on yacht's
+  4 rates x 3 taus, 5 fits instead of 13, 2.3x faster per split with the same choice on
+  split 0 (``shared_tau_fit=False``: the paper's one network per grid point).
 
 Both follow the device and dtype of ``x``; every random draw comes from ``seed`` inside a
 forked RNG (same seed, same result; the caller's global RNG is left as it was).

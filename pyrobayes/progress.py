@@ -25,7 +25,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["progress_bar", "PlainProgress", "Heartbeat", "heartbeat_status", "MAX_GAP_S"]
+__all__ = [
+    "progress_bar",
+    "PlainProgress",
+    "Heartbeat",
+    "heartbeat_status",
+    "log_heartbeat_enabled",
+    "MAX_GAP_S",
+]
 
 # Longest silence of a plain (log) progress output, seconds: a log shows a line at least
 # this often (issue 21: "progress lines in logs at least every 30 s").

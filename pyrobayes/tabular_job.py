@@ -225,7 +225,7 @@ class TabularConfig:
         "predictions, each on a random context of its trained size",
     )
     nuts_max_minutes: float = _opt(
-        10.0, "run NUTS only where its estimated time per split fits this many minutes"
+        20.0, "run NUTS only where its estimated time per split fits this many minutes"
     )
     out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
     no_progress: bool = _opt(False, "hide progress bars")
