@@ -256,6 +256,13 @@ def heartbeat_status(status: str) -> None:
 
 def log_heartbeat_enabled(file: TextIO | None = None, bars: bool = True) -> bool:
     """Whether a job's :class:`Heartbeat` should print: always in logs (stderr not a TTY,
-    not Jupyter); in a terminal only when progress bars are off."""
+    not Jupyter); in a terminal only when progress bars are off.
+
+    Example::
+
+        >>> import io
+        >>> log_heartbeat_enabled(io.StringIO())  # a file, not a terminal: a log
+        True
+    """
     stream = file or sys.stderr
     return not bars or not (_in_notebook() or _is_tty(stream))

@@ -81,13 +81,25 @@ FLAG_OF = {"gp": "--no-gp", "nuts": "--no-nuts"}
 
 class PlanError(ValueError):
     """The run does not fit its budget; raised before any fit. The message names the
-    estimate and flags that make it fit."""
+    estimate and flags that make it fit.
+
+    Example::
+
+        >>> issubclass(PlanError, ValueError)  # the CLI's one-line error, exit code 2
+        True
+    """
 
 
 @dataclass(frozen=True)
 class MethodPlan:
     """One method's plan: ``run`` (or ``note`` says why not), ``label`` (its table row,
-    naming the form), ``form``, estimated ``seconds`` and peak ``memory_bytes`` per split."""
+    naming the form), ``form``, estimated ``seconds`` and peak ``memory_bytes`` per split.
+
+    Example::
+
+        >>> MethodPlan("gp", "exact GP (ARD)", True, "exact", 12.0).note is None
+        True
+    """
 
     method: str
     label: str
@@ -102,7 +114,16 @@ class MethodPlan:
 class TabularPlan:
     """The plan of a whole run (:func:`plan_tabular`): per-method plans in the table's
     order, the data's size and the budget. ``total_seconds`` counts each fit a selected
-    method needs once per split (SVI reuses the MLP's fit) and NUTS on ``n_nuts`` splits."""
+    method needs once per split (SVI reuses the MLP's fit) and NUTS on ``n_nuts`` splits.
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> plan = plan_tabular(TabularConfig(data="d.csv", methods="mlp,svi"), 400, 40, 5, 3,
+        ...                     memory_bytes=2**33)
+        >>> plan.running, plan.seconds_for(["svi"], 3) == plan.total_seconds
+        (('mlp', 'svi'), True)
+    """
 
     n_train: int
     n_test: int
@@ -233,7 +254,13 @@ def _duration(seconds: float) -> str:
 
 def available_memory() -> float:
     """Bytes this process may still use: ``MemAvailable`` of ``/proc/meminfo``, capped by a
-    cgroup limit when one is set (Linux); elsewhere 8 GiB, a cautious guess."""
+    cgroup limit when one is set (Linux); elsewhere 8 GiB, a cautious guess.
+
+    Example::
+
+        >>> available_memory() > 0
+        True
+    """
     avail = 8.0 * 2**30
     try:
         with open("/proc/meminfo") as fh:
@@ -275,7 +302,15 @@ def _fit_seconds(cfg: TabularConfig, n: int, n_test: int, rates: int) -> dict[st
 
 def plan_gp(cfg: TabularConfig, n: int, d: int, memory_bytes: float) -> MethodPlan:
     """Exact ARD GP while ``n <= gp_exact_max`` and its matrices fit half the memory; else
-    the sparse GP with ``gp_inducing`` inducing inputs (module docstring)."""
+    the sparse GP with ``gp_inducing`` inducing inputs (module docstring).
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> cfg = TabularConfig(data="d.csv")
+        >>> plan_gp(cfg, 1000, 8, 2**34).form, plan_gp(cfg, 9000, 8, 2**34).label
+        ('exact', 'sparse GP (ARD, VFE, 256 inducing)')
+    """
     exact_mem = EXACT_GP_COPIES * 8.0 * n * n
     if n <= cfg.gp_exact_max and exact_mem <= 0.5 * memory_bytes:
         seconds = cfg.gp_steps * (3.1e-10 * n**3 + 2e-3)
@@ -300,7 +335,14 @@ def plan_pfn(
     cfg: TabularConfig, n: int, n_test: int, d: int, limits: tuple[int, int] | None, name: str
 ) -> MethodPlan:
     """The PFN on every row when it covers ``n`` x ``d`` (``limits`` = its trained rows and
-    features; ``None``: no checkpoint), else a mixture over random context subsets."""
+    features; ``None``: no checkpoint), else a mixture over random context subsets.
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> plan_pfn(TabularConfig(data="d.csv"), 2000, 200, 4, (512, 10), "bnn-tabular").label
+        'PFN (bnn-tabular, mixture of 8 random 512-row contexts)'
+    """
     if limits is None:
         note = f"PFN: no `{name}` checkpoint in this install; row left empty"
         return MethodPlan("pfn", f"PFN ({name})", False, "skip", 0.0, 0.0, note)
@@ -322,7 +364,15 @@ def plan_pfn(
 
 
 def plan_nuts(cfg: TabularConfig, n: int, n_splits: int) -> tuple[MethodPlan, int]:
-    """NUTS when its estimate per split fits ``nuts_max_minutes``; ``(plan, n_nuts)``."""
+    """NUTS when its estimate per split fits ``nuts_max_minutes``; ``(plan, n_nuts)``.
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> plan, n_nuts = plan_nuts(TabularConfig(data="d.csv"), 20_000, 10)
+        >>> plan.run, n_nuts, plan.note.split(":")[:2]
+        (False, 0, ['NUTS', ' not run'])
+    """
     # every tree at full depth: a d-50-50-1 posterior's trees mostly are (yacht, 277
     # rows: 2 x 200 draws took > 9 min on the loaded 2-core machine)
     grads = (cfg.nuts_warmup + cfg.nuts_samples) * (2**cfg.nuts_max_tree_depth - 1)
@@ -359,7 +409,16 @@ def plan_tabular(
     features)``, ``None`` when there is none; ``memory_bytes``: default
     :func:`available_memory`; ``dropout_rates``: the size of MC dropout's rate grid.
     Methods not selected get ``run=False``. Raises nothing: :attr:`TabularPlan.fits` says
-    whether the budget holds (the job raises :class:`PlanError` when it does not)."""
+    whether the budget holds (the job raises :class:`PlanError` when it does not).
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> plan = plan_tabular(TabularConfig(data="d.csv", no_nuts=True), 300, 30, 4, 5,
+        ...                     pfn_limits=(512, 10), memory_bytes=2**33)
+        >>> plan.get("gp").label, plan.get("pfn").label, plan.running[-1], plan.fits
+        ('exact GP (ARD)', 'PFN (bnn-tabular)', 'gp', True)
+    """
     from pyrobayes.tabular_job import METHOD_ROWS, Method
 
     mem = available_memory() if memory_bytes is None else float(memory_bytes)
