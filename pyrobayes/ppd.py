@@ -36,6 +36,7 @@ from torch.distributions import Distribution, Normal, constraints
 __all__ = [
     "RegressionPPD",
     "NormalMixturePPD",
+    "MixturePPD",
     "CategoricalPPD",
     "AffinePPD",
     "normal_ppd",
@@ -279,6 +280,77 @@ class NormalMixturePPD(RegressionPPD):
 
     def __repr__(self) -> str:
         return f"NormalMixturePPD(draws={self.num_draws}, batch_shape={tuple(self.batch_shape)})"
+
+
+class MixturePPD(RegressionPPD):
+    """Equal-weight mixture of ``K`` regression PPDs of one batch shape (e.g. a PFN's bar
+    distributions given ``K`` different context sets):
+
+    .. math::
+
+        p(y) = \\frac1K \\sum_k p_k(y),\\qquad
+        \\mathbb E[y] = \\overline{\\mu_k},\\qquad
+        \\mathrm{Var}[y] = \\overline{\\sigma_k^2} + \\overline{\\mu_k^2} - \\overline{\\mu_k}^2;
+
+    ``log_prob`` is a log-sum-exp over the components, ``cdf`` their mean, quantiles by the
+    base class's bisection on the cdf.
+
+    Example::
+
+        >>> import torch
+        >>> a, b = normal_ppd(torch.zeros(2), 1.0), normal_ppd(torch.full((2,), 2.0), 1.0)
+        >>> mix = MixturePPD([a, b])
+        >>> mix.mean, mix.variance   # 1 + (0^2 + 2^2)/2 - 1^2
+        (tensor([1., 1.]), tensor([2., 2.]))
+        >>> bool(torch.allclose(mix.cdf(torch.ones(2)), torch.full((2,), 0.5)))
+        True
+        >>> MixturePPD([a, normal_ppd(torch.zeros(3), 1.0)])
+        Traceback (most recent call last):
+        ...
+        ValueError: MixturePPD components must share one batch shape, got [(2,), (3,)]
+    """
+
+    def __init__(self, components: list[RegressionPPD], validate_args=None):
+        components = list(components)
+        if not components or not all(isinstance(c, RegressionPPD) for c in components):
+            raise ValueError("MixturePPD needs at least one RegressionPPD component")
+        shapes = sorted({tuple(c.batch_shape) for c in components})
+        if len(shapes) != 1:
+            raise ValueError(f"MixturePPD components must share one batch shape, got {shapes}")
+        self.components = components
+        super().__init__(batch_shape=components[0].batch_shape, validate_args=validate_args)
+
+    @property
+    def num_components(self) -> int:
+        return len(self.components)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return torch.stack([c.mean for c in self.components]).mean(0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        means = torch.stack([c.mean for c in self.components])
+        variances = torch.stack([c.variance for c in self.components])
+        return variances.mean(0) + means.var(0, unbiased=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = torch.stack([c.log_prob(value) for c in self.components])
+        return torch.logsumexp(lp, 0) - math.log(self.num_components)
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.stack([c.cdf(value) for c in self.components]).mean(0)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        draws = torch.stack([c.sample(sample_shape) for c in self.components])
+        idx = torch.randint(self.num_components, (1, *draws.shape[1:]), device=draws.device)
+        return torch.gather(draws, 0, idx).squeeze(0)
+
+    def __repr__(self) -> str:
+        return (
+            f"MixturePPD(components={self.num_components}, batch_shape={tuple(self.batch_shape)})"
+        )
 
 
 def normal_ppd(loc: torch.Tensor, scale: torch.Tensor | float) -> NormalMixturePPD:

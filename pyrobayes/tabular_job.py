@@ -177,6 +177,11 @@ class TabularConfig:
         "first K given splits of a UCI folder (default all of them)",
         type=int,
     )
+    first_split: int = _opt(
+        0,
+        "0-based index of the first split to run: splits first_split .. first_split + K - 1 "
+        "(resuming or extending a run split by split)",
+    )
     methods: tuple[str, ...] | None = _opt(
         None,
         "comma-separated rows to run: " + ",".join(m.value for m in Method) + " (default all)",
@@ -205,6 +210,23 @@ class TabularConfig:
     )
     dropout_steps: int = _opt(2000, "minibatch Adam steps per MC dropout fit")
     dropout_passes: int = _opt(100, "MC dropout test-time passes (T)")
+    budget_minutes: float = _opt(
+        120.0,
+        "stop before any fit when the estimated time of the whole run exceeds this many "
+        "minutes (the message names the flags that make it fit); 0: no limit",
+    )
+    gp_exact_max: int = _opt(
+        2000, "most training rows for the exact GP; beyond them a sparse GP (ARD, VFE)"
+    )
+    gp_inducing: int = _opt(256, "inducing inputs of the sparse GP")
+    pfn_subsets: int = _opt(
+        8,
+        "beyond the PFN's trained rows/features: its row is the mixture of this many "
+        "predictions, each on a random context of its trained size",
+    )
+    nuts_max_minutes: float = _opt(
+        20.0, "run NUTS only where its estimated time per split fits this many minutes"
+    )
     out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
     no_progress: bool = _opt(False, "hide progress bars")
 
@@ -224,11 +246,21 @@ class TabularConfig:
             "ensemble_steps",
             "dropout_steps",
             "dropout_passes",
+            "gp_exact_max",
+            "gp_inducing",
+            "pfn_subsets",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
+        if not self.budget_minutes >= 0 or not self.nuts_max_minutes >= 0:
+            raise ValueError(
+                "budget-minutes and nuts-max-minutes must be >= 0, got "
+                f"{self.budget_minutes}, {self.nuts_max_minutes}"
+            )
+        if self.first_split < 0:
+            raise ValueError(f"first-split must be >= 0, got {self.first_split}")
         if self.nuts_max_tree_depth < 1:
             raise ValueError(f"nuts-max-tree-depth must be >= 1, got {self.nuts_max_tree_depth}")
         if self.nuts_warmup < 0:
@@ -281,11 +313,13 @@ class TabularResult(TypedDict):
       ``min_ess``, ``noise_std_median``) and any PFN warnings (``pfn_warnings``).
     - ``files``: paths of ``compare.png``/``.json``/``.md`` (and ``compare-bands.png`` for
       1-D data) under ``TabularConfig.out``.
+    - ``rows``: ``{method name: its row label}`` of the methods run (a label names the
+      form the size check chose, e.g. a sparse GP).
 
     Example::
 
         >>> sorted(TabularResult.__annotations__)
-        ['files', 'infos', 'notes', 'nuts_table', 'split_tables', 'table']
+        ['files', 'infos', 'notes', 'nuts_table', 'rows', 'split_tables', 'table']
     """
 
     table: ComparisonTable
@@ -294,6 +328,7 @@ class TabularResult(TypedDict):
     notes: list[str]
     infos: list[dict[str, Any]]
     files: dict[str, Path]
+    rows: dict[str, str]
 
 
 # ----------------------------------------------------------------- dataclass -> argparse
@@ -560,34 +595,51 @@ def _run_split(
     grid: torch.Tensor | None,
     k: int,
     dropout_grid: tuple[tuple[float, ...], tuple[float, ...]] = ((), ()),
+    plan: Any = None,
 ) -> tuple[dict, dict, dict, dict]:
-    """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of one split.
+    """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of split ``k``.
     ``dropout_grid``: the folder's MC dropout ``(rates, taus)``, taus of the raw target
-    (empty: the defaults)."""
+    (empty: the defaults); ``plan``: the run's :class:`~pyrobayes.tabular_plan.TabularPlan`
+    (which methods run, in which form; default: planned here for this split)."""
     import pyro
+
+    from pyrobayes.progress import heartbeat_status
 
     progress = not cfg.no_progress
     seed = cfg.seed + k
     out: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
     pyro.set_rng_seed(seed)
-    sel = set(cfg.selected)
+    if plan is None:
+        plan, _ = _plan(cfg, len(s.x_train), len(s.x_test), s.x_train.shape[1], 1, dropout_grid)
+    sel = {Method(m) for m in plan.running}
+
+    def beat(method: Method) -> None:
+        heartbeat_status(f"split {k + 1}: {plan.get(method.value).label}")
+
     # SVI starts at the MLP and NUTS at SVI's posterior median: a selected method runs the
     # ones it starts from too; their rows are dropped below unless selected
     if sel & {Method.MLP, Method.SVI, Method.NUTS}:
+        beat(Method.MLP)
         mlp, noise, t_mlp = _split_mlp(s, cfg, grid, seed, out)
     if Method.ENSEMBLE in sel:
+        beat(Method.ENSEMBLE)
         _split_ensemble(s, cfg, grid, seed, out)
     if Method.DROPOUT in sel:
+        beat(Method.DROPOUT)
         _split_dropout(s, cfg, grid, seed, dropout_grid, out)
     if sel & {Method.SVI, Method.NUTS}:
+        beat(Method.SVI)
         model, svi_median = _split_svi(s, cfg, grid, seed, progress, mlp, noise, t_mlp, out)
-    if pfn is not None:
-        _split_pfn(s, pfn, grid, out)
+    if pfn is not None and Method.PFN in sel:
+        beat(Method.PFN)
+        _split_pfn(s, pfn, grid, out, plan.get("pfn"), cfg.pfn_subsets, seed)
     if Method.GP in sel:
-        _split_gp(s, cfg, grid, progress, out)
-    if run_nuts:
+        beat(Method.GP)
+        _split_gp(s, cfg, grid, progress, out, plan.get("gp"), seed)
+    if run_nuts and Method.NUTS in sel:
+        beat(Method.NUTS)
         _split_nuts(s, cfg, grid, seed, progress, model, svi_median, out)
-    shown = {METHOD_ROWS[m] for m in sel}
+    shown = {plan.get(m.value).label for m in sel if m in cfg.selected}
     for d in out[:3]:
         for row in [r for r in d if r not in shown]:
             del d[row]
@@ -713,39 +765,72 @@ def _split_svi(
     return model, svi_median
 
 
-def _split_pfn(s: Split, pfn: Any, grid: torch.Tensor | None, out: tuple) -> None:
-    """The PFN's PPDs and time (after a warm-up call), recording its warnings."""
+def _split_pfn(
+    s: Split,
+    pfn: Any,
+    grid: torch.Tensor | None,
+    out: tuple,
+    mp: Any = None,
+    subsets: int = 8,
+    seed: int = 0,
+) -> None:
+    """The PFN's PPDs and time (after a warm-up call), recording its warnings; beyond its
+    trained rows/features (``mp.form == "subsets"``) the mixture over ``subsets`` random
+    contexts (:func:`~pyrobayes.tabular_plan.pfn_subset_ppd`)."""
+    from pyrobayes.tabular_plan import pfn_subset_ppd
+
     ppds, grid_ppds, times, info = out
+    row = mp.label if mp is not None else f"PFN ({PFN_NAME})"
+    k = subsets if mp is not None and mp.form == "subsets" else 1
+
+    def predict(xq: torch.Tensor) -> Any:
+        return pfn_subset_ppd(pfn, s.x_train, s.y_train, xq, subsets=k, seed=seed)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pfn.predict(s.x_train, s.y_train, s.x_test)  # warm-up: one-off allocations
+        pfn.predict(s.x_train[:64], s.y_train[:64], s.x_test[:64])  # warm-up: allocations
         t0 = time.perf_counter()
-        ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, s.x_test)
-        times[f"PFN ({PFN_NAME})"] = time.perf_counter() - t0
+        ppds[row] = predict(s.x_test)
+        times[row] = time.perf_counter() - t0
         if grid is not None:
-            grid_ppds[f"PFN ({PFN_NAME})"] = pfn.predict(s.x_train, s.y_train, grid)
+            grid_ppds[row] = predict(grid)
     if caught:
         info["pfn_warnings"] = sorted({str(w.message) for w in caught})
 
 
 def _split_gp(
-    s: Split, cfg: TabularConfig, grid: torch.Tensor | None, progress: bool, out: tuple
+    s: Split,
+    cfg: TabularConfig,
+    grid: torch.Tensor | None,
+    progress: bool,
+    out: tuple,
+    mp: Any = None,
+    seed: int = 0,
 ) -> None:
-    """The exact ARD GP's PPDs, time and fitted hyperparameters."""
-    from pyrobayes.gp import fit_ard_gp
+    """The ARD GP's PPDs, time and fitted hyperparameters: exact, or sparse when the plan
+    ``mp`` says so (:func:`~pyrobayes.gp.fit_sparse_ard_gp`, ``gp_inducing`` inputs)."""
+    from pyrobayes.gp import fit_ard_gp, fit_sparse_ard_gp
 
     ppds, grid_ppds, times, info = out
+    row = mp.label if mp is not None else METHOD_ROWS[Method.GP]
+    sparse = mp is not None and mp.form == "sparse"
     t0 = time.perf_counter()
-    gp = fit_ard_gp(s.x_train, s.y_train, steps=cfg.gp_steps, progress=progress)
-    ppds["exact GP (ARD)"] = gp.predict(s.x_test)
-    times["exact GP (ARD)"] = time.perf_counter() - t0
+    if sparse:
+        gp = fit_sparse_ard_gp(
+            s.x_train, s.y_train, cfg.gp_inducing, cfg.gp_steps, seed=seed, progress=progress
+        )
+    else:
+        gp = fit_ard_gp(s.x_train, s.y_train, steps=cfg.gp_steps, progress=progress)
+    ppds[row] = gp.predict(s.x_test)
+    times[row] = time.perf_counter() - t0
     if grid is not None:
-        grid_ppds["exact GP (ARD)"] = gp.predict(grid)
+        grid_ppds[row] = gp.predict(grid)
     info["gp"] = {
+        "form": "sparse" if sparse else "exact",
         "lengthscales": [round(v, 4) for v in gp.lengthscales.tolist()],
         "outputscale": gp.outputscale,
         "noise_std": gp.noise_std,
-        "log_marginal": gp.log_marginal,
+        "log_marginal": gp.elbo if sparse else gp.log_marginal,
     }
 
 
@@ -823,52 +908,24 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         ('MLP + fitted noise', 'deep ensemble', 'MC dropout', 'SVI (MOPED)', 'PFN (bnn-tabular)',
          'exact GP (ARD)')
     """
-    from pyrobayes.compare import compare_ppds, mean_se_table
-    from pyrobayes.ppd import affine_ppd
+    from pyrobayes.compare import mean_se_table
+    from pyrobayes.progress import Heartbeat, log_heartbeat_enabled
 
     tab, splits, dropout_grid = _load_data(cfg)
-    n, d = tab.x.shape
-    n_splits = len(splits)
+    d = tab.x.shape[1]
     n_train = max(len(tr) for tr, _ in splits)
-    selected = cfg.selected
-    notes, pfn, n_nuts = _plan(cfg, n_train, d, n_splits)
-    tables, infos = [], []
-    first: dict[str, Any] = {}
-    dropped: dict[str, list[int]] = {}  # feature -> splits whose training rows hold it constant
-    t_start = time.perf_counter()
-    for k, (tr, te) in enumerate(splits):
-        s = standardise_split(tab.x, tab.y, tr, te)
-        for i in s.dropped_features:
-            dropped.setdefault(tab.feature_names[i], []).append(k + 1)
-        grid = None
-        if d == 1 and k == 0:
-            lo, hi = float(tab.x.min()), float(tab.x.max())
-            pad = 0.05 * (hi - lo)
-            grid_raw = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)[:, None]
-            grid = ((grid_raw - s.x_mean) / s.x_std).float()
-        ppds, grid_ppds, times, info = _run_split(s, cfg, pfn, k < n_nuts, grid, k, dropout_grid)
-        raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
-        table = compare_ppds(
-            raw,
-            s.y_test_raw,
-            times=times,
-            reference="NUTS" if "NUTS" in raw else None,
-            levels=LEVELS,
-        )
-        tables.append(table)
-        infos.append(info)
-        _record_split(cfg, k, n_splits, table, info, t_start)
-        if grid is not None:
-            first = {
-                "grid": grid_raw.float(),
-                "ppds": {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in grid_ppds.items()},
-                "train": (tab.x[tr].float(), tab.y[tr].float()),
-            }
+    plan, pfn = _plan(cfg, n_train, max(len(te) for _, te in splits), d, len(splits), dropout_grid)
+    print(plan.summary(), file=sys.stderr, flush=True)  # the estimate, before any fit
+    notes = plan.notes
+    n_nuts = plan.n_nuts
+    beat = Heartbeat(enabled=log_heartbeat_enabled(bars=not cfg.no_progress))
+    with beat:
+        tables, infos, first, dropped = _run_splits(cfg, tab, splits, plan, pfn, dropout_grid)
     for name, ks in dropped.items():
         notes.append(
             f"feature {name!r} is constant on the training rows of split(s) {ks}: left out there"
         )
-    methods = [METHOD_ROWS[m] for m in selected]
+    methods = [plan.get(m).label for m in plan.running]
     summary = mean_se_table(tables, methods=methods)
     # NUTS's mean is over its own splits: the fair comparison is every method on those
     nuts_table = (
@@ -884,26 +941,94 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         "notes": notes,
         "infos": infos,
         "files": files,
+        "rows": {m: plan.get(m).label for m in plan.running},
     }
 
 
-def _plan(cfg: TabularConfig, n_train: int, d: int, n_splits: int) -> tuple[list[str], Any, int]:
-    """``(notes, pfn, n_nuts)`` before the first split: what is not run and why, the PFN if
-    it covers ``n_train`` x ``d``, and how many splits get NUTS."""
-    notes: list[str] = []
-    selected = cfg.selected
-    skipped = [m.value for m in Method if m not in selected]
-    if skipped:
-        notes.append(f"not run (--methods/--no-gp/--no-nuts): {', '.join(skipped)}")
-    pfn = None
-    if Method.PFN in selected:
-        pfn, why = _load_pfn(n_train, d)
-        if why:
-            notes.append(why)
-    n_nuts = 0 if Method.NUTS not in selected else min(n_splits, cfg.nuts_splits or n_splits)
-    if 0 < n_nuts < n_splits:
-        notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
-    return notes, pfn, n_nuts
+def _run_splits(
+    cfg: TabularConfig, tab: Any, splits: list, plan: Any, pfn: Any, dropout_grid: tuple
+) -> tuple[list, list, dict, dict]:
+    """Every split in turn: ``(tables, infos, first split's grid PPDs for 1-D data,
+    {feature: splits where it was constant})``."""
+    from pyrobayes.compare import compare_ppds
+    from pyrobayes.ppd import affine_ppd
+
+    tables, infos = [], []
+    first: dict[str, Any] = {}
+    dropped: dict[str, list[int]] = {}  # feature -> splits whose training rows hold it constant
+    t_start = time.perf_counter()
+    for k, (tr, te) in enumerate(splits):
+        s = standardise_split(tab.x, tab.y, tr, te)
+        for i in s.dropped_features:
+            dropped.setdefault(tab.feature_names[i], []).append(k + 1)
+        grid = None
+        if tab.x.shape[1] == 1 and k == 0:
+            lo, hi = float(tab.x.min()), float(tab.x.max())
+            pad = 0.05 * (hi - lo)
+            grid_raw = torch.linspace(lo - pad, hi + pad, 200, dtype=torch.float64)[:, None]
+            grid = ((grid_raw - s.x_mean) / s.x_std).float()
+        ppds, grid_ppds, times, info = _run_split(
+            s, cfg, pfn, k < plan.n_nuts, grid, cfg.first_split + k, dropout_grid, plan
+        )
+        raw = {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in ppds.items()}
+        table = compare_ppds(
+            raw,
+            s.y_test_raw,
+            times=times,
+            reference="NUTS" if "NUTS" in raw else None,
+            levels=LEVELS,
+        )
+        tables.append(table)
+        infos.append(info)
+        _record_split(cfg, k, len(splits), table, info, t_start)
+        if grid is not None:
+            first = {
+                "grid": grid_raw.float(),
+                "ppds": {m: affine_ppd(p, s.y_mean, s.y_std) for m, p in grid_ppds.items()},
+                "train": (tab.x[tr].float(), tab.y[tr].float()),
+            }
+    return tables, infos, first, dropped
+
+
+def _plan(
+    cfg: TabularConfig, n_train: int, n_test: int, d: int, n_splits: int, dropout_grid: tuple
+) -> tuple[Any, Any]:
+    """``(plan, pfn)`` before the first split (:func:`~pyrobayes.tabular_plan.plan_tabular`:
+    each method's form, estimate and notes); the PFN when its row runs. Raises
+    :class:`~pyrobayes.tabular_plan.PlanError` when the run exceeds ``budget_minutes``."""
+    from pyrobayes.baselines import DEFAULT_DROPOUT_RATES
+    from pyrobayes.tabular_plan import PlanError, plan_tabular
+
+    pfn, limits = None, None
+    if Method.PFN in cfg.selected:
+        pfn = _pfn_checkpoint()
+        if pfn is not None:
+            limits = (int(pfn.config.max_train), int(pfn.config.num_features))
+    plan = plan_tabular(
+        cfg,
+        n_train,
+        n_test,
+        d,
+        n_splits,
+        pfn_limits=limits,
+        pfn_name=PFN_NAME,
+        dropout_rates=len(dropout_grid[0]) or len(DEFAULT_DROPOUT_RATES),
+    )
+    if not plan.fits:
+        raise PlanError(plan.over_budget_message())
+    if not plan.running:
+        raise PlanError("no method left to run: " + "; ".join(plan.notes))
+    return plan, pfn if "pfn" in plan.running else None
+
+
+def _pfn_checkpoint() -> Any:
+    """The ``bnn-tabular`` PFN, or ``None`` when this install has no checkpoint."""
+    from pyrobayes.pfn import pretrained
+
+    try:
+        return pretrained(PFN_NAME)
+    except (KeyError, ValueError, FileNotFoundError):
+        return None
 
 
 def _record_split(
@@ -935,10 +1060,21 @@ def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
                 "and index_target.txt name the columns"
             )
         uci = load_uci(cfg.data, cfg.data_root)
-        return uci, uci.splits(cfg.splits), (uci.dropout_rates, uci.tau_values)
+        first = cfg.first_split
+        if first >= uci.num_splits:
+            raise ValueError(
+                f"--first-split {first}: {uci.path} holds {uci.num_splits} splits (0 .. "
+                f"{uci.num_splits - 1})"
+            )
+        k = uci.num_splits - first if cfg.splits is None else cfg.splits
+        # more than the folder holds: uci.splits names the count and the files
+        return uci, uci.splits(first + k)[first:], (uci.dropout_rates, uci.tau_values)
     tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
     k = DEFAULT_RANDOM_SPLITS if cfg.splits is None else cfg.splits
-    return tab, make_splits(len(tab.x), k, cfg.test_fraction, cfg.seed), ((), ())
+    # the same seeded sequence as a run from split 0: split j is the j-th draw
+    first = cfg.first_split
+    splits = make_splits(len(tab.x), first + k, cfg.test_fraction, cfg.seed)[first:]
+    return tab, splits, ((), ())
 
 
 def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Figure:

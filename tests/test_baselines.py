@@ -1,5 +1,6 @@
 """Deep ensemble and MC dropout baselines on a small synthetic regression."""
 
+import pytest
 import torch
 from torch.distributions import Normal
 
@@ -64,7 +65,8 @@ def test_mc_dropout_beats_a_constant_and_is_seeded():
     assert torch.equal(again.loc, ppd.loc) and fit.predict(xte, passes=7).num_draws == 7
 
 
-def test_mc_dropout_choices_see_training_rows_only(monkeypatch):
+@pytest.mark.parametrize("shared", [True, False])
+def test_mc_dropout_choices_see_training_rows_only(monkeypatch, shared):
     xtr, ytr, xte, _ = _data()
     seen = []
     real_fit, real_passes = bl._fit_dropout_net, bl._passes
@@ -79,13 +81,15 @@ def test_mc_dropout_choices_see_training_rows_only(monkeypatch):
 
     monkeypatch.setattr(bl, "_fit_dropout_net", spy_fit)
     monkeypatch.setattr(bl, "_passes", spy_passes)
-    fit = fit_mc_dropout(xtr, ytr, **FAST_DROPOUT)
+    fit = fit_mc_dropout(xtr, ytr, **FAST_DROPOUT, shared_tau_fit=shared)
     train_rows = {float(v) for v in xtr[:, 0]}
     test_rows = {float(v) for v in xte[:, 0]}
     assert train_rows.isdisjoint(test_rows)
-    # 4 grid fits on the inner-training rows, scored on the inner-validation rows, then the
-    # refit on every training row; nothing the function touched is a test row
-    assert [kind for kind, _ in seen] == ["fit", "passes"] * 4 + ["fit"]
+    # grid fits on the inner-training rows (one per rate, scored at both taus, when shared;
+    # else one per grid point), scored on the inner-validation rows, then the refit on
+    # every training row; nothing the function touched is a test row
+    assert [kind for kind, _ in seen] == ["fit", "passes"] * (2 if shared else 4) + ["fit"]
+    assert len(fit.grid) == 4
     for _, x in seen:
         assert {float(v) for v in x[:, 0]} <= train_rows
     fit_x, val_x = seen[0][1], seen[1][1]

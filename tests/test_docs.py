@@ -42,6 +42,7 @@ PUBLIC = [
     "pyrobayes.distributed",
     "pyrobayes.options",
     "pyrobayes.tabular_job",
+    "pyrobayes.tabular_plan",
     "pyrobayes.baselines",
     "pyrobayes.models.tabular",
     "pyrobayes.models.train",

@@ -324,7 +324,7 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
         ensemble_steps=20, dropout_steps=10, dropout_passes=5,
     )  # fmt: skip
     res = run_tabular(cfg)
-    assert set(res) == {"table", "nuts_table", "split_tables", "notes", "infos", "files"}
+    assert set(res) == {"table", "nuts_table", "split_tables", "notes", "infos", "files", "rows"}
     assert len(res["split_tables"]) == len(res["infos"]) == 2
     assert any("first 1 of 2 splits" in n for n in res["notes"])
     # NUTS ran on split 1 only: the paired table is every method on that split alone
