@@ -57,7 +57,13 @@ DEFAULT_DELTAS = (0.003, 0.01, 0.03, 0.1)
 
 class SVILayers(Option):
     """Which weights of the MLP are Bayesian: ``"all"``, or ``"last"`` (the output layer;
-    the hidden layers stay at the MLP's weights, fixed features)."""
+    the hidden layers stay at the MLP's weights, fixed features).
+
+    Example::
+
+        >>> SVILayers.parse("all") is SVILayers.ALL
+        True
+    """
 
     ALL = "all"
     LAST = "last"
@@ -118,7 +124,18 @@ def svi_model(
 ):
     """The Bayesian model around a copy of ``mlp``: :func:`~pyrobayes.models.
     tabular_regression_model` for ``layers="all"``; for ``"last"`` the same priors and
-    noise on the output layer only, the hidden layers frozen at the MLP's weights."""
+    noise on the output layer only, the hidden layers frozen at the MLP's weights.
+    ``noise_prior_scale``: the noise prior LogNormal(log ``noise``, that scale) instead of the
+    shared one.
+
+    Example::
+
+        >>> from pyrobayes.convert import bayesian_sites
+        >>> from pyrobayes.models.mlp import MLP
+        >>> model = svi_model(MLP(3, (50, 50), 1, "tanh"), "last")
+        >>> [s.split(".")[-2:] for s in bayesian_sites(model)]  # the output layer, net[4]
+        [['4', 'weight'], ['4', 'bias']]
+    """
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian
     from pyrobayes.model import BayesianModel
@@ -155,7 +172,18 @@ def fit_svi_moped(
     progress: bool = False,
 ) -> tuple[Any, Any]:
     """SVI with a MOPED guide around ``mlp`` on ``(x, y)`` (full batch), the noise site
-    started at ``noise``; returns ``(model, guide)``."""
+    started at ``noise``, maximising the tempered ELBO of the module docstring with the
+    recipe's :math:`\\beta`; returns ``(model, guide)``.
+
+    Example::
+
+        >>> from pyrobayes.models.mlp import MLP
+        >>> x, y = torch.randn(30, 2), torch.randn(30)
+        >>> model, guide = fit_svi_moped(x, y, MLP(2, (50, 50), 1, "tanh"), 0.5,
+        ...                              SVIRecipe(delta=0.01, steps=3))
+        >>> float(guide.median(x)[model.likelihood.noise_site]) > 0
+        True
+    """
     import pyro
 
     from pyrobayes.guides import MOPEDNormal
@@ -179,7 +207,19 @@ def fit_svi_moped(
 
 
 def svi_nll(model: Any, guide: Any, x: torch.Tensor, y: torch.Tensor, num_samples: int) -> float:
-    """Mean held-out negative log predictive density of ``(x, y)`` under the fitted pair."""
+    """Mean negative log predictive density of ``(x, y)`` under the fitted pair,
+    :math:`-\\frac1m\\sum_i \\log \\frac1S\\sum_s p(y_i \\mid x_i, w_s, \\sigma_s)` over ``S =
+    num_samples`` guide draws.
+
+    Example::
+
+        >>> from pyrobayes.models.mlp import MLP
+        >>> x, y = torch.randn(30, 2), torch.randn(30)
+        >>> model, guide = fit_svi_moped(x, y, MLP(2, (50, 50), 1, "tanh"), 1.0,
+        ...                              SVIRecipe(steps=3))
+        >>> 0 < svi_nll(model, guide, x, y, num_samples=20) < 5
+        True
+    """
     from pyrobayes.infer import PosteriorPredictive
 
     with torch.no_grad():
@@ -198,7 +238,13 @@ def check_deltas(deltas: Sequence[float]) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class SVISelection:
     """What :func:`select_svi_recipe` chose: ``recipe``, and ``scores`` (each candidate's
-    label -> inner-validation NLL, standardised units), ``n_fit``/``n_val`` rows."""
+    label -> inner-validation NLL, standardised units), ``n_fit``/``n_val`` rows.
+
+    Example::
+
+        >>> SVISelection(SVIRecipe(), {"beta=1,delta=0.1,all": 1.2}, 80, 20).n_val
+        20
+    """
 
     recipe: SVIRecipe
     scores: dict[str, float]
@@ -279,6 +325,18 @@ def job_svi(
     delta of ``deltas`` that :func:`select_svi_recipe` chooses on an inner ``val_fraction``
     of these rows (one candidate: no choice to make), then fitted on all of them. Returns
     ``(model, guide, info)``, ``info`` = ``{"delta", "chosen_on"}`` (+ ``"scores"``).
+
+    Example::
+
+        >>> from pyrobayes.tabular_job import fit_mlp_heldout
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(50, 2, generator=g)
+        >>> y = x[:, 0] + 0.3 * torch.randn(50, generator=g)
+        >>> mlp, noise, _ = fit_mlp_heldout(x, y, 30, seed=0)
+        >>> model, guide, info = job_svi(x, y, mlp, noise, delta=None, deltas=(0.01, 0.1),
+        ...                              steps=5, mlp_steps=30, num_samples=10)
+        >>> info["delta"] in (0.01, 0.1), sorted(info["scores"]), info["chosen_on"]
+        (True, ['0.01', '0.1'], 'inner validation, 10 of 50 training rows')
     """
     base = SVIRecipe(steps=steps, lr=lr)
     info: dict[str, Any] = {}

@@ -43,6 +43,7 @@ PUBLIC = [
     "pyrobayes.options",
     "pyrobayes.tabular_job",
     "pyrobayes.baselines",
+    "pyrobayes.svi_recipe",
     "pyrobayes.models.tabular",
     "pyrobayes.models.train",
 ]
