@@ -360,7 +360,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--svi-steps", type=int, default=d.svi_steps, help="full-batch SVI steps")
     p.add_argument("--svi-lr", type=float, default=d.svi_lr, help="Adam step size of SVI")
-    p.add_argument("--delta", type=float, default=d.delta, help="MOPED relative initial scale")
+    # default None: the 1-D demo uses CompareConfig's delta, --data chooses one per split
+    # on the training rows (pyrobayes.svi_recipe) unless --delta is given
+    p.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        help=f"MOPED relative initial scale (1-D demo: default {d.delta}; --data: default "
+        "chosen per split from --svi-deltas on an inner validation split of the training rows)",
+    )
     p.add_argument(
         "--num-samples",
         type=int,
@@ -406,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         mlp_steps=args.mlp_steps,
         svi_steps=args.svi_steps,
         svi_lr=args.svi_lr,
-        delta=args.delta,
+        delta=CompareConfig.delta if args.delta is None else args.delta,
         num_samples=args.num_samples,
         nuts_warmup=args.nuts_warmup,
         nuts_samples=args.nuts_samples,

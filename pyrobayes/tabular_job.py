@@ -192,7 +192,21 @@ class TabularConfig:
     mlp_steps: int = _opt(2000, "full-batch Adam steps of the frequentist MLP")
     svi_steps: int = _opt(2000, "full-batch SVI steps")
     svi_lr: float = _opt(1e-3, "Adam step size of SVI")
-    delta: float = _opt(0.1, "MOPED relative initial scale")
+    delta: float | None = _opt(
+        None,
+        "MOPED relative initial scale (default: chosen per split from --svi-deltas on an "
+        "inner validation split of the training rows)",
+        type=float,
+    )
+    svi_deltas: tuple[float, ...] = _opt(
+        (0.003, 0.01, 0.03, 0.1),
+        "MOPED deltas the SVI row chooses from when --delta is not given",
+        nargs="+",
+        type=float,
+    )
+    svi_val_fraction: float = _opt(
+        0.2, "fraction of the training rows held out to choose the SVI delta"
+    )
     num_samples: int = _opt(200, "posterior draws of the SVI predictive")
     nuts_warmup: int = _opt(200, "NUTS adaptation steps per split")
     nuts_samples: int = _opt(200, "NUTS draws kept per split")
@@ -269,8 +283,13 @@ class TabularConfig:
             raise ValueError(f"nuts-splits must be >= 1, got {self.nuts_splits}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
-        if not self.svi_lr > 0 or not self.delta > 0:
+        if not self.svi_lr > 0 or not (self.delta is None or self.delta > 0):
             raise ValueError("svi-lr and delta must be positive")
+        from pyrobayes.svi_recipe import check_deltas
+
+        object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
+        if not 0.0 < self.svi_val_fraction < 1.0:
+            raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
         if not self.selected:
             raise ValueError(
                 "no method left to run (--methods less --no-gp/--no-nuts); valid: "
@@ -727,13 +746,12 @@ def _split_svi(
     t_mlp: float,
     out: tuple,
 ) -> tuple[Any, dict]:
-    """SVI (MOPED) around the MLP; returns ``(model, guide's posterior median)``."""
-    import copy
-
+    """SVI (MOPED) around the MLP (:func:`pyrobayes.svi_recipe.job_svi`: its delta chosen on
+    the training rows); returns ``(model, guide's posterior median)``."""
     import pyro
 
-    from pyrobayes.guides import MOPEDNormal
-    from pyrobayes.infer import PosteriorPredictive, fit
+    from pyrobayes.infer import PosteriorPredictive
+    from pyrobayes.svi_recipe import job_svi
 
     ppds, grid_ppds, times, info = out
     # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise.
@@ -741,19 +759,23 @@ def _split_svi(
     # store also keeps it from holding every split's guide.
     pyro.clear_param_store()
     t0 = time.perf_counter()
-    model = _bayesian_model(s.x_train.shape[1], copy.deepcopy(mlp))
-    noise_site = model.likelihood.noise_site
-    guide = MOPEDNormal(model, delta=cfg.delta, init_values={noise_site: noise})
-    fit(
-        model,
-        guide,
-        (s.x_train, s.y_train),
-        epochs=cfg.svi_steps,
-        batch_size=len(s.x_train),
+    # only the training rows reach the SVI recipe (its choice of delta included)
+    model, guide, info["svi"] = job_svi(
+        s.x_train,
+        s.y_train,
+        mlp,
+        noise,
+        delta=cfg.delta,
+        deltas=cfg.svi_deltas,
+        val_fraction=cfg.svi_val_fraction,
+        steps=cfg.svi_steps,
         lr=cfg.svi_lr,
-        progress=progress,
+        mlp_steps=cfg.mlp_steps,
+        num_samples=cfg.num_samples,
         seed=seed,
+        progress=progress,
     )
+    noise_site = model.likelihood.noise_site
     pp = PosteriorPredictive(model, guide, num_samples=cfg.num_samples)
     ppds["SVI (MOPED)"] = pp(s.x_test)
     times["SVI (MOPED)"] = t_mlp + time.perf_counter() - t0

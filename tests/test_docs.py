@@ -44,6 +44,7 @@ PUBLIC = [
     "pyrobayes.tabular_job",
     "pyrobayes.tabular_plan",
     "pyrobayes.baselines",
+    "pyrobayes.svi_recipe",
     "pyrobayes.models.tabular",
     "pyrobayes.models.train",
 ]

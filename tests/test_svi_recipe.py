@@ -1,0 +1,198 @@
+"""The SVI recipe of the real-data job (issue 21): options, the choice on training rows only."""
+
+import argparse
+
+import pytest
+import torch
+
+import pyrobayes.svi_recipe as sr
+from pyrobayes.svi_recipe import (
+    DEFAULT_DELTAS,
+    SVILayers,
+    SVIRecipe,
+    fit_svi_moped,
+    job_svi,
+    select_svi_recipe,
+    svi_model,
+)
+from pyrobayes.tabular_job import TabularConfig, fit_mlp_heldout, make_splits, standardise_split
+
+
+def _data(n=80, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.sin(x[:, 0]) + 0.2 * torch.randn(n, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"kl_weight": 0.0}, "kl_weight must be in (0, 1]"),
+        ({"kl_weight": 1.5}, "kl_weight must be in (0, 1]"),
+        ({"delta": -0.1}, "delta must be positive"),
+        ({"delta": float("inf")}, "delta must be positive"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"layers": "first"}, "unknown SVI layers 'first'; valid: all, last"),
+        ({"noise_prior_scale": 0.0}, "noise_prior_scale must be positive"),
+    ],
+)
+def test_recipe_bad_options_are_named(kw, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        SVIRecipe(**kw)
+
+
+def test_last_layer_model_keeps_hidden_layers_fixed():
+    x, y = _data()
+    mlp, noise, _ = fit_mlp_heldout(x, y, 30, seed=0)
+    model = svi_model(mlp, SVILayers.LAST)
+    sites = sorted(model.net._pyro_name + "." + k for k in ("4.weight", "4.bias"))
+    from pyrobayes.convert import bayesian_sites
+
+    assert sorted(bayesian_sites(model)) == sites
+    # the hidden layers are frozen at the MLP's weights: nothing for SVI to move there
+    assert not any(p.requires_grad for p in model.parameters())
+    # the "all" model is the job's shared model: every layer Bayesian, latent noise
+    assert len(bayesian_sites(svi_model(mlp))) == 6 and svi_model(mlp).likelihood.latent_noise
+
+
+def test_selection_sees_training_rows_only_and_takes_the_lowest_score(monkeypatch):
+    x, y = _data()
+    seen = []
+    real_fit, real_nll, real_mlp = sr.fit_svi_moped, sr.svi_nll, fit_mlp_heldout
+
+    def spy_fit(xf, *a, **kw):
+        seen.append(("fit", xf))
+        return real_fit(xf, *a, **kw)
+
+    def spy_nll(model, guide, xv, *a, **kw):
+        seen.append(("score", xv))
+        return real_nll(model, guide, xv, *a, **kw)
+
+    monkeypatch.setattr(sr, "fit_svi_moped", spy_fit)
+    monkeypatch.setattr(sr, "svi_nll", spy_nll)
+    import pyrobayes.tabular_job as tj
+
+    monkeypatch.setattr(
+        tj,
+        "fit_mlp_heldout",
+        lambda xf, *a, **kw: (seen.append(("mlp", xf)), real_mlp(xf, *a, **kw))[1],
+    )
+    grid = [SVIRecipe(delta=d, steps=10) for d in (0.01, 0.1, 0.3)]
+    sel = select_svi_recipe(x, y, grid, val_fraction=0.25, mlp_steps=20, num_samples=10)
+    assert [k for k, _ in seen] == ["mlp"] + ["fit", "score"] * 3
+    rows = {tuple(r.tolist()) for r in x}
+    fit_rows = {tuple(r.tolist()) for r in seen[0][1]}
+    val_rows = {tuple(r.tolist()) for r in seen[2][1]}
+    assert fit_rows | val_rows == rows and fit_rows.isdisjoint(val_rows)
+    assert (sel.n_fit, sel.n_val) == (60, 20) and len(val_rows) == 20
+    # the MLP the candidates start from never saw the validation rows either
+    for kind, xs in seen:
+        assert {tuple(r.tolist()) for r in xs} == (val_rows if kind == "score" else fit_rows)
+    assert sel.scores[sel.recipe.label()] == min(sel.scores.values())
+    assert set(sel.scores) == {r.label() for r in grid}
+
+
+def test_job_svi_chooses_then_refits_on_every_training_row(monkeypatch):
+    x, y = _data()
+    mlp, noise, _ = fit_mlp_heldout(x, y, 30, seed=0)
+    sizes = []
+    real_fit = sr.fit_svi_moped
+    monkeypatch.setattr(
+        sr, "fit_svi_moped", lambda xf, *a, **kw: (sizes.append(len(xf)), real_fit(xf, *a, **kw))[1]
+    )
+    kw = dict(steps=10, mlp_steps=20, num_samples=10)
+    model, guide, info = job_svi(x, y, mlp, noise, delta=None, deltas=(0.01, 0.1), **kw)
+    assert sizes == [64, 64, 80] and info["delta"] in (0.01, 0.1)
+    assert set(info["scores"]) == {"0.01", "0.1"} and "16 of 80" in info["chosen_on"]
+    assert info["scores"][f"{info['delta']:g}"] == min(info["scores"].values())
+    # a given delta (or a single candidate) is used as is: one fit, on every row
+    sizes.clear()
+    _, guide, info = job_svi(x, y, mlp, noise, delta=0.05, **kw)
+    assert sizes == [80] and info == {"chosen_on": "given", "delta": 0.05}
+    first = next(iter(guide.scales.parameters()))  # noqa: F841 (the guide was built)
+
+
+def test_tabular_job_svi_choice_never_sees_test_rows(tmp_path, monkeypatch):
+    from pyrobayes.tabular_job import TabularConfig, run_tabular
+
+    n = 60
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(n, generator=g)
+    ids = torch.arange(n, dtype=torch.float64)
+    yv = torch.sin(a) + 0.1 * torch.randn(n, generator=g)
+    csv = tmp_path / "t.csv"
+    csv.write_text(
+        "id,a,y\n" + "".join(f"{int(i)},{float(u)},{float(v)}\n" for i, u, v in zip(ids, a, yv))
+    )
+    seen = []
+    real_sel = sr.select_svi_recipe
+    monkeypatch.setattr(
+        sr, "select_svi_recipe", lambda xs, *ar, **kw: (seen.append(xs), real_sel(xs, *ar, **kw))[1]
+    )
+    real_fit = sr.fit_svi_moped
+    monkeypatch.setattr(
+        sr, "fit_svi_moped", lambda xs, *ar, **kw: (seen.append(xs), real_fit(xs, *ar, **kw))[1]
+    )
+    cfg = TabularConfig(
+        data=str(csv),
+        y_col="y",
+        splits=1,
+        methods="svi",
+        mlp_steps=20,
+        svi_steps=5,
+        num_samples=10,
+        svi_deltas=(0.01, 0.1),
+        out=str(tmp_path / "o"),
+        no_progress=True,
+    )
+    res = run_tabular(cfg)
+    tr, te = make_splits(n, 1, cfg.test_fraction, cfg.seed)[0]
+    x = torch.stack([ids, a.double()], 1)
+    s = standardise_split(x, yv.double(), tr, te)
+    train_ids = {round(v, 4) for v in s.x_train[:, 0].tolist()}
+    test_ids = {round(v, 4) for v in s.x_test[:, 0].tolist()}
+    assert len(seen) == 4 and train_ids.isdisjoint(test_ids)
+    for xs in seen:
+        assert {round(v, 4) for v in xs[:, 0].tolist()} <= train_ids
+    assert len(seen[0]) == len(tr) == len(seen[-1])
+    assert res["infos"][0]["svi"]["delta"] in (0.01, 0.1)
+
+
+def test_config_defaults_and_bad_values():
+    cfg = TabularConfig(data="diabetes")
+    assert cfg.delta is None and cfg.svi_deltas == DEFAULT_DELTAS and cfg.svi_val_fraction == 0.2
+    assert TabularConfig(data="diabetes", svi_deltas=[0.1]).svi_deltas == (0.1,)
+    for kw, message in [
+        ({"svi_deltas": ()}, "svi-deltas must be one or more positive finite numbers"),
+        ({"svi_deltas": (0.1, -1.0)}, "svi-deltas must be one or more positive finite numbers"),
+        ({"svi_val_fraction": 1.0}, r"svi-val-fraction must be in \(0, 1\)"),
+        ({"delta": 0.0}, "svi-lr and delta must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TabularConfig(data="diabetes", **kw)
+
+
+def test_cli_delta_default_per_job():
+    from pyrobayes.compare_job import CompareConfig, add_arguments
+    from pyrobayes.tabular_job import config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    # --data: delta left to the choice on training rows; a given one is kept
+    cfg = config_from_args(TabularConfig, p.parse_args(["--data", "diabetes"]))
+    assert cfg.delta is None and cfg.svi_deltas == DEFAULT_DELTAS
+    args = p.parse_args(["--data", "diabetes", "--delta", "0.05", "--svi-deltas", "0.1", "0.2"])
+    cfg = config_from_args(TabularConfig, args)
+    assert cfg.delta == 0.05 and cfg.svi_deltas == (0.1, 0.2)
+    # the 1-D demo keeps its own default
+    assert CompareConfig().delta == 0.1 and p.parse_args([]).delta is None
+
+
+def test_fit_svi_moped_tempered_and_last_layer_run():
+    x, y = _data()
+    mlp, noise, _ = fit_mlp_heldout(x, y, 30, seed=0)
+    model, guide = fit_svi_moped(x, y, mlp, noise, SVIRecipe(kl_weight=0.1, layers="last", steps=5))
+    nll = sr.svi_nll(model, guide, x, y, 10)
+    assert torch.isfinite(torch.tensor(nll))
