@@ -110,7 +110,12 @@ RECIPE_CODE = {
         "pyrobayes.baselines:fit_mc_dropout",
         "pyrobayes.baselines:_fit_dropout_net",
     ],
-    "svi": ["pyrobayes.tabular_job:_split_svi"],
+    "svi": [
+        "pyrobayes.tabular_job:_split_svi",
+        "pyrobayes.svi_recipe:job_svi",
+        "pyrobayes.svi_recipe:select_svi_recipe",
+        "pyrobayes.svi_recipe:fit_svi_moped",
+    ],
     "gp": ["pyrobayes.tabular_job:_split_gp", "pyrobayes.gp:fit_ard_gp"],
     "pfn": ["pyrobayes.tabular_job:_split_pfn", "pyrobayes.tabular_job:_load_pfn"],
     "nuts": ["pyrobayes.tabular_job:_split_nuts"],
