@@ -24,7 +24,9 @@ torch thread, under load, so they err on the slow side): a full-batch Adam step 
 ``d``-50-50 MLP on ``n`` rows costs :math:`t(n) = 10^{-3} + 2.4\cdot 10^{-6} n`; the MLP
 ``mlp_steps`` of them, the deep ensemble ``5 x 2 x ensemble_steps`` (mean then
 mean-variance phase; both early-stopped, so this is an upper bound), SVI ``3 svi_steps``
-(a draw, the model and the guide per step) on top of the MLP it starts from, MC dropout
+(a draw, the model and the guide per step) on top of the MLP it starts from, times
+``1 + 0.8 x len(svi_deltas)`` plus one more MLP on 80% of the rows when the delta is chosen
+on an inner split, MC dropout
 ``(rates + 1) x dropout_steps`` minibatch steps; the exact GP
 :math:`3.1\cdot 10^{-10} n^3` per marginal-likelihood step, the sparse GP
 :math:`1.5\cdot 10^{-9} n M^2`; NUTS ``(warm-up + draws) x (2^{depth} - 1)`` gradients of
@@ -296,8 +298,16 @@ def _fit_seconds(cfg: TabularConfig, n: int, n_test: int, rates: int) -> dict[st
         "ensemble": 5 * 2 * cfg.ensemble_steps * _step(n_fit),
         "dropout": (rates + 1) * cfg.dropout_steps * _step(min(128, n))
         + cfg.dropout_passes * (rates * 0.2 * n + n_test) * 5e-6,
-        "svi": 3 * cfg.svi_steps * _step(n) + cfg.num_samples * predict,
+        "svi": _svi_fits(cfg) * 3 * cfg.svi_steps * _step(n)
+        + (cfg.mlp_steps * _step(0.8 * n) if cfg.delta is None else 0.0)
+        + cfg.num_samples * predict,
     }
+
+
+def _svi_fits(cfg: TabularConfig) -> float:
+    """SVI fits per split: one, plus one per candidate delta (each on 80% of the rows) when
+    the delta is chosen on an inner validation split (``svi_recipe.job_svi``)."""
+    return 1.0 + (0.8 * len(cfg.svi_deltas) if cfg.delta is None else 0.0)
 
 
 def plan_gp(cfg: TabularConfig, n: int, d: int, memory_bytes: float) -> MethodPlan:
