@@ -41,7 +41,7 @@ from pyrobayes.infer import (
 )
 from pyrobayes.likelihoods import Categorical, Gaussian, get_likelihood
 from pyrobayes.model import BayesianModel, to_bayesian
-from pyrobayes.models.tabular import tabular_regression_model
+from pyrobayes.models.tabular import tabular_classifier_model, tabular_regression_model
 from pyrobayes.persist import load, save
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd
 from pyrobayes.priors import (
@@ -93,6 +93,7 @@ __all__ = [
     "sample_posterior",
     "sample_prior",
     "save",
+    "tabular_classifier_model",
     "tabular_regression_model",
     "to_bayesian",
     "to_pyro",

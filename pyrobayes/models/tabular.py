@@ -1,4 +1,5 @@
-"""The Bayesian model shared by every method on real tabular regression data.
+"""The Bayesian models shared by every method on real tabular data (regression and
+classification).
 
 All methods (NUTS, SVI, the ``"bnn-tabular"`` PFN) approximate the posterior predictive of
 one model, on inputs and targets standardised by the training split:
@@ -40,7 +41,13 @@ from torch import nn
 
 from pyrobayes.models.mlp import MLP
 
-__all__ = ["tabular_regression_model", "TABULAR_REGRESSION", "tabular_noise_prior"]
+__all__ = [
+    "tabular_regression_model",
+    "tabular_classifier_model",
+    "TABULAR_REGRESSION",
+    "TABULAR_CLASSIFICATION",
+    "tabular_noise_prior",
+]
 
 # The prior the shipped "bnn-tabular" PFN is trained on; change it only together with that
 # checkpoint.
@@ -51,6 +58,20 @@ TABULAR_REGRESSION = {
     "bias_scale": 1.0,
     "noise_loc": -1.6094379124341003,  # log 0.2
     "noise_scale": 0.8,
+}
+
+# The classification prior (the "bnn-tabular-classifier" PFN, SVI and NUTS share it): the
+# regression network's shape with C output logits. Weight scale 3.0, not 1.8: with 1.8 the
+# features explain little of the label (binary, d=2..10: mean Bayes accuracy 0.81,
+# H(y|x,W) 0.40 vs H(y|W) 0.50 nats); with 3.0 it is 0.87-0.88, 0.28-0.30 vs 0.56-0.61
+# nats (200 prior data sets x 200 points), closer to the separable real sets it targets.
+TABULAR_CLASSIFICATION = {
+    "hidden": (50, 50),
+    "activation": "tanh",
+    "weight_scale": 3.0,
+    "bias_scale": 1.0,
+    "min_classes": 2,
+    "max_classes": 10,
 }
 
 
@@ -125,3 +146,72 @@ def tabular_regression_model(
     prior = LayerwiseNormalPrior(scale=cfg["weight_scale"], bias_scale=cfg["bias_scale"])
     noise_prior = noise_prior if noise_prior is not None else tabular_noise_prior()
     return BayesianModel(to_pyro(net, prior=prior, name=name), Gaussian(noise_prior=noise_prior))
+
+
+def tabular_classifier_model(
+    d: int,
+    num_classes: int,
+    hidden: Sequence[int] = TABULAR_CLASSIFICATION["hidden"],
+    net: nn.Module | None = None,
+    device: torch.device | str | None = None,
+    name: str | None = None,
+):
+    """The Bayesian classifier for ``d`` standardised features and ``num_classes`` classes:
+
+    .. math::
+
+        W_\\ell \\sim \\mathcal N(0, s^2/\\text{fan\\_in}_\\ell), \\quad
+        b_\\ell \\sim \\mathcal N(0, 1), \\quad
+        y_i \\sim \\mathrm{Categorical}(\\mathrm{softmax}(f_W(x_i))),
+
+    with :math:`f_W` a ``d``-50-50-``C`` tanh MLP and :math:`s = 3` (see
+    ``TABULAR_CLASSIFICATION`` for why). Given the last hidden layer :math:`h(x) \\in (-1, 1)^{H}` the ``C``
+    logits are i.i.d. :math:`\\mathcal N(0,\\ s^2 \\lVert h(x)\\rVert^2 / H + 1)`, so the
+    prior is exchangeable in the class labels: every class has prior probability exactly
+    :math:`1/C`, and the output biases make individual data sets imbalanced.
+
+    Args:
+        d: number of input features (>= 1).
+        num_classes: number of classes ``C`` (>= 2).
+        hidden: hidden layer widths.
+        net: initial weights (an MLP of the same shape), e.g. for a MOPED guide.
+        device: where the model lives.
+        name: optional name prefix of the weight sites.
+
+    Returns:
+        A :class:`~pyrobayes.model.BayesianModel` with a
+        :class:`~pyrobayes.likelihoods.Categorical` likelihood (labels ``0..C-1``).
+
+    Example::
+
+        >>> import pyro
+        >>> import torch
+        >>> from pyrobayes.models import tabular_classifier_model
+        >>> model = tabular_classifier_model(3, 4, name="clf")
+        >>> tr = pyro.poutine.trace(model).get_trace(torch.zeros(5, 3))
+        >>> tr.nodes["clf.net.4.weight"]["value"].shape, tr.nodes["obs"]["value"].shape
+        (torch.Size([4, 50]), torch.Size([5]))
+        >>> round(float(tr.nodes["clf.net.4.weight"]["fn"].stddev[0, 0]), 4)   # 3/sqrt(50)
+        0.4243
+        >>> tabular_classifier_model(3, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: tabular_classifier_model needs num_classes >= 2, got 1
+    """
+    from pyrobayes.convert import to_pyro
+    from pyrobayes.likelihoods import Categorical
+    from pyrobayes.model import BayesianModel
+    from pyrobayes.priors import LayerwiseNormalPrior
+
+    if int(d) < 1:
+        raise ValueError(f"tabular_classifier_model needs d >= 1 features, got {d}")
+    if int(num_classes) < 2:
+        raise ValueError(f"tabular_classifier_model needs num_classes >= 2, got {num_classes}")
+    cfg = TABULAR_CLASSIFICATION
+    net = (
+        net if net is not None else MLP(int(d), tuple(hidden), int(num_classes), cfg["activation"])
+    )
+    if device is not None:
+        net = net.to(device)
+    prior = LayerwiseNormalPrior(scale=cfg["weight_scale"], bias_scale=cfg["bias_scale"])
+    return BayesianModel(to_pyro(net, prior=prior, name=name), Categorical())
