@@ -480,21 +480,12 @@ def _probs(nets: list[torch.nn.Module], x: torch.Tensor) -> CategoricalPPD:
 
 
 def _classifier_model(d: int, num_classes: int, net: torch.nn.Module | None = None):
-    """The Bayesian classifier SVI and NUTS share: a tanh ``d``-50-50-``C`` MLP with
-    fan-in Normal weight priors (std ``1.8 / sqrt(fan_in)``, biases N(0, 1): the tabular
-    regression prior's layers) and a Categorical likelihood on its ``C`` logits."""
-    from pyrobayes.convert import to_pyro
-    from pyrobayes.likelihoods import Categorical
-    from pyrobayes.model import BayesianModel
-    from pyrobayes.models.mlp import MLP
-    from pyrobayes.models.tabular import TABULAR_REGRESSION
-    from pyrobayes.priors import LayerwiseNormalPrior
+    """The Bayesian classifier SVI and NUTS share (and the classification PFN's prior):
+    :func:`pyrobayes.models.tabular_classifier_model`, a tanh ``d``-50-50-``C`` MLP with
+    fan-in Normal weight priors and a Categorical likelihood on its ``C`` logits."""
+    from pyrobayes.models import tabular_classifier_model
 
-    net = net if net is not None else MLP(d, (50, 50), num_classes, "tanh")
-    prior = LayerwiseNormalPrior(
-        scale=TABULAR_REGRESSION["weight_scale"], bias_scale=TABULAR_REGRESSION["bias_scale"]
-    )
-    return BayesianModel(to_pyro(net, prior=prior), Categorical())
+    return tabular_classifier_model(d, num_classes, net=net)
 
 
 def _split_logreg(s: ClassSplit, num_classes: int, seed: int, out: tuple) -> None:
@@ -839,8 +830,8 @@ def _write(cfg, tab, summary, nuts_table, tables, infos, notes, predictions, poo
     }
     pooled_ppds = {m: CategoricalPPD(torch.cat([p for p, _ in v])[None]) for m, v in pooled.items()}
     labels = torch.cat([y for _, y in next(iter(pooled.values()))]) if pooled else None
-    fig, _ = plot_reliability_grid(pooled_ppds, labels, n_bins=cfg.ece_bins)
-    fig.suptitle(f"{tab.source}: test rows of {len(tables)} splits pooled", fontsize=9)
+    title = f"{tab.source}: test rows of {len(tables)} splits pooled"
+    fig, _ = plot_reliability_grid(pooled_ppds, labels, n_bins=cfg.ece_bins, title=title)
     fig.savefig(files["png"], dpi=110, bbox_inches="tight")
     with open(files["predictions"], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(predictions[0]))

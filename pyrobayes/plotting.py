@@ -346,6 +346,7 @@ def plot_reliability_grid(
     n_bins: int = 10,
     ncols: int | None = None,
     panel_size: tuple[float, float] = (3.6, 3.6),
+    title: str | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """One reliability diagram (:func:`plot_reliability`) per method, side by side, all
     on the same labels: e.g. each method's test predictions of every split pooled.
@@ -355,6 +356,7 @@ def plot_reliability_grid(
         labels: the true class indices.
         n_bins: equal-width confidence bins.
         ncols: panels per row (default: up to 4).
+        title: the figure's title.
 
     Returns:
         ``(figure, axes)``, one axes per method.
@@ -384,6 +386,8 @@ def plot_reliability_grid(
             ax.get_legend().remove()
     for ax in axes[n:]:
         ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     return fig, axes[:n]
 
