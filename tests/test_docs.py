@@ -42,6 +42,8 @@ PUBLIC = [
     "pyrobayes.distributed",
     "pyrobayes.options",
     "pyrobayes.tabular_job",
+    "pyrobayes.classify_tabular",
+    "pyrobayes.data.labelled",
     "pyrobayes.baselines",
     "pyrobayes.models.tabular",
     "pyrobayes.models.train",
