@@ -373,7 +373,16 @@ def standardise_features(
     x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, test: torch.Tensor
 ) -> ClassSplit:
     """x standardised per feature with the training rows' mean and std only; a feature
-    constant on the training rows is left out (``dropped_features``)."""
+    constant on the training rows is left out (``dropped_features``).
+
+    Example::
+
+        >>> x = torch.tensor([[1.0], [3.0], [100.0]])
+        >>> s = standardise_features(x, torch.tensor([0, 1, 1]), torch.arange(2),
+        ...                          torch.tensor([2]))
+        >>> s.x_train.flatten().tolist(), round(float(s.x_test), 2)  # (100 - 2) / sqrt(2)
+        ([-0.7071067690849304, 0.7071067690849304], 69.3)
+    """
     keep = x[train].std(0) > 0
     if not bool(keep.any()):
         raise ValueError("every feature is constant on this training split")
@@ -750,8 +759,7 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         >>> cfg = ClassifyTabularConfig(data="iris", splits=2, mlp_steps=20, svi_steps=5,
         ...     num_samples=10, ensemble_steps=10, no_nuts=True, out=tempfile.mkdtemp(),
         ...     no_progress=True)
-        >>> res = run_classify_tabular(cfg)  # doctest: +ELLIPSIS
-        split 1/2 done ...
+        >>> res = run_classify_tabular(cfg)  # one progress line per split on stderr
         >>> res["table"].methods[:3], res["predictions"][0]["label"]
         (('logistic regression', 'MLP', 'deep ensemble'), 'setosa')
     """
@@ -891,7 +899,15 @@ def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes) -> str:
 
 def wants_classification(args: argparse.Namespace) -> bool:
     """Whether ``pyrobayes compare --data ...`` is a classification (:func:`detect_task` on
-    ``--data``, ``--y`` and ``--task``); the hook :mod:`pyrobayes.compare_job` asks."""
+    ``--data``, ``--y`` and ``--task``); the hook :mod:`pyrobayes.compare_job` asks.
+
+    Example::
+
+        >>> wants_classification(argparse.Namespace(data="wine", y_col=None, task="auto"))
+        True
+        >>> wants_classification(argparse.Namespace(data="wine", task="regression"))
+        False
+    """
     data = getattr(args, "data", None)
     if data is None:
         return False
@@ -916,7 +932,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``pyrobayes compare --data ...`` on a labelled table: build the config from ``args``,
-    run :func:`run_classify_tabular` with one torch thread, print the table; returns 0."""
+    run :func:`run_classify_tabular` with one torch thread, print the table; returns 0.
+
+    Example (one split of iris, logistic regression only)::
+
+        >>> import tempfile
+        >>> p = argparse.ArgumentParser()
+        >>> add_arguments(p)
+        >>> args = p.parse_args(["--data", "iris", "--splits", "1", "--methods", "logreg",
+        ...                      "--no-progress", "--out", tempfile.mkdtemp()])
+        >>> run(args)  # doctest: +ELLIPSIS
+        | method | accuracy | NLL | ECE | Brier | ROC-AUC | time (s) |
+        ...
+        0
+    """
     from pyrobayes.tabular_job import config_from_args
 
     cfg = config_from_args(ClassifyTabularConfig, args)
