@@ -12,8 +12,8 @@ Labels stay what the user wrote: the classes are the column's distinct values (s
 strings, integers integers), sorted, and class index ``k`` is ``classes[k]``
 (:meth:`LabelledData.decode` maps indices back). Features are checked as for regression
 (as :func:`~pyrobayes.data.tabular.load_tabular`: unknown or non-numeric columns, NaN rows,
-constant columns are named ``ValueError``\\ s); a missing label (NaN or an empty cell) and a label column
-with a single class are errors too.
+constant columns are named ``ValueError``\\ s); a missing label (NaN or an empty cell) and
+a label column with a single class are errors too.
 
 :func:`looks_like_labels` is the rule ``pyrobayes compare --task auto`` uses: a column
 holding text, or whole numbers with at most ``max_classes`` distinct values, is a label.
