@@ -380,7 +380,7 @@ def standardise_features(
         >>> x = torch.tensor([[1.0], [3.0], [100.0]])
         >>> s = standardise_features(x, torch.tensor([0, 1, 1]), torch.arange(2),
         ...                          torch.tensor([2]))
-        >>> s.x_train.flatten().round(decimals=4).tolist()  # +-1 / sqrt(2)
+        >>> [round(v, 4) for v in s.x_train.flatten().tolist()]  # +-1 / sqrt(2)
         [-0.7071, 0.7071]
         >>> round(float(s.x_test), 2)  # (100 - 2) / sqrt(2)
         69.3
