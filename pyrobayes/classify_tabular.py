@@ -788,11 +788,7 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         predictions.extend(_predictions(tab, s, ppds, k))
         for m, p in ppds.items():
             pooled.setdefault(m, []).append((p.probs.detach().cpu(), s.y_test))
-        print(
-            f"split {k + 1}/{len(splits)} done ({time.perf_counter() - t_start:.0f} s so far)",
-            file=sys.stderr,
-            flush=True,
-        )
+        _record_split(cfg, k, len(splits), tables[-1], info, t_start)
     notes += [
         f"feature {f!r} is constant on the training rows of split(s) {ks}: left out there"
         for f, ks in dropped.items()
@@ -813,6 +809,17 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         "predictions": predictions,
         "files": files,
     }
+
+
+def _record_split(cfg, k: int, n_splits: int, table: Any, info: dict, t_start: float) -> None:
+    """Split ``k``'s scores appended to ``splits.jsonl`` as soon as they exist (a long run
+    stopped early keeps them) and one progress line on stderr."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
+        record = {"split": k + 1, "table": json.loads(table.to_json()), "info": info}
+        fh.write(json.dumps(record, default=str) + "\n")
+    seconds = time.perf_counter() - t_start
+    print(f"split {k + 1}/{n_splits} done ({seconds:.0f} s so far)", file=sys.stderr, flush=True)
 
 
 def _predictions(tab: LabelledData, s: ClassSplit, ppds: dict, k: int) -> list[dict]:
