@@ -11,6 +11,7 @@ The public API in one place::
     NormalMixturePPD, CategoricalPPD  # the PPD types every predictor returns
     TabularConfig, run_tabular        # the real-data comparison (``pyrobayes compare --data``)
     plot_tabular_summary              # its NLL + calibration figure
+    ClassifyTabularConfig, run_classify_tabular  # the same on labelled tables (classification)
     CompareConfig, run_compare        # the 1-D demo comparison (``pyrobayes compare``)
 
 Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
@@ -26,6 +27,7 @@ Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
     ('CategoricalPPD', (30, 3))
 """
 
+from pyrobayes.classify_tabular import ClassifyTabularConfig, run_classify_tabular
 from pyrobayes.compare_job import CompareConfig, run_compare
 from pyrobayes.convert import bayesian_sites, to_pyro
 from pyrobayes.guides import LocalReparameterization, MOPEDLowRank, MOPEDNormal, moped_guide
@@ -60,6 +62,7 @@ __all__ = [
     "BayesianModel",
     "Categorical",
     "CategoricalPPD",
+    "ClassifyTabularConfig",
     "CompareConfig",
     "EarlyStopping",
     "Gaussian",
@@ -88,6 +91,7 @@ __all__ = [
     "normal_ppd",
     "plot_tabular_summary",
     "prior_predictive",
+    "run_classify_tabular",
     "run_compare",
     "run_tabular",
     "sample_posterior",

@@ -1,6 +1,8 @@
 """The ``pyrobayes`` command.
 
-``pyrobayes compare``            the main job: SVI vs PFN vs NUTS/exact GP on 1-D regression
+``pyrobayes compare``            the main job: SVI vs PFN vs NUTS/exact GP on 1-D regression;
+                                 ``--data`` real tables (regression, or a label column:
+                                 classification, ``--task`` to force it)
 ``pyrobayes classify digits``    Bayesian MLP on digits: calibration and OOD detection
 ``pyrobayes classify text``      Bayesian head + last layer of a pretrained MiniLM BERT
 ``pyrobayes pfn train``          train a PFN on a prior over data sets

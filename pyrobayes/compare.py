@@ -78,7 +78,7 @@ class ProblemKind(Option):
 
 # Which way is better for each column; coverage is best closest to its nominal level.
 _LOWER_BETTER = {"nll", "crps", "mae", "rmse", "ece", "brier", KL_COLUMN, TIME_COLUMN}
-_HIGHER_BETTER = {"accuracy"}
+_HIGHER_BETTER = {"accuracy", "roc_auc"}
 
 _LABELS = {
     "nll": "NLL",
@@ -88,6 +88,7 @@ _LABELS = {
     "accuracy": "accuracy",
     "ece": "ECE",
     "brier": "Brier",
+    "roc_auc": "ROC-AUC",
     KL_COLUMN: "KL(ref‖·)",
     TIME_COLUMN: "time (s)",
     "r_hat": "R-hat",

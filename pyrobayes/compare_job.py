@@ -2,7 +2,8 @@
 
 1. a 1-D regression data set drawn from the default BNN prior (seeded) or from the GP prior
    (``--prior gp``); real tables (``--data``) go to :mod:`pyrobayes.tabular_job` (from
-   Python: :func:`~pyrobayes.tabular_job.run_tabular`);
+   Python: :func:`~pyrobayes.tabular_job.run_tabular`), labelled ones (``--task``) to
+   :mod:`pyrobayes.classify_tabular`;
 2. a frequentist MLP is fitted, converted with ``to_pyro``, given a MOPED guide started
    at its weights, and fitted with SVI (``Trace_ELBO``);
 3. predictions from the posterior predictive wrapper, the pretrained PFN for that prior,
@@ -380,9 +381,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out, help="output folder for compare.png/.json/.md")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --data and the real-data protocol's own flags (--x, --y, --splits, --no-nuts, ...)
+    from pyrobayes.classify_tabular import add_arguments as add_classify_arguments
     from pyrobayes.tabular_job import add_arguments as add_tabular_arguments
 
     add_tabular_arguments(p)
+    add_classify_arguments(p)  # --task and the classification-only flags
 
 
 def run(args: argparse.Namespace) -> int:
@@ -402,6 +405,12 @@ def run(args: argparse.Namespace) -> int:
         0
     """
     if getattr(args, "data", None) is not None:
+        # a labelled table (or --task classification): the classification comparison
+        from pyrobayes.classify_tabular import run as run_classify
+        from pyrobayes.classify_tabular import wants_classification
+
+        if wants_classification(args):
+            return run_classify(args)
         # real data: the split protocol of pyrobayes.tabular_job (every row used, raw units)
         from pyrobayes.tabular_job import run as run_tabular
 

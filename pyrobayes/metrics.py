@@ -16,7 +16,8 @@ Regression (:class:`~pyrobayes.ppd.RegressionPPD`):
   on a grid of ``y`` values.
 
 Classification (:class:`~pyrobayes.ppd.CategoricalPPD`): :func:`accuracy`, :func:`nll`,
-:func:`expected_calibration_error`, :func:`brier_score`, and :func:`ood_auroc` (rank-based
+:func:`expected_calibration_error`, :func:`brier_score`, :func:`roc_auc` (ROC-AUC of the
+class probabilities: binary, or one-vs-rest macro), and :func:`ood_auroc` (rank-based
 AUROC of an uncertainty score between in- and out-of-distribution inputs).
 
 :func:`regression_metrics` and :func:`classification_metrics` compute all of them at once.
@@ -64,6 +65,7 @@ __all__ = [
     "reliability_bins",
     "expected_calibration_error",
     "auroc",
+    "roc_auc",
     "ood_scores",
     "ood_auroc",
     "regression_metrics",
@@ -752,6 +754,42 @@ def auroc(negatives: Any, positives: Any) -> float:
     n_neg, n_pos = neg.numel(), pos.numel()
     u = ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
+
+
+def roc_auc(ppd: Distribution, labels: Any) -> float:
+    """ROC-AUC of a classifier's averaged class probabilities (rank-based, ties count 1/2,
+    as :func:`auroc`).
+
+    Two classes: the AUC of :math:`p(y = 1 \\mid x)` for telling class 1 from class 0.
+    More classes: one-vs-rest macro average,
+
+    .. math:: \\mathrm{AUC}_\\text{ovr} = \\frac1{|C'|} \\sum_{c \\in C'}
+              \\mathrm{AUC}\\big(\\{p_c(x_i) : y_i = c\\},\\ \\{p_c(x_i) : y_i \\ne c\\}\\big),
+
+    scikit-learn's ``roc_auc_score(y, p, multi_class="ovr", average="macro")``. ``C'`` are
+    the classes present among ``labels`` (scikit-learn refuses labels that miss a class;
+    here such a class, whose AUC is undefined, is left out of the average). NaN when no
+    class has both positives and negatives (e.g. every label the same).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import CategoricalPPD
+        >>> p1 = torch.tensor([0.1, 0.4, 0.35, 0.8])
+        >>> ppd = CategoricalPPD(torch.stack([1 - p1, p1], -1)[None])
+        >>> roc_auc(ppd, torch.tensor([0, 0, 1, 1]))    # 3 of the 4 (pos, neg) pairs ordered
+        0.75
+    """
+    cat = _as_categorical_ppd(ppd)
+    t = _check_labels(cat, labels).reshape(-1).cpu()
+    probs = cat.probs.detach().reshape(-1, cat.num_classes).to("cpu", torch.float64)
+    classes = [1] if cat.num_classes == 2 else range(cat.num_classes)
+    aucs = []
+    for c in classes:
+        pos = t == c
+        if bool(pos.any()) and not bool(pos.all()):
+            aucs.append(auroc(probs[~pos, c], probs[pos, c]))
+    return math.fsum(aucs) / len(aucs) if aucs else math.nan
 
 
 def ood_scores(ppd: Distribution, score: OODScore | str = "entropy") -> torch.Tensor:

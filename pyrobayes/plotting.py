@@ -35,6 +35,7 @@ __all__ = [
     "plot_ppd",
     "plot_ppd_comparison",
     "plot_reliability",
+    "plot_reliability_grid",
     "plot_nll_vs_time",
     "plot_metric_errorbars",
     "plot_coverage",
@@ -337,6 +338,58 @@ def plot_reliability(
     ax.set_title(f"{head}ECE = {rb.ece:.4f} ({n_bins} bins)")
     ax.legend(loc="upper left", fontsize="small")
     return fig, ax
+
+
+def plot_reliability_grid(
+    ppds: Mapping[str, Distribution],
+    labels: Any,
+    n_bins: int = 10,
+    ncols: int | None = None,
+    panel_size: tuple[float, float] = (3.6, 3.6),
+    title: str | None = None,
+) -> tuple[Figure, np.ndarray]:
+    """One reliability diagram (:func:`plot_reliability`) per method, side by side, all
+    on the same labels: e.g. each method's test predictions of every split pooled.
+
+    Args:
+        ppds: ``{method name: CategoricalPPD}``, all over the points of ``labels``.
+        labels: the true class indices.
+        n_bins: equal-width confidence bins.
+        ncols: panels per row (default: up to 4).
+        title: the figure's title.
+
+    Returns:
+        ``(figure, axes)``, one axes per method.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes.ppd import CategoricalPPD
+        >>> probs = torch.softmax(torch.randn(100, 3), -1)
+        >>> fig, axes = plot_reliability_grid(
+        ...     {"a": CategoricalPPD(probs[None]), "b": CategoricalPPD(probs.flip(-1)[None])},
+        ...     probs.argmax(-1))
+        >>> [ax.get_title().split(" —")[0] for ax in axes]
+        ['a', 'b']
+    """
+    if not ppds:
+        raise ValueError("plot_reliability_grid needs at least one PPD")
+    n = len(ppds)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows))
+    axes = np.array([fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)])
+    for ax, (name, ppd) in zip(axes, ppds.items()):
+        plot_reliability(ppd, labels, n_bins=n_bins, ax=ax, title=name)
+        ax.title.set_fontsize("small")
+        if ax is not axes[0]:
+            ax.get_legend().remove()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    return fig, axes[:n]
 
 
 def plot_nll_vs_time(

@@ -43,6 +43,8 @@ PUBLIC = [
     "pyrobayes.options",
     "pyrobayes.tabular_job",
     "pyrobayes.tabular_plan",
+    "pyrobayes.classify_tabular",
+    "pyrobayes.data.labelled",
     "pyrobayes.baselines",
     "pyrobayes.svi_recipe",
     "pyrobayes.models.tabular",

@@ -10,7 +10,9 @@
   :func:`load_csv_regression` (one column), :func:`load_tabular` (real tables by name --
   ``diabetes``, ``motorcycle`` -- or a CSV with several feature columns), :func:`load_uci`
   (the UCI benchmark's standard layout with its given splits, read from a folder: never
-  shipped).
+  shipped);
+* classification tables: :func:`load_labelled` (``breast_cancer``, ``wine``, ``iris`` or a
+  CSV with a label column; labels kept as written).
 
 Example::
 
@@ -27,6 +29,7 @@ from pyrobayes.data.images import (
     load_mnist,
     to_tensors,
 )
+from pyrobayes.data.labelled import BUILTIN_CLASSIFICATION, LabelledData, load_labelled
 from pyrobayes.data.regression import RegressionData, load_csv_regression, regression_from_prior
 from pyrobayes.data.tabular import BUILTIN_TABLES, TabularData, load_tabular
 from pyrobayes.data.text import (
@@ -42,12 +45,14 @@ from pyrobayes.data.text import (
 from pyrobayes.data.uci import UCIData, load_uci
 
 __all__ = [
+    "BUILTIN_CLASSIFICATION",
     "BUILTIN_TABLES",
     "DATA_DIR",
     "DIGITS_SHAPE",
     "GLUE_TASKS",
     "DataUnavailableError",
     "ImageOOD",
+    "LabelledData",
     "RegressionData",
     "TabularData",
     "UCIData",
@@ -56,6 +61,7 @@ __all__ = [
     "load_csv_regression",
     "load_digits",
     "load_glue",
+    "load_labelled",
     "load_mnist",
     "load_ood_sentences",
     "load_sentiment",
