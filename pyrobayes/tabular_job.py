@@ -409,6 +409,10 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     for f in fields(cls):
         if hasattr(args, f.name):
             v = getattr(args, f.name)
+            # jobs share flags registered once (the first job's defaults): an unset flag
+            # whose shared default is None leaves this config's own default in place
+            if v is None and f.default is not None and f.default is not MISSING:
+                continue
             kw[f.name] = tuple(v) if isinstance(v, list) else v
     return cls(**kw)
 
