@@ -183,7 +183,8 @@ def _config(dataset: str, split: int, methods: list[str], args, out: str) -> Tab
         methods=",".join(methods),
         out=out,
         no_progress=not args.progress,
-        **args.overrides,
+        # one split per call, and the lead runs it for hours: no job budget unless --set
+        **{"budget_minutes": 0.0, **args.overrides},
     )
 
 
