@@ -284,7 +284,9 @@ def summary_rows(cache: dict, args) -> list[list[str]]:
                     f"{len(scored)}",
                     f"{sum(times) / len(times):.1f}" if times else "—",
                     *(pub if i == 0 else ("", "", "")),
-                    ("not run: " + "; ".join(missing)) if missing else "",
+                    ("not run: " + "; ".join(missing))
+                    if missing
+                    else ("" if got else "no split run yet"),
                 ]
             )
     return rows
