@@ -188,7 +188,8 @@ def _config(dataset: str, split: int, methods: list[str], args, out: str) -> Tab
         methods=",".join(methods),
         out=out,
         no_progress=not args.progress,
-        **args.overrides,
+        # one split per call, and the lead runs it for hours: no job budget unless --set
+        **{"budget_minutes": 0.0, **args.overrides},
     )
 
 
@@ -288,7 +289,9 @@ def summary_rows(cache: dict, args) -> list[list[str]]:
                     f"{len(scored)}",
                     f"{sum(times) / len(times):.1f}" if times else "—",
                     *(pub if i == 0 else ("", "", "")),
-                    ("not run: " + "; ".join(missing)) if missing else "",
+                    ("not run: " + "; ".join(missing))
+                    if missing
+                    else ("" if got else "no split run yet"),
                 ]
             )
     return rows
