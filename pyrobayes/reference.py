@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -165,9 +166,11 @@ def nuts_ppd(
         step_size: NUTS's initial step size (then adapted during warmup; Pyro first
             rescales it by its doubling/halving heuristic at the start point).
         init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
-            ``init_jitter * N(0, I)`` on the unconstrained scale, in units of each
-            coordinate's prior std with the NumPyro backend (absolute with Pyro's), so
-            R-hat can see a chain that is stuck.
+            ``init_jitter * s * N(0, I)`` on the unconstrained scale, on both backends, where
+            ``s`` is each coordinate's prior std (:meth:`Potential.prior_scale
+            <pyrobayes.infer.potential.Potential.prior_scale>`: the Normal prior's std of a
+            weight, 1 for another site such as a log noise scale), so R-hat can see a chain
+            that is stuck; ``0`` starts every chain at the same point.
         mp_context: multiprocessing start method for Pyro's parallel chains (default:
             ``"spawn"`` on CUDA, where forked workers cannot re-initialise CUDA).
         backend: ``"auto"`` (NumPyro when the ``nuts`` extra is installed and the model is
@@ -194,6 +197,8 @@ def nuts_ppd(
         80
     """
     _check_nuts_args(model, num_warmup, num_samples, num_chains, target_accept_prob)
+    if not (math.isfinite(init_jitter) and init_jitter >= 0):
+        raise ValueError(f"init_jitter must be a finite number >= 0, got {init_jitter!r}")
     chosen = NUTSBackend.parse(backend)
     device = model.device
     xt, yt, xq = _nuts_inputs(x_train, y_train, x_query, device)
@@ -299,16 +304,26 @@ def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, Non
 
 def _run_pyro(potential: Potential, init_values, settings) -> tuple[dict, MCMC]:
     """Pyro's ``MCMC(NUTS)`` on the torch potential from jittered starts around the start."""
-    num_chains, jitter = settings["num_chains"], settings.pop("init_jitter")
-    # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
-    u0 = potential.pack(potential.unconstrain(init_values)).detach()
-    if num_chains > 1:
-        # distinct starts around the same point, so R-hat can see a chain that is stuck
-        u0 = u0 + jitter * torch.randn((num_chains, *u0.shape), dtype=u0.dtype, device=u0.device)
+    u0 = _pyro_starts(potential, init_values, settings["num_chains"], settings.pop("init_jitter"))
     mcmc = _make_mcmc(potential, u0, **settings)
     mcmc.run()
     flat = mcmc.get_samples(group_by_chain=True)[FLAT].reshape(-1, potential.dim)
     return potential.constrain(potential.unpack(flat)), mcmc
+
+
+def _pyro_starts(
+    potential: Potential, init_values: dict[str, torch.Tensor], num_chains: int, jitter: float
+) -> torch.Tensor:
+    """The flat unconstrained start ``[dim]`` (one chain) or ``[num_chains, dim]``:
+    ``u0 + jitter * prior_scale * N(0, I)``, the same spread as the NumPyro backend's starts
+    (:meth:`Potential.prior_scale`; NUTS sees ONE flat latent vector: Pyro's per-step cost
+    grows with the site count)."""
+    u0 = potential.pack(potential.unconstrain(init_values)).detach()
+    if num_chains == 1:
+        return u0
+    # distinct starts around the same point, so R-hat can see a chain that is stuck
+    noise = torch.randn((num_chains, *u0.shape), dtype=u0.dtype, device=u0.device)
+    return u0 + jitter * potential.prior_scale().to(u0) * noise
 
 
 def _check_nuts_args(

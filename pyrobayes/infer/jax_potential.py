@@ -124,8 +124,9 @@ class JaxLogDensity:
       sites); ``pack``/``unpack`` map torch values (constrained) to and from it.
     * ``x64``: the model is float64, so evaluate inside ``jax.enable_x64(True)``
       (:meth:`precision` is that context; ``numpyro_nuts`` enters it).
-    * ``prior_std``: per coordinate, the prior std on the unconstrained scale (1 for a
-      positive site), the scale of :func:`numpyro_nuts`'s start jitter.
+    * ``prior_std``: per coordinate, the prior std on the unconstrained scale (the Normal
+      prior's std of a weight, 1 for a positive site), the unit of :func:`numpyro_nuts`'s
+      start jitter (the torch path's :meth:`~pyrobayes.infer.potential.Potential.prior_scale`).
 
     Example::
 
