@@ -120,6 +120,7 @@ def nuts_ppd(
     init_jitter: float = 0.1,
     mp_context: str | None = None,
     backend: str = "auto",
+    compiled: Any = None,
 ) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, NUTSInfo]:
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
@@ -179,6 +180,10 @@ def nuts_ppd(
             (:func:`pyrobayes.infer.jax_potential.numpyro_nuts`: the same log joint as one
             JAX function, tested equal to the torch potential; an error if it cannot be
             used) or ``"pyro"`` (Pyro's ``MCMC(NUTS)`` on the torch potential).
+        compiled: the NumPyro chains compiled ahead for this ``model`` object, data and
+            settings (:func:`pyrobayes.infer.jax_potential.compile_nuts`, e.g. on another
+            thread while the network the chains start at is fitted; ``progress`` must match);
+            ``ValueError`` if they were compiled for anything else. ``None``: compile here.
 
     Returns:
         The PPD at ``x_query`` (:class:`~pyrobayes.ppd.NormalMixturePPD` for a Gaussian
@@ -206,7 +211,7 @@ def nuts_ppd(
     with _eval_mode(model), _seeded(seed, device):
         potential = _checked_potential(model, xt, yt)
         init_values = _initial_values(potential, init, map_steps)
-        density = _numpyro_density(model, xt, yt, potential, chosen)
+        density = _numpyro_density(model, xt, yt, potential, chosen, compiled)
         settings = dict(
             num_chains=num_chains,
             num_warmup=num_warmup,
@@ -217,6 +222,7 @@ def nuts_ppd(
             init_jitter=init_jitter,
         )
         if density is not None:
+            settings["compiled"] = compiled
             draws, mcmc, grads = _run_numpyro(model, xt, yt, density, init_values, settings)
         else:
             extra = dict(step_size=step_size, mp_context=mp_context, device=device)
@@ -267,10 +273,19 @@ def _numpyro_density(
     y: torch.Tensor,
     potential: Potential,
     backend: NUTSBackend,
+    compiled: Any = None,
 ) -> Any:
     """The JAX log joint for the NumPyro backend, or ``None`` for Pyro's: ``auto`` takes
     NumPyro where it is installed and expresses the model (the torch potential must itself
-    be the model's log joint: a model Pyro's traces had to take over stays with Pyro)."""
+    be the model's log joint: a model Pyro's traces had to take over stays with Pyro);
+    ``compiled`` chains bring their own."""
+    if compiled is not None:
+        if backend is NUTSBackend.PYRO or isinstance(potential, TracedPotential):
+            raise ValueError(
+                "compiled= holds NumPyro chains, but this run is Pyro's (backend='pyro', or a "
+                "model only Pyro's traces can evaluate); leave compiled=None"
+            )
+        return compiled.density
     if backend is NUTSBackend.PYRO:
         return None
     from pyrobayes.infer import jax_potential
