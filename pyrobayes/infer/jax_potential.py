@@ -39,6 +39,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -718,13 +719,15 @@ class CompiledNUTS:
     * ``density``: the :class:`JaxLogDensity`; ``model``, ``x``, ``y``: what it was built
       from; ``settings``: the budget and NUTS settings;
     * ``init``, ``runs``: the compiled ``init(u0, keys)`` and ``{n: run(carry, start)}``
-      (``n`` iterations per call); ``compile_seconds``: tracing and XLA compilation.
+      (``n`` iterations per call), waiting for a compilation still running on its thread;
+      ``compile_seconds``: tracing, lowering and XLA compilation (waits likewise);
+      :meth:`wait`.
 
     Example (see :func:`compile_nuts`)::
 
         >>> import dataclasses
         >>> sorted(f.name for f in dataclasses.fields(CompiledNUTS))[:3]
-        ['compile_seconds', 'density', 'init']
+        ['density', 'future', 'lower_seconds']
     """
 
     density: JaxLogDensity
@@ -732,9 +735,25 @@ class CompiledNUTS:
     x: torch.Tensor = field(repr=False)
     y: torch.Tensor = field(repr=False)
     settings: dict
-    init: Any = field(repr=False)
-    runs: dict = field(repr=False)
-    compile_seconds: float
+    lower_seconds: float
+    future: Future = field(repr=False)
+
+    def wait(self) -> CompiledNUTS:
+        """Block until XLA's compilation is done (re-raising its error, if any)."""
+        self.future.result()
+        return self
+
+    @property
+    def init(self) -> Any:
+        return self.future.result()[0]
+
+    @property
+    def runs(self) -> dict:
+        return self.future.result()[1]
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.lower_seconds + self.future.result()[2]
 
     def check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings) -> None:
         """Raise ``ValueError`` unless these chains were compiled for ``model`` (the same
@@ -773,9 +792,15 @@ def compile_nuts(
     chain_method: str = "auto",
     progress: bool = False,
     density: JaxLogDensity | None = None,
+    background: bool = False,
 ) -> CompiledNUTS:
     """Build :func:`jax_log_density` of ``model(x, y=y)`` and compile :func:`numpyro_nuts`'s
     chains for it (same arguments); run them with ``numpyro_nuts(..., compiled=...)``.
+
+    ``background=True``: trace and lower here, then let XLA compile on another thread
+    (outside Python's GIL) and return at once; using the result waits for it. On a machine
+    with a free core the compilation then costs no wall time beside CPU-bound Python work
+    (``pyrobayes compare`` fits its MLP meanwhile).
 
     Example::
 
@@ -819,12 +844,19 @@ def compile_nuts(
         "progress": bool(progress),
     }
     with dens.precision():
-        init, runs, seconds = _compile_chains(dens, settings)
-    return CompiledNUTS(dens, model, x, y, settings, init, runs, seconds)
+        lowered, lower_seconds = _lower_chains(dens, settings)
+    if background:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
+        future = pool.submit(_compile_lowered, lowered)
+        pool.shutdown(wait=False)  # the thread ends with the compilation
+    else:
+        future = Future()
+        future.set_result(_compile_lowered(lowered))
+    return CompiledNUTS(dens, model, x, y, settings, lower_seconds, future)
 
 
-def _compile_chains(dens: JaxLogDensity, settings: dict) -> tuple[Any, dict, float]:
-    """The compiled ``init`` and ``{n: run}`` of :func:`compile_nuts`, and their seconds."""
+def _lower_chains(dens: JaxLogDensity, settings: dict) -> tuple[tuple, float]:
+    """The lowered ``init`` and ``{n: run}`` of :func:`compile_nuts`, and their seconds."""
     import jax
 
     c, warmup, samples = settings["num_chains"], settings["num_warmup"], settings["num_samples"]
@@ -841,12 +873,22 @@ def _compile_chains(dens: JaxLogDensity, settings: dict) -> tuple[Any, dict, flo
     total = warmup + samples
     block = _block(total, settings["progress"])
     t0 = time.perf_counter()
-    init_c = jax.jit(init_all).lower(u0, keys).compile()
+    init_l = jax.jit(init_all).lower(u0, keys)
     carry = jax.eval_shape(init_all, u0, keys)
-    runs = {
-        n: jax.jit(run_all, static_argnums=2, donate_argnums=0).lower(carry, 0, n).compile()
+    runs_l = {
+        n: jax.jit(run_all, static_argnums=2, donate_argnums=0).lower(carry, 0, n)
         for n in {block, total % block or block}
     }
+    return (init_l, runs_l), time.perf_counter() - t0
+
+
+def _compile_lowered(lowered: tuple) -> tuple[Any, dict, float]:
+    """XLA compilation of :func:`_lower_chains`'s output (no Python tracing: thread-safe
+    beside the caller's torch work)."""
+    t0 = time.perf_counter()
+    init_l, runs_l = lowered
+    init_c = init_l.compile()
+    runs = {n: r.compile() for n, r in runs_l.items()}
     return init_c, runs, time.perf_counter() - t0
 
 
