@@ -168,8 +168,8 @@ def nuts_ppd(
             rescales it by its doubling/halving heuristic at the start point).
         init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
             ``init_jitter * s * N(0, I)`` on the unconstrained scale, on both backends, where
-            ``s`` is each coordinate's prior std (:meth:`Potential.prior_scale
-            <pyrobayes.infer.potential.Potential.prior_scale>`: the Normal prior's std of a
+            ``s`` is each coordinate's prior std (``Potential.prior_scale`` of
+            ``pyrobayes.infer.potential``, ``JaxLogDensity.prior_std``: the Normal prior's std of a
             weight, 1 for another site such as a log noise scale), so R-hat can see a chain
             that is stuck; ``0`` starts every chain at the same point.
         mp_context: multiprocessing start method for Pyro's parallel chains (default:
@@ -331,7 +331,7 @@ def _pyro_starts(
 ) -> torch.Tensor:
     """The flat unconstrained start ``[dim]`` (one chain) or ``[num_chains, dim]``:
     ``u0 + jitter * prior_scale * N(0, I)``, the same spread as the NumPyro backend's starts
-    (:meth:`Potential.prior_scale`; NUTS sees ONE flat latent vector: Pyro's per-step cost
+    (``Potential.prior_scale``; NUTS sees ONE flat latent vector: Pyro's per-step cost
     grows with the site count)."""
     u0 = potential.pack(potential.unconstrain(init_values)).detach()
     if num_chains == 1:

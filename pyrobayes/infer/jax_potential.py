@@ -129,7 +129,7 @@ class JaxLogDensity:
       (:meth:`precision` is that context; ``numpyro_nuts`` enters it).
     * ``prior_std``: per coordinate, the prior std on the unconstrained scale (the Normal
       prior's std of a weight, 1 for a positive site), the unit of :func:`numpyro_nuts`'s
-      start jitter (the torch path's :meth:`~pyrobayes.infer.potential.Potential.prior_scale`).
+      start jitter (the torch path's ``Potential.prior_scale``).
 
     Example::
 
