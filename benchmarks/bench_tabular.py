@@ -364,7 +364,7 @@ def report(args, per_cell: str, per_set: str, s: dict, checkpoint_note: str, nut
 tree depth {args.nuts_max_tree_depth}, {args.nuts_chains} chains started at the generating
 latents (an exact posterior draw) plus 0.1 prior std of jitter each, on the first {k}).
 Machine: {platform.machine()}, {os.cpu_count()} cores, one torch/XLA thread, shared with other
-jobs (times are inflated; the ratio is of one run). PFN: {checkpoint_note}.
+jobs (times are inflated; NUTS times come from the runs that filled the cache, at their own load, PFN times from this run). PFN: {checkpoint_note}.
 
 NUTS convergence (rank-normalised split R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_MIN} of
 f(x_test) and the training log-likelihood over chains): **{s["n_converged"]}/{k} references
