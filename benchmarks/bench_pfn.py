@@ -264,7 +264,10 @@ def render(gp_table, gp_overall, bnn_table, bnn_meta, command: str) -> str:
             f"noise 0.1), n_train in {m['n_train']}, {m['n_query']} held-out queries; all methods use the same "
             "Bayesian model. Time = wall seconds per dataset (fit + predict). SVI and NUTS results are cached "
             "per dataset (`--cache`), so their times come from the run that filled the cache; compare time "
-            "ratios only as far as the machine load of both runs was alike.",
+            "ratios only as far as the machine load of both runs was alike. **The cached NUTS rows are "
+            "single-chain Pyro NUTS runs made before issue 20** (the cache key has no chain count): one "
+            "chain cannot show that it has not converged, so they are references without a convergence "
+            "verdict; `--cache` with a fresh file reruns them with `nuts_ppd`'s 4 chains.",
             "",
             "| method | NLL | s.e. | gap vs " + (m["ref"] or "-") + " | s / dataset | x PFN time |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",

@@ -18,9 +18,12 @@ held-out points; data set ``i`` is regenerated from seed ``seed + i``.
   log-likelihood, over chains); a reference counts as converged with
   ``pyrobayes.diagnostics.summarize(..., rhat_max=1.05, ess_min=200)`` semantics (R-hat
   <= 1.05 and bulk and tail ESS >= 200, at least 2 chains), and the PFN - NUTS gap is
-  reported on converged references only. With ``--nuts-retry K`` a reference that did not
-  converge is run again with K x the warm-up and draws (and ``--nuts-retry-depth``), and that
-  run replaces it. The NLL's Monte Carlo error comes from batch means of the draws.
+  reported on converged references only. With ``--nuts-retry K1 K2 ...`` a reference that
+  did not converge is run again with K1 x the warm-up and draws (and
+  ``--nuts-retry-depth``), one that still did not with K2 x, and so on; the last run
+  replaces it. The ladder is driven by the diagnostics alone (never by the PFN): the
+  references that missed had R-hat near 1 and an ESS that grew with the draws (slow mixing,
+  not stuck chains), which more draws and a longer adaptation fix.
 * Baseline: ``N(mean, sd)`` of the training targets (a model that ignores x).
 
 NUTS results do not depend on the PFN, so they are cached in ``--nuts-cache`` (JSON, one
@@ -36,7 +39,7 @@ Reproduce::
     python benchmarks/bench_tabular.py                     # NUTS from cache where present
     python benchmarks/bench_tabular.py --rerun-nuts        # redo the reference too
     python benchmarks/bench_tabular.py --nuts-only         # fill the NUTS cache (resumable)
-    python benchmarks/bench_tabular.py --nuts-retry 2 --nuts-retry-depth 10  # RESULTS.md run
+    python benchmarks/bench_tabular.py --nuts-retry 2 4 --nuts-retry-depth 10  # RESULTS.md run
     python benchmarks/bench_tabular.py --datasets 18 --nuts-datasets 3 --no-write  # quick
 """
 
@@ -164,16 +167,23 @@ def _key(args: argparse.Namespace, i: int, scale: int = 1, depth: int | None = N
 
 
 def nuts_results(args: argparse.Namespace) -> list[dict]:
-    """One reference per data set: the ``args`` budget, or, with ``--nuts-retry K``, K x that
-    budget (and ``--nuts-retry-depth``) where the first run did not converge (the longer run
-    replaces it; ``retried``)."""
+    """One reference per data set: the ``args`` budget, or, with ``--nuts-retry K1 K2 ...``,
+    K1 x that budget (and ``--nuts-retry-depth``) where the first run did not converge, K2 x
+    where that one did not, ... (the last run replaces it; ``retried``)."""
     cache_path = Path(args.nuts_cache)
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     results = []
     for i in range(args.nuts_datasets):
         r = _cached_run(cache, cache_path, args, i, 1, None)
-        if args.nuts_retry > 0 and not is_converged(r):
-            again = _cached_run(cache, cache_path, args, i, args.nuts_retry, args.nuts_retry_depth)
+        # a ladder of longer runs, each only where the one before did not converge: slow
+        # mixing (R-hat near 1, ESS growing with the draws) needs draws, not a new sampler
+        for scale in args.nuts_retry:
+            if is_converged(r):
+                break
+            again = _cached_run(cache, cache_path, args, i, scale, args.nuts_retry_depth)
+            if again is None:  # --nuts-cached-only and not run yet
+                r = {**r, "not_run": scale}
+                break
             r = {**again, "retried": True}
         results.append(r)
     return results
@@ -181,6 +191,8 @@ def nuts_results(args: argparse.Namespace) -> list[dict]:
 
 def _cached_run(cache: dict, cache_path: Path, args, i: int, scale: int, depth: int | None):
     key = _key(args, i, scale, depth)
+    if key not in cache and args.nuts_cached_only and scale > 1:
+        return None
     if key not in cache or args.rerun_nuts:
         cache[key] = run_nuts(i, args, scale, depth)
         tmp = cache_path.with_suffix(".tmp")
@@ -325,20 +337,24 @@ def _per_set_table(nuts: list[dict], by_i: dict) -> tuple[str, list[float]]:
     return markdown_table(header, rows), gaps
 
 
-def report(args, per_cell: str, per_set: str, s: dict, checkpoint_note: str) -> str:
+def report(args, per_cell: str, per_set: str, s: dict, checkpoint_note: str, nuts) -> str:
     by_d = ", ".join(f"d={d}: {m:+.3f} ± {se:.3f}" for d, (m, se) in s["gap_by_d"].items())
     k = args.nuts_datasets
     met = "met" if s["gap"][0] <= 0.05 else "NOT met"
     frac = s["n_converged"] / k if k else float("nan")
     conv_met = "met" if k >= 24 and frac >= 0.9 and s["n_cells_converged"] == 9 else "NOT met"
     fast = "met" if s["speedup"] >= 1000 else "NOT met"
+    factors = " then ".join(f"{k}x" for k in args.nuts_retry)
+    not_run = [f"#{r['i']} ({r['not_run']}x)" for r in nuts if r.get("not_run")]
     retry = (
-        f" With `--nuts-retry {args.nuts_retry}`: {s['n_retried']} references that had not "
-        f"converged at {args.nuts_warmup}/{args.nuts_samples} were rerun with "
-        f"{args.nuts_retry}x warm-up and draws (max tree depth "
-        f"{args.nuts_retry_depth or args.nuts_max_tree_depth}), and the rerun replaces them (its "
-        "budget in the converged column)."
-        if args.nuts_retry > 0
+        f" With `--nuts-retry {' '.join(map(str, args.nuts_retry))}`: {s['n_retried']} "
+        f"references that had not converged at {args.nuts_warmup}/{args.nuts_samples} were "
+        f"rerun with {factors} the warm-up and draws (max tree depth "
+        f"{args.nuts_retry_depth or args.nuts_max_tree_depth}; the next factor only where "
+        "the run before did not converge, judged by R-hat and ESS alone), and the last rerun "
+        "replaces them (its budget in the converged column)."
+        + (f" Not run (time): {', '.join(not_run)}." if not_run else "")
+        if args.nuts_retry
         else ""
     )
     return f"""{SECTION}
@@ -348,7 +364,7 @@ def report(args, per_cell: str, per_set: str, s: dict, checkpoint_note: str) -> 
 tree depth {args.nuts_max_tree_depth}, {args.nuts_chains} chains started at the generating
 latents (an exact posterior draw) plus 0.1 prior std of jitter each, on the first {k}).
 Machine: {platform.machine()}, {os.cpu_count()} cores, one torch/XLA thread, shared with other
-jobs (times are inflated; the ratio is of one run). PFN: {checkpoint_note}.
+jobs (times are inflated; NUTS times come from the runs that filled the cache, at their own load, PFN times from this run). PFN: {checkpoint_note}.
 
 NUTS convergence (rank-normalised split R-hat <= {RHAT_MAX}, bulk and tail ESS >= {ESS_MIN} of
 f(x_test) and the training log-likelihood over chains): **{s["n_converged"]}/{k} references
@@ -372,10 +388,11 @@ All {args.datasets} data sets, PFN by cell:
 
 
 def _retry_flags(args) -> str:
-    if args.nuts_retry <= 0:
+    if not args.nuts_retry:
         return ""
     depth = f" --nuts-retry-depth {args.nuts_retry_depth}" if args.nuts_retry_depth else ""
-    return f" --nuts-retry {args.nuts_retry}{depth}"
+    cached = " --nuts-cached-only" if args.nuts_cached_only else ""
+    return f" --nuts-retry {' '.join(map(str, args.nuts_retry))}{depth}{cached}"
 
 
 def _checkpoint_note(path: str | None) -> str:
@@ -400,9 +417,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--nuts-retry",
         type=int,
-        default=0,
-        help="K > 0: rerun a reference that did not converge with K x warm-up and draws "
-        "(and --nuts-retry-depth)",
+        nargs="*",
+        default=[],
+        metavar="K",
+        help="K1 [K2 ...]: rerun a reference that did not converge with K1 x warm-up and "
+        "draws (and --nuts-retry-depth), then one that still did not with K2 x, ...",
     )
     p.add_argument(
         "--nuts-retry-depth", type=int, default=None, help="max tree depth of those reruns"
@@ -411,11 +430,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", default=None, help="a PFN checkpoint (default: shipped)")
     p.add_argument("--nuts-cache", default=str(DEFAULT_CACHE))
     p.add_argument("--rerun-nuts", action="store_true")
+    p.add_argument(
+        "--nuts-cached-only",
+        action="store_true",
+        help="take the --nuts-retry reruns from the cache only (a missing one is reported as "
+        "not run)",
+    )
     p.add_argument("--nuts-only", action="store_true", help="fill the NUTS cache and stop")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     if args.nuts_datasets > args.datasets:
         p.error("--nuts-datasets must be <= --datasets")
+    if any(k < 2 for k in args.nuts_retry) or args.nuts_retry != sorted(set(args.nuts_retry)):
+        p.error(f"--nuts-retry needs increasing factors >= 2, got {args.nuts_retry}")
     torch.set_num_threads(1)
     nuts = nuts_results(args)
     if args.nuts_only:
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     pfn = pfn_results(args)
     per_cell, per_set, summary = tables(pfn, nuts)
     note = _checkpoint_note(args.checkpoint)
-    text = report(args, per_cell, per_set, summary, note)
+    text = report(args, per_cell, per_set, summary, note, nuts)
     print(text)
     if not args.no_write:
         write_section(SECTION, text)

@@ -305,7 +305,7 @@ def _std_normal_pdf(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
-def _abs_normal_mean(m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _abs_normal_mean(m: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
     """:math:`\\mathbb E|Z|` for :math:`Z \\sim \\mathcal N(m, s^2)` (folded-normal mean),
     :math:`s\\,(2\\varphi(z) + z\\,\\mathrm{erf}(z/\\sqrt2))` with :math:`z = m/s`."""
     z = m / s
@@ -328,6 +328,10 @@ def _crps_normal_mixture(ppd: NormalMixturePPD, y: torch.Tensor) -> torch.Tensor
     yf = y.to(torch.float64).reshape(-1)
     s_count, n = loc.shape
     term1 = _abs_normal_mean(loc - yf, var.sqrt()).mean(0)
+    # one noise scale for every draw and point (a fixed-noise likelihood): the pair scale
+    # sqrt(2 var) is one number, and the S x S x n scale tensors need not be built
+    v0 = var.reshape(-1)[0]
+    common = math.sqrt(2 * float(v0)) if bool((var == v0).all()) else None
     # Block I of rows against columns I..S-1: the diagonal block (I x I) holds both (i, j)
     # and (j, i); the blocks to its right are the upper triangle, counted twice.
     block = max(1, min(s_count, (1 << 22) // max(1, s_count * n)))
@@ -335,12 +339,14 @@ def _crps_normal_mixture(ppd: NormalMixturePPD, y: torch.Tensor) -> torch.Tensor
     for i0 in range(0, s_count, block):
         i1 = min(i0 + block, s_count)
         diag = _abs_normal_mean(
-            loc[i0:i1, None] - loc[None, i0:i1], (var[i0:i1, None] + var[None, i0:i1]).sqrt()
+            loc[i0:i1, None] - loc[None, i0:i1],
+            common or (var[i0:i1, None] + var[None, i0:i1]).sqrt(),
         )
         pair_sum += diag.sum((0, 1))
         if i1 < s_count:
             right = _abs_normal_mean(
-                loc[i0:i1, None] - loc[None, i1:], (var[i0:i1, None] + var[None, i1:]).sqrt()
+                loc[i0:i1, None] - loc[None, i1:],
+                common or (var[i0:i1, None] + var[None, i1:]).sqrt(),
             )
             pair_sum += 2 * right.sum((0, 1))
     out = term1 - 0.5 * pair_sum / (s_count * s_count)

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -119,6 +120,7 @@ def nuts_ppd(
     init_jitter: float = 0.1,
     mp_context: str | None = None,
     backend: str = "auto",
+    compiled: Any = None,
 ) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, NUTSInfo]:
     """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
 
@@ -165,9 +167,11 @@ def nuts_ppd(
         step_size: NUTS's initial step size (then adapted during warmup; Pyro first
             rescales it by its doubling/halving heuristic at the start point).
         init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
-            ``init_jitter * N(0, I)`` on the unconstrained scale, in units of each
-            coordinate's prior std with the NumPyro backend (absolute with Pyro's), so
-            R-hat can see a chain that is stuck.
+            ``init_jitter * s * N(0, I)`` on the unconstrained scale, on both backends, where
+            ``s`` is each coordinate's prior std (``Potential.prior_scale`` of
+            ``pyrobayes.infer.potential``, ``JaxLogDensity.prior_std``: the Normal prior's std of a
+            weight, 1 for another site such as a log noise scale), so R-hat can see a chain
+            that is stuck; ``0`` starts every chain at the same point.
         mp_context: multiprocessing start method for Pyro's parallel chains (default:
             ``"spawn"`` on CUDA, where forked workers cannot re-initialise CUDA).
         backend: ``"auto"`` (NumPyro when the ``nuts`` extra is installed and the model is
@@ -176,6 +180,10 @@ def nuts_ppd(
             (:func:`pyrobayes.infer.jax_potential.numpyro_nuts`: the same log joint as one
             JAX function, tested equal to the torch potential; an error if it cannot be
             used) or ``"pyro"`` (Pyro's ``MCMC(NUTS)`` on the torch potential).
+        compiled: the NumPyro chains compiled ahead for this ``model`` object, data and
+            settings (:func:`pyrobayes.infer.jax_potential.compile_nuts`, e.g. on another
+            thread while the network the chains start at is fitted; ``progress`` must match);
+            ``ValueError`` if they were compiled for anything else. ``None``: compile here.
 
     Returns:
         The PPD at ``x_query`` (:class:`~pyrobayes.ppd.NormalMixturePPD` for a Gaussian
@@ -194,6 +202,8 @@ def nuts_ppd(
         80
     """
     _check_nuts_args(model, num_warmup, num_samples, num_chains, target_accept_prob)
+    if not (math.isfinite(init_jitter) and init_jitter >= 0):
+        raise ValueError(f"init_jitter must be a finite number >= 0, got {init_jitter!r}")
     chosen = NUTSBackend.parse(backend)
     device = model.device
     xt, yt, xq = _nuts_inputs(x_train, y_train, x_query, device)
@@ -201,7 +211,7 @@ def nuts_ppd(
     with _eval_mode(model), _seeded(seed, device):
         potential = _checked_potential(model, xt, yt)
         init_values = _initial_values(potential, init, map_steps)
-        density = _numpyro_density(model, xt, yt, potential, chosen)
+        density = _numpyro_density(model, xt, yt, potential, chosen, compiled)
         settings = dict(
             num_chains=num_chains,
             num_warmup=num_warmup,
@@ -212,6 +222,7 @@ def nuts_ppd(
             init_jitter=init_jitter,
         )
         if density is not None:
+            settings["compiled"] = compiled
             draws, mcmc, grads = _run_numpyro(model, xt, yt, density, init_values, settings)
         else:
             extra = dict(step_size=step_size, mp_context=mp_context, device=device)
@@ -262,10 +273,19 @@ def _numpyro_density(
     y: torch.Tensor,
     potential: Potential,
     backend: NUTSBackend,
+    compiled: Any = None,
 ) -> Any:
     """The JAX log joint for the NumPyro backend, or ``None`` for Pyro's: ``auto`` takes
     NumPyro where it is installed and expresses the model (the torch potential must itself
-    be the model's log joint: a model Pyro's traces had to take over stays with Pyro)."""
+    be the model's log joint: a model Pyro's traces had to take over stays with Pyro);
+    ``compiled`` chains bring their own."""
+    if compiled is not None:
+        if backend is NUTSBackend.PYRO or isinstance(potential, TracedPotential):
+            raise ValueError(
+                "compiled= holds NumPyro chains, but this run is Pyro's (backend='pyro', or a "
+                "model only Pyro's traces can evaluate); leave compiled=None"
+            )
+        return compiled.density
     if backend is NUTSBackend.PYRO:
         return None
     from pyrobayes.infer import jax_potential
@@ -299,16 +319,26 @@ def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, Non
 
 def _run_pyro(potential: Potential, init_values, settings) -> tuple[dict, MCMC]:
     """Pyro's ``MCMC(NUTS)`` on the torch potential from jittered starts around the start."""
-    num_chains, jitter = settings["num_chains"], settings.pop("init_jitter")
-    # NUTS sees ONE flat latent vector: Pyro's per-step cost grows with the site count
-    u0 = potential.pack(potential.unconstrain(init_values)).detach()
-    if num_chains > 1:
-        # distinct starts around the same point, so R-hat can see a chain that is stuck
-        u0 = u0 + jitter * torch.randn((num_chains, *u0.shape), dtype=u0.dtype, device=u0.device)
+    u0 = _pyro_starts(potential, init_values, settings["num_chains"], settings.pop("init_jitter"))
     mcmc = _make_mcmc(potential, u0, **settings)
     mcmc.run()
     flat = mcmc.get_samples(group_by_chain=True)[FLAT].reshape(-1, potential.dim)
     return potential.constrain(potential.unpack(flat)), mcmc
+
+
+def _pyro_starts(
+    potential: Potential, init_values: dict[str, torch.Tensor], num_chains: int, jitter: float
+) -> torch.Tensor:
+    """The flat unconstrained start ``[dim]`` (one chain) or ``[num_chains, dim]``:
+    ``u0 + jitter * prior_scale * N(0, I)``, the same spread as the NumPyro backend's starts
+    (``Potential.prior_scale``; NUTS sees ONE flat latent vector: Pyro's per-step cost
+    grows with the site count)."""
+    u0 = potential.pack(potential.unconstrain(init_values)).detach()
+    if num_chains == 1:
+        return u0
+    # distinct starts around the same point, so R-hat can see a chain that is stuck
+    noise = torch.randn((num_chains, *u0.shape), dtype=u0.dtype, device=u0.device)
+    return u0 + jitter * potential.prior_scale().to(u0) * noise
 
 
 def _check_nuts_args(

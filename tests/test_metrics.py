@@ -131,6 +131,25 @@ def test_mixture_crps_matches_monte_carlo():
     assert ((mm - exact).abs() > 10 * se).any()
 
 
+def test_mixture_crps_with_one_noise_scale_takes_the_common_scale_path_exactly():
+    # A fixed-noise mixture (every component's scale equal) uses one pair scale sqrt(2 s^2)
+    # instead of S x S x n scale tensors: the same formula, so the same number as the
+    # general path (forced here by scales that differ in the last bit) to rounding.
+    g = torch.Generator().manual_seed(3)
+    loc = torch.randn(300, 7, generator=g, dtype=torch.float64)
+    y = torch.randn(7, generator=g, dtype=torch.float64)
+    common = NormalMixturePPD(loc, torch.full_like(loc, 0.1))
+    bumped = torch.full_like(loc, 0.1)
+    bumped[0, 0] = torch.nextafter(torch.tensor(0.1, dtype=torch.float64), torch.tensor(1.0))
+    general = NormalMixturePPD(loc, bumped)
+    a = crps(common, y, reduction="none")
+    b = crps(general, y, reduction="none")
+    assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    # and against the grid quadrature of the same mixture
+    grid = crps(common, y, reduction="none", method="grid")
+    assert torch.allclose(a, grid, atol=1e-4)
+
+
 def test_grid_crps_matches_closed_forms():
     # Laplace(mu, b): CRPS = |y-mu| + b exp(-|y-mu|/b) - 3b/4 (Gneiting & Raftery 2007).
     mu = torch.tensor([0.0, 1.0, -2.0, 0.0], dtype=torch.float64)

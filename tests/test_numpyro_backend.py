@@ -144,3 +144,32 @@ def test_nuts_recovers_conjugate_gaussian_posterior():
         assert abs(float(draws.var() / v) - 1) < 0.2
     assert res.num_grads >= 4 * 800 and res.num_steps.shape == (4, 800)
     assert not res.diverging.any()
+
+
+def test_chains_compiled_ahead_give_the_same_run_and_are_checked():
+    """``nuts_ppd(compiled=compile_nuts(...))`` (how ``pyrobayes compare`` overlaps XLA
+    compilation with fitting the MLP) draws exactly what compiling inside gives, seed for
+    seed; chains compiled for another budget, model or data set are refused."""
+    from pyrobayes.infer.jax_potential import compile_nuts
+    from pyrobayes.reference import nuts_ppd
+
+    model = tabular_regression_model(2, name="ahead")
+    x, y = _regression(n=10, d=2)
+    model, x, y = model.float(), x.float(), y.float()
+    kw = dict(num_chains=2, num_warmup=30, num_samples=20, max_tree_depth=6, progress=False)
+    box = {"c": compile_nuts(model, x, y, background=True, **kw)}  # XLA on another thread
+    _, ahead = nuts_ppd(model, x, y, x[:3], seed=4, return_mcmc=True, compiled=box["c"], **kw)
+    _, inside = nuts_ppd(model, x, y, x[:3], seed=4, return_mcmc=True, **kw)
+    for k in inside.draws:
+        assert torch.equal(ahead.draws[k], inside.draws[k]), k
+    assert ahead.num_grads == inside.num_grads
+    assert box["c"].compile_seconds > box["c"].lower_seconds > 0
+    with pytest.raises(ValueError, match=r"other settings: num_samples=21 \(compiled: 20\)"):
+        nuts_ppd(model, x, y, x[:3], compiled=box["c"], **(kw | {"num_samples": 21}))
+    with pytest.raises(ValueError, match="other training data"):
+        nuts_ppd(model, x, y + 1, x[:3], compiled=box["c"], **kw)
+    other = tabular_regression_model(2, name="other").float()
+    with pytest.raises(ValueError, match="another model object"):
+        nuts_ppd(other, x, y, x[:3], compiled=box["c"], **kw)
+    with pytest.raises(ValueError, match="compiled= holds NumPyro chains"):
+        nuts_ppd(model, x, y, x[:3], compiled=box["c"], backend="pyro", **kw)

@@ -39,6 +39,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,10 +55,12 @@ from pyrobayes.likelihoods import Categorical, Gaussian
 from pyrobayes.model import default_output
 
 __all__ = [
+    "CompiledNUTS",
     "JaxLogDensity",
     "JaxSite",
     "NumpyroNUTSResult",
     "available",
+    "compile_nuts",
     "jax_log_density",
     "numpyro_nuts",
 ]
@@ -124,8 +127,9 @@ class JaxLogDensity:
       sites); ``pack``/``unpack`` map torch values (constrained) to and from it.
     * ``x64``: the model is float64, so evaluate inside ``jax.enable_x64(True)``
       (:meth:`precision` is that context; ``numpyro_nuts`` enters it).
-    * ``prior_std``: per coordinate, the prior std on the unconstrained scale (1 for a
-      positive site), the scale of :func:`numpyro_nuts`'s start jitter.
+    * ``prior_std``: per coordinate, the prior std on the unconstrained scale (the Normal
+      prior's std of a weight, 1 for a positive site), the unit of :func:`numpyro_nuts`'s
+      start jitter (the torch path's ``Potential.prior_scale``).
 
     Example::
 
@@ -284,11 +288,15 @@ def _noise_prior_fn(site: str, d):
 
 
 def _trace_latents(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """One trace of the model in eval mode: ``{site: (prior, value)}`` of its latent sites."""
+    """One trace of the model in eval mode: ``{site: (prior, value)}`` of its latent sites.
+    The caller's RNG is left as it was (only the priors are read), so a seeded ``nuts_ppd``
+    draws the same chains whether the density was built inside it or ahead
+    (:func:`compile_nuts`)."""
     was_training = model.training
     model.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             tr = poutine.trace(model).get_trace(x, y=y)
     finally:
         model.train(was_training)
@@ -615,6 +623,7 @@ def numpyro_nuts(
     chain_method: str = "auto",
     progress: bool = False,
     density: JaxLogDensity | None = None,
+    compiled: CompiledNUTS | None = None,
 ) -> NumpyroNUTSResult:
     """NUTS on :func:`jax_log_density` of ``model(x, y=y)`` with NumPyro's kernel, all chains
     in one compiled XLA loop on JAX's default device.
@@ -643,6 +652,8 @@ def numpyro_nuts(
             vectorised on an accelerator.
         progress: a few plain lines (the loop then runs in 10 compiled blocks).
         density: a prebuilt :func:`jax_log_density` of the same model and data.
+        compiled: chains compiled ahead by :func:`compile_nuts` for this model object, data
+            and settings (checked: ``ValueError`` otherwise); then nothing is compiled here.
 
     Returns:
         :class:`NumpyroNUTSResult`.
@@ -664,6 +675,147 @@ def numpyro_nuts(
         >>> round(float(res.draws["lin.net.weight"].mean()), 1)
         0.8
     """
+    if compiled is None:
+        compiled = compile_nuts(
+            model,
+            x,
+            y,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            max_tree_depth=max_tree_depth,
+            target_accept_prob=target_accept_prob,
+            step_size=step_size,
+            chain_method=chain_method,
+            progress=progress,
+            density=density,
+        )
+    else:
+        compiled.check(
+            model,
+            x,
+            y,
+            num_chains=num_chains,
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            max_tree_depth=max_tree_depth,
+            target_accept_prob=target_accept_prob,
+            step_size=step_size,
+            progress=progress,
+        )
+    u0 = _starts(compiled.density, init, num_chains, init_jitter, seed)
+    with compiled.density.precision():
+        return _run_chains(compiled, u0, seed)
+
+
+@dataclass
+class CompiledNUTS:
+    """NumPyro NUTS chains compiled for one model, data set and budget, not yet run: what
+    :func:`compile_nuts` returns and :func:`numpyro_nuts` (``compiled=``) and
+    :func:`pyrobayes.reference.nuts_ppd` (``compiled=``) run. Compiling does not need the
+    starts or the seed, so a job can compile while it fits the network the chains start at
+    (``pyrobayes compare`` does, on another thread: XLA compiles outside Python's GIL).
+
+    * ``density``: the :class:`JaxLogDensity`; ``model``, ``x``, ``y``: what it was built
+      from; ``settings``: the budget and NUTS settings;
+    * ``init``, ``runs``: the compiled ``init(u0, keys)`` and ``{n: run(carry, start)}``
+      (``n`` iterations per call), waiting for a compilation still running on its thread;
+      ``compile_seconds``: tracing, lowering and XLA compilation (waits likewise);
+      :meth:`wait`.
+
+    Example (see :func:`compile_nuts`)::
+
+        >>> import dataclasses
+        >>> sorted(f.name for f in dataclasses.fields(CompiledNUTS))[:3]
+        ['density', 'future', 'lower_seconds']
+    """
+
+    density: JaxLogDensity
+    model: nn.Module = field(repr=False)
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor = field(repr=False)
+    settings: dict
+    lower_seconds: float
+    future: Future = field(repr=False)
+
+    def wait(self) -> CompiledNUTS:
+        """Block until XLA's compilation is done (re-raising its error, if any)."""
+        self.future.result()
+        return self
+
+    @property
+    def init(self) -> Any:
+        return self.future.result()[0]
+
+    @property
+    def runs(self) -> dict:
+        return self.future.result()[1]
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.lower_seconds + self.future.result()[2]
+
+    def check(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **settings) -> None:
+        """Raise ``ValueError`` unless these chains were compiled for ``model`` (the same
+        object), equal ``x``/``y`` and these settings (``None`` = any)."""
+        if model is not self.model:
+            raise ValueError("compiled NUTS chains belong to another model object")
+        same = (
+            x.shape == self.x.shape
+            and y.shape == self.y.shape
+            and torch.equal(x.detach().cpu(), self.x.detach().cpu())
+            and torch.equal(y.detach().cpu(), self.y.detach().cpu())
+        )
+        if not same:
+            raise ValueError("compiled NUTS chains were built for other training data")
+        wrong = {
+            k: (v, self.settings[k])
+            for k, v in settings.items()
+            if v is not None and k in self.settings and v != self.settings[k]
+        }
+        if wrong:
+            detail = ", ".join(f"{k}={a!r} (compiled: {b!r})" for k, (a, b) in wrong.items())
+            raise ValueError(f"compiled NUTS chains have other settings: {detail}")
+
+
+def compile_nuts(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    max_tree_depth: int = 10,
+    target_accept_prob: float = 0.8,
+    step_size: float = 1.0,
+    chain_method: str = "auto",
+    progress: bool = False,
+    density: JaxLogDensity | None = None,
+    background: bool = False,
+) -> CompiledNUTS:
+    """Build :func:`jax_log_density` of ``model(x, y=y)`` and compile :func:`numpyro_nuts`'s
+    chains for it (same arguments); run them with ``numpyro_nuts(..., compiled=...)``.
+
+    ``background=True``: trace and lower here, then let XLA compile on another thread
+    (outside Python's GIL) and return at once; using the result waits for it. On a machine
+    with a free core the compilation then costs no wall time beside CPU-bound Python work
+    (``pyrobayes compare`` fits its MLP meanwhile).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+        >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0),
+        ...                               name="lin"), Gaussian(0.3))
+        >>> x = torch.linspace(-2, 2, 20)[:, None]
+        >>> y = 0.8 * x[:, 0] - 0.3
+        >>> chains = compile_nuts(model, x, y, num_chains=2, num_warmup=50, num_samples=50)
+        >>> res = numpyro_nuts(model, x, y, num_chains=2, num_warmup=50, num_samples=50,
+        ...                    compiled=chains, seed=0)
+        >>> round(float(res.draws["lin.net.weight"].mean()), 1)
+        0.8
+    """
     _require_jax()
     for name, v in (("num_chains", num_chains), ("num_samples", num_samples)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -681,50 +833,86 @@ def numpyro_nuts(
         # gain nothing from batching 50-wide matrices: one after another is ~2x faster
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     dens = density if density is not None else jax_log_density(model, x, y)
-    u0 = _starts(dens, init, num_chains, init_jitter, seed)
-    kernel_kw = {
-        "step_size": float(step_size),
-        "target_accept_prob": float(target_accept_prob),
+    settings = {
+        "num_chains": num_chains,
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
         "max_tree_depth": int(max_tree_depth),
+        "target_accept_prob": float(target_accept_prob),
+        "step_size": float(step_size),
+        "chain_method": chain_method,
+        "progress": bool(progress),
     }
     with dens.precision():
-        return _run_chains(
-            dens, u0, num_warmup, num_samples, seed, kernel_kw, chain_method, progress
-        )
+        lowered, lower_seconds = _lower_chains(dens, settings)
+    if background:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xla-compile")
+        future = pool.submit(_compile_lowered, lowered)
+        pool.shutdown(wait=False)  # the thread ends with the compilation
+    else:
+        future = Future()
+        future.set_result(_compile_lowered(lowered))
+    return CompiledNUTS(dens, model, x, y, settings, lower_seconds, future)
 
 
-def _run_chains(dens, u0, num_warmup, num_samples, seed, kernel_kw, chain_method, progress):
-    """Compile (timed apart) and run the chains; see :func:`numpyro_nuts`."""
+def _lower_chains(dens: JaxLogDensity, settings: dict) -> tuple[tuple, float]:
+    """The lowered ``init`` and ``{n: run}`` of :func:`compile_nuts`, and their seconds."""
     import jax
-    import jax.numpy as jnp
 
-    from pyrobayes.progress import progress_bar
-
-    total = num_warmup + num_samples
-    init, run = _chain_fns(dens, num_warmup, num_samples, kernel_kw)
-    if chain_method == "vectorized":
+    c, warmup, samples = settings["num_chains"], settings["num_warmup"], settings["num_samples"]
+    kernel_kw = {k: settings[k] for k in ("step_size", "target_accept_prob", "max_tree_depth")}
+    init, run = _chain_fns(dens, warmup, samples, kernel_kw)
+    if settings["chain_method"] == "vectorized":
         init_all = jax.vmap(init)
         run_all = jax.vmap(run, in_axes=(0, None, None))
     else:
         init_all = lambda u, k: jax.lax.map(lambda a: init(*a), (u, k))  # noqa: E731
         run_all = lambda c, s, n: jax.lax.map(lambda a: run(a, s, n), c)  # noqa: E731
+    u0 = jax.ShapeDtypeStruct((c, dens.dim), _np_dtype(dens.dtype))
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.PRNGKey(0), c))
+    total = warmup + samples
+    block = _block(total, settings["progress"])
+    t0 = time.perf_counter()
+    init_l = jax.jit(init_all).lower(u0, keys)
+    carry = jax.eval_shape(init_all, u0, keys)
+    runs_l = {
+        n: jax.jit(run_all, static_argnums=2, donate_argnums=0).lower(carry, 0, n)
+        for n in {block, total % block or block}
+    }
+    return (init_l, runs_l), time.perf_counter() - t0
+
+
+def _compile_lowered(lowered: tuple) -> tuple[Any, dict, float]:
+    """XLA compilation of :func:`_lower_chains`'s output (no Python tracing: thread-safe
+    beside the caller's torch work)."""
+    t0 = time.perf_counter()
+    init_l, runs_l = lowered
+    init_c = init_l.compile()
+    runs = {n: r.compile() for n, r in runs_l.items()}
+    return init_c, runs, time.perf_counter() - t0
+
+
+def _block(total: int, progress: bool) -> int:
+    """Iterations per compiled call: all of them, or a tenth with progress lines."""
+    return total if not progress else max(1, math.ceil(total / 10))
+
+
+def _run_chains(compiled: CompiledNUTS, u0: np.ndarray, seed: int) -> NumpyroNUTSResult:
+    """Run the compiled chains from ``u0`` ``[chains, dim]``; see :func:`numpyro_nuts`."""
+    import jax
+    import jax.numpy as jnp
+
+    from pyrobayes.progress import progress_bar
+
+    dens, st = compiled.density, compiled.settings
+    total = st["num_warmup"] + st["num_samples"]
+    progress = st["progress"]
+    block = _block(total, progress)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), u0.shape[0])
-    u0 = jnp.asarray(u0)
-    block = total if not progress else max(1, math.ceil(total / 10))
     t0 = time.perf_counter()
-    init_c = jax.jit(init_all).lower(u0, keys).compile()
-    runs = {}
-    for n in {block, total % block or block}:
-        runs[n] = (
-            jax.jit(run_all, static_argnums=2, donate_argnums=0)
-            .lower(jax.eval_shape(init_all, u0, keys), 0, n)
-            .compile()
-        )
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    carry = init_c(u0, keys)
+    carry = compiled.init(jnp.asarray(u0), keys)
     for start in progress_bar(range(0, total, block), enabled=progress, desc="NUTS", unit="blocks"):
-        carry = runs[min(block, total - start)](carry, start)
+        carry = compiled.runs[min(block, total - start)](carry, start)
         if progress:
             jax.block_until_ready(carry)  # so that the progress lines tell the time
     state, (z, pe, div, steps) = jax.block_until_ready(carry)
@@ -737,7 +925,7 @@ def _run_chains(dens, u0, num_warmup, num_samples, seed, kernel_kw, chain_method
         num_steps=np.asarray(steps),
         diverging=np.asarray(div),
         step_size=np.asarray(state.adapt_state.step_size),
-        compile_seconds=compile_s,
+        compile_seconds=compiled.compile_seconds,
         run_seconds=run_s,
         density=dens,
     )

@@ -219,6 +219,25 @@ class Potential:
             const = -y_sq.numel() * (math.log(scale) + 0.5 * math.log(2 * math.pi))
             self._gauss = (y_sq, 0.5 / scale**2, const)
 
+    def prior_scale(self) -> torch.Tensor:
+        """Per coordinate of the flat vector ``[dim]``: the prior std on the unconstrained
+        scale where the prior is a Normal on a real support (every weight of the comparison's
+        models), 1 for a coordinate of any other site (e.g. a noise scale on its log scale).
+        The unit of ``nuts_ppd``'s ``init_jitter``, the same as
+        :attr:`~pyrobayes.infer.jax_potential.JaxLogDensity.prior_std` on the NumPyro backend.
+
+        Example::
+
+            >>> import torch
+            >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
+            >>> model = BayesianModel(to_pyro(torch.nn.Linear(2, 1), prior=NormalPrior(0.5)),
+            ...                       Gaussian(0.3))
+            >>> Potential(model, torch.zeros(4, 2), torch.zeros(4)).prior_scale()
+            tensor([0.5000, 0.5000, 0.5000])
+        """
+        closed = 1.0 / self._inv_scale
+        return torch.cat([closed, closed.new_ones(self.dim - self._n_closed)])
+
     def prior_draw(self) -> dict[str, torch.Tensor]:
         """One draw of every latent site from its prior (constrained space)."""
         return {s: d.sample() for s, d in self.priors.items()}
