@@ -70,7 +70,7 @@ def test_fused_kl_weight_matches_pyro_traces_under_scaled_latents(beta):
     """``fit``'s KL weight: Pyro's traces under ``_ScaleLatents(beta)`` (what the traced
     paths optimise) and the fused loss with ``fused.beta`` agree in value and gradients,
     with the minibatch plate scale from a ``data_size`` block."""
-    from pyrobayes.infer.fit import _ScaleLatents
+    from pyrobayes.infer.steppers import ScaleLatents as _ScaleLatents
     from pyrobayes.likelihoods import data_size
 
     torch.manual_seed(1)
@@ -102,7 +102,7 @@ def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
     traces do, Jacobian included, in value and in every guide parameter's gradient."""
     import pyro.distributions as dist
 
-    from pyrobayes.infer.fit import _ScaleLatents
+    from pyrobayes.infer.steppers import ScaleLatents as _ScaleLatents
     from pyrobayes.likelihoods import data_size
 
     torch.manual_seed(2)

@@ -1,7 +1,6 @@
 """The vectorised fast paths (flat mean-field ELBO, one-call guide sampling, batched
 matrix products for Linear chains, fused Adam) equal the general paths they replace."""
 
-import functools
 import warnings
 
 import pyro
@@ -15,7 +14,7 @@ from pyrobayes.infer import twin as twin_mod
 from pyrobayes.infer.fast_check import FastPathFallbackWarning
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
 from pyrobayes.infer.predictive import _softplus_normal_leaves, sample_posterior
-from pyrobayes.infer.steppers import FusedStepper, TorchStepper, _prefer_fused_adam
+from pyrobayes.infer.steppers import FusedStepper, TorchStepper, default_optimiser
 from pyrobayes.likelihoods import data_size
 
 
@@ -128,25 +127,32 @@ def test_linear_chain_declines_what_it_cannot_batch():
     assert twin_mod._linear_chain(model, twin, torch.zeros(4, 5, dtype=torch.long)) is None
 
 
-def test_fused_adam_only_replaces_the_default_foreach_adam():
+def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
+    """``fit(optim=None)`` builds ``default_optimiser(lr)`` (Adam, one fused kernel, over
+    the guide's flat storage); an optimiser the user passes is built as given, over the
+    guide's own parameters."""
     p = [torch.nn.Parameter(torch.zeros(3))]
-    default = functools.partial(torch.optim.Adam, lr=0.1, foreach=True)
-    opt = _prefer_fused_adam(default)(p)
+    opt = default_optimiser(0.1)(p)
     assert opt.defaults["fused"] is True and opt.defaults["lr"] == 0.1
-    custom = functools.partial(torch.optim.SGD, lr=0.1)
-    assert _prefer_fused_adam(custom) is custom
-    plain = functools.partial(torch.optim.Adam, lr=0.1)
-    assert _prefer_fused_adam(plain) is plain
-    # a fit with it still lowers the loss like before
     torch.manual_seed(0)
     model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), prior="normal")
     x = torch.randn(32, 2)
     y = x @ torch.tensor([1.0, -2.0])
-    st = FusedStepper(model, guide, default, {"beta": 1.0})
+    built = []
+
+    def mine(params):
+        built.append(torch.optim.Adam(params, lr=0.05, foreach=True))
+        return built[-1]
+
+    fit(model, guide, (x, y), epochs=2, batch_size=16, optim=mine, progress=False)
+    assert len(built) == 1 and built[0].defaults["fused"] is None
+    assert len(built[0].param_groups[0]["params"]) == 4  # per site: not the flat storage
+    st = FusedStepper(model, guide, default_optimiser(0.05), {"beta": 1.0}, flat=True)
     first = st.step(x, y=y)
     for _ in range(200):
         last = st.step(x, y=y)
-    assert st.opt.defaults["fused"] is True and last < first
+    assert st.opt.defaults["fused"] is True and len(st.params) == 2 and last < first
+    st.close()
 
 
 @pytest.mark.parametrize("num_samples, chunk", [(9, None), (10, 4), (3, 32)])
