@@ -367,8 +367,8 @@ class Gaussian(Likelihood):
         if self.latent_noise:
             # one sigma per model execution, outside the data plate (it is shared by all points)
             sigma = pyro.sample(self.noise_site, self._noise_prior_on(loc.device, loc.dtype))
-        else:
-            sigma = self.scale
+        else:  # in the outputs' dtype (a float32 buffer would keep a float64 model's
+            sigma = self.scale.to(loc.dtype)  # Normal in float32: Normal keeps mixed dtypes)
         with self._plate(loc.shape[0], loc.device):
             pyro.sample("obs", dist.Normal(loc, sigma).to_event(loc.dim() - 1), obs=y)
         return loc
