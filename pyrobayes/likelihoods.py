@@ -409,7 +409,7 @@ class Gaussian(Likelihood):
         self, outputs: torch.Tensor, y: torch.Tensor, noise_scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The batch's total log-likelihood (fused ELBO, NUTS potential): one summed
-        squared error, :func:`normal_log_prob` with ``total=True``."""
+        squared error, ``normal_log_prob`` with ``total=True``."""
         loc = self._squeeze(outputs)
         return normal_log_prob(loc, self._squeeze(y), self._sigma(loc, noise_scale), total=True)
 

@@ -138,7 +138,7 @@ class FusedMeanFieldELBO:
         """Once: the flat view of the guide's sites (:class:`_FlatMeanField`) and getters
         for the likelihood's latent sites. Going through ``PyroModule.__getattr__`` for every
         level of every site name costs more than the arithmetic on a small net, so the
-        leaves are looked up once (:func:`~pyrobayes.infer.flat_guide.guide_leaf`)."""
+        leaves are looked up once (``guide_leaf``)."""
         if self._resolved:
             return
         try:
@@ -305,7 +305,7 @@ class FusedMeanFieldELBO:
 
 def _getter(root, name: str):
     """A zero-argument getter for the constrained guide tensor of site ``name`` under
-    ``root`` (:func:`~pyrobayes.infer.flat_guide.guide_leaf`)."""
+    ``root`` (``guide_leaf``)."""
     leaf = guide_leaf(root, name)
     if leaf is None:
         raise KeyError(f"guide has no parameter for site {name!r}")

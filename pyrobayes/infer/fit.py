@@ -1,5 +1,5 @@
 """``fit``: stochastic variational inference as a short loop over ONE loss, chosen once
-(:func:`~pyrobayes.infer.steppers.make_stepper`): the fused single-particle
+(``make_stepper``): the fused single-particle
 ``Trace_ELBO`` (:mod:`pyrobayes.infer.fast_elbo`, the default where it applies) or Pyro's
 own ELBO on traces (``Trace_ELBO``/``TraceMeanField_ELBO``), with the chores done properly.
 The data side (loader, ``N``, batch checks) is :mod:`pyrobayes.infer.fit_data`,
@@ -265,7 +265,7 @@ class FitConfig:
             ``pyro.optim.PyroLRScheduler`` is stepped once per epoch), or a callable that
             builds a ``torch.optim.Optimizer`` from a parameter list, used as given over
             the guide's and model's parameters. ``None`` (default):
-            :func:`~pyrobayes.infer.steppers.default_optimiser`, ``Adam(lr)`` over all
+            ``default_optimiser``, ``Adam(lr)`` over all
             parameters at once as one fused kernel; with the fused ELBO it updates the
             guide's locs and scales as two flat tensors.
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).

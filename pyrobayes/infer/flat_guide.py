@@ -96,7 +96,7 @@ def guide_leaf(root, name: str) -> tuple[dict, str, torch.distributions.Transfor
 
 def _leaf_kind(leaf) -> str | None:
     """``"identity"``, ``"softplus"`` or ``None`` (another transform) for a
-    :func:`guide_leaf` result: the flat path covers the first two."""
+    ``guide_leaf`` result: the flat path covers the first two."""
     if leaf is None:
         return None
     if leaf[2] == torch.distributions.transforms.identity_transform:

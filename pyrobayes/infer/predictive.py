@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import biject_to
@@ -199,7 +200,7 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     if getattr(guide, "prototype_trace", None) is None:
         setup_prototype(guide, *args, **kwargs)
         _pull_from_store(guide)
-    if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
+    if isinstance(guide, AutoContinuous):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
         return {site["name"]: value for site, value in unpack_latent(guide, latent)}
     flat = _softplus_normal_leaves(guide)
@@ -257,7 +258,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     """``forward_draws(model, d, x)`` over ``d`` in ``posterior_chunks(guide, num_samples,
     chunk, x)``, with the same draws from the same random numbers, for a mean-field
     softplus-Normal guide (:func:`_softplus_normal_leaves`) over a batched Linear chain
-    (:func:`~pyrobayes.infer.twin.chain_plan`); ``None`` otherwise.
+    (``chain_plan``); ``None`` otherwise.
 
     Per block of ``c`` draws it makes one ``torch.randn(c * D)`` into a buffer reused
     across blocks and turns it into the draws in place (``addcmul`` with the noise as its
@@ -268,7 +269,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     if getattr(guide, "prototype_trace", None) is None:
         setup_prototype(guide, x)
         _pull_from_store(guide)
-    if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
+    if isinstance(guide, AutoContinuous):
         return None
     leaves = _softplus_normal_leaves(guide)
     if not leaves:

@@ -1,5 +1,5 @@
 """One optimisation step of :func:`pyrobayes.fit`, over one loss chosen once
-(:func:`make_stepper`).
+(``make_stepper``).
 
 * :class:`FusedStepper`: the fused mean-field ELBO (:mod:`pyrobayes.infer.fast_elbo`, the
   one fast path) with a torch optimiser; Pyro's traces take over where its setup check
@@ -242,7 +242,7 @@ class FusedStepper(TorchStepper):
     """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser
     built by ``make_optim``, used as given.
 
-    ``flat=True`` (``fit``'s default optimiser, :func:`default_optimiser`, an element-wise
+    ``flat=True`` (``fit``'s default optimiser, ``default_optimiser``, an element-wise
     update): the guide's locs and raw scales are first moved into two flat tensors
     (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and the
     optimiser updates those: no per-step concatenation of the parameters, no split of
@@ -466,7 +466,7 @@ def make_stepper(model, guide, cfg, weight: dict):
 
 
 def checked_stepper(model, guide, cfg, weight: dict, distributed: bool, lr_factor):
-    """:func:`make_stepper`, with gradient sync under torch.distributed; checks options
+    """``make_stepper``, with gradient sync under torch.distributed; checks options
     and that the guide is one for this model."""
     check_guide(model, guide)
     stepper = make_stepper(model, guide, cfg, weight)
