@@ -347,8 +347,9 @@ class Gaussian(Likelihood):
     def _squeeze(f: torch.Tensor) -> torch.Tensor:
         return f.squeeze(-1) if f.dim() > 1 and f.shape[-1] == 1 else f
 
-    def _noise_prior_on(self, device: torch.device, dtype: torch.dtype):
-        # Distributions do not follow .to(); move the prior's tensors lazily instead.
+    def noise_prior_on(self, device: torch.device, dtype: torch.dtype):
+        """The noise prior with its tensors on ``device``/``dtype`` (distributions do not
+        follow ``.to()``; the model and the fused ELBO move it lazily)."""
         p = self.noise_prior
         if hasattr(p, "loc") and hasattr(p, "scale") and isinstance(p, dist.LogNormal):
             return dist.LogNormal(p.loc.to(device, dtype), p.scale.to(device, dtype))
@@ -366,7 +367,7 @@ class Gaussian(Likelihood):
                 )
         if self.latent_noise:
             # one sigma per model execution, outside the data plate (it is shared by all points)
-            sigma = pyro.sample(self.noise_site, self._noise_prior_on(loc.device, loc.dtype))
+            sigma = pyro.sample(self.noise_site, self.noise_prior_on(loc.device, loc.dtype))
         else:  # in the outputs' dtype (a float32 buffer would keep a float64 model's
             sigma = self.scale.to(loc.dtype)  # Normal in float32: Normal keeps mixed dtypes)
         with self._plate(loc.shape[0], loc.device):

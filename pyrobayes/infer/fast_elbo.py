@@ -296,7 +296,7 @@ class FusedMeanFieldELBO:
         \log|t'(z)|`, as Pyro's traces score them."""
         e = eps[site] if eps is not None and site in eps else torch.randn_like(loc)
         z = loc + scale * e
-        prior = self.model.likelihood._noise_prior_on(z.device, z.dtype)
+        prior = self.model.likelihood.noise_prior_on(z.device, z.dtype)
         transform = biject_to(prior.support)
         value = transform(z)
         log_q = normal_log_q(e, scale) - transform.log_abs_det_jacobian(z, value).sum()

@@ -55,7 +55,7 @@ _EXP_SAFE = 80.0
 _SOFTPLUS = (torch.distributions.transforms.SoftplusTransform, SoftplusTransform)
 
 
-def _unwrap(transform):
+def unwrap_transform(transform):
     """The element-wise transform inside an ``IndependentTransform``."""
     while isinstance(transform, torch.distributions.transforms.IndependentTransform):
         transform = transform.base_transform
@@ -87,14 +87,14 @@ def guide_leaf(root, name: str) -> tuple[dict, str, torch.distributions.Transfor
         if module is None:
             return None
     if attr + UNCONSTRAINED_SUFFIX in module._parameters:
-        transform = _unwrap(biject_to(param_constraint(module, attr)))
+        transform = unwrap_transform(biject_to(param_constraint(module, attr)))
         return module._parameters, attr + UNCONSTRAINED_SUFFIX, transform
     if attr in module._buffers:  # frozen means
         return module._buffers, attr, torch.distributions.transforms.identity_transform
     return None
 
 
-def _leaf_kind(leaf) -> str | None:
+def leaf_kind(leaf) -> str | None:
     """``"identity"``, ``"softplus"`` or ``None`` (another transform) for a
     ``guide_leaf`` result: the flat path covers the first two."""
     if leaf is None:
@@ -254,7 +254,7 @@ class _FlatMeanField:
         entries, locs, scales, offset = [], [], [], 0
         for site, paths in sites.items():
             loc, scale = guide_leaf(guide.locs, site), guide_leaf(guide.scales, site)
-            if _leaf_kind(loc) != "identity" or _leaf_kind(scale) != "softplus":
+            if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
                 raise ValueError(f"site {site!r} is not an unconstrained loc with a softplus scale")
             t = loc[0][loc[1]]
             if scale[0][scale[1]].shape != t.shape:

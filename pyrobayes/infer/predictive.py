@@ -43,7 +43,7 @@ from pyrobayes._pyro_compat import (
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
 from pyrobayes.guides.moped import model_sites
-from pyrobayes.infer.flat_guide import _leaf_kind, _unwrap, guide_leaf
+from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
     chain_forward,
     chain_output,
@@ -226,11 +226,11 @@ def _softplus_normal_leaves(guide: nn.Module) -> list | None:
         return None
     out = []
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
-        if _unwrap(biject_to(site["fn"].support)) != identity_transform:
+        if unwrap_transform(biject_to(site["fn"].support)) != identity_transform:
             return None  # a constrained site (e.g. a noise scale): its draw needs a transform
         loc = guide_leaf(guide.locs, name)
         scale = guide_leaf(guide.scales, name)
-        if _leaf_kind(loc) != "identity" or _leaf_kind(scale) != "softplus":
+        if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
             return None
         out.append((name, loc[0][loc[1]], scale[0][scale[1]]))
     return out
