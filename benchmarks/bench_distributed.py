@@ -104,7 +104,8 @@ def pfn_rows(args) -> list[dict]:
 def minilm_payload() -> dict:
     """Exact payload of the fused/torch stepper's all-reduce for the classify-text model."""
     from pyrobayes.distributed import GradSync
-    from pyrobayes.infer.fit import FitConfig, _make_stepper
+    from pyrobayes.infer.fit import FitConfig
+    from pyrobayes.infer.steppers import make_stepper
     from pyrobayes.model import to_bayesian
     from pyrobayes.models.hf import bayesian_include, load_sequence_classifier, parameters_under
 
@@ -118,7 +119,7 @@ def minilm_payload() -> dict:
         name="text_bnn",
     )  # fmt: skip
     enc = tok(["a fine film", "a dull film"], padding=True, return_tensors="pt")
-    stepper = _make_stepper(bmodel, guide, FitConfig(), {"beta": 1.0})
+    stepper = make_stepper(bmodel, guide, FitConfig(), {"beta": 1.0})
     stepper.sync = GradSync()  # no process group: the broadcast is a no-op, the count exact
     stepper._build(**dict(enc), y=torch.tensor([1, 0]))
     floats = sum(p.numel() for p in stepper.params)

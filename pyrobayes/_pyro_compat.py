@@ -34,6 +34,7 @@ __all__ = [
     "UNCONSTRAINED_SUFFIX",
     "rnn_flat_weights_follow_samples",
     "pyro_module_class",
+    "is_subsample",
 ]
 
 #: ``PyroModule`` stores a ``PyroParam`` ``x`` as the raw parameter ``x_unconstrained``, and
@@ -93,6 +94,12 @@ def param_constraint(module: PyroModule, attr: str):
     """``PyroModule._pyro_params[attr][0]``: the constraint of a ``PyroParam`` attribute,
     whose raw tensor lives in ``module._parameters[attr + "_unconstrained"]``."""
     return module._pyro_params[attr][0]
+
+
+def is_subsample(site: dict) -> bool:
+    """Whether a trace's sample site is a plate's index draw (Pyro's private
+    ``_Subsample`` distribution), not a site of the model."""
+    return type(site["fn"]).__name__ == "_Subsample"
 
 
 def rnn_flat_weights_follow_samples() -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 
 import pyro
@@ -221,6 +222,45 @@ class Likelihood(PyroModule):
         return self.log_prob(outputs, y, **kwargs).sum()
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def normal_log_prob(
+    loc: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor, total: bool = False
+) -> torch.Tensor:
+    r"""The one Gaussian log density of pyrobayes' fast paths (the fused ELBO, the NUTS
+    potential, :meth:`Gaussian.log_prob`), element-wise
+
+    .. math::
+
+        \log \mathcal N(y; f, \sigma^2) = -\frac{(y - f)^2}{2\sigma^2} - \log\sigma
+            - \tfrac12\log 2\pi,
+
+    which is ``pyro.distributions.Normal(loc, sigma).log_prob(y)`` (what
+    :meth:`Gaussian.forward` observes under Pyro) without building a validated
+    distribution; ``total=True``: its sum, with the squared errors as ONE summed
+    ``mse_loss`` (one kernel, one backward node) when ``sigma`` is one number.
+    ``y`` must broadcast to ``loc``'s shape.
+
+    Example::
+
+        >>> import pyro.distributions as dist
+        >>> f, y, s = torch.randn(5), torch.randn(5), torch.tensor(0.3)
+        >>> torch.allclose(normal_log_prob(f, y, s), dist.Normal(f, s).log_prob(y))
+        True
+        >>> torch.allclose(normal_log_prob(f, y, s, total=True), dist.Normal(f, s).log_prob(y).sum())
+        True
+    """
+    y = y.to(loc.dtype).expand_as(loc)
+    if total and sigma.numel() == 1:
+        sigma = sigma.reshape(())
+        sq = torch.nn.functional.mse_loss(loc, y, reduction="sum")
+        return -0.5 * sq / sigma.square() - loc.numel() * (sigma.log() + _HALF_LOG_2PI)
+    sq = torch.nn.functional.mse_loss(loc, y, reduction="none")
+    lp = -0.5 * sq / sigma.square() - sigma.log() - _HALF_LOG_2PI
+    return lp.sum() if total else lp
+
+
 class Gaussian(Likelihood):
     """:math:`y \\sim \\mathcal N(f(x), \\sigma^2)`, with ``sigma`` fixed, learned (as a
     point estimate, type-II maximum likelihood) or latent with a prior.
@@ -307,8 +347,9 @@ class Gaussian(Likelihood):
     def _squeeze(f: torch.Tensor) -> torch.Tensor:
         return f.squeeze(-1) if f.dim() > 1 and f.shape[-1] == 1 else f
 
-    def _noise_prior_on(self, device: torch.device, dtype: torch.dtype):
-        # Distributions do not follow .to(); move the prior's tensors lazily instead.
+    def noise_prior_on(self, device: torch.device, dtype: torch.dtype):
+        """The noise prior with its tensors on ``device``/``dtype`` (distributions do not
+        follow ``.to()``; the model and the fused ELBO move it lazily)."""
         p = self.noise_prior
         if hasattr(p, "loc") and hasattr(p, "scale") and isinstance(p, dist.LogNormal):
             return dist.LogNormal(p.loc.to(device, dtype), p.scale.to(device, dtype))
@@ -326,9 +367,9 @@ class Gaussian(Likelihood):
                 )
         if self.latent_noise:
             # one sigma per model execution, outside the data plate (it is shared by all points)
-            sigma = pyro.sample(self.noise_site, self._noise_prior_on(loc.device, loc.dtype))
-        else:
-            sigma = self.scale
+            sigma = pyro.sample(self.noise_site, self.noise_prior_on(loc.device, loc.dtype))
+        else:  # in the outputs' dtype (a float32 buffer would keep a float64 model's
+            sigma = self.scale.to(loc.dtype)  # Normal in float32: Normal keeps mixed dtypes)
         with self._plate(loc.shape[0], loc.device):
             pyro.sample("obs", dist.Normal(loc, sigma).to_event(loc.dim() - 1), obs=y)
         return loc
@@ -347,20 +388,31 @@ class Gaussian(Likelihood):
             s = s.reshape(s.shape[0], *([1] * (loc.dim() - 1)))
         return s
 
+    def _sigma(self, loc: torch.Tensor, noise_scale) -> torch.Tensor:
+        """The noise std a log density uses: the latent draw ``noise_scale`` (required for a
+        latent noise), else the fixed or learned scale (not detached: a learned scale,
+        type-II ML, gets its gradient through here)."""
+        if noise_scale is None:
+            if self.latent_noise:
+                self._draw_scale(loc, None)  # raises: a latent noise needs its draw
+            return self.scale.to(loc.dtype)
+        return torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
+
     def log_prob(
         self, outputs: torch.Tensor, y: torch.Tensor, noise_scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-point log-likelihood; ``noise_scale`` (a scalar) is required for a latent noise."""
         loc = self._squeeze(outputs)
-        if noise_scale is None:
-            if self.latent_noise:
-                self._draw_scale(loc, None)  # raises: a latent noise needs its draw
-            # not detached: a learned scale (type-II ML) gets its gradient through here
-            sigma = self.scale.to(loc.dtype)
-        else:
-            sigma = torch.as_tensor(noise_scale, dtype=loc.dtype, device=loc.device)
-        lp = dist.Normal(loc, sigma).log_prob(self._squeeze(y).to(loc.dtype))
+        lp = normal_log_prob(loc, self._squeeze(y), self._sigma(loc, noise_scale))
         return lp.reshape(lp.shape[0], -1).sum(-1)
+
+    def log_prob_sum(
+        self, outputs: torch.Tensor, y: torch.Tensor, noise_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The batch's total log-likelihood (fused ELBO, NUTS potential): one summed
+        squared error, ``normal_log_prob`` with ``total=True``."""
+        loc = self._squeeze(outputs)
+        return normal_log_prob(loc, self._squeeze(y), self._sigma(loc, noise_scale), total=True)
 
     def ppd(
         self, outputs: torch.Tensor, noise_scale: torch.Tensor | None = None

@@ -1,7 +1,6 @@
 """The vectorised fast paths (flat mean-field ELBO, one-call guide sampling, batched
 matrix products for Linear chains, fused Adam) equal the general paths they replace."""
 
-import functools
 import warnings
 
 import pyro
@@ -15,7 +14,7 @@ from pyrobayes.infer import twin as twin_mod
 from pyrobayes.infer.fast_check import FastPathFallbackWarning
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
 from pyrobayes.infer.predictive import _softplus_normal_leaves, sample_posterior
-from pyrobayes.infer.steppers import FusedStepper, TorchStepper, _prefer_fused_adam
+from pyrobayes.infer.steppers import FusedStepper, TorchStepper, default_optimiser
 from pyrobayes.likelihoods import data_size
 
 
@@ -32,27 +31,46 @@ def _mlp(out=3, bias=True):
 
 @pytest.mark.parametrize("prior", ["pretrained", "layerwise", "scale_mixture"])
 @pytest.mark.parametrize("freeze", [False, True])
-def test_flat_elbo_equals_per_site_elbo(prior, freeze):
+@pytest.mark.parametrize("local_reparam", [False, True])
+def test_flat_elbo_equals_pyro_trace_elbo(prior, freeze, local_reparam):
+    """Both branches of the one fused path (the one-node draw, autograd with a non-Normal
+    prior or local reparameterisation), frozen means included, against Pyro's traces for
+    the same noise; with local reparameterisation Pyro's traces run under the same
+    messenger with the same output noise."""
+    from pyro import poutine
+
+    from pyrobayes.guides import LocalReparameterization
+
     torch.manual_seed(0)
+    # float64: the loss (~1e3) minus its large prior terms leaves gradients of ~0.4, so
+    # float32 would agree to ~1e-4 only; in float64 both sides are exact to ~1e-12
     model, guide = to_bayesian(
-        _mlp(), delta=0.2, likelihood=Categorical(), prior=prior, freeze=freeze
+        _mlp().double(), delta=0.2, likelihood=Categorical(), prior=prior, freeze=freeze
     )
-    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    model.eval()  # no dropout: both paths see the same network
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
     guide.setup(x, y=y)
     fused = FusedMeanFieldELBO(model, guide)
-    fused.loss(x, y=y)
-    assert fused._flat is not None  # the MOPED guide takes the flat path
-    eps = {s: torch.randn_like(guide._get_loc_and_scale(s)[0]) for s in fused.sites}
-    params = [p for p in guide.parameters() if p.requires_grad]
-    torch.manual_seed(1)  # the same dropout mask in both paths
-    flat_loss = fused.loss(x, y=y, eps=eps)
-    g_flat = torch.autograd.grad(flat_loss, params)
-    fused._flat = None
+    fused.local_reparam = local_reparam
+    lrt = LocalReparameterization if local_reparam else __import__("contextlib").nullcontext
     torch.manual_seed(1)
-    site_loss = fused.loss(x, y=y, eps=eps)
-    g_site = torch.autograd.grad(site_loss, params)
-    assert torch.allclose(flat_loss, site_loss, rtol=1e-5)
-    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g_flat, g_site))
+    with lrt():
+        gtr = poutine.trace(guide).get_trace(x, y=y)
+        mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(x, y=y)
+    elbo = mtr.log_prob_sum() - gtr.log_prob_sum()
+    eps = {}
+    for s in fused.sites:
+        m, sd = guide._get_loc_and_scale(s)
+        eps[s] = ((gtr.nodes[s]["value"] - m) / sd).detach()
+    params = [p for p in guide.parameters() if p.requires_grad]
+    torch.manual_seed(1)
+    guide(x, y=y)  # the guide's draws, so the output noise comes next in both runs
+    flat_loss = fused.loss(x, y=y, eps=eps)
+    assert fused._flat is not None  # the MOPED guide takes the flat path
+    assert torch.allclose(flat_loss, -elbo, rtol=1e-10)
+    g_flat = torch.autograd.grad(flat_loss, params)
+    g_pyro = torch.autograd.grad(-elbo, params)
+    assert all(torch.allclose(a, b, rtol=1e-8, atol=1e-10) for a, b in zip(g_flat, g_pyro))
 
 
 def test_flat_guide_draws_are_loc_plus_scale_times_one_noise_vector():
@@ -109,25 +127,32 @@ def test_linear_chain_declines_what_it_cannot_batch():
     assert twin_mod._linear_chain(model, twin, torch.zeros(4, 5, dtype=torch.long)) is None
 
 
-def test_fused_adam_only_replaces_the_default_foreach_adam():
+def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
+    """``fit(optim=None)`` builds ``default_optimiser(lr)`` (Adam, one fused kernel, over
+    the guide's flat storage); an optimiser the user passes is built as given, over the
+    guide's own parameters."""
     p = [torch.nn.Parameter(torch.zeros(3))]
-    default = functools.partial(torch.optim.Adam, lr=0.1, foreach=True)
-    opt = _prefer_fused_adam(default)(p)
+    opt = default_optimiser(0.1)(p)
     assert opt.defaults["fused"] is True and opt.defaults["lr"] == 0.1
-    custom = functools.partial(torch.optim.SGD, lr=0.1)
-    assert _prefer_fused_adam(custom) is custom
-    plain = functools.partial(torch.optim.Adam, lr=0.1)
-    assert _prefer_fused_adam(plain) is plain
-    # a fit with it still lowers the loss like before
     torch.manual_seed(0)
     model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), prior="normal")
     x = torch.randn(32, 2)
     y = x @ torch.tensor([1.0, -2.0])
-    st = FusedStepper(model, guide, default, {"beta": 1.0})
+    built = []
+
+    def mine(params):
+        built.append(torch.optim.Adam(params, lr=0.05, foreach=True))
+        return built[-1]
+
+    fit(model, guide, (x, y), epochs=2, batch_size=16, optim=mine, progress=False)
+    assert len(built) == 1 and built[0].defaults["fused"] is None
+    assert len(built[0].param_groups[0]["params"]) == 4  # per site: not the flat storage
+    st = FusedStepper(model, guide, default_optimiser(0.05), {"beta": 1.0}, flat=True)
     first = st.step(x, y=y)
     for _ in range(200):
         last = st.step(x, y=y)
-    assert st.opt.defaults["fused"] is True and last < first
+    assert st.opt.defaults["fused"] is True and len(st.params) == 2 and last < first
+    st.close()
 
 
 @pytest.mark.parametrize("num_samples, chunk", [(9, None), (10, 4), (3, 32)])

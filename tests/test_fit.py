@@ -51,7 +51,7 @@ def test_minibatch_plate_scales_likelihood_by_n_over_b():
 
 
 def test_kl_weight_scales_latent_sites_only():
-    from pyrobayes.infer.fit import _ScaleLatents
+    from pyrobayes.infer.steppers import ScaleLatents as _ScaleLatents
 
     x, y = regression(8)
     model, _ = new_model()
@@ -466,7 +466,7 @@ def test_tensor_batches_follow_the_dataloader_order_and_random_draws(n, shuffle,
     global RNG state are exactly those of ``DataLoader(TensorDataset(...))``."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pyrobayes.infer.fit import _make_loader
+    from pyrobayes.infer.fit_data import make_loader as _make_loader
 
     x, y = torch.randn(n, 3), torch.arange(n)
     ours = _make_loader((x, y), 16, shuffle, seed)

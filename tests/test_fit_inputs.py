@@ -91,7 +91,8 @@ def test_data_size_is_the_users_and_validated():
 
 def test_distributed_fit_refuses_a_sampler_it_would_drop(monkeypatch):
     from pyrobayes import distributed as dist_
-    from pyrobayes.infer.fit import FitConfig, _shard
+    from pyrobayes.infer.fit import FitConfig
+    from pyrobayes.infer.fit_data import shard as _shard
 
     x, y = regression(100)
     loader = DataLoader(TensorDataset(x, y), batch_size=10, sampler=SubsetRandomSampler(range(50)))

@@ -2,17 +2,15 @@
 updates and the same per-site optimiser state as an optimiser over the guide's own
 parameters, and a replaced parameter is picked up, not silently left untrained."""
 
-import functools
-
 import pyro.distributions as dist
 import pytest
 import torch
 
 from pyrobayes import Categorical, Gaussian, to_bayesian
 from pyrobayes.infer.flat_guide import flat_optim_state
-from pyrobayes.infer.steppers import FusedStepper
+from pyrobayes.infer.steppers import FusedStepper, default_optimiser
 
-ADAM = functools.partial(torch.optim.Adam, lr=0.01, foreach=True)  # fit's default
+ADAM = default_optimiser(0.01)  # fit's default (element-wise: flat=True)
 
 
 def _per_site_adam(params):
@@ -52,7 +50,7 @@ def _data(kind="categorical"):
 def _bound_and_plain(kind="categorical"):
     """Two equal (model, guide) pairs: one stepper binds, the other does not."""
     (m1, g1), (m2, g2) = _pair(kind=kind), _pair(kind=kind)
-    bound = FusedStepper(m1, g1, ADAM, {"beta": 1.0})
+    bound = FusedStepper(m1, g1, ADAM, {"beta": 1.0}, flat=True)
     plain = FusedStepper(m2, g2, _per_site_adam, {"beta": 1.0})
     return bound, plain, g1, g2
 
@@ -98,7 +96,7 @@ def test_bound_state_is_per_site_and_resumes_exactly(kind):
         for mine, theirs in ((g3, g1), (m3, bound.model)):
             for t, v in zip(mine.state_dict().values(), theirs.state_dict().values()):
                 t.copy_(v)
-    resumed = FusedStepper(m3, g3, ADAM, {"beta": 1.0})
+    resumed = FusedStepper(m3, g3, ADAM, {"beta": 1.0}, flat=True)
     resumed.set_state(b)
     assert _run(resumed, x, y, [3]) == pytest.approx(_run(bound, x, y, [3]), rel=1e-6)
     for mine, theirs in ((g3, g1), (m3, bound.model)):
@@ -110,7 +108,7 @@ def test_bound_state_is_per_site_and_resumes_exactly(kind):
 def test_a_replaced_site_parameter_is_rebound_and_keeps_training():
     x, y = _data()
     model, guide = _pair()
-    st = FusedStepper(model, guide, ADAM, {"beta": 1.0})
+    st = FusedStepper(model, guide, ADAM, {"beta": 1.0}, flat=True)
     _run(st, x, y, range(2))
     loc = next(t for t in st._flat.site_tensors()[0] if t.dim() == 2)
     loc.data = loc.data.clone()  # e.g. guide.to(...): the view is gone
@@ -124,7 +122,7 @@ def test_a_replaced_site_parameter_is_rebound_and_keeps_training():
 def test_frozen_means_are_not_bound():
     x, y = _data()
     model, guide = _pair(freeze=True)
-    st = FusedStepper(model, guide, ADAM, {"beta": 1.0})
+    st = FusedStepper(model, guide, ADAM, {"beta": 1.0}, flat=True)
     first = _run(st, x, y, [0])[0]
     assert st._layout is None  # the locs are buffers: nothing to bind
     assert all(p.grad is None for p in st.params) and first > 0

@@ -120,3 +120,13 @@ def test_pyro_module_class_builds_abc_classes_into_pyros_cache():
     m = _AbcLinear(2, 1)
     m.__class__ = cls
     assert type(pickle.loads(pickle.dumps(m))) is cls  # unpickled through Pyro's _New
+
+
+def test_is_subsample():
+    def plated():
+        with pyro.plate("data", 10, subsample_size=2):
+            pyro.sample("obs", pyro.distributions.Normal(0.0, 1.0), obs=torch.zeros(2))
+
+    tr = pyro.poutine.trace(plated).get_trace()
+    kinds = {n: pc.is_subsample(s) for n, s in tr.nodes.items() if s["type"] == "sample"}
+    assert kinds == {"data": True, "obs": False}

@@ -40,6 +40,8 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
+from pyrobayes._pyro_compat import is_subsample
+
 __all__ = [
     "FastPathFallbackWarning",
     "likelihood_sites",
@@ -85,7 +87,7 @@ def trace_sites(trace: poutine.Trace) -> dict[str, bool]:
     return {
         name: bool(site["is_observed"])
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
+        if site["type"] == "sample" and not is_subsample(site)
     }
 
 

@@ -33,14 +33,13 @@ from torch.distributions import biject_to
 from pyrobayes._pyro_compat import (
     UNCONSTRAINED_SUFFIX,
     loc_and_scale,
-    param_constraint,
     pyro_name,
     setup_prototype,
 )
 from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
-from pyrobayes.infer.flat_guide import _HALF_LOG_2PI, _fast_log_prob, _FlatMeanField
+from pyrobayes.infer.flat_guide import _FlatMeanField, guide_leaf, normal_log_q
 from pyrobayes.infer.twin import (
     _linear_chain,
     chain_forward_one,
@@ -110,8 +109,10 @@ class FusedMeanFieldELBO:
         self._tied = tied_paths(self.sites)
         self.beta = 1.0
         self.local_reparam = False
-        self._getters = None
+        self._resolved = False
+        self.one_node = True  # False: the autograd branch of _FlatMeanField.sample (tests)
         self._flat: _FlatMeanField | None = None
+        self._why_not: str | None = None  # why the flat path does not cover this guide
         self._chains: dict = {}
 
     def bind_flat(self) -> _FlatMeanField | None:
@@ -119,8 +120,7 @@ class FusedMeanFieldELBO:
         and return the flat view, or ``None`` where the flat path does not apply. After
         this the loss differentiates with respect to the flat tensors, not the site
         parameters: whoever binds must optimise ``flat.flat`` (the fused stepper does)."""
-        if self._getters is None:
-            self._resolve()
+        self._resolve()
         if self._flat is None or self._flat.bind() is None:
             return None
         return self._flat
@@ -135,22 +135,22 @@ class FusedMeanFieldELBO:
         return hit[1]
 
     def _resolve(self) -> None:
-        """Per site, direct handles on the guide's tensors and a cheap prior log-density.
-
-        Going through ``PyroModule.__getattr__`` for every level of every site name costs
-        more than the arithmetic on a small net, so the leaves are looked up once."""
-        self._getters = {
-            site: (_leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
-            for site in self.sites
-        }
-        priors = site_priors(self.model)
-        self._priors = {site: _fast_log_prob(d) for site, d in priors.items()}
-        self._flat = _FlatMeanField.build(self.guide, self.sites, priors)
+        """Once: the flat view of the guide's sites (:class:`_FlatMeanField`) and getters
+        for the likelihood's latent sites. Going through ``PyroModule.__getattr__`` for every
+        level of every site name costs more than the arithmetic on a small net, so the
+        leaves are looked up once (``guide_leaf``)."""
+        if self._resolved:
+            return
+        try:
+            self._flat = _FlatMeanField.build(self.guide, self.sites, site_priors(self.model))
+        except ValueError as exc:
+            self._flat, self._why_not = None, f"the fused ELBO does not cover this guide: {exc}"
         keywords = getattr(self.model.likelihood, "latent_keywords", {})
         self._latents = [
-            (site, keywords[site], _leaf(self.guide.locs, site), _leaf(self.guide.scales, site))
+            (site, keywords[site], _getter(self.guide.locs, site), _getter(self.guide.scales, site))
             for site in getattr(self.model.likelihood, "latent_sites", ())
         ]
+        self._resolved = True
 
     def loss(
         self, *inputs, y: torch.Tensor, eps: dict[str, torch.Tensor] | None = None, **kwargs
@@ -176,13 +176,11 @@ class FusedMeanFieldELBO:
     def _loss_and_output(self, inputs, y, eps, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss and the network output it scored (the output names the likelihood's
         sites for :meth:`verify`)."""
-        if self._getters is None:
-            self._resolve()
+        self._resolve()
+        if self._flat is None:
+            raise ValueError(self._why_not)
         with LocalReparameterization() if self.local_reparam else contextlib.nullcontext() as lrt:
-            if self._flat is not None:
-                weights, log_p, log_q = self._flat.sample(eps, lrt)
-            else:
-                weights, log_p, log_q = self._per_site(eps, lrt)
+            weights, log_p, log_q = self._flat.sample(eps, lrt, self.one_node)
             twin = self.net._pyrobayes_twin
             twin.train(self.model.training)
             fixed = fixed_tensors(self.net, detach=False)
@@ -240,6 +238,9 @@ class FusedMeanFieldELBO:
         guide = self.guide
         if guide.prototype_trace is None:
             setup_prototype(guide, *inputs, y=y, **kwargs)
+        self._resolve()
+        if self._flat is None:
+            return self._why_not
         names = [name for name, _ in guide.prototype_trace.iter_stochastic_nodes()]
         with eval_mode(self.model), torch.no_grad():
             locs = self._guide_means(names, inputs, y, kwargs)
@@ -295,48 +296,20 @@ class FusedMeanFieldELBO:
         \log|t'(z)|`, as Pyro's traces score them."""
         e = eps[site] if eps is not None and site in eps else torch.randn_like(loc)
         z = loc + scale * e
-        prior = self.model.likelihood._noise_prior_on(z.device, z.dtype)
+        prior = self.model.likelihood.noise_prior_on(z.device, z.dtype)
         transform = biject_to(prior.support)
         value = transform(z)
-        log_q = (
-            -(0.5 * e.pow(2) + scale.log()).sum()
-            - e.numel() * _HALF_LOG_2PI
-            - transform.log_abs_det_jacobian(z, value).sum()
-        )
+        log_q = normal_log_q(e, scale) - transform.log_abs_det_jacobian(z, value).sum()
         return value, prior.log_prob(value).sum(), log_q
 
-    def _per_site(self, eps, lrt):
-        """The general path: one sampling and log-density expression per site."""
-        log_p = log_q = 0.0
-        weights = {}
-        for site, paths in self.sites.items():
-            get_loc, get_scale = self._getters[site]
-            loc, scale = get_loc(), get_scale()
-            e = eps[site] if eps is not None else torch.randn_like(loc)
-            w = loc + scale * e
-            weights[paths[0]] = w
-            if lrt is not None:
-                lrt.register(w, loc, scale)
-            # log N(w; loc, scale) with w - loc = scale * e, without recomputing (w-loc)/scale
-            log_q = log_q - (0.5 * e.pow(2) + scale.log()).sum() - e.numel() * _HALF_LOG_2PI
-            log_p = log_p + self._priors[site](w)
-        return weights, log_p, log_q
 
-
-def _leaf(root, name: str):
-    """A zero-argument getter for the guide tensor of site ``name`` under ``root``."""
-    module = root
-    *path, attr = name.split(".")
-    for part in path:
-        module = module._modules[part]
-    if attr + UNCONSTRAINED_SUFFIX in module._parameters:
-        raw = module._parameters[attr + UNCONSTRAINED_SUFFIX]
-        transform = biject_to(param_constraint(module, attr))
-        if isinstance(transform, torch.distributions.transforms.IndependentTransform):
-            transform = transform.base_transform
-        if transform == torch.distributions.transforms.identity_transform:
-            return lambda: raw
-        return lambda: transform(raw)
-    if attr in module._buffers:  # frozen means
-        return lambda: module._buffers[attr]
-    raise KeyError(f"guide has no parameter for site {name!r}")
+def _getter(root, name: str):
+    """A zero-argument getter for the constrained guide tensor of site ``name`` under
+    ``root`` (``guide_leaf``)."""
+    leaf = guide_leaf(root, name)
+    if leaf is None:
+        raise KeyError(f"guide has no parameter for site {name!r}")
+    store, key, transform = leaf
+    if transform == torch.distributions.transforms.identity_transform:
+        return lambda: store[key]
+    return lambda: transform(store[key])

@@ -1,4 +1,9 @@
-"""``fit``: the SVI loop (Pyro ``SVI`` + ``Trace_ELBO``) with the chores done properly.
+"""``fit``: stochastic variational inference as a short loop over ONE loss, chosen once
+(``make_stepper``): the fused single-particle
+``Trace_ELBO`` (:mod:`pyrobayes.infer.fast_elbo`, the default where it applies) or Pyro's
+own ELBO on traces (``Trace_ELBO``/``TraceMeanField_ELBO``), with the chores done properly.
+The data side (loader, ``N``, batch checks) is :mod:`pyrobayes.infer.fit_data`,
+checkpoints :mod:`pyrobayes.infer.fit_checkpoint`.
 
 Progress bar, per-epoch history, callbacks and early stopping, a KL weight (constant or a
 schedule), checkpoint and resume, and a clear error naming the step and the site when the
@@ -29,10 +34,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import functools
 import math
 import numbers
 import os
@@ -45,32 +47,27 @@ from typing import Any
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.poutine.messenger import Messenger
-from torch.utils.data import (
-    DataLoader,
-    IterableDataset,
-    RandomSampler,
-    SequentialSampler,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader
 
 from pyrobayes import distributed as dist_
-from pyrobayes.convert import is_converted
-from pyrobayes.guides.local_reparam import LocalReparameterization
-from pyrobayes.infer.fast_elbo import supports_fused
 from pyrobayes.infer.fit_checkpoint import (
     CHECKPOINT_FORMAT,
-    check_data_fingerprint,
-    check_state_dict,
-    data_fingerprint,
     load_fit_checkpoint,
-    rename_prefix,
-    save_fit_checkpoint,
+    loader_fingerprint,
+    resume_fit,
+    save_fit,
 )
-from pyrobayes.infer.predictive import check_guide
-from pyrobayes.infer.steppers import FusedStepper, SVIStepper, TorchStepper
-from pyrobayes.infer.twin import check_input_features
+from pyrobayes.infer.fit_data import (
+    TensorBatches,
+    check_batch,
+    epoch_data_size,
+    len_or_none,
+    make_loader,
+    naming_input_shapes,
+    shard,
+    split_batch,
+)
+from pyrobayes.infer.steppers import LossKind, checked_stepper
 from pyrobayes.likelihoods import data_size
 from pyrobayes.options import Option
 from pyrobayes.progress import progress_bar
@@ -85,25 +82,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "load_fit_checkpoint",
 ]
-
-
-class LossKind(Option):
-    """The ELBO :func:`fit` optimises: ``"trace_elbo"`` (Monte Carlo KL) or
-    ``"meanfield"`` (analytic KL where known).
-
-    Example::
-
-        >>> from pyrobayes.infer.fit import LossKind
-        >>> LossKind("meanfield") is LossKind.MEANFIELD, LossKind.TRACE_ELBO == "trace_elbo"
-        (True, True)
-        >>> LossKind.parse("elbo", "loss")
-        Traceback (most recent call last):
-            ...
-        ValueError: unknown loss 'elbo'; valid: trace_elbo, meanfield
-    """
-
-    TRACE_ELBO = "trace_elbo"
-    MEANFIELD = "meanfield"
 
 
 class LRSchedule(Option):
@@ -192,222 +170,6 @@ class EarlyStopping:
         return self.bad >= self.patience
 
 
-class _ScaleLatents(Messenger):
-    """Multiply the log-density of every non-observed sample site by ``weight``."""
-
-    def __init__(self, weight: float):
-        super().__init__()
-        self.weight = weight
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = self.weight * msg["scale"]
-
-
-def _check_finite(name: str, t: torch.Tensor) -> None:
-    if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
-
-
-def _make_loader(data, batch_size: int, shuffle: bool, seed: int | None) -> DataLoader:
-    """The loader of a fit (validated, unsharded; :func:`_shard` shards it)."""
-    if isinstance(data, DataLoader):
-        return data
-    if isinstance(data, (tuple, list)) and all(torch.is_tensor(t) for t in data):
-        if len(data) < 2:
-            raise ValueError("data must be (inputs..., targets)")
-        lengths = {len(t) for t in data}
-        if len(lengths) != 1:
-            raise ValueError(f"inputs and targets have different lengths: {[len(t) for t in data]}")
-        for i, t in enumerate(data):
-            _check_finite("targets" if i == len(data) - 1 else f"input {i}", t)
-        if lengths == {0}:
-            raise ValueError("data is empty")
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        return _TensorBatches(TensorDataset(*data), batch_size, shuffle, gen)
-    raise TypeError("data must be a tuple of tensors (inputs..., targets) or a torch DataLoader")
-
-
-class _TensorBatches:
-    """Minibatches of in-memory tensors by indexing, in exactly the order (and with exactly
-    the random draws) of ``DataLoader(TensorDataset(*tensors), batch_size, shuffle,
-    generator=generator)``, without its per-example ``__getitem__`` and ``torch.stack``
-    collation (a large share of an epoch of a small network).
-
-    Per pass, as ``DataLoader`` does: one ``int64`` draw for the (unused) worker base seed
-    when the pass starts, then at the first batch a ``randperm`` from ``generator`` (or,
-    with ``generator=None``, from a fresh generator seeded by a draw from the global RNG),
-    and one more ``randperm`` once the pass is exhausted (``RandomSampler``'s trailing
-    partial permutation, empty here).
-    The data were validated up front (:func:`_make_loader`), so batches need no check."""
-
-    def __init__(self, dataset: TensorDataset, batch_size: int, shuffle: bool, generator):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.generator = generator
-        self.sampler = None  # no set_epoch: the unsharded order is the generator's
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def __iter__(self):
-        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # base seed
-        return self._batches()
-
-    def _batches(self):
-        tensors, n, bs = self.dataset.tensors, len(self.dataset), self.batch_size
-        if not self.shuffle:
-            for start in range(0, n, bs):
-                yield tuple(t[start : start + bs] for t in tensors)
-            return
-        gen = self.generator
-        if gen is None:
-            seed = int(torch.empty((), dtype=torch.int64).random_().item())
-            gen = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=gen)
-        for idx in order.split(bs):
-            yield tuple(t[idx] for t in tensors)
-        # RandomSampler draws one more (empty) permutation when it is exhausted
-        torch.randperm(n, generator=gen)
-
-
-def _shard(data, loader: DataLoader, cfg: FitConfig) -> DataLoader:
-    """Under torch.distributed, this rank's shard of the data (a ``DistributedSampler``)."""
-    if not dist_.is_distributed():
-        return loader
-    sampler = getattr(data, "sampler", None)
-    if isinstance(data, DataLoader) and type(sampler) not in (SequentialSampler, RandomSampler):
-        if not isinstance(data.dataset, IterableDataset) and data.batch_size is not None:
-            # a subset or weighted sampler would be dropped silently, and N with it
-            raise ValueError(
-                f"under torch.distributed fit shards the DataLoader's whole dataset with a "
-                f"DistributedSampler, which would replace its {type(sampler).__name__}: pass "
-                "the points to train on as the dataset (torch.utils.data.Subset(dataset, "
-                "indices)) with shuffle=True or False instead of a sampler"
-            )
-    source = data if isinstance(data, DataLoader) else loader.dataset.tensors
-    return dist_.shard_loader(
-        source, cfg.batch_size, cfg.shuffle, cfg.seed, lambda d: TensorDataset(*d)
-    )
-
-
-def _data_size(loader, explicit: int | None, model, distributed: bool) -> int:
-    """``N`` of the likelihood plate: ``data_size=`` when given; else the tensors' length;
-    under torch.distributed the size of the whole data set, also on a rank that only sees
-    its shard (its ``DistributedSampler`` draws from ``loader.dataset``, the global data);
-    else the points one epoch of the user's ``DataLoader`` visits (:func:`_epoch_points`)."""
-    if explicit is not None:
-        return explicit
-    if isinstance(loader, _TensorBatches) or distributed:
-        n = len(loader.dataset)
-    else:
-        n = _epoch_points(loader)
-    if n is None:
-        fixed = getattr(getattr(model, "likelihood", None), "dataset_size", None)
-        if fixed:
-            return int(fixed)  # the user's own N on the likelihood: the plate takes it anyway
-        raise ValueError(
-            f"fit cannot know how many points one epoch of this DataLoader visits "
-            f"({_unknown_size_reason(loader)}): pass data_size=N, the number of training "
-            "points; N scales the likelihood of each batch by N/B, so a wrong N gives a "
-            "too narrow or too wide posterior"
-        )
-    if n == 0:
-        raise ValueError("data is empty")
-    return n
-
-
-def _epoch_points(loader: DataLoader) -> int | None:
-    """The points one epoch draws, ``len(sampler)`` (not ``len(dataset)``: a
-    ``SubsetRandomSampler`` visits a part); in a fixed order (``SequentialSampler``)
-    ``drop_last`` never visits the tail, which is left out. A random order draws every
-    batch from all ``len(sampler)`` points, so ``drop_last`` changes nothing there.
-    ``None`` when it cannot be known before the first epoch."""
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_size is None:
-        return None
-    try:
-        n = len(loader.sampler)
-    except TypeError:
-        return None
-    if loader.drop_last and isinstance(loader.sampler, SequentialSampler):
-        if 0 < n < loader.batch_size:
-            raise ValueError(
-                f"the DataLoader yielded no batches: drop_last=True with "
-                f"batch_size={loader.batch_size} drops all {n} points"
-            )
-        n -= n % loader.batch_size
-    return n
-
-
-def _unknown_size_reason(loader: DataLoader) -> str:
-    if isinstance(loader.dataset, IterableDataset):
-        return "an IterableDataset"
-    if loader.batch_sampler is not None and loader.batch_size is None:
-        return "a custom batch_sampler"
-    if loader.batch_size is None:
-        return "automatic batching disabled (batch_size=None)"
-    return f"its {type(loader.sampler).__name__} has no length"
-
-
-def _split_batch(batch, device) -> tuple[tuple, dict, torch.Tensor]:
-    """``(*inputs, y)`` tuples, or dicts with a ``labels``/``label`` key (Hugging Face)."""
-    if isinstance(batch, Mapping):
-        batch = dict(batch)
-        key = "labels" if "labels" in batch else "label" if "label" in batch else None
-        if key is None:
-            raise ValueError(f"dict batches need a 'labels' key; got keys {sorted(batch)}")
-        y = _on_device(f"dict batch field {key!r}", batch.pop(key), device)
-        kw = {k: _on_device(f"dict batch field {k!r}", v, device) for k, v in batch.items()}
-        return (), kw, y
-    *xs, y = batch
-    xs = tuple(_on_device(f"batch input {i}", x, device) for i, x in enumerate(xs))
-    return xs, {}, _on_device("batch targets", y, device)
-
-
-def _on_device(name: str, value, device) -> torch.Tensor:
-    """A batch entry on ``device``. Every entry but the labels reaches the model as an
-    input, and a non-tensor (a tokenizer's ``text`` list) would fail deep inside the net or
-    the NaN check: refuse it here, by name."""
-    if not torch.is_tensor(value):
-        raise TypeError(
-            f"{name} is a {type(value).__name__}, not a tensor: fit passes every batch entry "
-            "but the labels to the model as an input; remove it from the batch (e.g. "
-            "dataset.remove_columns([...]) or a collate_fn that drops it)"
-        )
-    return value.to(device)
-
-
-@contextlib.contextmanager
-def _naming_input_shapes(model, xs: tuple):
-    """A wrong feature/channel count fails in torch as ``mat1 and mat2 shapes cannot be
-    multiplied``; turn it into the predictive's error naming both shapes. Checked only
-    after a failure, so a working step pays nothing."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if any(is_converted(m) for m in model.modules()):
-            try:
-                check_input_features(model, *xs)
-            except ValueError as clear:
-                raise clear from exc
-        raise
-
-
-def _check_batch(xs: tuple, kw: dict, y: torch.Tensor, epoch: int, step: int) -> None:
-    """NaN/inf in a batch would turn every parameter NaN in one step: refuse it first."""
-    named = [(f"input {i}", x) for i, x in enumerate(xs)]
-    named += [(f"input {k!r}", v) for k, v in kw.items()] + [("targets", y)]
-    for name, t in named:
-        try:
-            _check_finite(name, t)
-        except ValueError as exc:
-            raise ValueError(
-                f"epoch {epoch}, batch {step}: {exc}; the guide was not updated with it"
-            ) from None
-
-
 def _kl_weight_at(kl_weight, epoch: int, epochs: int) -> float:
     w = kl_weight(epoch, epochs) if callable(kl_weight) else kl_weight
     if not (0 <= float(w) < math.inf):
@@ -470,183 +232,12 @@ def _diagnose(model, guide, xs, kw, y) -> str:
     return "no single site (the ELBO estimate itself overflowed)"
 
 
-def _snapshot(model, guide, stepper) -> dict:
-    """A copy of everything a step changes (for the Pyro-SVI path, which updates inside
-    ``svi.step`` and cannot skip a non-finite update the way the torch steppers do)."""
-    return {
-        "model": copy.deepcopy(model.state_dict()),
-        "guide": copy.deepcopy(guide.state_dict()),
-        "optim": copy.deepcopy(stepper.get_state()),
-    }
-
-
-def _restore(model, guide, stepper, snap: dict | None) -> None:
-    if snap is None:
-        return
-    model.load_state_dict(snap["model"])
-    # a guide whose parameters the failing (first) step created has no finite state to keep
-    guide.load_state_dict(snap["guide"], strict=bool(snap["guide"]))
-    stepper.set_state(snap["optim"])
-
-
-def _pyro_name(model) -> str | None:
-    return getattr(model, "_pyro_name", None)
-
-
-def _ensure_guide_params(model, guide, loader, device) -> None:
-    """The guide's parameters must exist before saved values can be loaded into them."""
-    first = next(iter(loader), None)
-    if first is None:
-        raise ValueError("the DataLoader yields no batches; nothing to resume with")
-    xs, kw, y = _split_batch(first, device)
-    with _naming_input_shapes(model, xs):
-        if hasattr(guide, "setup"):
-            guide.setup(*xs, y=y, **kw)
-        else:
-            guide(*xs, y=y, **kw)
-
-
-def _batch_fields(xs: tuple, kw: dict, y) -> list[tuple[str, torch.Tensor]]:
-    """A batch's tensors under the names the errors of a fit use."""
-    fields = [(f"input {i}", x) for i, x in enumerate(xs)]
-    return fields + [(f"input {k!r}", v) for k, v in kw.items()] + [("targets", y)]
-
-
-def _peek(loader):
-    """The first batch of ``loader`` without moving any random stream a fit draws from
-    (the global RNG, the loader's and its sampler's generators)."""
-    gens = {getattr(loader, "generator", None), getattr(loader.sampler, "generator", None)}
-    states = [(g, g.get_state()) for g in gens if isinstance(g, torch.Generator)]
-    with torch.random.fork_rng(devices=[]):
-        batch = next(iter(loader), None)
-    for g, state in states:
-        g.set_state(state)
-    return batch
-
-
-def _fingerprint(loader, n: int) -> dict:
-    """The data a checkpoint is written for: tensors held whole (tensor data or a
-    ``TensorDataset``) are hashed; of another dataset, its length and one batch's shapes
-    per point and dtypes are kept (its content is too costly to read for a check)."""
-    dataset = getattr(loader, "dataset", None)
-    if isinstance(dataset, TensorDataset):
-        *xs, y = dataset.tensors
-        return data_fingerprint(n, _batch_fields(tuple(xs), {}, y), whole=True)
-    try:
-        length = len(dataset)
-    except TypeError:
-        length = None
-    batch = _peek(loader)
-    if batch is None:
-        raise ValueError("the DataLoader yields no batches")
-    fields = _batch_fields(*_split_batch(batch, "cpu"))
-    return data_fingerprint(n, fields, whole=False, dataset_length=length)
-
-
-def _resume(
-    path: Path, model, guide, stepper, loader, device, history: History, fingerprint: dict
-) -> int:
-    """Load a checkpoint into ``model``, ``guide``, the optimiser and the RNGs; the epoch."""
-    state = load_fit_checkpoint(path)
-    check_data_fingerprint(path, state.get("data"), fingerprint)
-    _ensure_guide_params(model, guide, loader, device)
-    saved_name, name = state.get("pyro_name"), _pyro_name(model)
-    hint = ""
-    if saved_name and name and saved_name != name:
-        # the same architecture converted under another auto-generated name: map the names
-        state["model"] = rename_prefix(state["model"], saved_name, name)
-        state["guide"] = rename_prefix(state["guide"], saved_name, name)
-        hint = f" (checkpoint model {saved_name!r} mapped onto {name!r})"
-    check_state_dict("model", model, state["model"], hint)
-    check_state_dict("guide", guide, state["guide"], hint)
-    model.load_state_dict(state["model"])
-    guide.load_state_dict(state["guide"])
-    stepper.set_state(state["optim"])
-    history.records = list(state["history"])
-    torch.set_rng_state(state["rng"])
-    if isinstance(loader.generator, torch.Generator) and state.get("loader_rng") is not None:
-        loader.generator.set_state(state["loader_rng"])
-    return int(state["epoch"])
-
-
-def _save(
-    path: Path, epoch: int, model, guide, stepper, loader, history: History, fingerprint: dict
-) -> None:
-    gen = loader.generator if isinstance(loader.generator, torch.Generator) else None
-    save_fit_checkpoint(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
-            "pyro_name": _pyro_name(model),
-            "data": fingerprint,
-            "model": model.state_dict(),
-            "guide": guide.state_dict(),
-            "optim": stepper.get_state(),
-            "history": history.records,
-            "rng": torch.get_rng_state(),
-            "loader_rng": gen.get_state() if gen is not None else None,
-        },
-    )
-
-
-def _make_stepper(model, guide, cfg: FitConfig, weight: dict):
-    loss_kind, optim, num_particles = LossKind(cfg.loss), cfg.optim, cfg.num_particles
-    elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
-    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=cfg.vectorize_particles)
-
-    def scaled_model(*a, **k):
-        with _ScaleLatents(weight["beta"]):
-            return model(*a, **k)
-
-    def scaled_guide(*a, **k):
-        with _ScaleLatents(weight["beta"]):
-            return guide(*a, **k)
-
-    # foreach: one fused update over all tensors (torch only picks it by default on GPUs)
-    make_optim = optim or functools.partial(torch.optim.Adam, lr=cfg.lr, foreach=True)
-    is_pyro = isinstance(optim, pyro.optim.PyroOptim)
-    can_fuse = (
-        loss_kind is LossKind.TRACE_ELBO
-        and num_particles == 1
-        and not is_pyro
-        and supports_fused(model, guide)
-    )
-    if cfg.fused and not can_fuse:
-        raise ValueError(
-            "fused=True needs loss='trace_elbo', num_particles=1, a torch optimiser, "
-            "a BayesianModel and an AutoNormal-family guide"
-        )
-    if is_pyro:
-        return SVIStepper(scaled_model, scaled_guide, elbo, optim)
-    if can_fuse and cfg.fused is not False:
-        # Pyro's traces take over where the fused ELBO is not this model's; fused=True refuses
-        traced = functools.partial(TorchStepper, scaled_model, scaled_guide, model, guide, elbo)
-        fallback = None if cfg.fused else functools.partial(traced, make_optim)
-        stepper = FusedStepper(model, guide, make_optim, weight, fallback=fallback)
-        stepper.fused.local_reparam = cfg.local_reparam
-        return stepper
-    return TorchStepper(scaled_model, scaled_guide, model, guide, elbo, make_optim)
-
-
-@contextlib.contextmanager
-def _closing(bar, stepper):
-    """Close the progress bar and give a fused stepper's flat guide storage back (each site
-    parameter its own storage again), whether the epochs end or raise."""
-    try:
-        yield
-    finally:
-        bar.close()
-        if isinstance(stepper, FusedStepper):
-            stepper.release()
-
-
-def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -> float:
-    """One step; on a non-finite loss restore the last finite state and raise."""
-    snap = _snapshot(model, guide, stepper) if isinstance(stepper, SVIStepper) else None
+def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate) -> float:
+    """One step; on a non-finite loss raise, naming the first non-finite site (every
+    stepper skipped that update, so the state is the last finite one)."""
     cause = None
     try:
-        with pyro.validation_enabled(validate), lrt(), _naming_input_shapes(model, xs):
+        with pyro.validation_enabled(validate), naming_input_shapes(model, xs):
             value = stepper.step(*xs, y=y, **kw)
     except ValueError as exc:
         # Pyro's argument validation is how a NaN parameter usually surfaces.
@@ -655,12 +246,11 @@ def _run_step(stepper, model, guide, xs, kw, y, *, epoch, step, validate, lrt) -
         value, cause = math.nan, exc
     if math.isfinite(value):
         return value
-    where = _diagnose(model, guide, xs, kw, y)
-    _restore(model, guide, stepper, snap)  # torch steppers skipped the update themselves
     raise FloatingPointError(
-        f"ELBO loss became {value} at epoch {epoch}, step {step}: first non-finite {where}. "
-        "The guide, model and optimiser keep their last finite state. "
-        "Try a smaller learning rate, a smaller MOPED delta or a larger min_scale."
+        f"ELBO loss became {value} at epoch {epoch}, step {step}: first non-finite "
+        f"{_diagnose(model, guide, xs, kw, y)}. The guide, model and optimiser keep their "
+        "last finite state. Try a smaller learning rate, a smaller MOPED delta or a "
+        "larger min_scale."
     ) from cause
 
 
@@ -671,11 +261,13 @@ class FitConfig:
 
     Attributes:
         epochs, batch_size, lr: loop length, batch size for tensor data, Adam step size.
-        optim: a Pyro optimiser (then Pyro's ``SVI`` runs the loop; a
+        optim: a Pyro optimiser (then Pyro's ELBO with ``SVI.step``'s update; a
             ``pyro.optim.PyroLRScheduler`` is stepped once per epoch), or a callable that
-            builds a ``torch.optim.Optimizer`` from a parameter list (default: ``Adam(lr)``
-            over all guide and model parameters at once: one fused update instead of
-            Pyro's one optimiser per parameter, which dominates the step time of small nets).
+            builds a ``torch.optim.Optimizer`` from a parameter list, used as given over
+            the guide's and model's parameters. ``None`` (default):
+            ``default_optimiser``, ``Adam(lr)`` over all
+            parameters at once as one fused kernel; with the fused ELBO it updates the
+            guide's locs and scales as two flat tensors.
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).
         num_particles, vectorize_particles: ELBO samples per step.
         kl_weight: :math:`\\beta`, a number or ``f(epoch, epochs) -> float`` (annealing).
@@ -773,51 +365,35 @@ def _config(config: FitConfig | None, options: dict[str, Any]) -> FitConfig:
     return dataclasses.replace(config, **options) if config is not None else FitConfig(**options)
 
 
-def _checked_stepper(model, guide, cfg: FitConfig, weight: dict, distributed: bool, lr_factor):
-    """The stepper for ``cfg``, with gradient sync under torch.distributed; checks options
-    and that the guide is one for this model."""
-    check_guide(model, guide)
-    stepper = _make_stepper(model, guide, cfg, weight)
-    if distributed:
-        if isinstance(stepper, SVIStepper):
-            raise ValueError(
-                "a Pyro optimiser cannot average gradients across ranks under "
-                "torch.distributed; pass a torch optimiser (optim=None or a callable)"
-            )
-        stepper.sync = dist_.GradSync()
-    if lr_factor is not None and not stepper.supports_lr_factor:
-        raise ValueError(
-            "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
-            "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
-        )
-    return stepper
-
-
-def _train_epoch(
-    loader, stepper, model, guide, cfg: FitConfig, device, epoch: int, lr_factor, schedule, lrt
-) -> tuple[float, int, int]:
-    """One pass over ``loader``; ``schedule`` is (steps per epoch, total steps) for the LR factor.
-
-    Returns (summed loss, examples seen, steps taken).
-    """
-    steps_per_epoch, total_steps = schedule
-    total, seen, steps = 0.0, 0, 0
-    prevalidated = isinstance(loader, _TensorBatches)  # checked once in _make_loader
+def _train_epoch(loader, stepper, model, guide, cfg: FitConfig, epoch: int, lr, beta) -> dict:
+    """One pass over ``loader``; ``lr``: ``(factor fn or None, steps per epoch, total
+    steps)`` of the learning-rate schedule; ``beta``: the KL weight. The epoch's record."""
+    lr_factor, steps_per_epoch, total_steps = lr
+    total, seen, steps, t0 = 0.0, 0, 0, time.perf_counter()
+    prevalidated = isinstance(loader, TensorBatches)  # checked once in make_loader
     for step, batch in enumerate(loader):
-        xs, kw, y = _split_batch(batch, device)
+        xs, kw, y = split_batch(batch, cfg.device)
         if not prevalidated:
-            _check_batch(xs, kw, y, epoch, step)
+            check_batch(xs, kw, y, epoch, step)
         if lr_factor is not None:
             stepper.lr_factor = float(lr_factor(epoch * steps_per_epoch + step, total_steps))
         total += _run_step(
-            stepper, model, guide, xs, kw, y,
-            epoch=epoch, step=step, validate=cfg.validate, lrt=lrt,
-        )  # fmt: skip
+            stepper, model, guide, xs, kw, y, epoch=epoch, step=step, validate=cfg.validate
+        )
         seen += len(y)
         steps += 1
     if steps == 0:
         raise ValueError(f"the DataLoader yielded no batches in epoch {epoch}")
-    return total, seen, steps
+    # each step's loss is a full-data estimate: average the steps, per point
+    record = {
+        "epoch": epoch + 1,
+        "loss": total / steps / (cfg.data_size or seen),
+        "kl_weight": beta,
+        "seconds": time.perf_counter() - t0,
+    }
+    if lr_factor is not None:
+        record["lr_factor"] = stepper.lr_factor
+    return record
 
 
 def fit(
@@ -910,76 +486,65 @@ def fit(
 
 def _fit(model, guide, data, cfg: FitConfig) -> History:
     """:func:`fit` after its options are read (which restores the modules' modes)."""
-    device = cfg.device
-    if device is None:
+    if cfg.device is None:
         device = next((t.device for t in model.buffers()), torch.device("cpu"))
-    distributed = dist_.maybe_init(device)
+        cfg = dataclasses.replace(cfg, device=device)
+    distributed = dist_.maybe_init(cfg.device)
     if cfg.seed is not None:
         pyro.set_rng_seed(cfg.seed)
-    base_seed = _base_seed(cfg.seed, device) if distributed else None
-    loader = _shard(data, _make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed), cfg)
-    n_data = _data_size(loader, cfg.data_size, model, distributed)
-    steps_per_epoch = _len_or_none(loader)
-    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps_per_epoch)
+    base_seed = _base_seed(cfg.seed, cfg.device) if distributed else None
+    loader = shard(data, make_loader(data, cfg.batch_size, cfg.shuffle, cfg.seed), cfg)
+    # N: the points one epoch visits (the global N under torch.distributed)
+    cfg = dataclasses.replace(
+        cfg, data_size=epoch_data_size(loader, cfg.data_size, model, distributed)
+    )
+    steps = len_or_none(loader)
+    lr_factor = _lr_factor_fn(cfg.lr_schedule, cfg.lr_schedule_options, cfg.epochs, steps)
+    lr = (lr_factor, steps, cfg.epochs * (steps or 0))
     model.train(cfg.train_mode)
     weight = {"beta": 1.0}
-    stepper = _checked_stepper(model, guide, cfg, weight, distributed, lr_factor)
-    # The fused step registers its own draws; Pyro's traced paths use the messenger.
-    pyro_lrt = cfg.local_reparam and not isinstance(stepper, FusedStepper)
-
-    def lrt():
-        return LocalReparameterization() if pyro_lrt else contextlib.nullcontext()
-
-    history, start_epoch = History(), 0
+    stepper = checked_stepper(model, guide, cfg, weight, distributed, lr_factor)
+    history, start = History(), 0
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint is not None else None
-    fingerprint = _fingerprint(loader, n_data) if ckpt is not None else None
+    fingerprint = loader_fingerprint(loader, cfg.data_size) if ckpt is not None else None
     if ckpt is not None and cfg.resume and ckpt.exists():
-        start_epoch = _resume(ckpt, model, guide, stepper, loader, device, history, fingerprint)
-
-    epochs = cfg.epochs
-    total_steps = epochs * (steps_per_epoch or 0)
+        start = resume_fit(ckpt, model, guide, stepper, loader, cfg.device, history, fingerprint)
     main = dist_.is_main()  # only rank 0 shows progress and writes checkpoints
     bar = progress_bar(
-        range(start_epoch, epochs), enabled=cfg.progress and main, desc="SVI", unit="epoch"
+        range(start, cfg.epochs), enabled=cfg.progress and main, desc="SVI", unit="epoch"
     )
-    # the global N on every rank; the bar closed, the guide released, also on an error
-    with data_size(n_data), _closing(bar, stepper):
-        for epoch in bar:
-            weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, epochs)
-            if distributed:
-                _distributed_epoch(loader, base_seed, epoch)
-            t0 = time.perf_counter()
-            total, seen, steps = _train_epoch(
-                loader,
-                stepper,
-                model,
-                guide,
-                cfg,
-                device,
-                epoch,
-                lr_factor,
-                (steps_per_epoch, total_steps),
-                lrt,
-            )
-            if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
-                cfg.optim.step()
-            record = _epoch_record(epoch, total, steps, n_data or seen, weight, t0)
-            if lr_factor is not None:
-                record["lr_factor"] = stepper.lr_factor
-            stop = False
-            for cb in cfg.callbacks:
-                stop = bool(cb(record)) or stop
-            if distributed:
-                record["world_size"] = dist_.world_size()
-                stop = dist_.any_rank(stop, device)  # all ranks stop together
-            history.records.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if ckpt is not None and main:
-                _save(ckpt, epoch + 1, model, guide, stepper, loader, history, fingerprint)
-            if stop:
-                history.stopped_early = True
-                break
+    try:
+        with data_size(cfg.data_size):
+            for epoch in bar:
+                weight["beta"] = _kl_weight_at(cfg.kl_weight, epoch, cfg.epochs)
+                if distributed:
+                    _distributed_epoch(loader, base_seed, epoch)
+                record = _train_epoch(loader, stepper, model, guide, cfg, epoch, lr, weight["beta"])
+                if isinstance(cfg.optim, pyro.optim.PyroLRScheduler):
+                    cfg.optim.step()
+                stop = _end_epoch(record, cfg, distributed)
+                history.records.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4g}")
+                if ckpt is not None and main:
+                    save_fit(ckpt, epoch + 1, model, guide, stepper, loader, history, fingerprint)
+                if stop:
+                    history.stopped_early = True
+                    break
+    finally:  # the bar closed, a fused stepper's flat guide storage given back
+        bar.close()
+        stepper.close()
     return history
+
+
+def _end_epoch(record: dict, cfg: FitConfig, distributed: bool) -> bool:
+    """Run the callbacks on the epoch's record; whether to stop (all ranks together)."""
+    stop = False
+    for cb in cfg.callbacks:
+        stop = bool(cb(record)) or stop
+    if distributed:
+        record["world_size"] = dist_.world_size()
+        stop = dist_.any_rank(stop, cfg.device)
+    return stop
 
 
 def _base_seed(seed: int | None, device) -> int:
@@ -1001,20 +566,3 @@ def _distributed_epoch(loader: DataLoader, base_seed: int, epoch: int) -> None:
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     pyro.set_rng_seed(dist_.rank_seed(base_seed, dist_.rank(), epoch))
-
-
-def _epoch_record(epoch: int, total: float, steps: int, n: int, weight: dict, t0: float) -> dict:
-    # SVI returns the full-data loss estimate per step; average the steps, per point.
-    return {
-        "epoch": epoch + 1,
-        "loss": total / steps / n,
-        "kl_weight": weight["beta"],
-        "seconds": time.perf_counter() - t0,
-    }
-
-
-def _len_or_none(loader) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:
-        return None

@@ -29,11 +29,19 @@ import secrets
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from pyro.nn import PyroModule
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.utils.data import TensorDataset
+
+from pyrobayes._pyro_compat import pyro_name
+from pyrobayes.infer.fit_data import naming_input_shapes, split_batch
+
+if TYPE_CHECKING:
+    from pyrobayes.infer.fit import History
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -344,3 +352,105 @@ def check_data_fingerprint(path: str | os.PathLike, saved: dict | None, now: dic
             "fit only on its own data; pass resume=False or another checkpoint path to start "
             "afresh):\n  " + "\n  ".join(lines)
         )
+
+
+def _ensure_guide_params(model, guide, loader, device) -> None:
+    """The guide's parameters must exist before saved values can be loaded into them."""
+    first = next(iter(loader), None)
+    if first is None:
+        raise ValueError("the DataLoader yields no batches; nothing to resume with")
+    xs, kw, y = split_batch(first, device)
+    with naming_input_shapes(model, xs):
+        if hasattr(guide, "setup"):
+            guide.setup(*xs, y=y, **kw)
+        else:
+            guide(*xs, y=y, **kw)
+
+
+def resume_fit(
+    path: Path, model, guide, stepper, loader, device, history: History, fingerprint: dict
+) -> int:
+    """Load a checkpoint into ``model``, ``guide``, the optimiser and the RNGs; the epoch."""
+    state = load_fit_checkpoint(path)
+    check_data_fingerprint(path, state.get("data"), fingerprint)
+    _ensure_guide_params(model, guide, loader, device)
+    saved_name, name = state.get("pyro_name"), _model_name(model)
+    hint = ""
+    if saved_name and name and saved_name != name:
+        # the same architecture converted under another auto-generated name: map the names
+        state["model"] = rename_prefix(state["model"], saved_name, name)
+        state["guide"] = rename_prefix(state["guide"], saved_name, name)
+        hint = f" (checkpoint model {saved_name!r} mapped onto {name!r})"
+    check_state_dict("model", model, state["model"], hint)
+    check_state_dict("guide", guide, state["guide"], hint)
+    model.load_state_dict(state["model"])
+    guide.load_state_dict(state["guide"])
+    stepper.set_state(state["optim"])
+    history.records = list(state["history"])
+    torch.set_rng_state(state["rng"])
+    if isinstance(loader.generator, torch.Generator) and state.get("loader_rng") is not None:
+        loader.generator.set_state(state["loader_rng"])
+    return int(state["epoch"])
+
+
+def save_fit(
+    path: Path, epoch: int, model, guide, stepper, loader, history: History, fingerprint: dict
+) -> None:
+    gen = loader.generator if isinstance(loader.generator, torch.Generator) else None
+    save_fit_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "pyro_name": _model_name(model),
+            "data": fingerprint,
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "optim": stepper.get_state(),
+            "history": history.records,
+            "rng": torch.get_rng_state(),
+            "loader_rng": gen.get_state() if gen is not None else None,
+        },
+    )
+
+
+def _batch_fields(xs: tuple, kw: dict, y) -> list[tuple[str, torch.Tensor]]:
+    """A batch's tensors under the names the errors of a fit use."""
+    fields = [(f"input {i}", x) for i, x in enumerate(xs)]
+    return fields + [(f"input {k!r}", v) for k, v in kw.items()] + [("targets", y)]
+
+
+def _peek(loader):
+    """The first batch of ``loader`` without moving any random stream a fit draws from
+    (the global RNG, the loader's and its sampler's generators)."""
+    gens = {getattr(loader, "generator", None), getattr(loader.sampler, "generator", None)}
+    states = [(g, g.get_state()) for g in gens if isinstance(g, torch.Generator)]
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(loader), None)
+    for g, state in states:
+        g.set_state(state)
+    return batch
+
+
+def loader_fingerprint(loader, n: int) -> dict:
+    """The data a checkpoint is written for: tensors held whole (tensor data or a
+    ``TensorDataset``) are hashed; of another dataset, its length and one batch's shapes
+    per point and dtypes are kept (its content is too costly to read for a check)."""
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, TensorDataset):
+        *xs, y = dataset.tensors
+        return data_fingerprint(n, _batch_fields(tuple(xs), {}, y), whole=True)
+    try:
+        length = len(dataset)
+    except TypeError:
+        length = None
+    batch = _peek(loader)
+    if batch is None:
+        raise ValueError("the DataLoader yields no batches")
+    fields = _batch_fields(*split_batch(batch, "cpu"))
+    return data_fingerprint(n, fields, whole=False, dataset_length=length)
+
+
+def _model_name(model) -> str | None:
+    """The model's Pyro name (the prefix of its sites), ``None`` for a plain module."""
+    return pyro_name(model) if isinstance(model, PyroModule) else None

@@ -51,39 +51,35 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _EXP_SAFE = 80.0
 
 
-def _fast_log_prob(d):
-    """``d.log_prob`` for an ``Independent(Normal)`` prior whose scale is one number
-    broadcast over the parameter, without materialising the broadcast scale (twice)."""
-    base = d.base_dist if isinstance(d, Independent) else None
-    if isinstance(base, Normal) and all(st == 0 for st in base.scale.stride()):
-        scale = base.scale.reshape(-1)[0]
-        loc = base.loc
-        const = float(torch.log(scale)) + _HALF_LOG_2PI
-        if all(st == 0 for st in loc.stride()):
-            loc = loc.reshape(-1)[0]
-
-        def log_prob(w):
-            return -0.5 * ((w - loc) / scale).pow(2).sum() - w.numel() * const
-
-        return log_prob
-    return d.log_prob
-
-
 # Pyro's softplus_positive constraint maps to its own SoftplusTransform (also F.softplus)
 _SOFTPLUS = (torch.distributions.transforms.SoftplusTransform, SoftplusTransform)
 
 
-def _unwrap(transform):
+def unwrap_transform(transform):
     """The element-wise transform inside an ``IndependentTransform``."""
     while isinstance(transform, torch.distributions.transforms.IndependentTransform):
         transform = transform.base_transform
     return transform
 
 
-def _raw_leaf(root, name: str):
-    """``(module, key, kind)``: where the guide stores site ``name``'s tensor under ``root``
-    and how it maps to the constrained value (``"identity"``, ``"softplus"``), or ``None``
-    when the flat path does not cover it (another constraint)."""
+def guide_leaf(root, name: str) -> tuple[dict, str, torch.distributions.Transform] | None:
+    """The one guide-leaf lookup: ``(store, key, transform)`` where a Pyro autoguide keeps
+    the tensor named ``name`` under ``root`` (``store[key]``: a parameter's unconstrained
+    tensor, or a buffer for a frozen mean) and the element-wise transform from it to the
+    constrained value (identity for a loc, softplus for an ``AutoNormal`` scale); ``None``
+    when there is no such tensor. Used by the fused ELBO, the predictive's flat draws and
+    the param-store loading (:func:`~pyrobayes.infer.predictive.sample_posterior`).
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="m")
+        >>> guide.setup(torch.randn(4, 2))
+        >>> store, key, t = guide_leaf(guide.scales, "m.net.bias")
+        >>> key, type(t).__name__, guide_leaf(guide.scales, "m.nothing")
+        ('bias_unconstrained', 'SoftplusTransform', None)
+    """
     module = root
     *path, attr = name.split(".")
     for part in path:
@@ -91,15 +87,41 @@ def _raw_leaf(root, name: str):
         if module is None:
             return None
     if attr + UNCONSTRAINED_SUFFIX in module._parameters:
-        transform = _unwrap(biject_to(param_constraint(module, attr)))
-        if transform == torch.distributions.transforms.identity_transform:
-            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "identity"
-        if isinstance(transform, _SOFTPLUS):
-            return module._parameters, attr + UNCONSTRAINED_SUFFIX, "softplus"
-        return None
+        transform = unwrap_transform(biject_to(param_constraint(module, attr)))
+        return module._parameters, attr + UNCONSTRAINED_SUFFIX, transform
     if attr in module._buffers:  # frozen means
-        return module._buffers, attr, "identity"
+        return module._buffers, attr, torch.distributions.transforms.identity_transform
     return None
+
+
+def leaf_kind(leaf) -> str | None:
+    """``"identity"``, ``"softplus"`` or ``None`` (another transform) for a
+    ``guide_leaf`` result: the flat path covers the first two."""
+    if leaf is None:
+        return None
+    if leaf[2] == torch.distributions.transforms.identity_transform:
+        return "identity"
+    return "softplus" if isinstance(leaf[2], _SOFTPLUS) else None
+
+
+def normal_log_q(e: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    r"""The one mean-field log q of the fused paths:
+    :math:`\sum_i \log\mathcal N(w_i; \mu_i, \sigma_i^2)` at :math:`w = \mu +
+    \sigma\odot\varepsilon`, written through :math:`\varepsilon` (``w - mu = sigma * e``,
+    ``e`` carries no gradient): :math:`-\tfrac12\varepsilon^\top\varepsilon -
+    \sum_i\log\sigma_i - \tfrac n2\log 2\pi`, the same value and total derivative as
+    Pyro's ``Normal(mu, sigma).log_prob(w)``."""
+    e = e.reshape(-1)
+    return -(0.5 * torch.dot(e, e) + scale.log().sum()) - e.numel() * _HALF_LOG_2PI
+
+
+def normal_log_prior(d: torch.Tensor, prec: torch.Tensor, const: float) -> torch.Tensor:
+    r"""The one Normal log prior of the fused paths: :math:`-\tfrac12 d^\top \Lambda d +
+    c` for ``d = w - m`` (flat), a diagonal precision :math:`\Lambda` (a scalar or a
+    vector) and ``const`` :math:`c = -\sum_i \log s_i - \tfrac n2 \log 2\pi`."""
+    if prec.dim() == 0:
+        return -0.5 * prec * torch.dot(d, d) + const
+    return -0.5 * torch.dot(d * prec, d) + const
 
 
 def _normal_prior_parts(d):
@@ -114,8 +136,9 @@ def _normal_prior_parts(d):
     return base.loc, base.scale
 
 
-def _draw(e, prior_loc, prior_prec, loc, raw, fast: bool):
-    """``(exp(rho) or None, sigma, w, w - m, log p - log q)`` for flat tensors (no autograd).
+def _draw(e, prior, loc, raw, fast: bool):
+    """``(exp(rho) or None, sigma, w, w - m, log p - log q)`` for flat tensors (no autograd);
+    ``prior``: ``(m, precision, const)`` of :func:`normal_log_prior`.
 
     ``fast``: Pyro's softplus_positive transform as ``sigma = log1p(exp(rho))`` (torch's own
     formula below its threshold). On the CPU ``exp`` + ``log1p`` cost half of torch's
@@ -127,21 +150,13 @@ def _draw(e, prior_loc, prior_prec, loc, raw, fast: bool):
     else:
         exp_raw, scale = None, torch.nn.functional.softplus(raw)
     w = torch.addcmul(loc, scale, e)
-    d = w - prior_loc
-    log_q = -(0.5 * torch.dot(e, e) + scale.log().sum())
-    return exp_raw, scale, w, d, _quadratic(d, prior_prec) - log_q
-
-
-def _quadratic(d: torch.Tensor, prec: torch.Tensor) -> torch.Tensor:
-    """:math:`-\\tfrac12 d^\\top \\Lambda d` for a diagonal precision (a scalar or a vector)."""
-    if prec.dim() == 0:
-        return -0.5 * prec * torch.dot(d, d)
-    return -0.5 * torch.dot(d * prec, d)
+    d = w - prior[0]
+    return exp_raw, scale, w, d, normal_log_prior(d, prior[1], prior[2]) - normal_log_q(e, scale)
 
 
 class _DrawLogRatio(torch.autograd.Function):
     r"""The guide's draw of every site and :math:`\log p(w) - \log q(w)` as ONE autograd
-    node: ``apply(layout, e, prior_loc, prior_prec, loc, raw)`` with the flat locs and raw
+    node: ``apply(layout, e, prior, loc, raw)`` with the flat locs and raw
     scales returns the per-site weights (views of one flat draw, shaped like the sites) and
     then
 
@@ -169,16 +184,16 @@ class _DrawLogRatio(torch.autograd.Function):
     full-length temporary for most of them."""
 
     @staticmethod
-    def forward(ctx, layout, e, prior_loc, prior_prec, loc, raw):
+    def forward(ctx, layout, e, prior, loc, raw):
         sizes, shapes = layout
-        parts = _draw(e, prior_loc, prior_prec, loc, raw, raw.device.type == "cpu")
+        parts = _draw(e, prior, loc, raw, raw.device.type == "cpu")
         # exp overflowed (a raw scale past ~88.7 makes the ratio inf or nan): torch's
         # softplus kernel instead. One number is read per step, as fit reads the loss.
         if parts[0] is not None and not math.isfinite(float(parts[-1])):
             if float(raw.max()) >= _EXP_SAFE:
-                parts = _draw(e, prior_loc, prior_prec, loc, raw, False)
+                parts = _draw(e, prior, loc, raw, False)
         exp_raw, scale, w, d, ratio = parts
-        ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior_prec)
+        ctx.save_for_backward(raw if exp_raw is None else exp_raw, scale, e, d, prior[1])
         ctx.exp_saved = exp_raw is not None
         ctx.sizes = sizes
         weights = [part.view(shape) for part, shape in zip(w.split(sizes), shapes)]
@@ -199,30 +214,30 @@ class _DrawLogRatio(torch.autograd.Function):
         )
         g_w.addcmul_(d, prec * -g_r)  # g_w is this backward's own concatenation
         g_raw = None
-        if ctx.needs_input_grad[5]:
+        if ctx.needs_input_grad[4]:
             g_raw = torch.mul(g_w, e).addcdiv_(g_r.expand_as(scale), scale)
             if ctx.exp_saved:  # sigmoid(rho) = exp(rho) / (1 + exp(rho)), never overflows
                 s = raw_or_exp + 1.0
                 g_raw.mul_(torch.div(raw_or_exp, s, out=s))
             else:
                 g_raw.mul_(torch.sigmoid(raw_or_exp))
-        return None, None, None, None, (g_w if ctx.needs_input_grad[4] else None), g_raw
+        return None, None, None, (g_w if ctx.needs_input_grad[3] else None), g_raw
 
 
 class _FlatMeanField:
-    """All sites of a mean-field Normal guide as one flat vector (see the module's doc).
-
-    The arithmetic is the per-site path's, so values and gradients are Pyro's
-    ``Trace_ELBO``'s. Unbound, each step concatenates the guide's tensors (``torch.cat``;
-    its backward hands each parameter a view of the flat gradient); bound
-    (:meth:`bind`), the flat leaves are the parameters.
+    """All sites of a mean-field Normal guide as one flat vector (see the module's doc):
+    the only fused path of the ELBO. Its two branches (the one-node draw with Normal
+    priors, autograd otherwise) are both tested equal to Pyro's ``Trace_ELBO``. Unbound,
+    each step concatenates the guide's tensors (``torch.cat``; its backward hands each
+    parameter a view of the flat gradient); bound (:meth:`bind`), the flat leaves are the
+    parameters.
     """
 
-    def __init__(self, sites, locs, scales, prior_fns, prior_loc, prior_prec, prior_const):
+    def __init__(self, sites, locs, scales, priors, normal):
         self.sites = sites  # [(site, path, start, end, shape)]
         self.locs, self.scales = locs, scales  # [(dict, key)]
-        self.prior_fns = prior_fns  # per-site log-density when priors are not all Normal
-        self.prior_loc, self.prior_prec, self.prior_const = prior_loc, prior_prec, prior_const
+        self.priors = priors  # {site: prior}: Pyro's log_prob when not all priors are Normal
+        self.normal = normal  # (m, precision, const) of normal_log_prior, or None
         self.numel = sites[-1][3] if sites else 0
         self.sizes = [b - a for _, _, a, b, _ in sites]
         self._paths = [path for _, path, *_ in sites]
@@ -230,36 +245,37 @@ class _FlatMeanField:
         self.flat: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField | None:
+    def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField:
+        """The flat view of ``guide``'s ``sites``; a ``ValueError`` naming the first site
+        whose loc is not an unconstrained tensor or whose scale is not ``softplus`` of one
+        of the same shape (then the fused ELBO does not apply)."""
         if not sites:
-            return None
+            raise ValueError("the model has no Bayesian weight sites")
         entries, locs, scales, offset = [], [], [], 0
         for site, paths in sites.items():
-            loc = _raw_leaf(guide.locs, site)
-            scale = _raw_leaf(guide.scales, site)
-            if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
-                return None
+            loc, scale = guide_leaf(guide.locs, site), guide_leaf(guide.scales, site)
+            if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
+                raise ValueError(f"site {site!r} is not an unconstrained loc with a softplus scale")
             t = loc[0][loc[1]]
             if scale[0][scale[1]].shape != t.shape:
-                return None
+                raise ValueError(f"site {site!r} has a loc and a scale of different shapes")
             entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
             locs.append(loc[:2])
             scales.append(scale[:2])
             offset += t.numel()
         parts = {site: _normal_prior_parts(priors[site]) for site in sites}
-        if all(p is not None for p in parts.values()):
-            mus, precs, const = [], [], 0.0
-            for site, _path, a, b, shape in entries:
-                mu, sd = parts[site]
-                mus.append(mu.detach().expand(shape).reshape(-1))
-                precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
-                const -= float(sd.detach().log().expand(shape).sum()) + (b - a) * _HALF_LOG_2PI
-            prec = torch.cat(precs)
-            # one prior scale for all sites (the common case): a scalar precision
-            prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
-            return cls(entries, locs, scales, None, torch.cat(mus), prec, const)
-        fns = {site: _fast_log_prob(priors[site]) for site in sites}
-        return cls(entries, locs, scales, fns, None, None, 0.0)
+        if not all(p is not None for p in parts.values()):
+            return cls(entries, locs, scales, {site: priors[site] for site in sites}, None)
+        mus, precs, const = [], [], 0.0
+        for site, _path, a, b, shape in entries:
+            mu, sd = parts[site]
+            mus.append(mu.detach().expand(shape).reshape(-1))
+            precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
+            const -= float(sd.detach().log().expand(shape).sum()) + (b - a) * _HALF_LOG_2PI
+        prec = torch.cat(precs)
+        # one prior scale for all sites (the common case): a scalar precision
+        prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
+        return cls(entries, locs, scales, None, (torch.cat(mus), prec, const))
 
     def site_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The guide's current loc and raw-scale tensor of every site, in flat order."""
@@ -327,36 +343,37 @@ class _FlatMeanField:
             for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
         }
 
-    def sample(self, eps: dict | None, lrt):
+    def sample(self, eps: dict | None, lrt, one_node: bool = True):
+        """``(weights by parameter path, log p(w), log q(w))`` for one draw (``eps``: the
+        standard normals per site, else drawn here; ``lrt``: a
+        :class:`~pyrobayes.guides.LocalReparameterization` to register the draws with).
+        ``one_node=False`` takes the autograd branch even where :class:`_DrawLogRatio`
+        applies (the tests compare the two)."""
         loc, raw = self.inputs()
         if eps is not None:
             e = torch.cat([eps[site].reshape(-1) for site, *_ in self.sites])
         else:  # the same draw as randn_like of the concatenated locs
             e = torch.randn(self.numel, dtype=loc.dtype, device=loc.device)
-        if lrt is None and self.prior_fns is None:
+        if one_node and lrt is None and self.normal is not None:
             # the common case (Normal priors, no local reparameterisation): the draw and
             # log p - log q in one autograd node with a hand-written backward
-            *ws, log_ratio = _DrawLogRatio.apply(
-                self._layout, e, self.prior_loc, self.prior_prec, loc, raw
-            )
-            log_ratio = log_ratio + (self.prior_const + self.numel * _HALF_LOG_2PI)
+            *ws, log_ratio = _DrawLogRatio.apply(self._layout, e, self.normal, loc, raw)
             return dict(zip(self._paths, ws)), log_ratio, 0.0
         # torch's own softplus kernel (Pyro's softplus_positive transform)
         scale = torch.nn.functional.softplus(raw)
         w = torch.addcmul(loc, scale, e)
-        # log N(w; loc, scale) with w - loc = scale * e (e carries no gradient)
-        log_q = -(0.5 * torch.dot(e, e) + scale.log().sum()) - self.numel * _HALF_LOG_2PI
         weights = self._views(w)
         if lrt is not None:
             for (_, path, *_, shape), lo, sc in zip(
                 self.sites, loc.split(self.sizes), scale.split(self.sizes)
             ):
                 lrt.register(weights[path], lo.view(shape), sc.view(shape))
-        if self.prior_fns is None:
-            log_p = _quadratic(w - self.prior_loc, self.prior_prec) + self.prior_const
+        if self.normal is not None:
+            m, prec, const = self.normal
+            log_p = normal_log_prior(w - m, prec, const)
         else:
-            log_p = sum(self.prior_fns[site](weights[path]) for site, path, *_ in self.sites)
-        return weights, log_p, log_q
+            log_p = sum(self.priors[site].log_prob(weights[path]) for site, path, *_ in self.sites)
+        return weights, log_p, normal_log_q(e, scale)
 
 
 def site_optim_state(state: dict, layout: list, numel: int) -> dict:

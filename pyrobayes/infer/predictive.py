@@ -29,21 +29,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from pyro.infer.autoguide import AutoContinuous
 from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import identity_transform
 
 from pyrobayes._pyro_compat import (
-    UNCONSTRAINED_SUFFIX,
     loc_and_scale,
-    param_constraint,
     pyro_name,
     setup_prototype,
     unpack_latent,
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
 from pyrobayes.guides.moped import model_sites
+from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
     chain_forward,
     chain_output,
@@ -153,7 +153,6 @@ def _pull_from_store(guide: nn.Module) -> None:
     ``pyro.get_param_store().load(...)``), Pyro semantics say the store wins, and ignoring
     them would silently predict from the initial values."""
     import pyro
-    from torch.distributions import biject_to
 
     prefix = pyro_name(guide) if isinstance(guide, PyroModule) else None
     if not prefix or not hasattr(guide, "named_pyro_params"):
@@ -163,12 +162,8 @@ def _pull_from_store(guide: nn.Module) -> None:
         full = f"{prefix}.{name}"
         if full not in store:
             continue
-        *path, leaf = name.split(".")
-        module = guide
-        for part in path:
-            module = module._modules[part]
-        constraint = param_constraint(module, leaf)
-        raw = module._parameters[leaf + UNCONSTRAINED_SUFFIX]
+        params, key, transform = guide_leaf(guide, name)
+        raw = params[key]
         stored = store[full].detach()
         if stored.shape != raw.shape:
             raise ValueError(
@@ -177,7 +172,7 @@ def _pull_from_store(guide: nn.Module) -> None:
                 "model (pyro.clear_param_store() to ignore it)"
             )
         with torch.no_grad():
-            raw.copy_(biject_to(constraint).inv(stored.to(raw.device, raw.dtype)))
+            raw.copy_(transform.inv(stored.to(raw.device, raw.dtype)))
 
 
 @torch.no_grad()
@@ -205,7 +200,7 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
     if getattr(guide, "prototype_trace", None) is None:
         setup_prototype(guide, *args, **kwargs)
         _pull_from_store(guide)
-    if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
+    if isinstance(guide, AutoContinuous):
         latent = guide.get_posterior(*args, **kwargs).sample((num_draws,))
         return {site["name"]: value for site, value in unpack_latent(guide, latent)}
     flat = _softplus_normal_leaves(guide)
@@ -227,17 +222,15 @@ def _softplus_normal_leaves(guide: nn.Module) -> list | None:
     from the guide's tensors; ``None`` for any other guide (the general path)."""
     from pyro.infer.autoguide import AutoNormal
 
-    from pyrobayes.infer.flat_guide import _raw_leaf, _unwrap
-
     if not isinstance(guide, AutoNormal):
         return None
     out = []
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
-        if _unwrap(biject_to(site["fn"].support)) != identity_transform:
+        if unwrap_transform(biject_to(site["fn"].support)) != identity_transform:
             return None  # a constrained site (e.g. a noise scale): its draw needs a transform
-        loc = _raw_leaf(guide.locs, name)
-        scale = _raw_leaf(guide.scales, name)
-        if loc is None or scale is None or loc[2] != "identity" or scale[2] != "softplus":
+        loc = guide_leaf(guide.locs, name)
+        scale = guide_leaf(guide.scales, name)
+        if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
             return None
         out.append((name, loc[0][loc[1]], scale[0][scale[1]]))
     return out
@@ -265,7 +258,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     """``forward_draws(model, d, x)`` over ``d`` in ``posterior_chunks(guide, num_samples,
     chunk, x)``, with the same draws from the same random numbers, for a mean-field
     softplus-Normal guide (:func:`_softplus_normal_leaves`) over a batched Linear chain
-    (:func:`~pyrobayes.infer.twin.chain_plan`); ``None`` otherwise.
+    (``chain_plan``); ``None`` otherwise.
 
     Per block of ``c`` draws it makes one ``torch.randn(c * D)`` into a buffer reused
     across blocks and turns it into the draws in place (``addcmul`` with the noise as its
@@ -276,7 +269,7 @@ def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tenso
     if getattr(guide, "prototype_trace", None) is None:
         setup_prototype(guide, x)
         _pull_from_store(guide)
-    if hasattr(guide, "get_posterior") and hasattr(guide, "_unpack_latent"):
+    if isinstance(guide, AutoContinuous):
         return None
     leaves = _softplus_normal_leaves(guide)
     if not leaves:

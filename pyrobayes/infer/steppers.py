@@ -1,16 +1,23 @@
-"""One optimisation step of the SVI loop, three ways (used by :func:`pyrobayes.fit`).
+"""One optimisation step of :func:`pyrobayes.fit`, over one loss chosen once
+(``make_stepper``).
 
-* :class:`SVIStepper`: Pyro's own ``SVI`` with a Pyro optimiser.
-* :class:`TorchStepper`: Pyro's ELBO for the gradients, one torch optimiser for the update.
-* :class:`FusedStepper`: the fused mean-field ELBO (:mod:`pyrobayes.infer.fast_elbo`)
-  with a torch optimiser.
+* :class:`FusedStepper`: the fused mean-field ELBO (:mod:`pyrobayes.infer.fast_elbo`, the
+  one fast path) with a torch optimiser; Pyro's traces take over where its setup check
+  finds the model is not what it computes.
+* :class:`TorchStepper`: Pyro's ELBO (``Trace_ELBO``/``TraceMeanField_ELBO``, the
+  definition) for the gradients, one torch optimiser for the update.
+* :class:`SVIStepper`: Pyro's ELBO with a Pyro optimiser (the update ``SVI.step`` makes).
 
-The torch steppers skip the update when the loss is not finite, so the parameters stay
-at their last finite values for the error ``fit`` raises. They also scale every parameter
-group's learning rate by ``lr_factor`` (a learning-rate schedule):
-:math:`\\eta_t = \\eta_0 \\cdot f(t)`. Under ``torch.distributed`` their ``sync`` hook
-(:class:`pyrobayes.distributed.GradSync`) broadcasts the parameters from rank 0 once they
-exist and averages gradients and loss across ranks before every update.
+Every stepper skips the update when the loss is not finite, so the parameters stay at
+their last finite values for the error ``fit`` raises (nothing is copied per step). The
+torch steppers scale every parameter group's learning rate by ``lr_factor`` (a
+learning-rate schedule): :math:`\\eta_t = \\eta_0 \\cdot f(t)`. Under
+``torch.distributed`` their ``sync`` hook (:class:`pyrobayes.distributed.GradSync`)
+broadcasts the parameters from rank 0 once they exist and averages gradients and loss
+across ranks before every update. ``local_reparam=True``: every stepper evaluates
+``F.linear`` on Normal guide draws by local reparameterisation (the fused ELBO registers
+its own draws; Pyro's traces run under
+:class:`~pyrobayes.guides.LocalReparameterization`).
 
 Example::
 
@@ -30,20 +37,61 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from collections.abc import Callable
 
+import pyro
+import pyro.optim
 import torch
-from pyro.infer import SVI
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import torch_item, zero_grads
+from pyro.poutine.messenger import Messenger
 
+from pyrobayes import distributed as dist_
+from pyrobayes._pyro_compat import setup_prototype
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_check import warn_fallback
-from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
+from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO, supports_fused
 from pyrobayes.infer.flat_guide import flat_optim_state, site_optim_state
+from pyrobayes.infer.predictive import check_guide
+from pyrobayes.options import Option
 
-__all__ = ["SVIStepper", "TorchStepper", "FusedStepper"]
+__all__ = [
+    "SVIStepper",
+    "TorchStepper",
+    "FusedStepper",
+    "LossKind",
+    "default_optimiser",
+]
+
+
+class LossKind(Option):
+    """The ELBO :func:`~pyrobayes.infer.fit` optimises: ``"trace_elbo"`` (Monte Carlo KL)
+    or ``"meanfield"`` (analytic KL where known).
+
+    Example::
+
+        >>> from pyrobayes.infer.fit import LossKind
+        >>> LossKind("meanfield") is LossKind.MEANFIELD, LossKind.TRACE_ELBO == "trace_elbo"
+        (True, True)
+        >>> LossKind.parse("elbo", "loss")
+        Traceback (most recent call last):
+            ...
+        ValueError: unknown loss 'elbo'; valid: trace_elbo, meanfield
+    """
+
+    TRACE_ELBO = "trace_elbo"
+    MEANFIELD = "meanfield"
+
+
+def _lrt(on: bool):
+    return LocalReparameterization() if on else contextlib.nullcontext()
 
 
 class SVIStepper:
-    """Pyro's own SVI with a Pyro optimiser.
+    """Pyro's ELBO with a Pyro optimiser: ``SVI.step``'s update (the guide's and model's
+    parameters that the traces touched, one Pyro optimiser per parameter), skipped when
+    the loss is not finite.
 
     Example (the optimiser state holds one entry per guide parameter)::
 
@@ -62,19 +110,28 @@ class SVIStepper:
 
     supports_lr_factor = False
 
-    def __init__(self, model, guide, elbo, optim):
-        self.optim = optim
-        self.svi = SVI(model, guide, optim, elbo)
+    def __init__(self, model, guide, elbo, optim, local_reparam: bool = False):
+        self.model, self.guide, self.elbo, self.optim = model, guide, elbo, optim
+        self.local_reparam = local_reparam
         self.lr_factor = 1.0
 
     def step(self, *args, **kwargs) -> float:
-        return self.svi.step(*args, **kwargs)
+        with poutine.trace(param_only=True) as capture, _lrt(self.local_reparam):
+            loss = torch_item(self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs))
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        if math.isfinite(loss):
+            self.optim(params)
+        zero_grads(params)
+        return loss
 
     def get_state(self) -> dict:
         return self.optim.get_state()
 
     def set_state(self, state: dict) -> None:
         self.optim.set_state(state)
+
+    def close(self) -> None:
+        """Nothing to give back (see :meth:`FusedStepper.close`)."""
 
 
 class TorchStepper:
@@ -105,8 +162,11 @@ class TorchStepper:
 
     supports_lr_factor = True
 
-    def __init__(self, scaled_model, scaled_guide, model, guide, elbo, make_optim):
+    def __init__(
+        self, scaled_model, scaled_guide, model, guide, elbo, make_optim, local_reparam=False
+    ):
         self.scaled_model, self.scaled_guide = scaled_model, scaled_guide
+        self.local_reparam = local_reparam
         self.model, self.guide, self.elbo = model, guide, elbo
         self.make_optim, self.opt, self._pending = make_optim, None, None
         self.lr_factor = 1.0
@@ -133,7 +193,7 @@ class TorchStepper:
 
     def _build(self, *args, **kwargs) -> None:
         if getattr(self.guide, "prototype_trace", "absent") is None:
-            self.guide._setup_prototype(*args, **kwargs)
+            setup_prototype(self.guide, *args, **kwargs)
         self.params = self._collect_params()
         if self.sync is not None:
             # guides create their parameters lazily (and may draw them): rank 0's win
@@ -161,7 +221,8 @@ class TorchStepper:
     def step(self, *args, **kwargs) -> float:
         if self.opt is None:
             self._build(*args, **kwargs)
-        loss = self.elbo.loss_and_grads(self.scaled_model, self.scaled_guide, *args, **kwargs)
+        with _lrt(self.local_reparam):
+            loss = self.elbo.loss_and_grads(self.scaled_model, self.scaled_guide, *args, **kwargs)
         return self._update(float(loss))
 
     def get_state(self) -> dict:
@@ -173,19 +234,24 @@ class TorchStepper:
         else:
             self.opt.load_state_dict(self._state_in(state))
 
+    def close(self) -> None:
+        """Nothing to give back (see :meth:`FusedStepper.close`)."""
+
 
 class FusedStepper(TorchStepper):
-    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser.
+    """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser
+    built by ``make_optim``, used as given.
 
-    With ``fit``'s default optimiser (``Adam``/``AdamW`` built with ``foreach=True``, an
-    element-wise update) the guide's locs and raw scales are first moved into two flat
-    tensors (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and
-    the optimiser updates those: no per-step concatenation of the parameters, no split
-    of their gradients, one update over two tensors. :meth:`get_state` still returns the
-    state per site parameter, as without the flat storage, so checkpoints keep that layout.
-    A site parameter replaced between steps (``guide.to(...)``, a new ``PyroParam``) is
-    noticed before the next step, and the flat storage is rebuilt around it; ``fit`` calls
-    :meth:`release` when it ends.
+    ``flat=True`` (``fit``'s default optimiser, ``default_optimiser``, an element-wise
+    update): the guide's locs and raw scales are first moved into two flat tensors
+    (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and the
+    optimiser updates those: no per-step concatenation of the parameters, no split of
+    their gradients, one update over two tensors. Only for an optimiser whose update is
+    element-wise (the flat tensors change what "one parameter" is). :meth:`get_state`
+    still returns the state per site parameter, so checkpoints keep that layout. A site
+    parameter replaced between steps (``guide.to(...)``, a new ``PyroParam``) is noticed
+    before the next step, and the flat storage is rebuilt around it; ``fit`` calls
+    :meth:`close` when it ends.
 
     Before its first step it checks on that batch that the fused ELBO is the model's own
     (:meth:`FusedMeanFieldELBO.verify`, one Pyro trace; this also puts the guide's
@@ -212,12 +278,14 @@ class FusedStepper(TorchStepper):
         True
     """
 
-    def __init__(self, model, guide, make_optim, weight, fallback=None):
-        # flat storage changes what "one parameter" is: only for element-wise updates
-        self._flat_ok = _default_adam_keywords(make_optim) is not None
-        super().__init__(model, guide, model, guide, None, _prefer_fused_adam(make_optim))
+    def __init__(
+        self, model, guide, make_optim, weight, fallback=None, flat=False, local_reparam=False
+    ):
+        super().__init__(model, guide, model, guide, None, make_optim)
         self.fused = FusedMeanFieldELBO(model, guide)
+        self.fused.local_reparam = local_reparam
         self.weight = weight
+        self._flat_ok = flat
         self._flat = None
         self._layout: list | None = None  # per site-list parameter: where it lives
         self._make_fallback = fallback
@@ -230,7 +298,7 @@ class FusedStepper(TorchStepper):
         warning saying why; without a fallback it is a ``ValueError``."""
         self._verified = True
         if getattr(self.guide, "prototype_trace", "absent") is None:
-            self.guide._setup_prototype(*args, **kwargs)
+            setup_prototype(self.guide, *args, **kwargs)
         reason = self.fused.verify(*args, **kwargs)
         if reason is None:
             return
@@ -245,15 +313,6 @@ class FusedStepper(TorchStepper):
         if self._pending is not None:
             self.fallback.set_state(self._pending)
             self._pending = None
-
-    def _fallback_step(self, *args, **kwargs) -> float:
-        fb = self.fallback
-        fb.lr_factor = self.lr_factor
-        # fit leaves local reparameterisation to the fused ELBO when it picks this stepper
-        with LocalReparameterization() if self.fused.local_reparam else contextlib.nullcontext():
-            loss = fb.step(*args, **kwargs)
-        self.params = fb.params
-        return loss
 
     def get_state(self) -> dict:
         if self.fallback is not None:
@@ -291,7 +350,7 @@ class FusedStepper(TorchStepper):
             return state
         return site_optim_state(state, self._layout, self._flat.numel)
 
-    def release(self) -> None:
+    def close(self) -> None:
         """Give the guide's site parameters their own storage back (values unchanged), so
         that after a fit they share no memory, as before (``safetensors``' ``save_file``,
         for one, refuses tensors that share storage). A later step binds again."""
@@ -302,7 +361,10 @@ class FusedStepper(TorchStepper):
         if not self._verified:
             self._verify(*args, **kwargs)
         if self.fallback is not None:
-            return self._fallback_step(*args, **kwargs)
+            self.fallback.lr_factor = self.lr_factor
+            loss = self.fallback.step(*args, **kwargs)
+            self.params = self.fallback.params
+            return loss
         if self.opt is None:
             self._build(*args, **kwargs)
         elif self._flat is not None and not self._flat.is_bound():
@@ -315,33 +377,109 @@ class FusedStepper(TorchStepper):
         return self._update(float(loss.detach()))
 
 
-def _default_adam_keywords(make_optim) -> dict | None:
-    """The keywords of ``fit``'s default optimiser factory (``functools.partial`` of
-    ``Adam``/``AdamW`` with ``foreach=True``), or ``None`` for any other factory."""
-    kw = getattr(make_optim, "keywords", None) or {}
-    if (
-        isinstance(make_optim, functools.partial)
-        and make_optim.func in (torch.optim.Adam, torch.optim.AdamW)
-        and not make_optim.args
-        and kw.get("foreach")
-        and "fused" not in kw
-    ):
-        return kw
-    return None
+def default_optimiser(lr: float) -> Callable[[list], torch.optim.Optimizer]:
+    """``fit``'s optimiser when none is given (``optim=None``): ``torch.optim.Adam(lr)``
+    over all parameters at once, as ONE fused kernel (``fused=True``) where every parameter
+    allows it (floating point on CPU or CUDA), else the multi-tensor ``foreach`` update
+    (torch picks neither by default on the CPU). Its update is element-wise, so the fused
+    stepper may hand it the guide's flat storage (:class:`FusedStepper` ``flat=True``).
 
+    Example::
 
-def _prefer_fused_adam(make_optim):
-    """``Adam(foreach=True)`` (``fit``'s default) built as ``Adam(fused=True)`` where every
-    parameter allows it: the same update rule in one kernel per step instead of a dozen
-    passes over the guide's locs and scales (the largest cost of the step after the
-    matrix products). Any other optimiser factory is used as given."""
-    kw = _default_adam_keywords(make_optim)
-    if kw is None:
-        return make_optim
+        >>> import torch
+        >>> opt = default_optimiser(0.1)([torch.nn.Parameter(torch.zeros(3))])
+        >>> type(opt).__name__, opt.defaults["fused"], opt.defaults["lr"]
+        ('Adam', True, 0.1)
+    """
 
     def build(params):
         if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-            return make_optim.func(params, **{**kw, "foreach": None, "fused": True})
-        return make_optim(params)
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
 
     return build
+
+
+class ScaleLatents(Messenger):
+    """Multiply the log-density of every non-observed sample site by ``weight`` (``fit``'s
+    KL weight on Pyro's traces; the fused ELBO multiplies its ``log p - log q`` by it)."""
+
+    def __init__(self, weight: float):
+        super().__init__()
+        self.weight = weight
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.weight * msg["scale"]
+
+
+def make_stepper(model, guide, cfg, weight: dict):
+    """The one loss of a fit, chosen once from ``cfg`` (a
+    :class:`~pyrobayes.infer.FitConfig`): the fused ELBO where it applies (single-particle
+    ``Trace_ELBO``, a torch optimiser, a ``BayesianModel`` under an ``AutoNormal``-family
+    guide; ``fused=False`` refuses it, ``fused=True`` requires it), else Pyro's ELBO with
+    the torch optimiser, or with a Pyro optimiser :class:`SVIStepper`. ``weight["beta"]``
+    is the KL weight, read at every step."""
+    loss_kind, optim, num_particles = LossKind(cfg.loss), cfg.optim, cfg.num_particles
+    elbo_cls = Trace_ELBO if loss_kind is LossKind.TRACE_ELBO else TraceMeanField_ELBO
+    elbo = elbo_cls(num_particles=num_particles, vectorize_particles=cfg.vectorize_particles)
+
+    def scaled_model(*a, **k):
+        with ScaleLatents(weight["beta"]):
+            return model(*a, **k)
+
+    def scaled_guide(*a, **k):
+        with ScaleLatents(weight["beta"]):
+            return guide(*a, **k)
+
+    is_pyro = isinstance(optim, pyro.optim.PyroOptim)
+    make_optim = optim or default_optimiser(cfg.lr)
+    can_fuse = (
+        loss_kind is LossKind.TRACE_ELBO
+        and num_particles == 1
+        and not is_pyro
+        and supports_fused(model, guide)
+    )
+    if cfg.fused and not can_fuse:
+        raise ValueError(
+            "fused=True needs loss='trace_elbo', num_particles=1, a torch optimiser, "
+            "a BayesianModel and an AutoNormal-family guide"
+        )
+    lrt = cfg.local_reparam
+    if is_pyro:
+        return SVIStepper(scaled_model, scaled_guide, elbo, optim, local_reparam=lrt)
+    traced = functools.partial(
+        TorchStepper, scaled_model, scaled_guide, model, guide, elbo, make_optim, lrt
+    )
+    if not can_fuse or cfg.fused is False:
+        return traced()
+    # Pyro's traces take over where the fused ELBO is not this model's; fused=True refuses
+    return FusedStepper(
+        model,
+        guide,
+        make_optim,
+        weight,
+        fallback=None if cfg.fused else traced,
+        flat=optim is None,
+        local_reparam=lrt,
+    )
+
+
+def checked_stepper(model, guide, cfg, weight: dict, distributed: bool, lr_factor):
+    """``make_stepper``, with gradient sync under torch.distributed; checks options
+    and that the guide is one for this model."""
+    check_guide(model, guide)
+    stepper = make_stepper(model, guide, cfg, weight)
+    if distributed:
+        if isinstance(stepper, SVIStepper):
+            raise ValueError(
+                "a Pyro optimiser cannot average gradients across ranks under "
+                "torch.distributed; pass a torch optimiser (optim=None or a callable)"
+            )
+        stepper.sync = dist_.GradSync()
+    if lr_factor is not None and not stepper.supports_lr_factor:
+        raise ValueError(
+            "lr_schedule needs a torch optimiser; with a Pyro optimiser pass a "
+            "pyro.optim.PyroLRScheduler (e.g. pyro.optim.CosineAnnealingLR) as optim instead"
+        )
+    return stepper

@@ -1,11 +1,14 @@
-"""The one twin-forward primitive: the original network evaluated under given weights.
+"""The functional forward over weight draws: the original network evaluated under given
+weights.
 
-A converted module keeps an untouched deterministic *twin* of the user's network; every
-path that needs ``f_w(x)`` for explicit weights ``w`` (the posterior/prior predictive,
-the fused ELBO, the text classifier's predictive, the PFN prior sampler) goes through
+A converted module keeps an untouched deterministic *twin* of the user's network; the
+paths that need ``f_w(x)`` for explicit weights ``w`` (the posterior/prior predictive,
+the fused ELBO, the text classifier's predictive, the PFN prior sampler) go through
 :func:`twin_forward` (one draw) or :func:`forward_draws` (a stack of ``S`` draws, one
-vectorised ``torch.func.vmap`` call per chunk; a plain ``nn.Sequential`` of ``nn.Linear`` and
-element-wise layers instead takes one batched matrix product per layer):
+vectorised ``torch.func.vmap`` call per chunk). The one batched path: a plain
+``nn.Sequential`` of ``nn.Linear`` and element-wise layers takes one batched matrix
+product per layer (``chain_plan`` / ``chain_forward``, and
+``chain_forward_one`` for one draw with autograd):
 
 .. math::
 
@@ -247,7 +250,7 @@ def chain_plan(model: nn.Module, x, device) -> tuple | None:
     """``(chain, fixed, {site: [parameter paths]})`` when :func:`forward_draws` of one
     positional input ``x`` takes the batched Linear-chain path (no dropout sampling, no
     keyword inputs), else ``None``; checks ``x`` against the first layer like
-    :func:`forward_draws`. With it, :func:`chain_forward` evaluates draws that a caller
+    :func:`forward_draws`. With it, ``chain_forward`` evaluates draws that a caller
     produces block by block (``device``: where the draws live, for a net without fixed
     tensors)."""
     net, _ = _converted_root(model)
@@ -265,7 +268,7 @@ def chain_forward(
     out: torch.Tensor | None = None,
     work: dict | None = None,
 ) -> torch.Tensor:
-    """:func:`forward_draws` on a :func:`chain_plan`: ``draws`` ``{site: [S, *shape]}``,
+    """:func:`forward_draws` on a ``chain_plan``: ``draws`` ``{site: [S, *shape]}``,
     evaluated in one block (the caller sizes it with :func:`fast_block_size`), written into
     ``out`` (``[S, N, out_features]``) when given; a caller that evaluates block after
     block passes the same ``work`` dict each time, so the hidden activations reuse their
@@ -278,7 +281,7 @@ def chain_forward(
 
 
 def chain_output(plan: tuple, x: torch.Tensor, num_draws: int) -> torch.Tensor:
-    """An empty ``[num_draws, N, out_features]`` tensor for :func:`chain_forward`'s ``out``
+    """An empty ``[num_draws, N, out_features]`` tensor for ``chain_forward``'s ``out``
     (the dtype and device its own allocation would have)."""
     last = next(m for _, m in reversed(plan[0]) if type(m) is nn.Linear)
     return x.new_empty(num_draws, x.shape[0], last.out_features)
@@ -334,7 +337,7 @@ _ACTIVATION_BUDGET = 2 * 2**20  # bytes of one layer's activations per block of 
 def tied_paths(sites: Mapping[str, list[str]]) -> dict[str, str]:
     """``{alias: path}`` for parameters registered under several paths (tied weights), from
     :func:`~pyrobayes.convert.bayesian_sites`: a per-path forward such as
-    :func:`chain_forward_one` needs each draw under every path its layers use."""
+    ``chain_forward_one`` needs each draw under every path its layers use."""
     return {alias: paths[0] for paths in sites.values() for alias in paths[1:]}
 
 
@@ -406,10 +409,9 @@ def _chain_forward(
     Every product writes into a buffer: the hidden layers into ``work`` (per layer, one
     block's worth, reused block after block and, when the caller passes the same dict, call
     after call), the last layer straight into its rows of ``out`` (``[num_draws, N,
-    out_features]``, allocated when ``None``). A fresh multi-MiB activation per layer and
-    block is what made the predictive 1.5x the deterministic floor instead of 1.3x: glibc
-    serves such sizes with ``mmap``, so every block paid page faults on zeroed pages.
-    No autograd: callers run it under ``torch.no_grad``."""
+    out_features]``, allocated when ``None``): a fresh multi-MiB activation per layer and
+    block costs more than the product (its cost is measured in ``benchmarks/RESULTS.md``,
+    bench_svi). No autograd: callers run it under ``torch.no_grad``."""
     step = num_draws if chunk_size is None else chunk_size
     step = min(step, _block_draws(chain, x))
     work = {} if work is None else work
