@@ -130,9 +130,7 @@ def test_stratified_splits_use_every_row_keep_class_shares_and_are_seeded():
 
 def _four_points():
     # top-class confidences 0.95, 0.85, 0.55, 0.65; right, wrong, right, wrong
-    p = torch.tensor(
-        [[0.95, 0.05], [0.85, 0.15], [0.55, 0.45], [0.65, 0.35]], dtype=torch.float64
-    )
+    p = torch.tensor([[0.95, 0.05], [0.85, 0.15], [0.55, 0.45], [0.65, 0.35]], dtype=torch.float64)
     return CategoricalPPD(p[None]), torch.tensor([0, 1, 0, 1])
 
 
