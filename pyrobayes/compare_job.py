@@ -414,8 +414,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.num_samples,
         help="posterior draws of the SVI predictive",
     )
-    p.add_argument("--nuts-warmup", type=int, default=d.nuts_warmup)
-    p.add_argument("--nuts-samples", type=int, default=d.nuts_samples)
+    # default None, as --delta: the demo and the real-data jobs have their own budgets
+    p.add_argument(
+        "--nuts-warmup",
+        type=int,
+        default=None,
+        help=f"NUTS adaptation steps per chain (1-D demo: default {d.nuts_warmup}; --data: "
+        "the job's own, 200)",
+    )
+    p.add_argument(
+        "--nuts-samples",
+        type=int,
+        default=None,
+        help=f"NUTS draws kept per chain (1-D demo: default {d.nuts_samples}; --data: the "
+        "job's own, 200)",
+    )
     p.add_argument("--out", default=d.out, help="output folder for compare.png/.json/.md")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --data and the real-data protocol's own flags (--x, --y, --splits, --no-nuts, ...)
@@ -463,8 +476,10 @@ def run(args: argparse.Namespace) -> int:
         svi_lr=args.svi_lr,
         delta=CompareConfig.delta if args.delta is None else args.delta,
         num_samples=args.num_samples,
-        nuts_warmup=args.nuts_warmup,
-        nuts_samples=args.nuts_samples,
+        nuts_warmup=CompareConfig.nuts_warmup if args.nuts_warmup is None else args.nuts_warmup,
+        nuts_samples=(
+            CompareConfig.nuts_samples if args.nuts_samples is None else args.nuts_samples
+        ),
         out=args.out,
         progress=not args.no_progress,
     )

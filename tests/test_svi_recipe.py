@@ -196,3 +196,23 @@ def test_fit_svi_moped_tempered_and_last_layer_run():
     model, guide = fit_svi_moped(x, y, mlp, noise, SVIRecipe(kl_weight=0.1, layers="last", steps=5))
     nll = sr.svi_nll(model, guide, x, y, 10)
     assert torch.isfinite(torch.tensor(nll))
+
+
+def test_shared_flags_leave_each_job_its_own_defaults():
+    # compare's three jobs share flags registered once; an unset one must not carry the
+    # 1-D demo's budget (NUTS 100/150) into the real-data jobs (200/200) or their delta
+    from pyrobayes.classify_tabular import ClassifyTabularConfig
+    from pyrobayes.compare_job import CompareConfig, add_arguments
+    from pyrobayes.tabular_job import config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--data", "iris"])
+    for cls in (TabularConfig, ClassifyTabularConfig):
+        cfg = config_from_args(cls, args)
+        assert (cfg.nuts_warmup, cfg.nuts_samples) == (cls.nuts_warmup, cls.nuts_samples)
+        assert (cfg.nuts_warmup, cfg.nuts_samples) == (200, 200)
+    assert config_from_args(ClassifyTabularConfig, args).delta == ClassifyTabularConfig.delta
+    given = config_from_args(TabularConfig, p.parse_args(["--data", "x", "--nuts-warmup", "7"]))
+    assert given.nuts_warmup == 7
+    assert (CompareConfig.nuts_warmup, CompareConfig.nuts_samples) == (100, 150)
