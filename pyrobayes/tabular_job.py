@@ -518,15 +518,6 @@ def standardise_split(
 # ----------------------------------------------------------------- methods
 
 
-def _bayesian_model(d: int, net: torch.nn.Module | None = None):
-    """The one Bayesian model of every method: :func:`pyrobayes.models.
-    tabular_regression_model` (fan-in weight priors, latent noise std), the prior
-    the ``bnn-tabular`` PFN is trained on."""
-    from pyrobayes.models import tabular_regression_model
-
-    return tabular_regression_model(d, net=net)
-
-
 def fit_mlp_heldout(
     x: torch.Tensor,
     y: torch.Tensor,
