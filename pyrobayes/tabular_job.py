@@ -805,7 +805,9 @@ def _split_pfn(
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pfn.predict(s.x_train[:64], s.y_train[:64], s.x_test[:64])  # warm-up: allocations
+        # warm-up (allocations) through the same path, so a table wider than the PFN's
+        # trained features takes its feature subsets here too
+        pfn_subset_ppd(pfn, s.x_train[:64], s.y_train[:64], s.x_test[:64], subsets=1, seed=seed)
         t0 = time.perf_counter()
         ppds[row] = predict(s.x_test)
         times[row] = time.perf_counter() - t0

@@ -179,6 +179,24 @@ def test_job_runs_the_sparse_gp_and_the_pfn_mixture_and_labels_them(tmp_path):
     assert gp_row in md and "an approximation" in md
 
 
+def test_pfn_row_on_a_table_wider_than_its_trained_features(tmp_path):
+    # wine-quality-red has 11 features, the PFN 1..10: the warm-up call must take the same
+    # feature-subset path as the row itself (it raised before)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(80, 12, generator=g)
+    y = x[:, 0] - 0.5 * x[:, 3] + 0.3 * torch.randn(80, generator=g)
+    cols = [f"f{j}" for j in range(12)]
+    rows = "".join(",".join(f"{v:.5f}" for v in r) + f",{t:.5f}\n" for r, t in
+                   zip(x.tolist(), y.tolist()))  # fmt: skip
+    p = tmp_path / "wide.csv"
+    p.write_text(",".join(cols) + ",y\n" + rows)
+    cfg = TabularConfig(data=str(p), y_col="y", splits=1, methods="pfn", pfn_subsets=2,
+                        out=str(tmp_path / "o"), no_progress=True)  # fmt: skip
+    res = run_tabular(cfg)
+    (row,) = res["table"].methods
+    assert row.startswith("PFN") and math.isfinite(res["table"].row(row)["nll"])
+
+
 def test_sparse_gp_with_every_row_inducing_is_the_exact_marginal():
     # Xu = X makes Q_nn = K_nn: the VFE bound is the exact log marginal at the same
     # hyperparameters (up to the 1e-6 jitter on K_uu)
