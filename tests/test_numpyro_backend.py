@@ -173,3 +173,34 @@ def test_chains_compiled_ahead_give_the_same_run_and_are_checked():
         nuts_ppd(other, x, y, x[:3], compiled=box["c"], **kw)
     with pytest.raises(ValueError, match="compiled= holds NumPyro chains"):
         nuts_ppd(model, x, y, x[:3], compiled=box["c"], backend="pyro", **kw)
+
+
+def test_chains_in_threads_draw_what_one_thread_draws(monkeypatch):
+    """On a CPU ``chain_method="auto"`` runs the sequential chains in groups, one thread per
+    core (XLA releases the GIL): same chains, same keys, so exactly the same draws as one
+    thread running them all (``"sequential"``)."""
+    import pyrobayes.infer.jax_potential as jp
+
+    monkeypatch.setattr(jp, "_chain_threads", lambda n: 2 if n % 2 == 0 else 1)
+    model = tabular_regression_model(2, name="threads")
+    x, y = _regression(n=12, d=2)
+    model, x, y = model.float(), x.float(), y.float()
+    kw = dict(num_chains=4, num_warmup=30, num_samples=20, max_tree_depth=6, seed=3)
+    grouped = numpyro_nuts(model, x, y, chain_method="auto", **kw)
+    single = numpyro_nuts(model, x, y, chain_method="sequential", **kw)
+    assert jp.compile_nuts(model, x, y, num_chains=4).settings["chain_threads"] == 2
+    assert grouped.flat.shape == single.flat.shape == (4, 20, grouped.density.dim)
+    np.testing.assert_array_equal(grouped.flat, single.flat)
+    np.testing.assert_array_equal(grouped.num_steps, single.num_steps)
+    np.testing.assert_array_equal(grouped.step_size, single.step_size)
+
+
+def test_chain_threads_divide_the_chains_within_the_cores(monkeypatch):
+    import os
+
+    import pyrobayes.infer.jax_potential as jp
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [jp._chain_threads(c) for c in (1, 2, 3, 4, 6)] == [1, 2, 1, 2, 2]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [jp._chain_threads(c) for c in (4, 6, 7)] == [4, 6, 7]

@@ -648,7 +648,8 @@ def numpyro_nuts(
         chain_method: ``"vectorized"`` (one ``vmap``: chains advance in lockstep, each
             tree as long as the longest), ``"sequential"`` (``lax.map``: one chain after
             another in the same compiled loop) or ``"auto"``: sequential on a CPU (about 2x
-            faster there for the comparison's BNNs, ``benchmarks/bench_reference.py``),
+            faster there for the comparison's BNNs, ``benchmarks/bench_reference.py``), in
+            equal groups on as many threads as there are cores (same draws as one thread),
             vectorised on an accelerator.
         progress: a few plain lines (the loop then runs in 10 compiled blocks).
         density: a prebuilt :func:`jax_log_density` of the same model and data.
@@ -832,6 +833,9 @@ def compile_nuts(
         # on a CPU the vectorised chains wait for the longest tree of each iteration and
         # gain nothing from batching 50-wide matrices: one after another is ~2x faster
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
+        threads = _chain_threads(num_chains) if chain_method == "sequential" else 1
+    else:
+        threads = 1
     dens = density if density is not None else jax_log_density(model, x, y)
     settings = {
         "num_chains": num_chains,
@@ -841,6 +845,7 @@ def compile_nuts(
         "target_accept_prob": float(target_accept_prob),
         "step_size": float(step_size),
         "chain_method": chain_method,
+        "chain_threads": threads,
         "progress": bool(progress),
     }
     with dens.precision():
@@ -859,7 +864,8 @@ def _lower_chains(dens: JaxLogDensity, settings: dict) -> tuple[tuple, float]:
     """The lowered ``init`` and ``{n: run}`` of :func:`compile_nuts`, and their seconds."""
     import jax
 
-    c, warmup, samples = settings["num_chains"], settings["num_warmup"], settings["num_samples"]
+    warmup, samples = settings["num_warmup"], settings["num_samples"]
+    c = settings["num_chains"] // settings.get("chain_threads", 1)  # chains per thread
     kernel_kw = {k: settings[k] for k in ("step_size", "target_accept_prob", "max_tree_depth")}
     init, run = _chain_fns(dens, warmup, samples, kernel_kw)
     if settings["chain_method"] == "vectorized":
@@ -897,8 +903,20 @@ def _block(total: int, progress: bool) -> int:
     return total if not progress else max(1, math.ceil(total / 10))
 
 
+def _chain_threads(num_chains: int) -> int:
+    """Threads for sequential chains on a CPU: the largest divisor of ``num_chains`` not
+    above the cores this process may use. XLA runs a compiled call outside Python's GIL,
+    so each thread's group of chains gets its own core (the chains and their keys are the
+    same as in one thread: the draws do not change)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(k for k in range(1, min(num_chains, cores or 1) + 1) if num_chains % k == 0)
+
+
 def _run_chains(compiled: CompiledNUTS, u0: np.ndarray, seed: int) -> NumpyroNUTSResult:
-    """Run the compiled chains from ``u0`` ``[chains, dim]``; see :func:`numpyro_nuts`."""
+    """Run the compiled chains from ``u0`` ``[chains, dim]``; see :func:`numpyro_nuts`.
+    With ``chain_threads`` > 1 the chains run in that many equal groups, one per thread."""
     import jax
     import jax.numpy as jnp
 
@@ -909,13 +927,28 @@ def _run_chains(compiled: CompiledNUTS, u0: np.ndarray, seed: int) -> NumpyroNUT
     progress = st["progress"]
     block = _block(total, progress)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), u0.shape[0])
+    groups = st.get("chain_threads", 1)
+    per = u0.shape[0] // groups
+
+    def run_group(g: int) -> Any:
+        carry = compiled.init(
+            jnp.asarray(u0[g * per : (g + 1) * per]), keys[g * per : (g + 1) * per]
+        )
+        starts = range(0, total, block)
+        for start in progress_bar(starts, enabled=progress and g == 0, desc="NUTS", unit="blocks"):
+            carry = compiled.runs[min(block, total - start)](carry, start)
+            if progress:
+                jax.block_until_ready(carry)  # so that the progress lines tell the time
+        return jax.block_until_ready(carry)
+
     t0 = time.perf_counter()
-    carry = compiled.init(jnp.asarray(u0), keys)
-    for start in progress_bar(range(0, total, block), enabled=progress, desc="NUTS", unit="blocks"):
-        carry = compiled.runs[min(block, total - start)](carry, start)
-        if progress:
-            jax.block_until_ready(carry)  # so that the progress lines tell the time
-    state, (z, pe, div, steps) = jax.block_until_ready(carry)
+    if groups == 1:
+        carry = run_group(0)
+    else:
+        with ThreadPoolExecutor(max_workers=groups, thread_name_prefix="nuts-chains") as pool:
+            parts = list(pool.map(run_group, range(groups)))
+        carry = jax.tree_util.tree_map(lambda *a: np.concatenate(a, axis=0), *parts)
+    state, (z, pe, div, steps) = carry
     run_s = time.perf_counter() - t0
     flat = np.asarray(z)
     return NumpyroNUTSResult(
