@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyrobayes.data.tabular import _read_csv, _to_float
+from pyrobayes.data.tabular import _read_csv, feature_matrix
 
 __all__ = [
     "LabelledData",
@@ -268,22 +268,7 @@ def load_labelled(
             f"the label {y_col!r}"
         )
     y, classes = encode_labels(list(columns[y_col]), y_col, what)
-    x = np.stack([_to_float(columns[c], c, what) for c in x_cols], axis=1)
-    bad = np.flatnonzero(~np.isfinite(x).all(1))
-    if bad.size:
-        shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if bad.size > 10 else "")
-        raise ValueError(
-            f"{what}: {bad.size} row(s) have a missing, NaN or infinite feature value "
-            f"(rows {shown}, counted from 0 after the header); drop or fill them"
-        )
-    if len(y) < min_rows:
-        raise ValueError(f"{what}: {len(y)} row(s), need at least {min_rows}")
-    const = [c for j, c in enumerate(x_cols) if np.ptp(x[:, j]) == 0]
-    if const:
-        raise ValueError(
-            f"{what}: constant feature column(s) {const} carry no information and cannot be "
-            "standardised (their spread is zero); leave them out of --x"
-        )
+    x = feature_matrix(columns, x_cols, what, min_rows)
     return LabelledData(
         x=torch.as_tensor(x, dtype=torch.float64),
         y=y,

@@ -68,6 +68,33 @@ class TabularData:
         return self.x.shape[0]
 
 
+def feature_matrix(
+    columns: dict, x_cols: list[str], what: str, min_rows: int, finite: np.ndarray | None = None
+) -> np.ndarray:
+    """The float matrix of the feature columns ``x_cols`` of a read table, refusing rows with
+    a missing/NaN/infinite value (``finite``: the target's own mask, if it has one), fewer than
+    ``min_rows`` rows and constant columns (nothing to standardise). Shared by the regression
+    and the labelled-table loaders."""
+    x = np.stack([_to_float(columns[c], c, what) for c in x_cols], axis=1)
+    ok = np.isfinite(x).all(1) if finite is None else np.isfinite(x).all(1) & finite
+    bad = np.flatnonzero(~ok)
+    if bad.size:
+        shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise ValueError(
+            f"{what}: {bad.size} row(s) have a missing, NaN or infinite value "
+            f"(rows {shown}, counted from 0 after the header); drop or fill them"
+        )
+    if len(x) < min_rows:
+        raise ValueError(f"{what}: {len(x)} row(s), need at least {min_rows}")
+    const = [c for j, c in enumerate(x_cols) if np.ptp(x[:, j]) == 0]
+    if const:
+        raise ValueError(
+            f"{what}: constant feature column(s) {const} carry no information and cannot be "
+            "standardised (their spread is zero); leave them out of --x"
+        )
+    return x
+
+
 def _to_float(values: Sequence, column: str, what: str) -> np.ndarray:
     out = []
     for i, v in enumerate(values):
@@ -115,23 +142,8 @@ def _select(
         raise ValueError(f"{what}: the target {y_col!r} is also listed as a feature")
     if len(set(x_cols)) != len(x_cols):
         raise ValueError(f"{what}: feature columns listed twice: {x_cols}")
-    x = np.stack([_to_float(columns[c], c, what) for c in x_cols], axis=1)
     y = _to_float(columns[y_col], y_col, what)
-    bad = np.flatnonzero(~(np.isfinite(x).all(1) & np.isfinite(y)))
-    if bad.size:
-        shown = ", ".join(str(i) for i in bad[:10]) + (" ..." if bad.size > 10 else "")
-        raise ValueError(
-            f"{what}: {bad.size} row(s) have a missing, NaN or infinite value "
-            f"(rows {shown}, counted from 0 after the header); drop or fill them"
-        )
-    if len(y) < min_rows:
-        raise ValueError(f"{what}: {len(y)} row(s), need at least {min_rows}")
-    const = [c for j, c in enumerate(x_cols) if np.ptp(x[:, j]) == 0]
-    if const:
-        raise ValueError(
-            f"{what}: constant feature column(s) {const} carry no information and cannot be "
-            "standardised (their spread is zero); leave them out of --x"
-        )
+    x = feature_matrix(columns, x_cols, what, min_rows, np.isfinite(y))
     if np.ptp(y) == 0:
         raise ValueError(f"{what}: the target {y_col!r} is constant; nothing to regress")
     return x, y, tuple(x_cols), y_col
