@@ -676,34 +676,19 @@ def numpyro_nuts(
         >>> round(float(res.draws["lin.net.weight"].mean()), 1)
         0.8
     """
+    budget = {
+        "num_chains": num_chains,
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "max_tree_depth": max_tree_depth,
+        "target_accept_prob": target_accept_prob,
+        "step_size": step_size,
+        "progress": progress,
+    }
     if compiled is None:
-        compiled = compile_nuts(
-            model,
-            x,
-            y,
-            num_chains=num_chains,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            max_tree_depth=max_tree_depth,
-            target_accept_prob=target_accept_prob,
-            step_size=step_size,
-            chain_method=chain_method,
-            progress=progress,
-            density=density,
-        )
+        compiled = compile_nuts(model, x, y, chain_method=chain_method, density=density, **budget)
     else:
-        compiled.check(
-            model,
-            x,
-            y,
-            num_chains=num_chains,
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            max_tree_depth=max_tree_depth,
-            target_accept_prob=target_accept_prob,
-            step_size=step_size,
-            progress=progress,
-        )
+        compiled.check(model, x, y, **budget)
     u0 = _starts(compiled.density, init, num_chains, init_jitter, seed)
     with compiled.density.precision():
         return _run_chains(compiled, u0, seed)
