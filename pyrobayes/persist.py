@@ -42,6 +42,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyrobayes._pyro_compat import pyro_name, setup_prototype
+from pyrobayes.guides.moped_legacy import flat_guide_state
 
 __all__ = ["save", "load", "FORMAT_TAG", "FORMAT_VERSION"]
 
@@ -189,6 +190,7 @@ def load(path: str | os.PathLike, model: nn.Module, guide: nn.Module, *inputs, *
         own = module.state_dict()
         if prefix == "guide":
             state = _legacy_sites(state, own, model)
+            state, _ = flat_guide_state(module, state)  # a per-site MOPED guide's file
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         bad = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
         if missing or extra or bad:

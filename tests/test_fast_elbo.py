@@ -6,7 +6,6 @@ from pyro import poutine
 
 from pyrobayes import Categorical, Gaussian, fit, to_bayesian
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
-from pyrobayes.infer.flat_guide import guide_leaf
 
 
 def pyro_elbo_and_eps(model, guide, fused, x, y):
@@ -175,9 +174,9 @@ def test_flat_draw_node_equals_the_autograd_branch_in_value_and_gradient(large_s
     eps = {s: torch.randn_like(guide._get_loc_and_scale(s)[0]) for s in fused.sites}
     if large_scale is not None:  # one huge raw scale
         site = next(s for s in fused.sites if s.endswith("2.bias"))
-        store, key, _ = guide_leaf(guide.scales, site)
-        with torch.no_grad():
-            store[key][0] = large_scale
+        start = next(a for name, a, *_ in guide.flat_sites if name == site)
+        with torch.no_grad():  # the guide's flat raw scale
+            guide.flat_storage()[1][start] = large_scale
         assert guide._get_loc_and_scale(site)[1][0] > 80  # softplus(rho) = rho
     params = [p for p in guide.parameters() if p.requires_grad]
     loss = fused.loss(x, y=y, eps=eps)

@@ -29,13 +29,22 @@ def test_moped_loc_is_pretrained_and_scale_is_delta_abs_w_floored():
     net, x, y = model_and_data()
     model, guide = to_bayesian(net, delta=0.1, likelihood=Gaussian(0.1), name="mp")
     guide.setup(x, y=y)
-    locs = guide.locs.mp.net._modules
-    scales = guide.scales.mp.net._modules
-    assert torch.equal(locs["0"].weight, net[0].weight)
-    assert torch.equal(locs["2"].bias, net[2].bias)
+    w0, s0 = guide.loc_and_scale("mp.net.0.weight")
+    assert torch.equal(w0, net[0].weight)
+    assert torch.equal(guide.loc_and_scale("mp.net.2.bias")[0], net[2].bias)
     expected = (0.1 * net[0].weight.detach().abs()).clamp_min(1e-6)
-    assert torch.allclose(scales["0"].weight, expected, rtol=1e-5, atol=1e-9)
-    assert float(scales["0"].weight[0, 0].detach()) == pytest.approx(1e-6, rel=1e-3)
+    assert torch.allclose(s0, expected, rtol=1e-5, atol=1e-9)
+    assert float(s0[0, 0].detach()) == pytest.approx(1e-6, rel=1e-3)
+    # the sites are views of the guide's two flat tensors, in the network's order
+    flat = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    assert torch.equal(guide.loc.detach(), flat)
+    assert [name for name, *_ in guide.flat_sites] == [
+        f"mp.net.{k}" for k in ("0.weight", "0.bias", "2.weight", "2.bias")
+    ]
+    assert sorted(k for k, _ in guide.named_parameters()) == [
+        "loc_unconstrained",
+        "scale_unconstrained",
+    ]
     assert all(torch.isfinite(p).all() for p in guide.parameters())
 
 
@@ -63,10 +72,12 @@ def test_freeze_loc_keeps_means_while_scales_learn():
         net, delta=0.1, freeze=True, likelihood=Gaussian(0.1), prior="normal", name="fr"
     )
     guide.setup(x, y=y)
-    s0 = guide.scales.fr.net._modules["0"].weight.detach().clone()
+    s0 = guide.loc_and_scale("fr.net.0.weight")[1].detach().clone()
+    assert "loc" in dict(guide.named_buffers())  # the flat means: a buffer, not trained
     fit(model, guide, (x, y), epochs=5, batch_size=16, lr=0.05, progress=False)
-    assert torch.equal(guide.locs.fr.net._modules["0"].weight, net[0].weight)
-    assert not torch.allclose(guide.scales.fr.net._modules["0"].weight, s0)
+    loc, scale = guide.loc_and_scale("fr.net.0.weight")
+    assert torch.equal(loc, net[0].weight)
+    assert not torch.allclose(scale, s0)
 
 
 def test_lowrank_guide_has_moped_mean_and_diagonal():

@@ -13,6 +13,11 @@ zero scale, whose inverse softplus is ``-inf``; Pyro's softplus transform invert
 The pretrained values are *cloned* before they become guide parameters: Pyro keeps the
 very tensors given to ``init_to_value`` as locs, so SVI would otherwise edit them.
 
+:class:`MOPEDNormal` keeps the weight sites' locs and raw scales in two flat tensors from
+construction, as Pyro's ``AutoDiagonalNormal`` does (``guide.loc``, ``guide.scale``), and
+hands each site views of them, so Pyro's traces and the fused ELBO
+(:mod:`pyrobayes.infer.fast_elbo`) optimise the same two parameters.
+
 Example::
 
     >>> import torch
@@ -21,23 +26,28 @@ Example::
     >>> model = BayesianModel(to_pyro(torch.nn.Linear(2, 1), name="lin"), Gaussian(0.1))
     >>> guide = MOPEDNormal(model, delta=0.1)
     >>> guide.setup(torch.randn(4, 2))
-    >>> bool((guide.scales.lin.net.weight > 0).all())
-    True
+    >>> bool((guide.scale > 0).all()), tuple(guide.loc.shape)  # 2 weights and a bias
+    (True, (3,))
 """
 
 from __future__ import annotations
 
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median, init_to_value
 from pyro.nn import PyroParam
 from pyro.nn.module import PyroModule
+from torch.distributions import biject_to
 
 from pyrobayes._pyro_compat import (
+    UNCONSTRAINED_SUFFIX,
     event_dims,
     init_scale,
     loc_and_scale,
+    pyro_name,
+    set_pyro_name,
     setup_prototype,
     unconstrained_shapes,
 )
@@ -178,7 +188,20 @@ class _Setup:
 
 
 class MOPEDNormal(_Setup, AutoNormal):
-    """Mean-field Normal guide with MOPED initialisation.
+    """Mean-field Normal guide with MOPED initialisation, its weights in two flat tensors.
+
+    Pyro's ``AutoNormal`` (the trace structure: each site drawn at an auxiliary
+    ``<site>_unconstrained`` Normal site, so ``Trace_ELBO``, ``TraceMeanField_ELBO`` and
+    :class:`~pyrobayes.guides.LocalReparameterization` work unchanged), but the weight
+    sites' locs and raw scales live in ONE flat vector each, as in ``AutoDiagonalNormal``:
+    ``guide.loc`` (a ``PyroParam``, or a buffer with ``freeze_loc``) and ``guide.scale``
+    (a ``softplus_positive`` ``PyroParam``), site after site in
+    :func:`~pyrobayes.convert.bayesian_sites` order (:attr:`flat_sites`). Each site reads
+    views of them (``_get_loc_and_scale``), so every optimiser, Pyro's or torch's, on
+    Pyro's traces or the fused ELBO, updates the same two tensors. Other latent sites (a
+    likelihood's noise std) keep ``AutoNormal``'s per-site parameters under
+    ``guide.locs``/``guide.scales``. The guide's Pyro name carries the model's
+    (``MOPEDNormal.<model>``), so guides of two models never share a param-store entry.
 
     Args:
         model: a :class:`~pyrobayes.model.BayesianModel` (or any model wrapping a
@@ -201,10 +224,11 @@ class MOPEDNormal(_Setup, AutoNormal):
         ...     _ = lin.weight.copy_(torch.tensor([[1.0, -4.0]]))
         >>> guide = MOPEDNormal(BayesianModel(to_pyro(lin, name="lin"), Gaussian(0.1)), delta=0.1)
         >>> guide.setup(torch.randn(4, 2))
-        >>> guide.locs.lin.net.weight.tolist()
-        [[1.0, -4.0]]
-        >>> [round(s, 4) for s in guide.scales.lin.net.weight.flatten().tolist()]  # float32
-        [0.1, 0.4]
+        >>> loc, scale = guide.loc_and_scale("lin.net.weight")
+        >>> loc.tolist(), [round(s, 4) for s in scale.flatten().tolist()]  # float32
+        ([[1.0, -4.0]], [0.1, 0.4])
+        >>> guide.flat_sites
+        [('lin.net.weight', 0, 2, torch.Size([1, 2]))]
     """
 
     def __init__(
@@ -223,26 +247,87 @@ class MOPEDNormal(_Setup, AutoNormal):
         )
         init_loc_fn = self._remember(model, init_values)
         super().__init__(_latent_only(model), init_loc_fn=init_loc_fn)
+        name = pyro_name(model) if isinstance(model, PyroModule) else ""
+        if name:  # per-model param-store names: "MOPEDNormal.<model>.loc"
+            set_pyro_name(self, f"{type(self).__name__}.{name}")
+        self.flat_sites: list[tuple[str, int, int, torch.Size]] = []
+        self._views: dict | None = None
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
         _check_init_values(self, self._init_names)
-        for name, w in self._pretrained.items():
-            if name not in event_dims(self):
-                continue
-            event_dim = event_dims(self)[name]
-            _deep_set_param(
-                self.scales,
-                name,
-                PyroParam(
-                    moped_scale(w, self.delta, self.min_scale), self.scale_constraint, event_dim
-                ),
-            )
-            if self.freeze_loc:
-                # A buffer, not a PyroParam: SVI never sees it, and it still moves with .to().
-                _deep_set_buffer(self.locs, name, w.detach().clone())
+        self._own_flat_storage()
         # The clones are now owned by the guide; drop ours so memory is not held twice.
         self._pretrained = {}
+
+    def _own_flat_storage(self) -> None:
+        """Move the weight sites out of ``AutoNormal``'s per-site parameters into the flat
+        ``loc`` and ``scale`` (MOPED's :math:`\\max(\\delta|w|, \\text{min\\_scale})`)."""
+        locs, scales, entries, offset = [], [], [], 0
+        for name in (s for s in self._weight_sites if s in event_dims(self)):
+            parent, leaf = _parent(self.locs, name)
+            loc = parent._parameters[leaf + UNCONSTRAINED_SUFFIX].detach()
+            locs.append(loc.reshape(-1))
+            w = self._pretrained[name]
+            scales.append(moped_scale(w, self.delta, self.min_scale).to(loc).reshape(-1))
+            entries.append((name, offset, offset + loc.numel(), loc.shape))
+            offset += loc.numel()
+            delattr(parent, leaf)
+            delattr(_parent(self.scales, name)[0], leaf)
+        if not entries:
+            return
+        kinds = sorted({f"{t.dtype} on {t.device}" for t in locs})
+        if len(kinds) > 1:
+            raise TypeError(
+                "MOPEDNormal keeps all weights in one tensor, but they differ in dtype or "
+                f"device ({', '.join(kinds)}): convert the network to one dtype and device"
+            )
+        self.flat_sites = entries
+        loc = torch.cat(locs)
+        if self.freeze_loc:
+            # A buffer, not a PyroParam: SVI never sees it, and it still moves with .to().
+            self.register_buffer("loc", loc.clone())
+        else:
+            self.loc = PyroParam(loc, constraints.real, 1)
+        self.scale = PyroParam(torch.cat(scales), self.scale_constraint, 1)
+
+    def flat_storage(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, raw scale)``: the two flat tensors themselves (the unconstrained leaves,
+        no param-store lookup), ``scale = softplus(raw)``."""
+        loc = self._buffers["loc"] if self.freeze_loc else self._parameters["loc_unconstrained"]
+        return loc, self._parameters["scale_unconstrained"]
+
+    def site_views(self, loc: torch.Tensor, scale: torch.Tensor) -> dict:
+        """``{site: (loc, scale)}``: the flat ``loc``/``scale`` split into the weight sites'
+        shapes (views; one ``split``, whose backward is one concatenation)."""
+        sizes = [b - a for _, a, b, _ in self.flat_sites]
+        return {
+            name: (lo.view(shape), sc.view(shape))
+            for (name, _, _, shape), lo, sc in zip(
+                self.flat_sites, loc.split(sizes), scale.split(sizes)
+            )
+        }
+
+    def forward(self, *args, **kwargs):
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if not self.flat_sites:
+            return super().forward(*args, **kwargs)
+        # the flat parameters read once per run (one pyro.param each, one softplus)
+        self._views = self.site_views(self.loc, self.scale)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._views = None
+
+    def _get_loc_and_scale(self, name):
+        if self._views is not None and name in self._views:
+            return self._views[name]
+        for site, a, b, shape in self.flat_sites:
+            if site == name:
+                loc, raw = self.flat_storage()
+                return loc[a:b].view(shape), biject_to(self.scale_constraint)(raw[a:b]).view(shape)
+        return super()._get_loc_and_scale(name)
 
     def loc_and_scale(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The current variational mean and std of one weight site."""
@@ -338,17 +423,6 @@ def _parent(root: PyroModule, name: str):
     for part in path:
         root = getattr(root, part)
     return root, leaf
-
-
-def _deep_set_param(root: PyroModule, name: str, value: PyroParam) -> None:
-    parent, leaf = _parent(root, name)
-    setattr(parent, leaf, value)
-
-
-def _deep_set_buffer(root: PyroModule, name: str, value: torch.Tensor) -> None:
-    parent, leaf = _parent(root, name)
-    delattr(parent, leaf)
-    parent.register_buffer(leaf, value)
 
 
 def moped_guide(model, kind: str | GuideKind = "normal", **kwargs):

@@ -15,8 +15,9 @@ On small networks Pyro's per-site bookkeeping costs more than the arithmetic; th
 removes it. For ``AutoNormal``-family guides the sites are handled as ONE flat vector
 (:mod:`pyrobayes.infer.flat_guide`): the draw, the softplus, :math:`\\log q` and a Normal
 :math:`\\log p` are single vectorised operations, and each site's weight is a view. The
-guide's parameters are the autoguide's own, so everything downstream
-(``PosteriorPredictive``, checkpoints, Pyro's own ``SVI``) sees the same objects. A test
+guide's parameters are the autoguide's own (a MOPED guide's two flat tensors), so
+everything downstream (``PosteriorPredictive``, checkpoints, Pyro's own ``SVI``) sees
+the same objects. A test
 checks the value against Pyro's traces for the same weight draw.
 """
 
@@ -114,16 +115,6 @@ class FusedMeanFieldELBO:
         self._flat: _FlatMeanField | None = None
         self._why_not: str | None = None  # why the flat path does not cover this guide
         self._chains: dict = {}
-
-    def bind_flat(self) -> _FlatMeanField | None:
-        """Make the guide's sites live in two flat leaf tensors (:meth:`_FlatMeanField.bind`)
-        and return the flat view, or ``None`` where the flat path does not apply. After
-        this the loss differentiates with respect to the flat tensors, not the site
-        parameters: whoever binds must optimise ``flat.flat`` (the fused stepper does)."""
-        self._resolve()
-        if self._flat is None or self._flat.bind() is None:
-            return None
-        return self._flat
 
     def _chain(self, twin, x):
         """:func:`_linear_chain` of this twin for inputs like ``x``, looked up once per input

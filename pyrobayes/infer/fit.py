@@ -266,8 +266,8 @@ class FitConfig:
             builds a ``torch.optim.Optimizer`` from a parameter list, used as given over
             the guide's and model's parameters. ``None`` (default):
             ``default_optimiser``, ``Adam(lr)`` over all
-            parameters at once as one fused kernel; with the fused ELBO it updates the
-            guide's locs and scales as two flat tensors.
+            parameters at once as one fused kernel (a MOPED guide's locs and scales
+            are two flat tensors, so that is one update over two tensors).
         loss: ``"trace_elbo"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where known).
         num_particles, vectorize_particles: ELBO samples per step.
         kl_weight: :math:`\\beta`, a number or ``f(epoch, epochs) -> float`` (annealing).
@@ -530,9 +530,8 @@ def _fit(model, guide, data, cfg: FitConfig) -> History:
                 if stop:
                     history.stopped_early = True
                     break
-    finally:  # the bar closed, a fused stepper's flat guide storage given back
+    finally:
         bar.close()
-        stepper.close()
     return history
 
 

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from pyrobayes._pyro_compat import pyro_name
+from pyrobayes.guides.moped_legacy import flat_guide_state, flat_optim_state
 from pyrobayes.infer.fit_data import naming_input_shapes, split_batch
 
 if TYPE_CHECKING:
@@ -380,7 +381,14 @@ def resume_fit(
         # the same architecture converted under another auto-generated name: map the names
         state["model"] = rename_prefix(state["model"], saved_name, name)
         state["guide"] = rename_prefix(state["guide"], saved_name, name)
+        if "param_groups" not in state["optim"]:  # a Pyro optimiser's: keyed by store names
+            state["optim"] = rename_prefix(state["optim"], saved_name, name)
         hint = f" (checkpoint model {saved_name!r} mapped onto {name!r})"
+    # a MOPED guide saved per site (before its flat storage): its weights and optimiser
+    # state mapped onto the flat layout
+    state["guide"], old_params = flat_guide_state(guide, state["guide"])
+    if old_params is not None and state["optim"]:
+        state["optim"] = flat_optim_state(guide, old_params, state["optim"])
     check_state_dict("model", model, state["model"], hint)
     check_state_dict("guide", guide, state["guide"], hint)
     model.load_state_dict(state["model"])

@@ -1,22 +1,15 @@
 """A mean-field Normal guide's sites as ONE flat vector: the fused ELBO's draw and
-:math:`\\log p(w) - \\log q(w)` in one autograd node, and, for the fused stepper, the
-guide's locs and raw scales stored in two flat leaf tensors.
+:math:`\\log p(w) - \\log q(w)` in one autograd node.
 
-:class:`_FlatMeanField` concatenates the guide's per-site tensors (site order, each
-flattened), so the softplus, the draw :math:`w = \\mu + \\sigma\\odot\\varepsilon`,
+:class:`_FlatMeanField` reads the guide's locs and raw scales as two flat vectors (site
+order, each flattened), so the softplus, the draw :math:`w = \\mu + \\sigma\\odot\\varepsilon`,
 :math:`\\log q` and a Normal :math:`\\log p` are single vectorised operations, and each
-site's weight is a view of the flat draw.
+site's weight is a view of the flat draw. A :class:`~pyrobayes.guides.MOPEDNormal` keeps
+its weights in two flat tensors already (``guide.loc``, ``guide.scale``): they are read
+as they are, so the optimiser updates the guide's own two parameters. For another
+``AutoNormal`` the per-site tensors are concatenated at each step.
 
-Once :meth:`_FlatMeanField.bind` has run (the fused stepper does it for an element-wise
-optimiser), the flat vectors ARE the storage: every site parameter of the guide is a view
-into them (``param.data``), so Pyro's param store, ``guide.median()``, the predictive and
-checkpoints see the same numbers, while the optimiser updates two tensors instead of two
-per site and no step concatenates parameters or splits gradients. The optimiser state is
-kept per flat tensor and handed out per site (:func:`site_optim_state`), so checkpoints
-look as without the binding. When ``fit`` ends, :meth:`_FlatMeanField.unbind` gives every
-site parameter its own storage back (same values).
-
-Example (after binding, a site's loc is a view of the flat loc)::
+Example (a MOPED guide: the flat loc IS the guide's parameter)::
 
     >>> import torch
     >>> from pyrobayes import to_bayesian, Gaussian
@@ -25,13 +18,9 @@ Example (after binding, a site's loc is a view of the flat loc)::
     >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="m")
     >>> guide.setup(torch.randn(4, 2), y=torch.randn(4))
     >>> flat = _FlatMeanField.build(guide, bayesian_sites(model), site_priors(model))
-    >>> loc, raw = flat.bind()
-    >>> loc.shape, flat.is_bound()
+    >>> loc, raw = flat.inputs()
+    >>> loc.shape, loc is guide.flat_storage()[0]
     (torch.Size([3]), True)
-    >>> with torch.no_grad():
-    ...     _ = loc.zero_()
-    >>> float(guide.locs.m.net.weight.detach().abs().sum())
-    0.0
 """
 
 from __future__ import annotations
@@ -227,22 +216,18 @@ class _DrawLogRatio(torch.autograd.Function):
 class _FlatMeanField:
     """All sites of a mean-field Normal guide as one flat vector (see the module's doc):
     the only fused path of the ELBO. Its two branches (the one-node draw with Normal
-    priors, autograd otherwise) are both tested equal to Pyro's ``Trace_ELBO``. Unbound,
-    each step concatenates the guide's tensors (``torch.cat``; its backward hands each
-    parameter a view of the flat gradient); bound (:meth:`bind`), the flat leaves are the
-    parameters.
+    priors, autograd otherwise) are both tested equal to Pyro's ``Trace_ELBO``.
     """
 
     def __init__(self, sites, locs, scales, priors, normal):
         self.sites = sites  # [(site, path, start, end, shape)]
-        self.locs, self.scales = locs, scales  # [(dict, key)]
+        self.locs, self.scales = locs, scales  # [(dict, key)]: one flat leaf, or one per site
         self.priors = priors  # {site: prior}: Pyro's log_prob when not all priors are Normal
         self.normal = normal  # (m, precision, const) of normal_log_prior, or None
         self.numel = sites[-1][3] if sites else 0
         self.sizes = [b - a for _, _, a, b, _ in sites]
         self._paths = [path for _, path, *_ in sites]
         self._layout = (self.sizes, [shape for *_, shape in sites])
-        self.flat: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def build(cls, guide, sites: dict, priors: dict) -> _FlatMeanField:
@@ -251,18 +236,11 @@ class _FlatMeanField:
         of the same shape (then the fused ELBO does not apply)."""
         if not sites:
             raise ValueError("the model has no Bayesian weight sites")
-        entries, locs, scales, offset = [], [], [], 0
-        for site, paths in sites.items():
-            loc, scale = guide_leaf(guide.locs, site), guide_leaf(guide.scales, site)
-            if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
-                raise ValueError(f"site {site!r} is not an unconstrained loc with a softplus scale")
-            t = loc[0][loc[1]]
-            if scale[0][scale[1]].shape != t.shape:
-                raise ValueError(f"site {site!r} has a loc and a scale of different shapes")
-            entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
-            locs.append(loc[:2])
-            scales.append(scale[:2])
-            offset += t.numel()
+        own = getattr(guide, "flat_sites", None)
+        if own:
+            entries, locs, scales = _own_leaves(guide, sites, own)
+        else:
+            entries, locs, scales = _site_leaves(guide, sites)
         parts = {site: _normal_prior_parts(priors[site]) for site in sites}
         if not all(p is not None for p in parts.values()):
             return cls(entries, locs, scales, {site: priors[site] for site in sites}, None)
@@ -277,63 +255,14 @@ class _FlatMeanField:
         prec = prec[:1].reshape(()) if bool((prec == prec[0]).all()) else prec
         return cls(entries, locs, scales, None, (torch.cat(mus), prec, const))
 
-    def site_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The guide's current loc and raw-scale tensor of every site, in flat order."""
-        return [d[k] for d, k in self.locs], [d[k] for d, k in self.scales]
-
-    def bind(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Make two flat leaf tensors (locs, raw scales) the guide's storage: each site
-        parameter's ``data`` becomes a view into them. ``None`` (nothing changed) when a
-        site's tensor is not a trainable parameter (a frozen mean) or the sites differ in
-        dtype or device. Binding again rebuilds the flat tensors from the current values."""
-        locs, raws = self.site_tensors()
-        tensors = locs + raws
-        ref = tensors[0]
-        if not all(
-            isinstance(t, torch.nn.Parameter)
-            and t.requires_grad
-            and t.dtype == ref.dtype
-            and t.device == ref.device
-            for t in tensors
-        ):
-            return None
-        flat = []
-        for group in (locs, raws):
-            f = torch.cat([t.detach().reshape(-1) for t in group]).requires_grad_()
-            for t, part in zip(group, f.detach().split(self.sizes)):
-                t.data = part.view(t.shape)
-            flat.append(f)
-        self.flat = (flat[0], flat[1])
-        return self.flat
-
-    def unbind(self) -> None:
-        """Give every site parameter its own storage again (same values); the flat
-        tensors are dropped."""
-        if self.flat is None:
-            return
-        for group in self.site_tensors():
-            for t in group:
-                t.data = t.data.clone()
-        self.flat = None
-
-    def is_bound(self) -> bool:
-        """Whether every site tensor still is its view of the flat storage (a parameter
-        replaced or moved to another device since :meth:`bind` is not)."""
-        if self.flat is None:
-            return False
-        for group, f in zip(self.site_tensors(), self.flat):
-            base, size = f.data_ptr(), f.element_size()
-            for t, (*_, a, _b, shape) in zip(group, self.sites):
-                if t.data_ptr() != base + a * size or t.shape != shape or not t.is_contiguous():
-                    return False
-        return True
-
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loc, raw)``: the bound flat leaves, else concatenations of the site tensors."""
-        if self.flat is not None:
-            return self.flat
-        locs, raws = self.site_tensors()
-        return torch.cat([t.reshape(-1) for t in locs]), torch.cat([t.reshape(-1) for t in raws])
+        """``(loc, raw)``: a guide's own flat leaves, else concatenations of its site
+        tensors."""
+        if len(self.locs) == 1:  # a flat-storage guide (or a single site)
+            (d, k), (e, j) = self.locs[0], self.scales[0]
+            return d[k].reshape(-1), e[j].reshape(-1)
+        locs = [d[k].reshape(-1) for d, k in self.locs]
+        return torch.cat(locs), torch.cat([d[k].reshape(-1) for d, k in self.scales])
 
     def _views(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         # split (not slicing): its backward is one concatenation, where each slice's would
@@ -376,107 +305,30 @@ class _FlatMeanField:
         return weights, log_p, normal_log_q(e, scale)
 
 
-def site_optim_state(state: dict, layout: list, numel: int) -> dict:
-    """An optimiser ``state_dict`` over ``[flat_loc, flat_raw, *others]`` re-expressed
-    over the per-site parameter list (what an optimiser over the guide's own parameters
-    holds, so checkpoints do not depend on the binding). ``layout``: per site-list
-    parameter, ``("flat", k, start, end, shape)`` (a slice of flat tensor ``k``) or
-    ``("param", j)`` (the optimiser's parameter ``j``). The per-site tensors are views.
-
-    Example (two sites of 2 and 1 numbers in one flat loc)::
-
-        >>> import torch
-        >>> flat = {"step": torch.tensor(3.0), "exp_avg": torch.arange(3.0)}
-        >>> sd = {"state": {0: flat}, "param_groups": [{"lr": 0.1, "params": [0]}]}
-        >>> layout = [("flat", 0, 0, 2, (2,)), ("flat", 0, 2, 3, (1,))]
-        >>> out = site_optim_state(sd, layout, 3)
-        >>> out["state"][1]["exp_avg"], out["param_groups"][0]["params"]
-        (tensor([2.]), [0, 1])
-    """
-    old, new, expand = state["state"], {}, {}
-    for i, entry in enumerate(layout):
-        j = entry[1]
-        expand.setdefault(j, []).append(i)
-        s = old.get(j)
-        if s is None:
-            continue
-        if entry[0] == "flat":
-            _, _, a, b, shape = entry
-            s = {k: _slice(k, v, numel, a, b, shape) for k, v in s.items()}
-        new[i] = s
-    # in the site list's order, as an optimiser built over that list would list them
-    groups = [
-        {**g, "params": sorted(i for j in g["params"] for i in expand.get(j, []))}
-        for g in state["param_groups"]
-    ]
-    return {"state": new, "param_groups": groups}
+def _own_leaves(guide, sites: dict, own: list):
+    """``(entries, [loc leaf], [raw scale leaf])`` of a guide that keeps its weight sites
+    in two flat tensors (``flat_sites``: ``[(site, start, end, shape)]``)."""
+    if [name for name, *_ in own] != list(sites):
+        raise ValueError("the guide's flat storage does not hold exactly the model's weight sites")
+    loc, scale = guide_leaf(guide, "loc"), guide_leaf(guide, "scale")
+    if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
+        raise ValueError("the guide's flat loc is not unconstrained or its scale not softplus")
+    entries = [(name, sites[name][0], a, b, shape) for name, a, b, shape in own]
+    return entries, [loc[:2]], [scale[:2]]
 
 
-def _slice(key, value, numel: int, a: int, b: int, shape):
-    if key != "step" and torch.is_tensor(value) and value.dim() == 1 and len(value) == numel:
-        return value[a:b].view(shape)
-    return value
-
-
-def flat_optim_state(state: dict, layout: list, num_params: int) -> dict:
-    """The inverse of :func:`site_optim_state`: a per-site optimiser ``state_dict`` (one
-    parameter group, the site list's order) as the state of the optimiser over
-    ``num_params`` parameters ``[flat_loc, flat_raw, *others]``. Raises ``ValueError``
-    when the sites' states cannot form one flat state (some sites without state, or
-    sites stepped a different number of times).
-
-    Example::
-
-        >>> import torch
-        >>> layout = [("flat", 0, 0, 2, (2,)), ("flat", 0, 2, 3, (1,))]
-        >>> per_site = {0: {"step": torch.tensor(3.0), "exp_avg": torch.tensor([0.0, 1.0])},
-        ...             1: {"step": torch.tensor(3.0), "exp_avg": torch.tensor([2.0])}}
-        >>> sd = {"state": per_site, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}
-        >>> flat_optim_state(sd, layout, 1)["state"][0]["exp_avg"]
-        tensor([0., 1., 2.])
-    """
-    groups = state.get("param_groups", [])
-    if len(groups) != 1 or len(groups[0]["params"]) != len(layout):
-        got = [len(g["params"]) for g in groups]
-        raise ValueError(
-            f"optimiser state has parameter groups of sizes {got}; this fit's optimiser "
-            f"has one group of {len(layout)} parameters"
-        )
-    ids, old = groups[0]["params"], state["state"]
-    new = {}
-    for k in range(2):
-        members = [(old.get(ids[i]), e) for i, e in enumerate(layout) if e[:2] == ("flat", k)]
-        merged = _merge([s for s, _ in members], [e[3] - e[2] for _, e in members])
-        if merged is not None:
-            new[k] = merged
-    for i, entry in enumerate(layout):
-        if entry[0] == "param" and ids[i] in old:
-            new[entry[1]] = old[ids[i]]
-    return {"state": new, "param_groups": [{**groups[0], "params": list(range(num_params))}]}
-
-
-def _merge(states: list, sizes: list[int]) -> dict | None:
-    """One flat state from the per-site states of one flat tensor."""
-    if all(s is None for s in states):
-        return None
-    if any(s is None for s in states) or len({tuple(sorted(s)) for s in states}) != 1:
-        raise ValueError("optimiser state covers only some of the guide's sites")
-    merged = {}
-    for key in states[0]:
-        values = [s[key] for s in states]
-        per_element = key != "step" and all(
-            torch.is_tensor(v) and v.numel() == n for v, n in zip(values, sizes)
-        )
-        if per_element:
-            merged[key] = torch.cat([v.reshape(-1) for v in values])
-        elif all(_same(v, values[0]) for v in values):
-            merged[key] = values[0]
-        else:
-            raise ValueError(f"optimiser state {key!r} differs between the guide's sites")
-    return merged
-
-
-def _same(a, b) -> bool:
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
-    return a == b
+def _site_leaves(guide, sites: dict):
+    """``(entries, loc leaves, raw scale leaves)``, one leaf per site, of an ``AutoNormal``."""
+    entries, locs, scales, offset = [], [], [], 0
+    for site, paths in sites.items():
+        loc, scale = guide_leaf(guide.locs, site), guide_leaf(guide.scales, site)
+        if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
+            raise ValueError(f"site {site!r} is not an unconstrained loc with a softplus scale")
+        t = loc[0][loc[1]]
+        if scale[0][scale[1]].shape != t.shape:
+            raise ValueError(f"site {site!r} has a loc and a scale of different shapes")
+        entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
+        locs.append(loc[:2])
+        scales.append(scale[:2])
+        offset += t.numel()
+    return entries, locs, scales

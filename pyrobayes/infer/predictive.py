@@ -43,6 +43,7 @@ from pyrobayes._pyro_compat import (
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
 from pyrobayes.guides.moped import model_sites
+from pyrobayes.guides.moped_legacy import pull_legacy_store
 from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
     chain_forward,
@@ -173,6 +174,7 @@ def _pull_from_store(guide: nn.Module) -> None:
             )
         with torch.no_grad():
             raw.copy_(transform.inv(stored.to(raw.device, raw.dtype)))
+    pull_legacy_store(guide, store)  # a store saved per site, before MOPED's flat storage
 
 
 @torch.no_grad()
@@ -224,10 +226,15 @@ def _softplus_normal_leaves(guide: nn.Module) -> list | None:
 
     if not isinstance(guide, AutoNormal):
         return None
+    # a MOPED guide's weight sites: views of its two flat tensors
+    own = guide.site_views(*guide.flat_storage()) if getattr(guide, "flat_sites", None) else {}
     out = []
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         if unwrap_transform(biject_to(site["fn"].support)) != identity_transform:
             return None  # a constrained site (e.g. a noise scale): its draw needs a transform
+        if name in own:
+            out.append((name, *own[name]))
+            continue
         loc = guide_leaf(guide.locs, name)
         scale = guide_leaf(guide.scales, name)
         if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":

@@ -52,7 +52,6 @@ from pyrobayes._pyro_compat import setup_prototype
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_check import warn_fallback
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO, supports_fused
-from pyrobayes.infer.flat_guide import flat_optim_state, site_optim_state
 from pyrobayes.infer.predictive import check_guide
 from pyrobayes.options import Option
 
@@ -130,9 +129,6 @@ class SVIStepper:
     def set_state(self, state: dict) -> None:
         self.optim.set_state(state)
 
-    def close(self) -> None:
-        """Nothing to give back (see :meth:`FusedStepper.close`)."""
-
 
 class TorchStepper:
     r"""``elbo.loss_and_grads`` plus one torch optimiser over every trainable parameter
@@ -181,26 +177,16 @@ class TorchStepper:
         }
         return list(params.values())
 
-    def _collect_params(self) -> list:
-        return self._module_params()
-
-    def _state_in(self, state: dict) -> dict:
-        """An optimiser state as saved (:meth:`get_state`) -> this optimiser's own."""
-        return state
-
-    def _state_out(self, state: dict) -> dict:
-        return state
-
     def _build(self, *args, **kwargs) -> None:
         if getattr(self.guide, "prototype_trace", "absent") is None:
             setup_prototype(self.guide, *args, **kwargs)
-        self.params = self._collect_params()
+        self.params = self._module_params()
         if self.sync is not None:
             # guides create their parameters lazily (and may draw them): rank 0's win
             self.sync.after_build(self.params, (self.guide, self.model))
         self.opt = self.make_optim(self.params)
         if self._pending is not None:
-            self.opt.load_state_dict(self._state_in(self._pending))
+            self.opt.load_state_dict(self._pending)
             self._pending = None
         # the schedule scales the learning rates the optimiser was built (or resumed) with
         self._base_lrs = [g.get("initial_lr", g["lr"]) for g in self.opt.param_groups]
@@ -226,32 +212,20 @@ class TorchStepper:
         return self._update(float(loss))
 
     def get_state(self) -> dict:
-        return self._state_out(self.opt.state_dict()) if self.opt is not None else {}
+        return self.opt.state_dict() if self.opt is not None else {}
 
     def set_state(self, state: dict) -> None:
         if self.opt is None:
             self._pending = state or None
         else:
-            self.opt.load_state_dict(self._state_in(state))
-
-    def close(self) -> None:
-        """Nothing to give back (see :meth:`FusedStepper.close`)."""
+            self.opt.load_state_dict(state)
 
 
 class FusedStepper(TorchStepper):
     """The fused mean-field ELBO (same estimator as ``Trace_ELBO``) with a torch optimiser
-    built by ``make_optim``, used as given.
-
-    ``flat=True`` (``fit``'s default optimiser, ``default_optimiser``, an element-wise
-    update): the guide's locs and raw scales are first moved into two flat tensors
-    (:mod:`pyrobayes.infer.flat_guide`; every site parameter becomes a view), and the
-    optimiser updates those: no per-step concatenation of the parameters, no split of
-    their gradients, one update over two tensors. Only for an optimiser whose update is
-    element-wise (the flat tensors change what "one parameter" is). :meth:`get_state`
-    still returns the state per site parameter, so checkpoints keep that layout. A site
-    parameter replaced between steps (``guide.to(...)``, a new ``PyroParam``) is noticed
-    before the next step, and the flat storage is rebuilt around it; ``fit`` calls
-    :meth:`close` when it ends.
+    built by ``make_optim``, used as given over the guide's and model's parameters (a
+    :class:`~pyrobayes.guides.MOPEDNormal`'s weights are its two flat tensors, so an
+    element-wise optimiser such as Adam makes one update over two tensors).
 
     Before its first step it checks on that batch that the fused ELBO is the model's own
     (:meth:`FusedMeanFieldELBO.verify`, one Pyro trace; this also puts the guide's
@@ -278,16 +252,11 @@ class FusedStepper(TorchStepper):
         True
     """
 
-    def __init__(
-        self, model, guide, make_optim, weight, fallback=None, flat=False, local_reparam=False
-    ):
+    def __init__(self, model, guide, make_optim, weight, fallback=None, local_reparam=False):
         super().__init__(model, guide, model, guide, None, make_optim)
         self.fused = FusedMeanFieldELBO(model, guide)
         self.fused.local_reparam = local_reparam
         self.weight = weight
-        self._flat_ok = flat
-        self._flat = None
-        self._layout: list | None = None  # per site-list parameter: where it lives
         self._make_fallback = fallback
         self.fallback: TorchStepper | None = None  # Pyro's traces, when the check failed
         self._verified = False
@@ -325,38 +294,6 @@ class FusedStepper(TorchStepper):
         else:
             super().set_state(state)
 
-    def _collect_params(self) -> list:
-        params = self._module_params()
-        self._flat = self.fused.bind_flat() if self._flat_ok else None
-        if self._flat is None:
-            self._layout = None
-            return params
-        where = {}
-        for k, group in enumerate(self._flat.site_tensors()):
-            for t, (*_, a, b, shape) in zip(group, self._flat.sites):
-                where[id(t)] = ("flat", k, a, b, tuple(shape))
-        others = [p for p in params if id(p) not in where]
-        index = {id(p): 2 + j for j, p in enumerate(others)}
-        self._layout = [where.get(id(p)) or ("param", index[id(p)]) for p in params]
-        return [*self._flat.flat, *others]
-
-    def _state_in(self, state: dict) -> dict:
-        if self._layout is None:
-            return state
-        return flat_optim_state(state, self._layout, len(self.params))
-
-    def _state_out(self, state: dict) -> dict:
-        if self._layout is None:
-            return state
-        return site_optim_state(state, self._layout, self._flat.numel)
-
-    def close(self) -> None:
-        """Give the guide's site parameters their own storage back (values unchanged), so
-        that after a fit they share no memory, as before (``safetensors``' ``save_file``,
-        for one, refuses tensors that share storage). A later step binds again."""
-        if self._flat is not None:
-            self._flat.unbind()
-
     def step(self, *args, **kwargs) -> float:
         if not self._verified:
             self._verify(*args, **kwargs)
@@ -366,10 +303,6 @@ class FusedStepper(TorchStepper):
             self.params = self.fallback.params
             return loss
         if self.opt is None:
-            self._build(*args, **kwargs)
-        elif self._flat is not None and not self._flat.is_bound():
-            # a site parameter was replaced: rebuild the flat storage, keep the state
-            self._pending, self.opt = self.get_state(), None
             self._build(*args, **kwargs)
         self.fused.beta = self.weight["beta"]
         loss = self.fused.loss(*args, **kwargs)
@@ -381,8 +314,7 @@ def default_optimiser(lr: float) -> Callable[[list], torch.optim.Optimizer]:
     """``fit``'s optimiser when none is given (``optim=None``): ``torch.optim.Adam(lr)``
     over all parameters at once, as ONE fused kernel (``fused=True``) where every parameter
     allows it (floating point on CPU or CUDA), else the multi-tensor ``foreach`` update
-    (torch picks neither by default on the CPU). Its update is element-wise, so the fused
-    stepper may hand it the guide's flat storage (:class:`FusedStepper` ``flat=True``).
+    (torch picks neither by default on the CPU).
 
     Example::
 
@@ -460,7 +392,6 @@ def make_stepper(model, guide, cfg, weight: dict):
         make_optim,
         weight,
         fallback=None if cfg.fused else traced,
-        flat=optim is None,
         local_reparam=lrt,
     )
 
