@@ -2,7 +2,8 @@
 
 Pyro's param store is not a reliable carrier for a pyrobayes fit: the default fused
 ``fit`` trains the guide's tensors directly (the store stays empty), and a guide that
-was never called ignores a loaded store. :func:`save` writes the model's and guide's
+was never called ignores a loaded store. A file written when MOPED guides kept one
+parameter per weight site loads too (``pyrobayes.guides._moped_legacy``). :func:`save` writes the model's and guide's
 state dicts (variational parameters, deterministic weights, buffers, a learned noise
 scale) into one ``.safetensors`` file whose JSON header carries a format tag, the
 guide's class and the converted model's name; :func:`load` reads it back into a freshly
@@ -42,7 +43,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyrobayes._pyro_compat import pyro_name, setup_prototype
-from pyrobayes.guides.moped_legacy import flat_guide_state
+from pyrobayes.guides._moped_legacy import flat_guide_state
 
 __all__ = ["save", "load", "FORMAT_TAG", "FORMAT_VERSION"]
 
@@ -98,7 +99,7 @@ def save(path: str | os.PathLike, model: nn.Module, guide: nn.Module) -> None:
         >>> meta["format"], meta["guide"], meta["model_name"]
         ('pyrobayes.fitted', 'MOPEDNormal', 'lin')
         >>> keys[:2]                               # the guide's variational parameters ...
-        ['guide/locs.lin.net.bias_unconstrained', 'guide/locs.lin.net.weight_unconstrained']
+        ['guide/loc_unconstrained', 'guide/scale_unconstrained']
         >>> keys[-1]                               # ... and the model's buffers
         'model/net.weight_pretrained'
     """

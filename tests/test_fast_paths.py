@@ -128,9 +128,9 @@ def test_linear_chain_declines_what_it_cannot_batch():
 
 
 def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
-    """``fit(optim=None)`` builds ``default_optimiser(lr)`` (Adam, one fused kernel, over
-    the guide's flat storage); an optimiser the user passes is built as given, over the
-    guide's own parameters."""
+    """``fit(optim=None)`` builds ``default_optimiser(lr)`` (Adam, one fused kernel); an
+    optimiser the user passes is built as given; both over the guide's own parameters
+    (a MOPED guide's two flat tensors)."""
     p = [torch.nn.Parameter(torch.zeros(3))]
     opt = default_optimiser(0.1)(p)
     assert opt.defaults["fused"] is True and opt.defaults["lr"] == 0.1
@@ -146,13 +146,12 @@ def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
 
     fit(model, guide, (x, y), epochs=2, batch_size=16, optim=mine, progress=False)
     assert len(built) == 1 and built[0].defaults["fused"] is None
-    assert len(built[0].param_groups[0]["params"]) == 4  # per site: not the flat storage
-    st = FusedStepper(model, guide, default_optimiser(0.05), {"beta": 1.0}, flat=True)
+    assert built[0].param_groups[0]["params"] == list(guide.flat_storage())
+    st = FusedStepper(model, guide, default_optimiser(0.05), {"beta": 1.0})
     first = st.step(x, y=y)
     for _ in range(200):
         last = st.step(x, y=y)
     assert st.opt.defaults["fused"] is True and len(st.params) == 2 and last < first
-    st.close()
 
 
 @pytest.mark.parametrize("num_samples, chunk", [(9, None), (10, 4), (3, 32)])

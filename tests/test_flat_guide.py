@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from pyrobayes import Categorical, Gaussian, fit, load, to_bayesian
-from pyrobayes.guides.moped_legacy import flat_optim_state
+from pyrobayes.guides._moped_legacy import flat_optim_state
 from pyrobayes.infer.steppers import FusedStepper, TorchStepper, default_optimiser
 
 LEGACY = Path(__file__).parent / "data" / "legacy_moped"
@@ -51,6 +51,7 @@ def test_pyro_traces_and_the_fused_elbo_train_the_same_two_tensors():
     before = loc.detach().clone()
     svi.step(x, y=y)
     store = pyro.get_param_store()
+    assert sorted(store.keys()) == ["MOPEDNormal.same.loc", "MOPEDNormal.same.scale"]
     assert store._params["MOPEDNormal.same.loc"] is loc
     assert store._params["MOPEDNormal.same.scale"] is raw
     assert not torch.equal(loc.detach(), before)

@@ -186,6 +186,13 @@ class _Setup:
         if self.prototype_trace is None:
             setup_prototype(self, *args, **kwargs)
 
+    def __call__(self, *args, **kwargs):
+        # Set up before entering the module's Pyro context: inside it every parameter
+        # assigned during setup would go to Pyro's param store (and into the trace of that
+        # first step), also the per-site ones the MOPED values then replace.
+        self.setup(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
 
 class MOPEDNormal(_Setup, AutoNormal):
     """Mean-field Normal guide with MOPED initialisation, its weights in two flat tensors.

@@ -207,6 +207,10 @@ def _lr_factor_fn(
 
 def _diagnose(model, guide, xs, kw, y) -> str:
     """Name the first site (or parameter) whose value or log-density is not finite."""
+    if getattr(guide, "flat_sites", None):  # a MOPED guide's flat tensors: name the site
+        for site, (loc, raw) in guide.site_views(*guide.flat_storage()).items():
+            if not (torch.isfinite(loc).all() and torch.isfinite(raw).all()):
+                return f"guide parameter of site {site!r}"
     for name, value in pyro.get_param_store().items():
         if not torch.isfinite(value).all():
             return f"parameter {name!r}"

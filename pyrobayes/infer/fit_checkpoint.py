@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from pyrobayes._pyro_compat import pyro_name
-from pyrobayes.guides.moped_legacy import flat_guide_state, flat_optim_state
+from pyrobayes.guides._moped_legacy import flat_guide_state, flat_optim_state
 from pyrobayes.infer.fit_data import naming_input_shapes, split_batch
 
 if TYPE_CHECKING:

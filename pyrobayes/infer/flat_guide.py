@@ -65,9 +65,9 @@ def guide_leaf(root, name: str) -> tuple[dict, str, torch.distributions.Transfor
         >>> from pyrobayes import to_bayesian, Gaussian
         >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="m")
         >>> guide.setup(torch.randn(4, 2))
-        >>> store, key, t = guide_leaf(guide.scales, "m.net.bias")
+        >>> store, key, t = guide_leaf(guide, "scale")  # a MOPED guide's flat raw scale
         >>> key, type(t).__name__, guide_leaf(guide.scales, "m.nothing")
-        ('bias_unconstrained', 'SoftplusTransform', None)
+        ('scale_unconstrained', 'SoftplusTransform', None)
     """
     module = root
     *path, attr = name.split(".")
@@ -260,7 +260,8 @@ class _FlatMeanField:
         tensors."""
         if len(self.locs) == 1:  # a flat-storage guide (or a single site)
             (d, k), (e, j) = self.locs[0], self.scales[0]
-            return d[k].reshape(-1), e[j].reshape(-1)
+            loc, raw = d[k], e[j]
+            return (loc, raw) if loc.dim() == 1 else (loc.reshape(-1), raw.reshape(-1))
         locs = [d[k].reshape(-1) for d, k in self.locs]
         return torch.cat(locs), torch.cat([d[k].reshape(-1) for d, k in self.scales])
 

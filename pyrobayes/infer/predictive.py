@@ -42,8 +42,8 @@ from pyrobayes._pyro_compat import (
     unpack_latent,
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
+from pyrobayes.guides._moped_legacy import pull_legacy_store
 from pyrobayes.guides.moped import model_sites
-from pyrobayes.guides.moped_legacy import pull_legacy_store
 from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
     chain_forward,

@@ -10,7 +10,7 @@ Example (two sites of an old state dict become one flat loc and one flat raw sca
 
     >>> import torch
     >>> from pyrobayes import to_bayesian, Gaussian
-    >>> from pyrobayes.guides.moped_legacy import flat_guide_state
+    >>> from pyrobayes.guides._moped_legacy import flat_guide_state
     >>> model, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1), name="m")
     >>> guide.setup(torch.zeros(1, 2))
     >>> old = {"locs.m.net.weight_unconstrained": torch.tensor([[1.0, 2.0]]),
