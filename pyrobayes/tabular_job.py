@@ -207,6 +207,11 @@ class TabularConfig:
     svi_val_fraction: float = _opt(
         0.2, "fraction of the training rows held out to choose the SVI delta"
     )
+    svi_delta_extend: int = _opt(
+        2,
+        "when the chosen delta is the grid's smallest or largest, try up to this many more "
+        "beyond that edge (x/÷ sqrt(10) each) while the inner-validation score improves",
+    )
     num_samples: int = _opt(200, "posterior draws of the SVI predictive")
     nuts_warmup: int = _opt(200, "NUTS adaptation steps per split")
     nuts_samples: int = _opt(200, "NUTS draws kept per split")
@@ -288,6 +293,8 @@ class TabularConfig:
         from pyrobayes.svi_recipe import check_deltas
 
         object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
+        if int(self.svi_delta_extend) < 0:
+            raise ValueError(f"svi-delta-extend must be >= 0, got {self.svi_delta_extend}")
         if not 0.0 < self.svi_val_fraction < 1.0:
             raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
         if not self.selected:
@@ -763,6 +770,7 @@ def _split_svi(
         delta=cfg.delta,
         deltas=cfg.svi_deltas,
         val_fraction=cfg.svi_val_fraction,
+        extend=cfg.svi_delta_extend,
         steps=cfg.svi_steps,
         lr=cfg.svi_lr,
         mlp_steps=cfg.mlp_steps,

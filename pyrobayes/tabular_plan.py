@@ -25,7 +25,7 @@ torch thread, under load, so they err on the slow side): a full-batch Adam step 
 ``mlp_steps`` of them, the deep ensemble ``5 x 2 x ensemble_steps`` (mean then
 mean-variance phase; both early-stopped, so this is an upper bound), SVI ``3 svi_steps``
 (a draw, the model and the guide per step) on top of the MLP it starts from, times
-``1 + 0.8 x len(svi_deltas)`` plus one more MLP on 80% of the rows when the delta is chosen
+``1 + 0.8 x (len(svi_deltas) + svi_delta_extend)`` plus one more MLP on 80% of the rows when the delta is chosen
 on an inner split, MC dropout
 ``(rates + 1) x dropout_steps`` minibatch steps; the exact GP
 :math:`3.1\cdot 10^{-10} n^3` per marginal-likelihood step, the sparse GP
@@ -306,8 +306,11 @@ def _fit_seconds(cfg: TabularConfig, n: int, n_test: int, rates: int) -> dict[st
 
 def _svi_fits(cfg: TabularConfig) -> float:
     """SVI fits per split: one, plus one per candidate delta (each on 80% of the rows) when
-    the delta is chosen on an inner validation split (``svi_recipe.job_svi``)."""
-    return 1.0 + (0.8 * len(cfg.svi_deltas) if cfg.delta is None else 0.0)
+    the delta is chosen on an inner validation split (``svi_recipe.job_svi``), counting the
+    deltas it may try beyond the grid's edge."""
+    if cfg.delta is not None or len(cfg.svi_deltas) < 2:
+        return 1.0
+    return 1.0 + 0.8 * (len(cfg.svi_deltas) + cfg.svi_delta_extend)
 
 
 def plan_gp(cfg: TabularConfig, n: int, d: int, memory_bytes: float) -> MethodPlan:
