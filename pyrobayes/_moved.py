@@ -28,7 +28,6 @@ MOVED = {
     "pyrobayes.classify_tabular": "pyrobayes.jobs.tabular_classification",
     "pyrobayes.compare_job": "pyrobayes.jobs.demo_1d",
     "pyrobayes.classify": "pyrobayes.jobs.classify",
-    "pyrobayes.classify.cli": "pyrobayes.jobs.classify.command",
     "pyrobayes.cli": "pyrobayes.jobs.cli",
     "pyrobayes.baselines": "pyrobayes.jobs.baselines",
     "pyrobayes.reference": "pyrobayes.infer.nuts.sampler",

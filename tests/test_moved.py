@@ -42,7 +42,7 @@ def test_same_objects_from_old_paths():
 
 
 def test_new_name_mapping():
-    assert new_name("pyrobayes.classify.cli") == "pyrobayes.jobs.classify.command"
+    assert new_name("pyrobayes.classify.cli") == "pyrobayes.jobs.classify.cli"
     assert new_name("pyrobayes.classify.text") == "pyrobayes.jobs.classify.text"
     assert new_name("pyrobayes.compare") is None  # the PPD scoring stays in the core
     assert new_name("pyrobayes.classifyx") is None

@@ -20,4 +20,13 @@ from here; the jobs import the core.
 The main entry points are re-exported from :mod:`pyrobayes` (``run_tabular``,
 ``run_compare``, ...). The old top-level paths (``pyrobayes.tabular_job``, ``pyrobayes.cli``,
 ...) still import, with a :class:`DeprecationWarning` (:mod:`pyrobayes._moved`).
+
+Example::
+
+    >>> import pyrobayes
+    >>> from pyrobayes.jobs import cli, tabular_regression
+    >>> tabular_regression.run_tabular is pyrobayes.run_tabular
+    True
+    >>> cli.build_parser().parse_args(["compare", "--prior", "gp"]).prior
+    'gp'
 """

@@ -23,7 +23,7 @@ for a tiny configuration that runs in seconds).
 
 Modules: :mod:`~pyrobayes.jobs.classify.digits`, :mod:`~pyrobayes.jobs.classify.text` (the two
 pipelines), :mod:`~pyrobayes.jobs.classify.result` (scoring tables, report files),
-:mod:`~pyrobayes.jobs.classify.command` (arguments); the deterministic MLP is trained by
+:mod:`~pyrobayes.jobs.classify.cli` (arguments); the deterministic MLP is trained by
 :func:`pyrobayes.models.train.train_network`.
 
 Example::
@@ -34,7 +34,7 @@ Example::
     ['bayesian', 'deterministic']
 """
 
-from pyrobayes.jobs.classify.command import ClassifyDataset, add_arguments, run
+from pyrobayes.jobs.classify.cli import ClassifyDataset, add_arguments, run
 from pyrobayes.jobs.classify.digits import run_digits
 from pyrobayes.jobs.classify.result import ClassifyResult
 from pyrobayes.jobs.classify.text import bayesian_text_ppd, run_text
