@@ -6,8 +6,14 @@ import math
 import pytest
 import torch
 
-import pyrobayes.svi_recipe as sr
-from pyrobayes.svi_recipe import (
+import pyrobayes.jobs.tabular_svi as sr
+from pyrobayes.jobs.tabular_regression import (
+    TabularConfig,
+    fit_mlp_heldout,
+    make_splits,
+    standardise_split,
+)
+from pyrobayes.jobs.tabular_svi import (
     DEFAULT_DELTAS,
     SVILayers,
     SVIRecipe,
@@ -16,7 +22,6 @@ from pyrobayes.svi_recipe import (
     select_svi_recipe,
     svi_model,
 )
-from pyrobayes.tabular_job import TabularConfig, fit_mlp_heldout, make_splits, standardise_split
 
 
 def _data(n=80, d=2, seed=0):
@@ -73,7 +78,7 @@ def test_selection_sees_training_rows_only_and_takes_the_lowest_score(monkeypatc
 
     monkeypatch.setattr(sr, "fit_svi_moped", spy_fit)
     monkeypatch.setattr(sr, "svi_nll", spy_nll)
-    import pyrobayes.tabular_job as tj
+    import pyrobayes.jobs.tabular_regression as tj
 
     monkeypatch.setattr(
         tj,
@@ -116,7 +121,7 @@ def test_job_svi_chooses_then_refits_on_every_training_row(monkeypatch):
 
 
 def test_tabular_job_svi_choice_never_sees_test_rows(tmp_path, monkeypatch):
-    from pyrobayes.tabular_job import TabularConfig, run_tabular
+    from pyrobayes.jobs.tabular_regression import TabularConfig, run_tabular
 
     n = 60
     g = torch.Generator().manual_seed(1)
@@ -177,8 +182,8 @@ def test_config_defaults_and_bad_values():
 
 
 def test_cli_delta_default_per_job():
-    from pyrobayes.compare_job import CompareConfig, add_arguments
-    from pyrobayes.tabular_job import config_from_args
+    from pyrobayes.jobs.demo_1d import CompareConfig, add_arguments
+    from pyrobayes.jobs.tabular_regression import config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -203,9 +208,9 @@ def test_fit_svi_moped_tempered_and_last_layer_run():
 def test_shared_flags_leave_each_job_its_own_defaults():
     # compare's three jobs share flags registered once; an unset one must not carry the
     # 1-D demo's budget (NUTS 100/150) into the real-data jobs (200/200) or their delta
-    from pyrobayes.classify_tabular import ClassifyTabularConfig
-    from pyrobayes.compare_job import CompareConfig, add_arguments
-    from pyrobayes.tabular_job import config_from_args
+    from pyrobayes.jobs.demo_1d import CompareConfig, add_arguments
+    from pyrobayes.jobs.tabular_classification import ClassifyTabularConfig
+    from pyrobayes.jobs.tabular_regression import config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -269,7 +269,7 @@ def select_svi_recipe(
     """Choose the SVI recipe on the training rows ``(x, y)`` only.
 
     A seeded ``val_fraction`` of the rows is held out; on the rest the job's MLP is fitted
-    (:func:`~pyrobayes.tabular_job.fit_mlp_heldout`: early-stopped, held-out noise) and
+    (:func:`~pyrobayes.jobs.tabular_regression.fit_mlp_heldout`: early-stopped, held-out noise) and
     each candidate's SVI started from it; the candidate with the lowest mean negative log
     predictive density of the held-out rows wins (ties: the earlier one). The caller then
     fits the winner on all of ``(x, y)``. Test rows never reach this function.
@@ -291,7 +291,7 @@ def select_svi_recipe(
         >>> sel.recipe in grid, sel.n_fit, sel.n_val
         (True, 48, 12)
     """
-    from pyrobayes.tabular_job import fit_mlp_heldout
+    from pyrobayes.jobs.tabular_regression import fit_mlp_heldout
 
     candidates = list(candidates)
     if not candidates:
@@ -373,7 +373,7 @@ def job_svi(
 
     Example::
 
-        >>> from pyrobayes.tabular_job import fit_mlp_heldout
+        >>> from pyrobayes.jobs.tabular_regression import fit_mlp_heldout
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(50, 2, generator=g)
         >>> y = x[:, 0] + 0.3 * torch.randn(50, generator=g)
