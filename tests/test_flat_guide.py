@@ -101,11 +101,11 @@ def test_weights_of_mixed_dtypes_are_refused_by_name():
 # --- state written per site, before the flat storage -----------------------------------
 
 
-def _legacy_pair():
+def _legacy_pair(freeze=False):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     lik = Gaussian(noise_prior=dist.LogNormal(-2.0, 0.5))
-    return to_bayesian(net, delta=0.1, likelihood=lik, prior="normal", name="legacy")
+    return to_bayesian(net, delta=0.1, likelihood=lik, prior="normal", name="legacy", freeze=freeze)
 
 
 def _legacy_data():
@@ -114,15 +114,15 @@ def _legacy_data():
     return x, x[:, 0] - 0.5 * x[:, 1] + 0.1 * torch.randn(24, generator=g)
 
 
-@pytest.mark.parametrize("kind", ["fused", "pyro"])
+@pytest.mark.parametrize("kind", ["fused", "pyro", "frozen"])
 def test_a_per_site_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, kind):
     """Checkpoints of two epochs written per site (the weights, the noise site, and the
-    optimiser state per site parameter) resume into the flat guide: the third epoch's loss
-    is the one the old code's uninterrupted run had."""
+    optimiser state per site parameter; with ``freeze`` the means are buffers) resume into
+    the flat guide: the third epoch's loss is the one the old code's uninterrupted run had."""
     expected = json.loads((LEGACY / "expected.json").read_text())[kind]
     for suffix in ("", ".safetensors"):
         shutil.copy(LEGACY / f"{kind}.json{suffix}", tmp_path / f"{kind}.json{suffix}")
-    model, guide = _legacy_pair()
+    model, guide = _legacy_pair(freeze=kind == "frozen")
     kw = dict(batch_size=8, lr=0.02, progress=False, seed=3)
     if kind == "pyro":
         kw["optim"] = pyro.optim.Adam({"lr": 0.02})
@@ -136,10 +136,12 @@ def test_a_per_site_checkpoint_resumes_as_the_uninterrupted_run(tmp_path, kind):
         **kw,
     )
     assert h.losses == pytest.approx(expected, rel=1e-5)
-    assert [n for n, _ in guide.named_parameters()][:2] == [
-        "loc_unconstrained",
-        "scale_unconstrained",
-    ]
+    flat = (
+        ["scale_unconstrained"]
+        if kind == "frozen"
+        else ["loc_unconstrained", "scale_unconstrained"]
+    )
+    assert [n for n, _ in guide.named_parameters()][: len(flat)] == flat
 
 
 def test_a_per_site_saved_fit_loads_into_the_flat_guide():

@@ -1,11 +1,12 @@
 """Write the per-site (pre flat-storage) MOPED fixtures that tests/test_flat_guide.py loads.
 
-Run with the code from before MOPEDNormal owned its flat storage (main at 1faef37):
+Run with the code from before MOPEDNormal owned its flat storage (main at 1faef37 (frozen: b2a13c4, the same MOPED code)):
 
     PYTHONPATH=/path/to/old/checkout OMP_NUM_THREADS=1 python tests/data/legacy_moped/make.py
 
 It writes, next to itself: ``fused.json`` (+ ``.safetensors``: a 2-epoch fit checkpoint with
 fit's default optimiser on the fused path), ``pyro.json`` (the same with ``pyro.optim.Adam``),
+``frozen.json`` (fit's default optimiser, ``freeze=True``: the means are buffers),
 ``saved.safetensors`` (``pyrobayes.save`` after 3 epochs) and ``expected.json`` (the losses
 of the uninterrupted 3-epoch runs and the saved guide's medians), all from a 2-4-1 tanh MLP
 with a latent noise site.
@@ -29,11 +30,11 @@ def data():
     return x, x[:, 0] - 0.5 * x[:, 1] + 0.1 * torch.randn(24, generator=g)
 
 
-def pair(name):
+def pair(name, freeze=False):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     lik = Gaussian(noise_prior=dist.LogNormal(-2.0, 0.5))
-    return to_bayesian(net, delta=0.1, likelihood=lik, prior="normal", name=name)
+    return to_bayesian(net, delta=0.1, likelihood=lik, prior="normal", name=name, freeze=freeze)
 
 
 def run(kind, epochs, checkpoint=None, resume=False):
@@ -41,14 +42,14 @@ def run(kind, epochs, checkpoint=None, resume=False):
     if kind == "pyro":
         kw["optim"] = pyro.optim.Adam({"lr": 0.02})
     pyro.clear_param_store()
-    model, guide = pair("legacy")
+    model, guide = pair("legacy", freeze=kind == "frozen")
     h = fit(model, guide, data(), epochs=epochs, checkpoint=checkpoint, resume=resume, **kw)
     return model, guide, h
 
 
 def main():
     expected = {}
-    for kind in ("fused", "pyro"):
+    for kind in ("fused", "pyro", "frozen"):
         full = run(kind, 3)
         run(kind, 2, checkpoint=HERE / f"{kind}.json")
         expected[kind] = full[2].losses
