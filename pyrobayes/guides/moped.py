@@ -279,16 +279,18 @@ class MOPEDNormal(_Setup, AutoNormal):
             scales.append(moped_scale(w, self.delta, self.min_scale).to(loc).reshape(-1))
             entries.append((name, offset, offset + loc.numel(), loc.shape))
             offset += loc.numel()
-            delattr(parent, leaf)
-            delattr(_parent(self.scales, name)[0], leaf)
-        if not entries:
-            return
         kinds = sorted({f"{t.dtype} on {t.device}" for t in locs})
         if len(kinds) > 1:
             raise TypeError(
                 "MOPEDNormal keeps all weights in one tensor, but they differ in dtype or "
                 f"device ({', '.join(kinds)}): convert the network to one dtype and device"
             )
+        if not entries:
+            return
+        for name, *_ in entries:  # the per-site weight parameters AutoNormal made: gone
+            parent, leaf = _parent(self.locs, name)
+            delattr(parent, leaf)
+            delattr(_parent(self.scales, name)[0], leaf)
         self.flat_sites = entries
         loc = torch.cat(locs)
         if self.freeze_loc:
@@ -305,8 +307,9 @@ class MOPEDNormal(_Setup, AutoNormal):
         return loc, self._parameters["scale_unconstrained"]
 
     def site_views(self, loc: torch.Tensor, scale: torch.Tensor) -> dict:
-        """``{site: (loc, scale)}``: the flat ``loc``/``scale`` split into the weight sites'
-        shapes (views; one ``split``, whose backward is one concatenation)."""
+        """``{site: (loc, scale)}``: flat ``loc``/``scale`` tensors (the constrained scale or
+        the raw one) split into the weight sites' shapes (views; one ``split``, whose
+        backward is one concatenation)."""
         sizes = [b - a for _, a, b, _ in self.flat_sites]
         return {
             name: (lo.view(shape), sc.view(shape))
