@@ -451,6 +451,8 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["python benchmarks/bench_classifier_pfn.py"]
     if args.quick:
         parts.append("--quick")
+    elif args.only is not None:
+        parts.append(f"--only {' '.join(map(str, args.only))}")
     else:
         parts.append(f"--max-datasets {args.max_datasets}")
     if args.nuts_retry:
