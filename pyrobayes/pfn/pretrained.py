@@ -95,7 +95,7 @@ def pretrained(name: str | PretrainedName, device: torch.device | str | None = N
         >>> pretrained("gp-2d")
         Traceback (most recent call last):
         ...
-        ValueError: unknown pretrained PFN 'gp-2d'; valid: gp-1d, bnn-1d, bnn-tabular
+        ValueError: unknown pretrained PFN 'gp-2d'; valid: gp-1d, bnn-1d, bnn-tabular...
         >>> from pyrobayes.pfn.pretrained import PLANNED
         >>> for planned in PLANNED:  # designed, not trained yet: the error says how to train one
         ...     try:
