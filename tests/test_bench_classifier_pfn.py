@@ -54,6 +54,12 @@ def test_cache_runs_each_setting_once_and_resumes_from_its_file(bench, tmp_path)
     again = bench.Cache(tmp_path / "c.json", cached_only=True)  # a new run reads the file
     assert again.get("ds0", "k", None) == {"nll": 1.0} and again.get("ds1", "k", None) is None
     assert calls == [1]
+    # a second run writing meanwhile (another data set) keeps the first run's results
+    other = bench.Cache(tmp_path / "c.json", cached_only=False)
+    cache.get("ds2", "k", lambda: {"nll": 3.0})
+    other.get("ds3", "k", lambda: {"nll": 4.0})
+    final = bench.Cache(tmp_path / "c.json", cached_only=True).data
+    assert {ds: v["k"]["nll"] for ds, v in final.items()} == {"ds0": 1.0, "ds2": 3.0, "ds3": 4.0}
 
 
 def test_retry_ladder_reruns_only_what_did_not_converge(bench, tmp_path, monkeypatch):
