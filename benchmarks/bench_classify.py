@@ -40,7 +40,7 @@ def _met(ok: bool) -> str:
 
 
 def bench_digits(args) -> tuple[list[str], dict]:
-    from pyrobayes.classify import run_digits
+    from pyrobayes.jobs.classify import run_digits
 
     kw = {"num_samples": 100}
     if args.quick:
@@ -194,7 +194,7 @@ def peak_memory(batch_size: int, max_length: int, part: str) -> dict:
 
 
 def bench_text(args) -> tuple[list[str], dict]:
-    from pyrobayes.classify import run_text
+    from pyrobayes.jobs.classify import run_text
 
     kw = {
         "svi_epochs": 5 if args.quick else args.text_svi_epochs,

@@ -1,7 +1,7 @@
 """How cheap can the main job's NUTS reference be and stay at NUTS quality? A seed study.
 
 On the main job's default data set (``pyrobayes compare`` defaults: 20 training and 200 test
-points drawn from the default BNN prior, seed 0), :func:`pyrobayes.reference.nuts_ppd` is
+points drawn from the default BNN prior, seed 0), :func:`pyrobayes.infer.nuts.sampler.nuts_ppd` is
 started at the fitted MLP's weights exactly as the main job does (4 chains, the given start
 plus 0.1 prior std of jitter per chain, ``backend="auto"``: NumPyro's NUTS when the ``nuts``
 extra is installed), for several NUTS settings (warmup/samples per chain, ``max_tree_depth``,
@@ -73,7 +73,7 @@ def parse_config(spec: str) -> tuple[str, dict]:
 
 def main_job_data():
     """The main job's default data set and its fitted MLP (the NUTS start)."""
-    from pyrobayes.compare_job import CompareConfig, _fit_mlp, _load_data
+    from pyrobayes.jobs.demo_1d import CompareConfig, _fit_mlp, _load_data
 
     cfg = CompareConfig()
     x_tr, y_tr, x_te, y_te, *_ = _load_data(cfg)
@@ -93,8 +93,8 @@ def heldout_nll(model, draws: dict[str, torch.Tensor], x_te, y_te) -> tuple[floa
 
 
 def run_one(kw: dict, seed: int, data, mlp) -> dict:
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
     from pyrobayes.models.mlp import default_regression_model
-    from pyrobayes.reference import nuts_ppd
 
     x_tr, y_tr, x_te, y_te = data
     model = default_regression_model()

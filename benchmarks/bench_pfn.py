@@ -107,7 +107,7 @@ def _bnn_datasets(num: int, n_query: int, seed: int) -> list[tuple[torch.Tensor,
 
 
 # Step sizes: random-start mean-field needs the larger one to move at all; MOPED starts at a
-# fitted MLP and does better with the main job's smaller one (compare_job.CompareConfig).
+# fitted MLP and does better with the main job's smaller one (demo_1d.CompareConfig).
 SVI_LR = {"meanfield": 1e-2, "moped": 1e-3}
 
 
@@ -144,8 +144,8 @@ def _svi(kind: str, xt, yt, xq, yq, steps: int, seed: int) -> float:
 
 
 def _nuts(xt, yt, xq, yq, warmup: int, samples: int, seed: int) -> float:
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
     from pyrobayes.models.mlp import default_regression_model
-    from pyrobayes.reference import nuts_ppd
 
     pyro.clear_param_store()
     ppd = nuts_ppd(

@@ -2,9 +2,9 @@
 
 Side by side in one run, one CPU thread, same posterior, same start, same budget:
 
-* (a) torch: :func:`pyrobayes.reference.nuts_ppd` (Pyro's NUTS on the trace-free torch
+* (a) torch: :func:`pyrobayes.infer.nuts.sampler.nuts_ppd` (Pyro's NUTS on the trace-free torch
   potential), one chain;
-* (b) backend: :func:`pyrobayes.infer.jax_potential.numpyro_nuts` (NumPyro's NUTS kernel on
+* (b) backend: :func:`pyrobayes.infer.nuts.jax_potential.numpyro_nuts` (NumPyro's NUTS kernel on
   the JAX log density built from the converted model, all chains in one XLA loop, one after
   another on a CPU);
 * (c) NumPyro: ``MCMC(NUTS(model))`` on a hand-written NumPyro model of the same posterior
@@ -59,8 +59,8 @@ SECTION = "## bench_reference.py"
 
 def posterior_1d():
     """The main job's data set and model, started at its fitted MLP."""
-    from pyrobayes.compare_job import CompareConfig, _fit_mlp, _load_data
     from pyrobayes.convert import bayesian_sites
+    from pyrobayes.jobs.demo_1d import CompareConfig, _fit_mlp, _load_data
     from pyrobayes.models.mlp import default_regression_model
 
     cfg = CompareConfig()
@@ -180,8 +180,8 @@ def evaluate(model, draws: dict[str, torch.Tensor], data) -> dict:
 def run_torch(model, data, start, budget) -> dict:
     """(a) ``nuts_ppd(backend="pyro")``, Pyro's NUTS on the torch potential (the path before
     the NumPyro backend, still the fallback), one chain; gradients counted at the potential."""
-    from pyrobayes.infer import potential as potential_mod
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts import potential as potential_mod
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
 
     calls = [0]
     energy = potential_mod.Potential.energy
@@ -209,7 +209,7 @@ def run_torch(model, data, start, budget) -> dict:
 
 def run_backend(model, data, start, budget, chains: int) -> dict:
     """(b) the NumPyro backend on the converted model's JAX log density."""
-    from pyrobayes.infer.jax_potential import jax_log_density, numpyro_nuts
+    from pyrobayes.infer.nuts.jax_potential import jax_log_density, numpyro_nuts
 
     t0 = time.perf_counter()
     dens = jax_log_density(model, data[0], data[1])
@@ -232,7 +232,7 @@ def run_numpyro(model, data, start, spec, budget, chains: int, method: str = "ve
     from numpyro.infer import MCMC, NUTS
     from numpyro.infer.util import potential_energy
 
-    from pyrobayes.infer.jax_potential import _starts, jax_log_density
+    from pyrobayes.infer.nuts.jax_potential import _starts, jax_log_density
 
     dens = jax_log_density(model, data[0], data[1])
     u0 = _starts(dens, start, chains, 0.1, seed=0)

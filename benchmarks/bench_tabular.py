@@ -7,7 +7,7 @@ held-out points; data set ``i`` is regenerated from seed ``seed + i``.
 
 * PFN (``pretrained("bnn-tabular")`` or ``--checkpoint``): held-out NLL per point in the
   data set's own units and seconds per data set (one ``predict`` call, one thread).
-* NUTS (:func:`pyrobayes.reference.nuts_ppd`, ``--nuts-chains`` chains, default 4, on its
+* NUTS (:func:`pyrobayes.infer.nuts.sampler.nuts_ppd`, ``--nuts-chains`` chains, default 4, on its
   default backend: NumPyro's NUTS when the ``nuts`` extra is installed) on the same model,
   weights AND noise sampled, on the first ``--nuts-datasets`` data sets (the cycle order
   covers all nine cells first; 27 = three per cell). The chains start at the latents that
@@ -100,7 +100,7 @@ def run_nuts(i: int, args: argparse.Namespace, scale: int = 1, depth: int | None
     """NUTS on data set ``i`` with ``scale`` x the warm-up and draws of ``args`` and max tree
     depth ``depth`` (default ``args.nuts_max_tree_depth``)."""
     depth = depth or args.nuts_max_tree_depth
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
 
     model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
     t0 = time.perf_counter()

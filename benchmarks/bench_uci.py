@@ -1,7 +1,7 @@
 """The UCI regression benchmark: every row of ``pyrobayes compare`` on the standard splits.
 
 Runs data sets x splits x methods through the job's Python API
-(:func:`pyrobayes.tabular_job.run_tabular`, one call per data set and split with the
+(:func:`pyrobayes.jobs.tabular_regression.run_tabular`, one call per data set and split with the
 methods that split still lacks) and caches each (data set, split, method) result in
 ``--cache`` (JSON, default ``benchmarks/uci_results.json``, written after every split), so a
 run can be stopped and resumed, or extended to more splits or methods. Each entry's key
@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from _results import write_section  # noqa: E402
 
-from pyrobayes.tabular_job import METHOD_ROWS, Method, TabularConfig, run_tabular  # noqa: E402
-from pyrobayes.tabular_plan import PlanError  # noqa: E402
+from pyrobayes.jobs.tabular_plan import PlanError  # noqa: E402
+from pyrobayes.jobs.tabular_regression import METHOD_ROWS, Method, TabularConfig, run_tabular  # noqa: E402
 
 SECTION = "## bench_uci.py"
 DEFAULT_CACHE = Path(__file__).with_name("uci_results.json")
@@ -97,35 +97,41 @@ FIELD_PREFIXES = {
     "pfn": ("pfn_",),
     "nuts": ("mlp_", "svi_", "delta", "num_samples", "nuts_"),
 }
-# Functions whose source is the method's recipe (module:qualname; missing ones are skipped).
+# Functions whose source is the method's recipe (module:qualname; a missing one raises).
 RECIPE_CODE = {
-    "mlp": ["pyrobayes.tabular_job:fit_mlp_heldout", "pyrobayes.tabular_job:_split_mlp"],
+    "mlp": [
+        "pyrobayes.jobs.tabular_regression:fit_mlp_heldout",
+        "pyrobayes.jobs.tabular_regression:_split_mlp",
+    ],
     "ensemble": [
-        "pyrobayes.tabular_job:_split_ensemble",
-        "pyrobayes.baselines:fit_deep_ensemble",
-        "pyrobayes.baselines:_fit_member",
+        "pyrobayes.jobs.tabular_regression:_split_ensemble",
+        "pyrobayes.jobs.baselines:fit_deep_ensemble",
+        "pyrobayes.jobs.baselines:_fit_member",
     ],
     "dropout": [
-        "pyrobayes.tabular_job:_split_dropout",
-        "pyrobayes.baselines:fit_mc_dropout",
-        "pyrobayes.baselines:_fit_dropout_net",
+        "pyrobayes.jobs.tabular_regression:_split_dropout",
+        "pyrobayes.jobs.baselines:fit_mc_dropout",
+        "pyrobayes.jobs.baselines:_fit_dropout_net",
     ],
     "svi": [
-        "pyrobayes.tabular_job:_split_svi",
-        "pyrobayes.svi_recipe:job_svi",
-        "pyrobayes.svi_recipe:select_svi_recipe",
-        "pyrobayes.svi_recipe:fit_svi_moped",
+        "pyrobayes.jobs.tabular_regression:_split_svi",
+        "pyrobayes.jobs.tabular_svi:job_svi",
+        "pyrobayes.jobs.tabular_svi:select_svi_recipe",
+        "pyrobayes.jobs.tabular_svi:fit_svi_moped",
     ],
-    "gp": ["pyrobayes.tabular_job:_split_gp", "pyrobayes.gp:fit_ard_gp"],
-    "pfn": ["pyrobayes.tabular_job:_split_pfn", "pyrobayes.tabular_job:_load_pfn"],
-    "nuts": ["pyrobayes.tabular_job:_split_nuts"],
+    "gp": ["pyrobayes.jobs.tabular_regression:_split_gp", "pyrobayes.gp:fit_ard_gp"],
+    "pfn": [
+        "pyrobayes.jobs.tabular_regression:_split_pfn",
+        "pyrobayes.jobs.tabular_regression:_load_pfn",
+    ],
+    "nuts": ["pyrobayes.jobs.tabular_regression:_split_nuts"],
 }
 RECIPE_CODE["svi"] = RECIPE_CODE["mlp"] + RECIPE_CODE["svi"]
 RECIPE_CODE["nuts"] = RECIPE_CODE["svi"] + RECIPE_CODE["nuts"]
 # The scalable forms' fitting code (the plan that picks a form is not a recipe: the form
 # shows in the row's label, and the fields that steer it are in the fingerprint).
 RECIPE_CODE["gp"] += ["pyrobayes.gp:fit_sparse_ard_gp", "pyrobayes.gp:_fit_sgpr"]
-RECIPE_CODE["pfn"] += ["pyrobayes.tabular_plan:pfn_subset_ppd"]
+RECIPE_CODE["pfn"] += ["pyrobayes.jobs.tabular_plan:pfn_subset_ppd"]
 
 
 @functools.cache
@@ -138,8 +144,12 @@ def _source(ref: str) -> str:
         for part in name.split("."):
             obj = getattr(obj, part)
         return inspect.getsource(obj)
-    except (ImportError, AttributeError, OSError, TypeError):
-        return ""
+    except (ImportError, AttributeError, OSError, TypeError) as err:
+        # loud: an empty source would change every fingerprint and orphan the whole cache
+        raise LookupError(
+            f"RECIPE_CODE names {ref!r}, which has no source here ({err}); "
+            "a moved function needs its new module:qualname"
+        ) from err
 
 
 def method_fingerprint(method: str, cfg: TabularConfig) -> str:

@@ -3,8 +3,8 @@
 For each data set and each of the first ``--splits`` standard UCI splits: the training rows
 only are standardised and split again, ``1 - --val`` inner-training / ``--val`` inner
 validation (seeded). On the inner-training rows the job's MLP (early-stopped, held-out noise,
-:func:`~pyrobayes.tabular_job.fit_mlp_heldout`) is fitted, then each SVI variant
-(:class:`~pyrobayes.svi_recipe.SVIRecipe`: KL weight, MOPED delta, Bayesian layers, steps,
+:func:`~pyrobayes.jobs.tabular_regression.fit_mlp_heldout`) is fitted, then each SVI variant
+(:class:`~pyrobayes.jobs.tabular_svi.SVIRecipe`: KL weight, MOPED delta, Bayesian layers, steps,
 lr; plus predictive draws) starting from it; every row is scored by the mean negative log
 predictive density of the inner validation rows (standardised units) and the RMSE of its
 predictive mean. The test rows of the splits are never read.
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pyrobayes
-from pyrobayes.svi_recipe import SVIRecipe, fit_svi_moped, svi_nll  # noqa: E402
+from pyrobayes.jobs.tabular_svi import SVIRecipe, fit_svi_moped, svi_nll  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -73,8 +73,8 @@ def _inner(s, val: float, seed: int):
 
 def run_split(uci, k: int, tr, te, args, variants) -> dict[str, dict]:
     """Every variant's inner-validation NLL/RMSE on outer split ``k`` (test rows unused)."""
+    from pyrobayes.jobs.tabular_regression import fit_mlp_heldout, standardise_split
     from pyrobayes.ppd import normal_ppd
-    from pyrobayes.tabular_job import fit_mlp_heldout, standardise_split
 
     if args.subsample and len(tr) > args.subsample:
         g = torch.Generator().manual_seed(k)

@@ -27,8 +27,7 @@ Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
     ('CategoricalPPD', (30, 3))
 """
 
-from pyrobayes.classify_tabular import ClassifyTabularConfig, run_classify_tabular
-from pyrobayes.compare_job import CompareConfig, run_compare
+from pyrobayes._moved import install as _install_moved
 from pyrobayes.convert import bayesian_sites, to_pyro
 from pyrobayes.guides import LocalReparameterization, MOPEDLowRank, MOPEDNormal, moped_guide
 from pyrobayes.infer import (
@@ -40,6 +39,14 @@ from pyrobayes.infer import (
     prior_predictive,
     sample_posterior,
     sample_prior,
+)
+from pyrobayes.jobs.demo_1d import CompareConfig, run_compare
+from pyrobayes.jobs.tabular_classification import ClassifyTabularConfig, run_classify_tabular
+from pyrobayes.jobs.tabular_regression import (
+    TabularConfig,
+    TabularResult,
+    plot_tabular_summary,
+    run_tabular,
 )
 from pyrobayes.likelihoods import Categorical, Gaussian, get_likelihood
 from pyrobayes.model import BayesianModel, to_bayesian
@@ -54,7 +61,9 @@ from pyrobayes.priors import (
     ScaleMixturePrior,
     get_prior,
 )
-from pyrobayes.tabular_job import TabularConfig, TabularResult, plot_tabular_summary, run_tabular
+
+# old module paths (pyrobayes.tabular_job, pyrobayes.cli, ...) import with a DeprecationWarning
+_install_moved()
 
 __version__ = "0.1.0"
 

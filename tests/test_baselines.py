@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-import pyrobayes.baselines as bl
-from pyrobayes.baselines import fit_deep_ensemble, fit_mc_dropout
+import pyrobayes.jobs.baselines as bl
+from pyrobayes.jobs.baselines import fit_deep_ensemble, fit_mc_dropout
 from pyrobayes.ppd import NormalMixturePPD
 
 

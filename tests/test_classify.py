@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pyrobayes.classify import run_digits
-from pyrobayes.cli import main
+from pyrobayes.jobs.classify import run_digits
+from pyrobayes.jobs.cli import main
 
 COLUMNS = ["accuracy", "nll", "ece", "brier", "auroc_entropy", "auroc_mutual_information", "time_s"]
 
@@ -86,7 +86,7 @@ def test_classify_bad_options_fail_fast(capsys):
 
 def test_save_result_with_a_single_method(tmp_path):
     # one method gives one Axes, not an array of them: the reliability figure must still draw
-    from pyrobayes.classify.result import finish_result, point_ppd, save_result
+    from pyrobayes.jobs.classify.result import finish_result, point_ppd, save_result
 
     ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))}
     result = finish_result(

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from pyrobayes.classify_tabular import (
+from pyrobayes.data.labelled import encode_labels, load_labelled, looks_like_labels
+from pyrobayes.jobs.cli import main
+from pyrobayes.jobs.tabular_classification import (
     ClassifyTabularConfig,
     check_training_classes,
     detect_task,
@@ -15,8 +17,6 @@ from pyrobayes.classify_tabular import (
     run_classify_tabular,
     stratified_splits,
 )
-from pyrobayes.cli import main
-from pyrobayes.data.labelled import encode_labels, load_labelled, looks_like_labels
 from pyrobayes.metrics import brier_score, expected_calibration_error, roc_auc
 from pyrobayes.options import Task
 from pyrobayes.pfn.pretrained import PLANNED

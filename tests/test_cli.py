@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pyrobayes.cli import check_device, main
+from pyrobayes.jobs.cli import check_device, main
 
 
 @pytest.fixture

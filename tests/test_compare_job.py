@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pyrobayes.cli import main
-from pyrobayes.compare_job import CompareConfig, run_compare
+from pyrobayes.jobs.cli import main
+from pyrobayes.jobs.demo_1d import CompareConfig, run_compare
 
 SMOKE = [
     "--n-train",
@@ -74,7 +74,7 @@ def test_cli_compare_reads_csv(tmp_path):
                 "t",
                 "--y",
                 "v",
-                "--splits",  # --data runs the real-data protocol (pyrobayes.tabular_job)
+                "--splits",  # --data runs the real-data protocol (pyrobayes.jobs.tabular_regression)
                 "2",
                 "--ensemble-steps",
                 "20",
@@ -129,7 +129,7 @@ def test_real_data_from_python_is_a_clear_error_naming_run_tabular():
 
 def test_real_data_api_is_exported_from_the_package():
     import pyrobayes
-    from pyrobayes import tabular_job
+    from pyrobayes.jobs import tabular_regression as tabular_job
 
     for name in ("TabularConfig", "TabularResult", "run_tabular", "plot_tabular_summary"):
         assert getattr(pyrobayes, name) is getattr(tabular_job, name) and name in pyrobayes.__all__

@@ -197,8 +197,8 @@ def test_lora_wrapped_minilm_with_bayesian_lora_a_fits_and_predicts(minilm, enco
     """peft's LoRA layers and LoraModel mix in abc.ABC and its ModulesToSaveWrapper (the
     classifier here) answers unknown attributes from ``_modules``: both must convert."""
     peft = pytest.importorskip("peft")
-    from pyrobayes.classify.result import bayesianize_and_fit
-    from pyrobayes.classify.text import bayesian_text_ppd
+    from pyrobayes.jobs.classify.result import bayesianize_and_fit
+    from pyrobayes.jobs.classify.text import bayesian_text_ppd
 
     torch.manual_seed(0)
     config = peft.LoraConfig(

@@ -16,8 +16,8 @@ pytest.importorskip("numpyro")
 import jax.numpy as jnp  # noqa: E402
 
 from pyrobayes import BayesianModel, Categorical, Gaussian, NormalPrior, to_pyro  # noqa: E402
-from pyrobayes.infer.jax_potential import _starts, jax_log_density, numpyro_nuts  # noqa: E402
-from pyrobayes.infer.potential import Potential  # noqa: E402
+from pyrobayes.infer.nuts.jax_potential import _starts, jax_log_density, numpyro_nuts  # noqa: E402
+from pyrobayes.infer.nuts.potential import Potential  # noqa: E402
 from pyrobayes.models.mlp import default_regression_model  # noqa: E402
 from pyrobayes.models.tabular import tabular_regression_model  # noqa: E402
 from pyrobayes.priors import ScaleMixturePrior  # noqa: E402
@@ -150,8 +150,8 @@ def test_chains_compiled_ahead_give_the_same_run_and_are_checked():
     """``nuts_ppd(compiled=compile_nuts(...))`` (how ``pyrobayes compare`` overlaps XLA
     compilation with fitting the MLP) draws exactly what compiling inside gives, seed for
     seed; chains compiled for another budget, model or data set are refused."""
-    from pyrobayes.infer.jax_potential import compile_nuts
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts.jax_potential import compile_nuts
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
 
     model = tabular_regression_model(2, name="ahead")
     x, y = _regression(n=10, d=2)
@@ -179,7 +179,7 @@ def test_chains_in_threads_draw_what_one_thread_draws(monkeypatch):
     """On a CPU ``chain_method="auto"`` runs the sequential chains in groups, one thread per
     core (XLA releases the GIL): same chains, same keys, so exactly the same draws as one
     thread running them all (``"sequential"``)."""
-    import pyrobayes.infer.jax_potential as jp
+    import pyrobayes.infer.nuts.jax_potential as jp
 
     monkeypatch.setattr(jp, "_chain_threads", lambda n: 2 if n % 2 == 0 else 1)
     model = tabular_regression_model(2, name="threads")
@@ -198,7 +198,7 @@ def test_chains_in_threads_draw_what_one_thread_draws(monkeypatch):
 def test_chain_threads_divide_the_chains_within_the_cores(monkeypatch):
     import os
 
-    import pyrobayes.infer.jax_potential as jp
+    import pyrobayes.infer.nuts.jax_potential as jp
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert [jp._chain_threads(c) for c in (1, 2, 3, 4, 6)] == [1, 2, 1, 2, 2]

@@ -14,11 +14,11 @@ from torch.distributions import biject_to
 
 from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
 from pyrobayes.infer.fast_check import FastPathFallbackWarning
-from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
+from pyrobayes.infer.nuts.potential import FLAT, Potential, TracedPotential
+from pyrobayes.infer.nuts.sampler import nuts_ppd
 from pyrobayes.likelihoods import Likelihood
 from pyrobayes.models.mlp import default_regression_model
 from pyrobayes.ppd import NormalMixturePPD
-from pyrobayes.reference import nuts_ppd
 
 
 class LatentNoiseGaussian(Likelihood):

@@ -10,8 +10,8 @@ import torch
 from pyrobayes import BayesianModel, Gaussian, NormalPrior, forward_draws, to_pyro
 from pyrobayes.diagnostics import ess_bulk
 from pyrobayes.gp import exact_gp_ppd as gp_exact_gp_ppd
+from pyrobayes.infer.nuts.sampler import exact_gp_ppd, nuts_ppd
 from pyrobayes.ppd import NormalMixturePPD
-from pyrobayes.reference import exact_gp_ppd, nuts_ppd
 
 NOISE, PRIOR_STD = 0.3, 1.0
 
@@ -183,10 +183,10 @@ def test_init_jitter_means_prior_stds_on_both_backends():
     ``(start - u0) / (jitter * unit)`` is 1 up to sampling error (relative s.e. of a std
     from n draws ~ 1/sqrt(2n) <= 1.6%; tolerance 8%, 5 s.e.)."""
     pytest.importorskip("numpyro")
-    from pyrobayes.infer.jax_potential import _starts, jax_log_density
-    from pyrobayes.infer.potential import Potential
+    from pyrobayes.infer.nuts.jax_potential import _starts, jax_log_density
+    from pyrobayes.infer.nuts.potential import Potential
+    from pyrobayes.infer.nuts.sampler import _pyro_starts
     from pyrobayes.models.tabular import tabular_regression_model
-    from pyrobayes.reference import _pyro_starts
 
     torch.manual_seed(0)
     model = tabular_regression_model(3, name="jit")

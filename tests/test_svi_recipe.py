@@ -1,12 +1,19 @@
 """The SVI recipe of the real-data job (issue 21): options, the choice on training rows only."""
 
 import argparse
+import math
 
 import pytest
 import torch
 
-import pyrobayes.svi_recipe as sr
-from pyrobayes.svi_recipe import (
+import pyrobayes.jobs.tabular_svi as sr
+from pyrobayes.jobs.tabular_regression import (
+    TabularConfig,
+    fit_mlp_heldout,
+    make_splits,
+    standardise_split,
+)
+from pyrobayes.jobs.tabular_svi import (
     DEFAULT_DELTAS,
     SVILayers,
     SVIRecipe,
@@ -15,7 +22,6 @@ from pyrobayes.svi_recipe import (
     select_svi_recipe,
     svi_model,
 )
-from pyrobayes.tabular_job import TabularConfig, fit_mlp_heldout, make_splits, standardise_split
 
 
 def _data(n=80, d=2, seed=0):
@@ -72,7 +78,7 @@ def test_selection_sees_training_rows_only_and_takes_the_lowest_score(monkeypatc
 
     monkeypatch.setattr(sr, "fit_svi_moped", spy_fit)
     monkeypatch.setattr(sr, "svi_nll", spy_nll)
-    import pyrobayes.tabular_job as tj
+    import pyrobayes.jobs.tabular_regression as tj
 
     monkeypatch.setattr(
         tj,
@@ -103,7 +109,7 @@ def test_job_svi_chooses_then_refits_on_every_training_row(monkeypatch):
         sr, "fit_svi_moped", lambda xf, *a, **kw: (sizes.append(len(xf)), real_fit(xf, *a, **kw))[1]
     )
     kw = dict(steps=10, mlp_steps=20, num_samples=10)
-    model, guide, info = job_svi(x, y, mlp, noise, delta=None, deltas=(0.01, 0.1), **kw)
+    model, guide, info = job_svi(x, y, mlp, noise, delta=None, deltas=(0.01, 0.1), extend=0, **kw)
     assert sizes == [64, 64, 80] and info["delta"] in (0.01, 0.1)
     assert set(info["scores"]) == {"0.01", "0.1"} and "16 of 80" in info["chosen_on"]
     assert info["scores"][f"{info['delta']:g}"] == min(info["scores"].values())
@@ -115,7 +121,7 @@ def test_job_svi_chooses_then_refits_on_every_training_row(monkeypatch):
 
 
 def test_tabular_job_svi_choice_never_sees_test_rows(tmp_path, monkeypatch):
-    from pyrobayes.tabular_job import TabularConfig, run_tabular
+    from pyrobayes.jobs.tabular_regression import TabularConfig, run_tabular
 
     n = 60
     g = torch.Generator().manual_seed(1)
@@ -153,7 +159,8 @@ def test_tabular_job_svi_choice_never_sees_test_rows(tmp_path, monkeypatch):
     s = standardise_split(x, yv.double(), tr, te)
     train_ids = {round(v, 4) for v in s.x_train[:, 0].tolist()}
     test_ids = {round(v, 4) for v in s.x_test[:, 0].tolist()}
-    assert len(seen) == 4 and train_ids.isdisjoint(test_ids)
+    # select, the two grid fits, any beyond the edge, the final fit
+    assert len(seen) >= 4 and train_ids.isdisjoint(test_ids)
     for xs in seen:
         assert {round(v, 4) for v in xs[:, 0].tolist()} <= train_ids
     assert len(seen[0]) == len(tr) == len(seen[-1])
@@ -175,8 +182,8 @@ def test_config_defaults_and_bad_values():
 
 
 def test_cli_delta_default_per_job():
-    from pyrobayes.compare_job import CompareConfig, add_arguments
-    from pyrobayes.tabular_job import config_from_args
+    from pyrobayes.jobs.demo_1d import CompareConfig, add_arguments
+    from pyrobayes.jobs.tabular_regression import config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -201,9 +208,9 @@ def test_fit_svi_moped_tempered_and_last_layer_run():
 def test_shared_flags_leave_each_job_its_own_defaults():
     # compare's three jobs share flags registered once; an unset one must not carry the
     # 1-D demo's budget (NUTS 100/150) into the real-data jobs (200/200) or their delta
-    from pyrobayes.classify_tabular import ClassifyTabularConfig
-    from pyrobayes.compare_job import CompareConfig, add_arguments
-    from pyrobayes.tabular_job import config_from_args
+    from pyrobayes.jobs.demo_1d import CompareConfig, add_arguments
+    from pyrobayes.jobs.tabular_classification import ClassifyTabularConfig
+    from pyrobayes.jobs.tabular_regression import config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -216,3 +223,44 @@ def test_shared_flags_leave_each_job_its_own_defaults():
     given = config_from_args(TabularConfig, p.parse_args(["--data", "x", "--nuts-warmup", "7"]))
     assert given.nuts_warmup == 7
     assert (CompareConfig.nuts_warmup, CompareConfig.nuts_samples) == (100, 150)
+
+
+def _fake_scores(monkeypatch, best_delta: float) -> list[float]:
+    """Replace the SVI fit and its score by a convex function of log(delta) with its minimum
+    at ``best_delta``; returns the list of deltas fitted, in order."""
+    fitted: list[float] = []
+
+    def fake_fit(x, y, mlp, noise, recipe, seed=0, progress=False):
+        fitted.append(recipe.delta)
+        return None, recipe
+
+    def fake_nll(model, recipe, x, y, num_samples):
+        return (math.log(recipe.delta) - math.log(best_delta)) ** 2
+
+    monkeypatch.setattr(sr, "fit_svi_moped", fake_fit)
+    monkeypatch.setattr(sr, "svi_nll", fake_nll)
+    return fitted
+
+
+@pytest.mark.parametrize(
+    "best_delta, chosen, extra",
+    [
+        (0.0003, 0.0003, [0.003 / 10**0.5, 0.0003]),  # the smallest wins: two steps down
+        (1e-6, 0.0003, [0.003 / 10**0.5, 0.0003]),  # ... and no more than ``extend``
+        (0.03, 0.03, []),  # an interior winner: the grid was wide enough
+        (0.2, 0.1 * 10**0.5, [0.1 * 10**0.5, 1.0]),  # largest wins; the 2nd step is worse
+    ],
+)
+def test_delta_choice_extends_past_the_winning_edge(monkeypatch, best_delta, chosen, extra):
+    fitted = _fake_scores(monkeypatch, best_delta)
+    x, y = _data()
+    grid = [SVIRecipe(delta=d, steps=3) for d in DEFAULT_DELTAS]
+    sel = sr.select_svi_recipe(x, y, grid, mlp_steps=10, num_samples=5, extend=2)
+    assert sel.recipe.delta == pytest.approx(chosen)
+    assert fitted[: len(grid)] == list(DEFAULT_DELTAS)
+    assert fitted[len(grid) :] == pytest.approx(extra)
+    assert [r.delta for r in sel.tried] == pytest.approx(fitted)
+    # extend=0: the grid alone
+    fitted.clear()
+    sel = sr.select_svi_recipe(x, y, grid, mlp_steps=10, num_samples=5, extend=0)
+    assert fitted == list(DEFAULT_DELTAS) and sel.recipe.delta in DEFAULT_DELTAS

@@ -11,12 +11,12 @@ from scipy import stats
 
 import pyrobayes
 from pyrobayes.infer import forward_draws, sample_prior
+from pyrobayes.infer.nuts.sampler import nuts_ppd
 from pyrobayes.likelihoods import Categorical
 from pyrobayes.models import tabular_classifier_model
 from pyrobayes.models.tabular import TABULAR_CLASSIFICATION
 from pyrobayes.pfn import TabularBNNPrior
 from pyrobayes.ppd import CategoricalPPD
-from pyrobayes.reference import nuts_ppd
 
 
 def _prior_logits(d: int, num_classes: int, num_sets: int, n: int, seed: int = 0):

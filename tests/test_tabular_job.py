@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-from pyrobayes.cli import main
 from pyrobayes.compare import ComparisonRow, ComparisonTable, mean_se_table
 from pyrobayes.data.tabular import load_tabular
 from pyrobayes.gp import fit_ard_gp, gp_log_marginal
-from pyrobayes.ppd import AffinePPD, NormalMixturePPD, affine_ppd
-from pyrobayes.tabular_job import (
+from pyrobayes.jobs.cli import main
+from pyrobayes.jobs.tabular_regression import (
     TabularConfig,
     _load_pfn,
     add_dataclass_arguments,
@@ -21,6 +20,7 @@ from pyrobayes.tabular_job import (
     make_splits,
     standardise_split,
 )
+from pyrobayes.ppd import AffinePPD, NormalMixturePPD, affine_ppd
 
 
 def _csv(tmp_path, text, name="d.csv"):

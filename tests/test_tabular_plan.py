@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyrobayes.cli import main
 from pyrobayes.gp import fit_sparse_ard_gp, gp_log_marginal
+from pyrobayes.jobs.cli import main
+from pyrobayes.jobs.tabular_plan import PlanError, pfn_subset_ppd, plan_tabular
+from pyrobayes.jobs.tabular_regression import TabularConfig, run_tabular
 from pyrobayes.ppd import MixturePPD, normal_ppd
 from pyrobayes.progress import Heartbeat, PlainProgress
-from pyrobayes.tabular_job import TabularConfig, run_tabular
-from pyrobayes.tabular_plan import PlanError, pfn_subset_ppd, plan_tabular
 
 GIB = 2**30
 BIG = dict(n_train=45_000, n_test=5_000, d=8, n_splits=10, pfn_limits=(512, 10))

@@ -132,8 +132,8 @@ def _regression_layout(folder, n=60, splits=3):
 def test_compare_runs_the_given_splits_and_the_selected_methods(tmp_path, capsys):
     import json
 
-    from pyrobayes.cli import main
     from pyrobayes.compare import ComparisonTable
+    from pyrobayes.jobs.cli import main
 
     _regression_layout(tmp_path / "root" / "toy")
     out = tmp_path / "o"
@@ -160,8 +160,8 @@ def test_compare_runs_the_given_splits_and_the_selected_methods(tmp_path, capsys
 
 
 def test_splits_default_to_all_given_and_selection_errors(tmp_path, capsys):
-    from pyrobayes.cli import main
-    from pyrobayes.tabular_job import TabularConfig, run_tabular
+    from pyrobayes.jobs.cli import main
+    from pyrobayes.jobs.tabular_regression import TabularConfig, run_tabular
 
     folder = _regression_layout(tmp_path / "toy")
     cfg = TabularConfig(

@@ -1,7 +1,7 @@
 """The one setup check of the fast paths: Pyro's traces define the model.
 
 The fused ELBO (:mod:`pyrobayes.infer.fast_elbo`) and the trace-free NUTS potential
-(``pyrobayes.infer.potential``) compute a ``BayesianModel``'s log joint from its parts
+(``pyrobayes.infer.nuts.potential``) compute a ``BayesianModel``'s log joint from its parts
 (the converted net's weight priors, the twin forward, the likelihood) instead of running
 the model. A subclass whose ``forward`` adds to the model (a ``pyro.factor`` penalty, an
 extra sample site) would silently be a different model on those paths. So each fast path

@@ -681,7 +681,7 @@ def run(args: argparse.Namespace) -> int:
         trained 2 steps in ...s, final loss ...; wrote .../gp.safetensors
         0
     """
-    from pyrobayes.cli import check_device
+    from pyrobayes.jobs.cli import check_device
 
     check_device(args.device)  # a clear error now, not a torch traceback at the first tensor
     if args.threads:

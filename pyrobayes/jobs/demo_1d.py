@@ -1,9 +1,9 @@
 """The main job, ``pyrobayes compare``: one data set, four posterior predictives, one table.
 
 1. a 1-D regression data set drawn from the default BNN prior (seeded) or from the GP prior
-   (``--prior gp``); real tables (``--data``) go to :mod:`pyrobayes.tabular_job` (from
-   Python: :func:`~pyrobayes.tabular_job.run_tabular`), labelled ones (``--task``) to
-   :mod:`pyrobayes.classify_tabular`;
+   (``--prior gp``); real tables (``--data``) go to :mod:`pyrobayes.jobs.tabular_regression` (from
+   Python: :func:`~pyrobayes.jobs.tabular_regression.run_tabular`), labelled ones (``--task``) to
+   :mod:`pyrobayes.jobs.tabular_classification`;
 2. a frequentist MLP is fitted, converted with ``to_pyro``, given a MOPED guide started
    at its weights, and fitted with SVI (``Trace_ELBO``);
 3. predictions from the posterior predictive wrapper, the pretrained PFN for that prior,
@@ -54,8 +54,8 @@ class PriorChoice(Option):
 class CompareConfig:
     """Options of the 1-D demo (:func:`run_compare`); each is the ``pyrobayes compare`` flag
     of the same name. ``data`` is accepted only as ``None``: real data go through
-    :class:`~pyrobayes.tabular_job.TabularConfig` and
-    :func:`~pyrobayes.tabular_job.run_tabular` (the error says so), the split protocol that
+    :class:`~pyrobayes.jobs.tabular_regression.TabularConfig` and
+    :func:`~pyrobayes.jobs.tabular_regression.run_tabular` (the error says so), the split protocol that
     ``pyrobayes compare --data`` runs.
 
     Example::
@@ -222,7 +222,7 @@ def _compile_nuts_ahead(cfg, ref_model, x_tr, y_tr):
     thread (``None`` without the ``nuts`` extra): compilation runs outside Python's GIL, so
     on a machine with a free core it overlaps fitting the MLP whose weights the chains start
     at. Nothing of Pyro runs on that thread (Pyro's handler stack is global)."""
-    from pyrobayes.infer import jax_potential
+    from pyrobayes.infer.nuts import jax_potential
 
     if not jax_potential.available():
         return None
@@ -256,7 +256,7 @@ def _reference_ppds(
         grid_ppds[ref_name] = exact_gp_ppd(x_tr, y_tr, grid, 0.5, 1.0, 0.1)
     else:
         from pyrobayes.infer import forward_draws
-        from pyrobayes.reference import nuts_diagnostics, nuts_ppd
+        from pyrobayes.infer.nuts.sampler import nuts_diagnostics, nuts_ppd
 
         ref_model, compiled = nuts if nuts is not None else (default_regression_model(), None)
         if compiled is not None:
@@ -321,7 +321,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     :class:`~pyrobayes.compare.ComparisonTable` on the test points, each method's PPD on
     them, wall-clock seconds per method and the paths of ``compare.png/.json/.md``.
 
-    For real data use :func:`~pyrobayes.tabular_job.run_tabular`.
+    For real data use :func:`~pyrobayes.jobs.tabular_regression.run_tabular`.
 
     Example (a tiny budget, GP prior so that the exact GP is the reference)::
 
@@ -400,7 +400,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--svi-steps", type=int, default=d.svi_steps, help="full-batch SVI steps")
     p.add_argument("--svi-lr", type=float, default=d.svi_lr, help="Adam step size of SVI")
     # default None: the 1-D demo uses CompareConfig's delta, --data chooses one per split
-    # on the training rows (pyrobayes.svi_recipe) unless --delta is given
+    # on the training rows (pyrobayes.jobs.tabular_svi) unless --delta is given
     p.add_argument(
         "--delta",
         type=float,
@@ -432,8 +432,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out, help="output folder for compare.png/.json/.md")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --data and the real-data protocol's own flags (--x, --y, --splits, --no-nuts, ...)
-    from pyrobayes.classify_tabular import add_arguments as add_classify_arguments
-    from pyrobayes.tabular_job import add_arguments as add_tabular_arguments
+    from pyrobayes.jobs.tabular_classification import add_arguments as add_classify_arguments
+    from pyrobayes.jobs.tabular_regression import add_arguments as add_tabular_arguments
 
     add_tabular_arguments(p)
     add_classify_arguments(p)  # --task and the classification-only flags
@@ -457,13 +457,13 @@ def run(args: argparse.Namespace) -> int:
     """
     if getattr(args, "data", None) is not None:
         # a labelled table (or --task classification): the classification comparison
-        from pyrobayes.classify_tabular import run as run_classify
-        from pyrobayes.classify_tabular import wants_classification
+        from pyrobayes.jobs.tabular_classification import run as run_classify
+        from pyrobayes.jobs.tabular_classification import wants_classification
 
         if wants_classification(args):
             return run_classify(args)
-        # real data: the split protocol of pyrobayes.tabular_job (every row used, raw units)
-        from pyrobayes.tabular_job import run as run_tabular
+        # real data: the split protocol of pyrobayes.jobs.tabular_regression (every row used, raw units)
+        from pyrobayes.jobs.tabular_regression import run as run_tabular
 
         return run_tabular(args)
     cfg = CompareConfig(

@@ -16,7 +16,7 @@ The protocol of the UCI regression benchmarks (Hernández-Lobato & Adams 2015):
    the marginal likelihood. SVI, NUTS and the PFN share one model,
    :func:`~pyrobayes.models.tabular_regression_model`, whose noise std is a latent site
    with a LogNormal prior (NUTS samples it, SVI's guide fits it, the PFN integrates it).
-   Two baselines of the field (:mod:`pyrobayes.baselines`): a deep ensemble of 5
+   Two baselines of the field (:mod:`pyrobayes.jobs.baselines`): a deep ensemble of 5
    mean-variance networks and MC dropout (rate and precision chosen on the training rows,
    from the folder's ``dropout_rates.txt``/``tau_values.txt`` when present).
    ``--methods mlp,ensemble,dropout,svi,gp,pfn,nuts`` (default all), ``--no-gp`` and
@@ -207,6 +207,11 @@ class TabularConfig:
     svi_val_fraction: float = _opt(
         0.2, "fraction of the training rows held out to choose the SVI delta"
     )
+    svi_delta_extend: int = _opt(
+        2,
+        "when the chosen delta is the grid's smallest or largest, try up to this many more "
+        "beyond that edge (x/÷ sqrt(10) each) while the inner-validation score improves",
+    )
     num_samples: int = _opt(200, "posterior draws of the SVI predictive")
     nuts_warmup: int = _opt(200, "NUTS adaptation steps per split")
     nuts_samples: int = _opt(200, "NUTS draws kept per split")
@@ -285,9 +290,11 @@ class TabularConfig:
             raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
         if not self.svi_lr > 0 or not (self.delta is None or self.delta > 0):
             raise ValueError("svi-lr and delta must be positive")
-        from pyrobayes.svi_recipe import check_deltas
+        from pyrobayes.jobs.tabular_svi import check_deltas
 
         object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
+        if int(self.svi_delta_extend) < 0:
+            raise ValueError(f"svi-delta-extend must be >= 0, got {self.svi_delta_extend}")
         if not 0.0 < self.svi_val_fraction < 1.0:
             raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
         if not self.selected:
@@ -613,7 +620,7 @@ def _run_split(
 ) -> tuple[dict, dict, dict, dict]:
     """Standardised-unit PPDs ``(test, grid)``, times and diagnostics of split ``k``.
     ``dropout_grid``: the folder's MC dropout ``(rates, taus)``, taus of the raw target
-    (empty: the defaults); ``plan``: the run's :class:`~pyrobayes.tabular_plan.TabularPlan`
+    (empty: the defaults); ``plan``: the run's :class:`~pyrobayes.jobs.tabular_plan.TabularPlan`
     (which methods run, in which form; default: planned here for this split)."""
     import pyro
 
@@ -664,7 +671,7 @@ def _split_ensemble(
     s: Split, cfg: TabularConfig, grid: torch.Tensor | None, seed: int, out: tuple
 ) -> None:
     """The deep ensemble's PPDs, time and members' early-stopping steps."""
-    from pyrobayes.baselines import fit_deep_ensemble
+    from pyrobayes.jobs.baselines import fit_deep_ensemble
 
     ppds, grid_ppds, times, info = out
     row = METHOD_ROWS[Method.ENSEMBLE]
@@ -686,7 +693,7 @@ def _split_dropout(
     out: tuple,
 ) -> None:
     """MC dropout on the training rows only (its grid choice included): PPDs, time, choice."""
-    from pyrobayes.baselines import DEFAULT_DROPOUT_RATES, fit_mc_dropout
+    from pyrobayes.jobs.baselines import DEFAULT_DROPOUT_RATES, fit_mc_dropout
 
     ppds, grid_ppds, times, info = out
     row = METHOD_ROWS[Method.DROPOUT]
@@ -741,12 +748,12 @@ def _split_svi(
     t_mlp: float,
     out: tuple,
 ) -> tuple[Any, dict]:
-    """SVI (MOPED) around the MLP (:func:`pyrobayes.svi_recipe.job_svi`: its delta chosen on
+    """SVI (MOPED) around the MLP (:func:`pyrobayes.jobs.tabular_svi.job_svi`: its delta chosen on
     the training rows); returns ``(model, guide's posterior median)``."""
     import pyro
 
     from pyrobayes.infer import PosteriorPredictive
-    from pyrobayes.svi_recipe import job_svi
+    from pyrobayes.jobs.tabular_svi import job_svi
 
     ppds, grid_ppds, times, info = out
     # SVI: MOPED around the early-stopped MLP, the noise site started at its held-out noise.
@@ -763,6 +770,7 @@ def _split_svi(
         delta=cfg.delta,
         deltas=cfg.svi_deltas,
         val_fraction=cfg.svi_val_fraction,
+        extend=cfg.svi_delta_extend,
         steps=cfg.svi_steps,
         lr=cfg.svi_lr,
         mlp_steps=cfg.mlp_steps,
@@ -793,8 +801,8 @@ def _split_pfn(
 ) -> None:
     """The PFN's PPDs and time (after a warm-up call), recording its warnings; beyond its
     trained rows/features (``mp.form == "subsets"``) the mixture over ``subsets`` random
-    contexts (:func:`~pyrobayes.tabular_plan.pfn_subset_ppd`)."""
-    from pyrobayes.tabular_plan import pfn_subset_ppd
+    contexts (:func:`~pyrobayes.jobs.tabular_plan.pfn_subset_ppd`)."""
+    from pyrobayes.jobs.tabular_plan import pfn_subset_ppd
 
     ppds, grid_ppds, times, info = out
     row = mp.label if mp is not None else f"PFN ({PFN_NAME})"
@@ -864,7 +872,7 @@ def _split_nuts(
     out: tuple,
 ) -> None:
     """NUTS on the SVI model, started at SVI's posterior median: PPDs, time, diagnostics."""
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
 
     ppds, grid_ppds, times, info = out
     # the same model (weights and noise both sampled), started at SVI's posterior
@@ -913,7 +921,7 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
     ``splits.jsonl`` as soon as they exist.
 
     This is the Python side of ``pyrobayes compare --data``;
-    :func:`~pyrobayes.compare_job.run_compare` is the 1-D demo on data drawn from a prior.
+    :func:`~pyrobayes.jobs.demo_1d.run_compare` is the 1-D demo on data drawn from a prior.
 
     Example (the motorcycle data, one split, a tiny budget and no NUTS)::
 
@@ -1012,11 +1020,11 @@ def _run_splits(
 def _plan(
     cfg: TabularConfig, n_train: int, n_test: int, d: int, n_splits: int, dropout_grid: tuple
 ) -> tuple[Any, Any]:
-    """``(plan, pfn)`` before the first split (:func:`~pyrobayes.tabular_plan.plan_tabular`:
+    """``(plan, pfn)`` before the first split (:func:`~pyrobayes.jobs.tabular_plan.plan_tabular`:
     each method's form, estimate and notes); the PFN when its row runs. Raises
-    :class:`~pyrobayes.tabular_plan.PlanError` when the run exceeds ``budget_minutes``."""
-    from pyrobayes.baselines import DEFAULT_DROPOUT_RATES
-    from pyrobayes.tabular_plan import PlanError, plan_tabular
+    :class:`~pyrobayes.jobs.tabular_plan.PlanError` when the run exceeds ``budget_minutes``."""
+    from pyrobayes.jobs.baselines import DEFAULT_DROPOUT_RATES
+    from pyrobayes.jobs.tabular_plan import PlanError, plan_tabular
 
     pfn, limits = None, None
     if Method.PFN in cfg.selected:

@@ -7,7 +7,7 @@
 Example::
 
     >>> import torch
-    >>> from pyrobayes.classify.result import ClassifyResult, point_ppd, score_tables
+    >>> from pyrobayes.jobs.classify.result import ClassifyResult, point_ppd, score_tables
     >>> labels = torch.tensor([0, 1, 1])
     >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]]))}
     >>> table, ood_tables = score_tables(ppds, labels, {}, None, {"net": 0.1})
@@ -62,7 +62,7 @@ class ClassifyResult:
     Example (two methods on three test points; nothing written without ``out``)::
 
         >>> import torch
-        >>> from pyrobayes.classify.result import finish_result, point_ppd
+        >>> from pyrobayes.jobs.classify.result import finish_result, point_ppd
         >>> labels = torch.tensor([0, 1, 1])
         >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])),
         ...         "flat": point_ppd(torch.zeros(3, 2))}
@@ -122,7 +122,7 @@ def point_ppd(logits: torch.Tensor) -> CategoricalPPD:
     Example::
 
         >>> import torch
-        >>> from pyrobayes.classify.result import point_ppd
+        >>> from pyrobayes.jobs.classify.result import point_ppd
         >>> ppd = point_ppd(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
         >>> ppd
         CategoricalPPD(draws=1, batch_shape=(2,), classes=2)
@@ -145,7 +145,7 @@ def score_tables(
     Example (confident on the test set, uniform on the OOD set: entropy separates them)::
 
         >>> import torch
-        >>> from pyrobayes.classify.result import point_ppd, score_tables
+        >>> from pyrobayes.jobs.classify.result import point_ppd, score_tables
         >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]]))}
         >>> ood = {"noise": {"net": point_ppd(torch.zeros(3, 2))}}
         >>> table, ood_tables = score_tables(ppds, torch.tensor([0, 1, 1]), ood, "noise", {})
@@ -184,7 +184,7 @@ def bayesianize_and_fit(
 
         >>> import torch
         >>> from pyrobayes import bayesian_sites
-        >>> from pyrobayes.classify.result import bayesianize_and_fit
+        >>> from pyrobayes.jobs.classify.result import bayesianize_and_fit
         >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
         >>> model, guide, history, seconds = bayesianize_and_fit(
         ...     torch.nn.Linear(4, 3), (x, y), delta=0.1, prior_scale=1.0, name="clf",
@@ -224,7 +224,7 @@ def svi_step_seconds(t_svi: float, svi_epochs: int, n_train: int, batch_size: in
 
     Example (100 points in batches of 32: 4 steps per epoch, 20 in all)::
 
-        >>> from pyrobayes.classify.result import svi_step_seconds
+        >>> from pyrobayes.jobs.classify.result import svi_step_seconds
         >>> svi_step_seconds(10.0, svi_epochs=5, n_train=100, batch_size=32)
         0.5
     """
@@ -249,7 +249,7 @@ def finish_result(
     Example (``verbose=True`` prints the same report)::
 
         >>> import torch
-        >>> from pyrobayes.classify.result import finish_result, point_ppd
+        >>> from pyrobayes.jobs.classify.result import finish_result, point_ppd
         >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))}
         >>> ood = {"noise": {"net": point_ppd(torch.zeros(2, 2))}}
         >>> result = finish_result("digits", ppds, torch.tensor([0, 0]), ood, "noise",
@@ -273,7 +273,7 @@ def save_result(result: ClassifyResult, out: str | None, verbose: bool) -> None:
     Example::
 
         >>> import os, tempfile, torch
-        >>> from pyrobayes.classify.result import finish_result, point_ppd, save_result
+        >>> from pyrobayes.jobs.classify.result import finish_result, point_ppd, save_result
         >>> ppds = {"net": point_ppd(torch.tensor([[2.0, 0.0], [0.0, 2.0]])),
         ...         "flat": point_ppd(torch.zeros(2, 2))}
         >>> result = finish_result("digits", ppds, torch.tensor([0, 1]), {}, None, {}, {},

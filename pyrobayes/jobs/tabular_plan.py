@@ -1,7 +1,7 @@
 r"""The up-front plan of the real-data job: for each method, the form that fits the data's
 size, its estimated time and memory per split, and what is left out and why.
 
-:func:`plan_tabular` runs before any fit (:func:`pyrobayes.tabular_job.run_tabular` calls
+:func:`plan_tabular` runs before any fit (:func:`pyrobayes.jobs.tabular_regression.run_tabular` calls
 it once the data are loaded) and decides
 
 * **GP**: the exact ARD GP (:func:`~pyrobayes.gp.fit_ard_gp`) up to ``gp_exact_max``
@@ -25,7 +25,7 @@ torch thread, under load, so they err on the slow side): a full-batch Adam step 
 ``mlp_steps`` of them, the deep ensemble ``5 x 2 x ensemble_steps`` (mean then
 mean-variance phase; both early-stopped, so this is an upper bound), SVI ``3 svi_steps``
 (a draw, the model and the guide per step) on top of the MLP it starts from, times
-``1 + 0.8 x len(svi_deltas)`` plus one more MLP on 80% of the rows when the delta is chosen
+``1 + 0.8 x (len(svi_deltas) + svi_delta_extend)`` plus one more MLP on 80% of the rows when the delta is chosen
 on an inner split, MC dropout
 ``(rates + 1) x dropout_steps`` minibatch steps; the exact GP
 :math:`3.1\cdot 10^{-10} n^3` per marginal-likelihood step, the sparse GP
@@ -36,7 +36,7 @@ message lists each row's estimate and flags that make the run fit.
 
 Example::
 
-    >>> from pyrobayes.tabular_job import TabularConfig
+    >>> from pyrobayes.jobs.tabular_regression import TabularConfig
     >>> cfg = TabularConfig(data="big.csv", splits=10)
     >>> plan = plan_tabular(cfg, n_train=45_000, n_test=5_000, d=8, n_splits=10,
     ...                     pfn_limits=(512, 10), memory_bytes=24 * 2**30)
@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from pyrobayes.tabular_job import TabularConfig
+    from pyrobayes.jobs.tabular_regression import TabularConfig
 
 __all__ = [
     "MethodPlan",
@@ -75,7 +75,7 @@ __all__ = [
 # n x n float64 matrices alive at once in GPyTorch's exact marginal-likelihood step
 # (kernel, noisy kernel, Cholesky factor, their gradients, solves)
 EXACT_GP_COPIES = 8
-# The table's order (tabular_job.METHOD_ROWS) and what each method's fit needs first.
+# The table's order (tabular_regression.METHOD_ROWS) and what each method's fit needs first.
 ORDER = ("mlp", "ensemble", "dropout", "svi", "pfn", "gp", "nuts")
 NEEDS = {"svi": ("mlp",), "nuts": ("mlp", "svi")}
 FLAG_OF = {"gp": "--no-gp", "nuts": "--no-nuts"}
@@ -120,7 +120,7 @@ class TabularPlan:
 
     Example::
 
-        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> from pyrobayes.jobs.tabular_regression import TabularConfig
         >>> plan = plan_tabular(TabularConfig(data="d.csv", methods="mlp,svi"), 400, 40, 5, 3,
         ...                     memory_bytes=2**33)
         >>> plan.running, plan.seconds_for(["svi"], 3) == plan.total_seconds
@@ -306,8 +306,11 @@ def _fit_seconds(cfg: TabularConfig, n: int, n_test: int, rates: int) -> dict[st
 
 def _svi_fits(cfg: TabularConfig) -> float:
     """SVI fits per split: one, plus one per candidate delta (each on 80% of the rows) when
-    the delta is chosen on an inner validation split (``svi_recipe.job_svi``)."""
-    return 1.0 + (0.8 * len(cfg.svi_deltas) if cfg.delta is None else 0.0)
+    the delta is chosen on an inner validation split (``tabular_svi.job_svi``), counting the
+    deltas it may try beyond the grid's edge."""
+    if cfg.delta is not None or len(cfg.svi_deltas) < 2:
+        return 1.0
+    return 1.0 + 0.8 * (len(cfg.svi_deltas) + cfg.svi_delta_extend)
 
 
 def plan_gp(cfg: TabularConfig, n: int, d: int, memory_bytes: float) -> MethodPlan:
@@ -316,7 +319,7 @@ def plan_gp(cfg: TabularConfig, n: int, d: int, memory_bytes: float) -> MethodPl
 
     Example::
 
-        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> from pyrobayes.jobs.tabular_regression import TabularConfig
         >>> cfg = TabularConfig(data="d.csv")
         >>> plan_gp(cfg, 1000, 8, 2**34).form, plan_gp(cfg, 9000, 8, 2**34).label
         ('exact', 'sparse GP (ARD, VFE, 256 inducing)')
@@ -349,7 +352,7 @@ def plan_pfn(
 
     Example::
 
-        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> from pyrobayes.jobs.tabular_regression import TabularConfig
         >>> plan_pfn(TabularConfig(data="d.csv"), 2000, 200, 4, (512, 10), "bnn-tabular").label
         'PFN (bnn-tabular, mixture of 8 random 512-row contexts)'
     """
@@ -378,7 +381,7 @@ def plan_nuts(cfg: TabularConfig, n: int, n_splits: int) -> tuple[MethodPlan, in
 
     Example::
 
-        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> from pyrobayes.jobs.tabular_regression import TabularConfig
         >>> plan, n_nuts = plan_nuts(TabularConfig(data="d.csv"), 20_000, 10)
         >>> plan.run, n_nuts, plan.note.split(":")[:2]
         (False, 0, ['NUTS', ' not run'])
@@ -423,13 +426,13 @@ def plan_tabular(
 
     Example::
 
-        >>> from pyrobayes.tabular_job import TabularConfig
+        >>> from pyrobayes.jobs.tabular_regression import TabularConfig
         >>> plan = plan_tabular(TabularConfig(data="d.csv", no_nuts=True), 300, 30, 4, 5,
         ...                     pfn_limits=(512, 10), memory_bytes=2**33)
         >>> plan.get("gp").label, plan.get("pfn").label, plan.running[-1], plan.fits
         ('exact GP (ARD)', 'PFN (bnn-tabular)', 'gp', True)
     """
-    from pyrobayes.tabular_job import METHOD_ROWS, Method
+    from pyrobayes.jobs.tabular_regression import METHOD_ROWS, Method
 
     mem = available_memory() if memory_bytes is None else float(memory_bytes)
     selected = {m.value for m in cfg.selected}

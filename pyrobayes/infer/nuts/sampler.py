@@ -15,7 +15,7 @@ Example::
 
     >>> import torch
     >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
-    >>> from pyrobayes.reference import nuts_ppd
+    >>> from pyrobayes.infer.nuts.sampler import nuts_ppd
     >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0)), Gaussian(0.3))
     >>> x = torch.linspace(-2, 2, 20)[:, None]
     >>> y = 0.8 * x[:, 0] - 0.3
@@ -41,7 +41,7 @@ from pyro.infer import MCMC, NUTS
 from pyrobayes.diagnostics import ConvergenceReport, summarize
 from pyrobayes.gp import exact_gp_ppd
 from pyrobayes.infer.fast_check import warn_fallback
-from pyrobayes.infer.potential import FLAT, Potential, TracedPotential
+from pyrobayes.infer.nuts.potential import FLAT, Potential, TracedPotential
 from pyrobayes.infer.predictive import forward_draws
 from pyrobayes.options import Option
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD
@@ -169,7 +169,7 @@ def nuts_ppd(
         init_jitter: with ``num_chains > 1`` each chain starts at the start point plus
             ``init_jitter * s * N(0, I)`` on the unconstrained scale, on both backends, where
             ``s`` is each coordinate's prior std (``Potential.prior_scale`` of
-            ``pyrobayes.infer.potential``, ``JaxLogDensity.prior_std``: the Normal prior's std of a
+            ``pyrobayes.infer.nuts.potential``, ``JaxLogDensity.prior_std``: the Normal prior's std of a
             weight, 1 for another site such as a log noise scale), so R-hat can see a chain
             that is stuck; ``0`` starts every chain at the same point.
         mp_context: multiprocessing start method for Pyro's parallel chains (default:
@@ -177,11 +177,11 @@ def nuts_ppd(
         backend: ``"auto"`` (NumPyro when the ``nuts`` extra is installed and the model is
             one it can express -- a Linear chain with element-wise activations, Normal weight
             priors, a Gaussian or Categorical likelihood -- else Pyro), ``"numpyro"``
-            (:func:`pyrobayes.infer.jax_potential.numpyro_nuts`: the same log joint as one
+            (:func:`pyrobayes.infer.nuts.jax_potential.numpyro_nuts`: the same log joint as one
             JAX function, tested equal to the torch potential; an error if it cannot be
             used) or ``"pyro"`` (Pyro's ``MCMC(NUTS)`` on the torch potential).
         compiled: the NumPyro chains compiled ahead for this ``model`` object, data and
-            settings (:func:`pyrobayes.infer.jax_potential.compile_nuts`, e.g. on another
+            settings (:func:`pyrobayes.infer.nuts.jax_potential.compile_nuts`, e.g. on another
             thread while the network the chains start at is fitted; ``progress`` must match);
             ``ValueError`` if they were compiled for anything else. ``None``: compile here.
 
@@ -288,7 +288,7 @@ def _numpyro_density(
         return compiled.density
     if backend is NUTSBackend.PYRO:
         return None
-    from pyrobayes.infer import jax_potential
+    from pyrobayes.infer.nuts import jax_potential
 
     if backend is NUTSBackend.AUTO and not jax_potential.available():
         return None
@@ -310,7 +310,7 @@ def _numpyro_density(
 def _run_numpyro(model, x, y, density, init_values, settings) -> tuple[dict, None, int]:
     """NumPyro's NUTS on ``density``: the constrained draws ``{site: [C * S, ...]}``
     (chain-major), no Pyro ``MCMC``, the gradient count."""
-    from pyrobayes.infer.jax_potential import numpyro_nuts
+    from pyrobayes.infer.nuts.jax_potential import numpyro_nuts
 
     seed = int(torch.randint(0, 2**31 - 1, ()))  # from the (seeded) torch RNG
     res = numpyro_nuts(model, x, y, seed=seed, init=init_values, density=density, **settings)
@@ -448,7 +448,7 @@ class NUTSInfo:
 
         >>> import torch
         >>> from pyrobayes import BayesianModel, Gaussian, NormalPrior, to_pyro
-        >>> from pyrobayes.reference import nuts_ppd
+        >>> from pyrobayes.infer.nuts.sampler import nuts_ppd
         >>> net = to_pyro(torch.nn.Linear(1, 1), prior=NormalPrior(1.0), name="lin")
         >>> model = BayesianModel(net, Gaussian(0.3))
         >>> x = torch.linspace(-2, 2, 20)[:, None]

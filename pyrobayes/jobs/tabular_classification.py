@@ -1,6 +1,6 @@
 """The comparison on labelled tables, ``pyrobayes compare --data file.csv --y label``.
 
-The regression job's protocol (:mod:`pyrobayes.tabular_job`) for classification:
+The regression job's protocol (:mod:`pyrobayes.jobs.tabular_regression`) for classification:
 
 1. the label column (:mod:`pyrobayes.data.labelled`): text, or whole numbers with at most
    10 distinct values, makes ``--task auto`` a classification (``--task classification``
@@ -151,7 +151,7 @@ def _valid_methods() -> str:
 class ClassifyTabularConfig:
     """Options of the classification comparison (:func:`run_classify_tabular`). Each field
     is a ``pyrobayes compare`` flag (``--field-name``; ``x_cols`` is ``--x``, ``y_col`` is
-    ``--y``); flags shared with the regression job (:class:`~pyrobayes.tabular_job.
+    ``--y``); flags shared with the regression job (:class:`~pyrobayes.jobs.tabular_regression.
     TabularConfig`) are the same flags. Checked here, before any work.
 
     Example::
@@ -613,7 +613,7 @@ def _split_nuts(
     s: ClassSplit, cfg: ClassifyTabularConfig, model: Any, init: dict, seed: int, out: tuple
 ) -> None:
     """NUTS on the same Bayesian classifier, 4 chains started at SVI's posterior median."""
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts.sampler import nuts_ppd
 
     ppds, times, info = out
     t0 = time.perf_counter()
@@ -975,7 +975,7 @@ def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes) -> str:
 
 def wants_classification(args: argparse.Namespace) -> bool:
     """Whether ``pyrobayes compare --data ...`` is a classification (:func:`detect_task` on
-    ``--data``, ``--y`` and ``--task``); the hook :mod:`pyrobayes.compare_job` asks.
+    ``--data``, ``--y`` and ``--task``); the hook :mod:`pyrobayes.jobs.demo_1d` asks.
 
     Example::
 
@@ -1001,7 +1001,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         >>> p.parse_args(["--data", "iris", "--task", "classification"]).task
         'classification'
     """
-    from pyrobayes.tabular_job import add_dataclass_arguments
+    from pyrobayes.jobs.tabular_regression import add_dataclass_arguments
 
     add_dataclass_arguments(p, ClassifyTabularConfig)
 
@@ -1022,7 +1022,7 @@ def run(args: argparse.Namespace) -> int:
         ...
         0
     """
-    from pyrobayes.tabular_job import config_from_args
+    from pyrobayes.jobs.tabular_regression import config_from_args
 
     cfg = config_from_args(ClassifyTabularConfig, args)
     torch.set_num_threads(1)  # tiny nets: a second thread costs more than it saves

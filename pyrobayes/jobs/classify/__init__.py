@@ -21,23 +21,23 @@ over ``S`` posterior draws,
 Command line: ``pyrobayes classify digits`` / ``pyrobayes classify text`` (``--smoke``
 for a tiny configuration that runs in seconds).
 
-Modules: :mod:`~pyrobayes.classify.digits`, :mod:`~pyrobayes.classify.text` (the two
-pipelines), :mod:`~pyrobayes.classify.result` (scoring tables, report files),
-:mod:`~pyrobayes.classify.cli` (arguments); the deterministic MLP is trained by
+Modules: :mod:`~pyrobayes.jobs.classify.digits`, :mod:`~pyrobayes.jobs.classify.text` (the two
+pipelines), :mod:`~pyrobayes.jobs.classify.result` (scoring tables, report files),
+:mod:`~pyrobayes.jobs.classify.cli` (arguments); the deterministic MLP is trained by
 :func:`pyrobayes.models.train.train_network`.
 
 Example::
 
-    >>> from pyrobayes.classify import run_digits
+    >>> from pyrobayes.jobs.classify import run_digits
     >>> result = run_digits(smoke=True, progress=False, verbose=False)
     >>> sorted(result.ppds)
     ['bayesian', 'deterministic']
 """
 
-from pyrobayes.classify.cli import ClassifyDataset, add_arguments, run
-from pyrobayes.classify.digits import run_digits
-from pyrobayes.classify.result import ClassifyResult
-from pyrobayes.classify.text import bayesian_text_ppd, run_text
+from pyrobayes.jobs.classify.cli import ClassifyDataset, add_arguments, run
+from pyrobayes.jobs.classify.digits import run_digits
+from pyrobayes.jobs.classify.result import ClassifyResult
+from pyrobayes.jobs.classify.text import bayesian_text_ppd, run_text
 
 __all__ = [
     "ClassifyDataset",

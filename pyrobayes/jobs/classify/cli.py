@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pyrobayes classify`` from parsed arguments; returns the exit code."""
-    from pyrobayes.cli import check_device
+    from pyrobayes.jobs.cli import check_device
 
     check_device(args.device, allow_auto=True)
     common = {
@@ -89,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.dataset == ClassifyDataset.DIGITS.value:
-            from pyrobayes.classify.digits import run_digits
+            from pyrobayes.jobs.classify.digits import run_digits
 
             run_digits(**common, **picked)
         else:
-            from pyrobayes.classify.text import run_text
+            from pyrobayes.jobs.classify.text import run_text
 
             run_text(task=args.task, model_name=args.model, bayes=args.bayes, **common, **picked)
     except DataUnavailableError as err:

@@ -19,10 +19,13 @@ __all__ = ["main", "build_parser"]
 # subcommand -> module exposing add_arguments(parser) and run(args) -> int
 _COMMANDS = {
     "compare": (
-        "pyrobayes.compare_job",
+        "pyrobayes.jobs.demo_1d",
         "compare PPDs of SVI, a PFN and a reference (1-D from the prior, or real data: --data)",
     ),
-    "classify": ("pyrobayes.classify", "Bayesian classifiers from pretrained nets (digits, text)"),
+    "classify": (
+        "pyrobayes.jobs.classify",
+        "Bayesian classifiers from pretrained nets (digits, text)",
+    ),
 }
 _PFN_COMMANDS = {"train": ("pyrobayes.pfn.train", "train a PFN on a prior over data sets")}
 

@@ -9,7 +9,7 @@ r"""The field's two simple baselines for regression, each returning a PPD.
   means. The paper's adversarial training (a small gain there) is left out. Each member is
   the tabular MLP's shape (``d``-50-50-2, tanh), trained by full-batch Adam and early-stopped
   on a random 10% of the *training* rows (its own 10%, drawn from its seed), the recipe of
-  the MLP row of :mod:`pyrobayes.tabular_job`: first the mean by MSE, then mean and variance
+  the MLP row of :mod:`pyrobayes.jobs.tabular_regression`: first the mean by MSE, then mean and variance
   by the Gaussian NLL (``mse_warmup``; trained by the NLL alone, the members gave up on
   yacht's large targets, fitting them by a wide variance instead: on a held-out fifth of
   split 0's training rows, standardised RMSE 0.51 and NLL -1.68 without the warm-up, 0.04
@@ -32,7 +32,7 @@ forked RNG (same seed, same result; the caller's global RNG is left as it was).
 Example::
 
     >>> import torch
-    >>> from pyrobayes.baselines import deep_ensemble_ppd, mc_dropout_ppd
+    >>> from pyrobayes.jobs.baselines import deep_ensemble_ppd, mc_dropout_ppd
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.rand(120, 1, generator=g) * 6 - 3
     >>> y = torch.sin(x[:, 0]) + 0.1 * torch.randn(120, generator=g)

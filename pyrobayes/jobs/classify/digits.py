@@ -4,7 +4,7 @@ three out-of-distribution sets made from them (upside down, transposed, uniform 
 
 Example::
 
-    >>> from pyrobayes.classify.digits import run_digits
+    >>> from pyrobayes.jobs.classify.digits import run_digits
     >>> result = run_digits(smoke=True, progress=False, verbose=False)
     >>> result.table.methods
     ('deterministic', 'bayesian')
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pyrobayes.classify.result import (
+from pyrobayes.jobs.classify.result import (
     BAYES,
     DET,
     ClassifyResult,

@@ -37,6 +37,7 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
+from pyrobayes._pyro_compat import is_subsample
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
 from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, tied_paths
@@ -57,7 +58,7 @@ def _latent_sites(
     for name, site in tr.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        if type(site["fn"]).__name__ == "_Subsample":  # a plate's index site
+        if is_subsample(site):  # a plate's index site
             continue
         priors[name] = site["fn"]
         init_values[name] = site["value"].detach()
@@ -151,7 +152,7 @@ class Potential:
 
         >>> import pyro, torch
         >>> from pyrobayes import to_pyro, BayesianModel, Gaussian
-        >>> from pyrobayes.infer.potential import Potential
+        >>> from pyrobayes.infer.nuts.potential import Potential
         >>> model = BayesianModel(to_pyro(torch.nn.Linear(1, 1), name="lin"), Gaussian(0.5))
         >>> x, y = torch.randn(5, 1), torch.randn(5)
         >>> pot = Potential(model, x, y)
@@ -215,7 +216,7 @@ class Potential:
         scale where the prior is a Normal on a real support (every weight of the comparison's
         models), 1 for a coordinate of any other site (e.g. a noise scale on its log scale).
         The unit of ``nuts_ppd``'s ``init_jitter``, the same as
-        :attr:`~pyrobayes.infer.jax_potential.JaxLogDensity.prior_std` on the NumPyro backend.
+        :attr:`~pyrobayes.infer.nuts.jax_potential.JaxLogDensity.prior_std` on the NumPyro backend.
 
         Example::
 

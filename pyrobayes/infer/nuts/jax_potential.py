@@ -7,7 +7,7 @@ as ONE jittable JAX function of a flat unconstrained vector ``u``,
           + \\log p_\\sigma(e^{u_\\sigma}) + u_\\sigma
           + \\sum_{i=1}^N \\log p(y_i \\mid f_w(x_i), \\sigma),
 
-the same number as minus ``pyrobayes.infer.potential.Potential`` (the torch potential
+the same number as minus ``pyrobayes.infer.nuts.potential.Potential`` (the torch potential
 ``nuts_ppd`` uses; a test checks value and gradient at random points), for the models the
 comparison uses: a plain ``nn.Sequential`` of ``nn.Linear`` and element-wise activations,
 Normal priors on the weight sites (deterministic parameters are constants), and a Gaussian
@@ -23,7 +23,7 @@ Example (the log joint of the default 1-D model at a prior draw)::
 
     >>> import torch
     >>> from pyrobayes.models.mlp import default_regression_model
-    >>> from pyrobayes.infer.jax_potential import jax_log_density
+    >>> from pyrobayes.infer.nuts.jax_potential import jax_log_density
     >>> model = default_regression_model(name="reg")
     >>> x = torch.linspace(-1, 1, 10)[:, None]
     >>> dens = jax_log_density(model, x, torch.sin(3 * x[:, 0]))
@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.distributions import biject_to, constraints
 
+from pyrobayes._pyro_compat import is_subsample
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.twin import _linear_chain, fixed_tensors
 from pyrobayes.likelihoods import Categorical, Gaussian
@@ -101,7 +102,7 @@ class JaxSite:
 
         >>> import torch
         >>> from pyrobayes.models.tabular import tabular_regression_model
-        >>> from pyrobayes.infer.jax_potential import jax_log_density
+        >>> from pyrobayes.infer.nuts.jax_potential import jax_log_density
         >>> model = tabular_regression_model(2, name="tab")
         >>> dens = jax_log_density(model, torch.zeros(4, 2), torch.zeros(4))
         >>> dens.sites[0]
@@ -304,7 +305,7 @@ def _trace_latents(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     for name, site in tr.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        if type(site["fn"]).__name__ == "_Subsample":
+        if is_subsample(site):
             continue
         out[name] = (site["fn"], site["value"].detach())
     return out
@@ -416,7 +417,7 @@ def jax_log_density(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> JaxLo
 
         >>> import torch
         >>> from pyrobayes.models.mlp import default_regression_model
-        >>> from pyrobayes.infer.potential import Potential
+        >>> from pyrobayes.infer.nuts.potential import Potential
         >>> model = default_regression_model().double()
         >>> x = torch.linspace(-1, 1, 8, dtype=torch.float64)[:, None]
         >>> y = torch.sin(x[:, 0])
@@ -698,7 +699,7 @@ def numpyro_nuts(
 class CompiledNUTS:
     """NumPyro NUTS chains compiled for one model, data set and budget, not yet run: what
     :func:`compile_nuts` returns and :func:`numpyro_nuts` (``compiled=``) and
-    :func:`pyrobayes.reference.nuts_ppd` (``compiled=``) run. Compiling does not need the
+    :func:`pyrobayes.infer.nuts.sampler.nuts_ppd` (``compiled=``) run. Compiling does not need the
     starts or the seed, so a job can compile while it fits the network the chains start at
     (``pyrobayes compare`` does, on another thread: XLA compiles outside Python's GIL).
 

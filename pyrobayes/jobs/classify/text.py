@@ -7,7 +7,7 @@ the options are checked before anything is loaded or trained.
 
 Example::
 
-    >>> from pyrobayes.classify.text import run_text
+    >>> from pyrobayes.jobs.classify.text import run_text
     >>> run_text(bayes="middle")
     Traceback (most recent call last):
     ...
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyrobayes.classify.result import (
+from pyrobayes.jobs.classify.result import (
     BAYES,
     DET,
     ClassifyResult,
@@ -60,7 +60,7 @@ def bayesian_text_ppd(
 
         >>> import datasets, torch, transformers
         >>> from pyrobayes import to_bayesian
-        >>> from pyrobayes.classify.text import bayesian_text_ppd
+        >>> from pyrobayes.jobs.classify.text import bayesian_text_ppd
         >>> cfg = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
         ...                               num_attention_heads=2, intermediate_size=16, num_labels=3)
         >>> bert = transformers.BertForSequenceClassification(cfg)
@@ -266,7 +266,7 @@ def _choose_bayesian_part(model: nn.Module, bayes: str):
 
 
 def _fit_bayesian(model, enc_train, include, settings: dict, dev, progress: bool):
-    """SVI on the chosen part (:func:`~pyrobayes.classify.result.bayesianize_and_fit`) over
+    """SVI on the chosen part (:func:`~pyrobayes.jobs.classify.result.bayesianize_and_fit`) over
     shuffled minibatches of ``enc_train``."""
     gen = torch.Generator().manual_seed(settings["seed"])
     loader = torch.utils.data.DataLoader(
