@@ -13,7 +13,7 @@ held-out queries from the same latent function; data set ``i`` is regenerated fr
   ``predict(x_train, y_train, x_test, num_classes=C)`` with ``--pfn-permutations`` class
   relabellings (default 4, as ``predict`` and the real-data job), one call timed after a
   warm-up call, one thread.
-* NUTS (:func:`pyrobayes.reference.nuts_ppd`, ``--nuts-chains`` chains, default 4, its
+* NUTS (:func:`pyrobayes.infer.nuts.nuts_ppd`, ``--nuts-chains`` chains, default 4, its
   default backend: NumPyro where installed) on the same model, every weight sampled. The
   chains start at the weights that generated the data set plus 0.1 prior std of jitter each
   (in ``p(theta, D) = p(D) p(theta | D)`` those weights are an exact posterior draw). A
@@ -123,7 +123,7 @@ def is_converged(r: dict) -> bool:
 
 def run_nuts(i: int, args: argparse.Namespace, scale: int, depth: int) -> dict:
     """NUTS on data set ``i`` with ``scale`` x the warm-up and draws, max tree depth ``depth``."""
-    from pyrobayes.reference import nuts_ppd
+    from pyrobayes.infer.nuts import nuts_ppd
 
     model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
     t0 = time.perf_counter()
@@ -167,9 +167,9 @@ def run_svi(i: int, args: argparse.Namespace) -> dict:
     """SVI (MOPED around an early-stopped MLP) on data set ``i``, as the real-data job."""
     import pyro
 
-    from pyrobayes.classify_tabular import fit_mlp_classifier
     from pyrobayes.guides import MOPEDNormal
     from pyrobayes.infer import PosteriorPredictive, fit
+    from pyrobayes.jobs.tabular_classification import fit_mlp_classifier
     from pyrobayes.models import tabular_classifier_model
 
     _, (xt, yt, xq, yq), _ = dataset(i, args.seed, args.n_test)

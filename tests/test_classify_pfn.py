@@ -75,7 +75,7 @@ def test_pfn_row_on_a_small_csv_labels_as_written(tiny_pfn, tmp_path):
 
 
 def test_pfn_probabilities_sum_to_one_and_follow_the_classes(tiny_pfn):
-    from pyrobayes.tabular_plan import pfn_subset_ppd
+    from pyrobayes.jobs.tabular_plan import pfn_subset_ppd
 
     pfn = load_checkpoint(tiny_pfn)
     g = torch.Generator().manual_seed(1)
@@ -119,7 +119,7 @@ def test_pfn_row_says_why_it_is_empty(tiny_pfn, tmp_path):
 
 
 def test_cli_flag_points_the_job_at_a_checkpoint(tiny_pfn, tmp_path, capsys):
-    from pyrobayes.cli import main
+    from pyrobayes.jobs.cli import main
 
     data = _csv(tmp_path / "toy.csv", n=40)
     argv = ["compare", "--data", data, "--y", "kind", "--methods", "pfn", "--splits", "2",

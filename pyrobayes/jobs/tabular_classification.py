@@ -16,8 +16,13 @@ The regression job's protocol (:mod:`pyrobayes.jobs.tabular_regression`) for cla
    stratified 10% of the training rows), a deep ensemble of 5 such MLPs (each its own
    seed and held-out rows; equal mixture of their softmaxes), SVI with a MOPED guide
    started at the MLP, and NUTS (started at SVI's posterior median) on one Bayesian
-   classifier, the classification PFN when one is shipped (else its row says why), and a
-   GP classifier (scikit-learn's Laplace approximation, RBF kernel, one-vs-rest for
+   classifier, the classification PFN (the shipped ``bnn-tabular-classifier``, or the
+   checkpoint ``--pfn-checkpoint PATH``; ``predict(..., num_classes=C,
+   class_permutations=--pfn-permutations)`` on the split's standardised training rows;
+   beyond the rows or features it was trained for, the stated equal mixture of
+   ``--pfn-subsets`` predictions on random contexts of its trained size, its row label
+   and a note saying so; no checkpoint, or more classes than it was trained on: its row
+   is empty and a note says why), and a GP classifier (scikit-learn's Laplace approximation, RBF kernel, one-vs-rest for
    ``C > 2``) where it is cheap (``n_train <= --gp-max-rows``, else skipped with a reason);
 4. scores per split (:func:`~pyrobayes.compare.compare_ppds`): accuracy, NLL, ECE
    (``--ece-bins`` equal-width bins), Brier, ROC-AUC (:func:`~pyrobayes.metrics.roc_auc`:
@@ -678,9 +683,9 @@ def _pfn_plan(
 ) -> tuple[Any, Any]:
     """``(pfn or None, MethodPlan)`` of the PFN row: every training row when the PFN covers
     ``n_train`` x ``d``, else the stated mixture over random contexts
-    (:func:`~pyrobayes.tabular_plan.plan_pfn`); not run (the note says why) without a
+    (:func:`~pyrobayes.jobs.tabular_plan.plan_pfn`); not run (the note says why) without a
     checkpoint or with more classes than it was trained on."""
-    from pyrobayes.tabular_plan import MethodPlan, plan_pfn
+    from pyrobayes.jobs.tabular_plan import MethodPlan, plan_pfn
 
     name = _pfn_name(cfg)
     pfn, why = _load_pfn(cfg)
@@ -703,9 +708,9 @@ def _split_pfn(
     """The PFN's ``CategoricalPPD`` on the test rows given the split's standardised training
     rows, ``predict(..., num_classes=C, class_permutations=...)``; beyond its trained
     rows/features the mixture of ``pfn_subsets`` random contexts
-    (:func:`~pyrobayes.tabular_plan.pfn_subset_ppd`). Timed after a warm-up call through
+    (:func:`~pyrobayes.jobs.tabular_plan.pfn_subset_ppd`). Timed after a warm-up call through
     the same path (one-off allocations)."""
-    from pyrobayes.tabular_plan import pfn_subset_ppd
+    from pyrobayes.jobs.tabular_plan import pfn_subset_ppd
 
     ppds, times, info = out
     pfn, plan = pfn_row
