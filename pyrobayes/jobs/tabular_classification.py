@@ -16,8 +16,13 @@ The regression job's protocol (:mod:`pyrobayes.jobs.tabular_regression`) for cla
    stratified 10% of the training rows), a deep ensemble of 5 such MLPs (each its own
    seed and held-out rows; equal mixture of their softmaxes), SVI with a MOPED guide
    started at the MLP, and NUTS (started at SVI's posterior median) on one Bayesian
-   classifier, the classification PFN when one is shipped (else its row says why), and a
-   GP classifier (scikit-learn's Laplace approximation, RBF kernel, one-vs-rest for
+   classifier, the classification PFN (the shipped ``bnn-tabular-classifier``, or the
+   checkpoint ``--pfn-checkpoint PATH``; ``predict(..., num_classes=C,
+   class_permutations=--pfn-permutations)`` on the split's standardised training rows;
+   beyond the rows or features it was trained for, the stated equal mixture of
+   ``--pfn-subsets`` predictions on random contexts of its trained size, its row label
+   and a note saying so; no checkpoint, or more classes than it was trained on: its row
+   is empty and a note says why), and a GP classifier (scikit-learn's Laplace approximation, RBF kernel, one-vs-rest for
    ``C > 2``) where it is cheap (``n_train <= --gp-max-rows``, else skipped with a reason);
 4. scores per split (:func:`~pyrobayes.compare.compare_ppds`): accuracy, NLL, ECE
    (``--ece-bins`` equal-width bins), Brier, ROC-AUC (:func:`~pyrobayes.metrics.roc_auc`:
@@ -195,6 +200,20 @@ class ClassifyTabularConfig:
         1000, "classification: run the GP classifier only up to this many training rows"
     )
     ece_bins: int = _opt(10, "classification: equal-width confidence bins of the ECE")
+    pfn_checkpoint: str | None = _opt(
+        None,
+        "classification: the PFN checkpoint of the PFN row (a path, with or without .json; "
+        f"default the shipped {PFN_NAME})",
+        type=str,
+    )
+    pfn_subsets: int = _opt(
+        8,
+        "beyond the PFN's trained rows/features: its row is the mixture of this many "
+        "predictions, each on a random context of its trained size",
+    )
+    pfn_permutations: int = _opt(
+        4, "classification PFN: its probabilities averaged over this many class relabellings"
+    )
     out: str = _opt("pyrobayes-out", "output folder")
     no_progress: bool = _opt(False, "hide progress bars")
 
@@ -204,7 +223,8 @@ class ClassifyTabularConfig:
         TaskChoice.parse(self.task, "task")
         object.__setattr__(self, "methods", _parse_methods(self.methods))
         positive = ("splits", "mlp_steps", "ensemble_steps", "svi_steps", "num_samples")
-        for name in (*positive, "nuts_samples", "gp_max_rows", "ece_bins", "nuts_splits"):
+        pfn = ("pfn_subsets", "pfn_permutations")
+        for name in (*positive, *pfn, "nuts_samples", "gp_max_rows", "ece_bins", "nuts_splits"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {v}")
@@ -628,44 +648,92 @@ def _split_nuts(
     }
 
 
-def _load_pfn(n_train: int, d: int, num_classes: int) -> tuple[Any, str | None]:
-    """``(pfn, None)`` if a classification PFN is shipped and covers the data, else
-    ``(None, reason)``."""
-    from pyrobayes.pfn import pretrained
+def _pfn_name(cfg: ClassifyTabularConfig) -> str:
+    """The PFN row's name: the shipped one, or a given checkpoint's file name."""
+    if cfg.pfn_checkpoint is None:
+        return PFN_NAME
+    name = Path(cfg.pfn_checkpoint).name
+    return name[: -len(".json")] if name.endswith(".json") else name
 
-    try:
-        pfn = pretrained(PFN_NAME)
-    except (KeyError, ValueError, FileNotFoundError):
-        return None, (
-            f"PFN: no classification PFN (`{PFN_NAME}`) is shipped in this install yet; "
-            "row left empty"
-        )
-    c = pfn.config
-    max_d = int(getattr(c, "max_features", getattr(c, "num_features", d)))
-    max_n = int(getattr(c, "max_train", n_train))
-    max_c = int(getattr(c, "num_classes", getattr(c, "max_classes", num_classes)))
-    if d > max_d or n_train > max_n or num_classes > max_c:
-        return None, (
-            f"PFN ({PFN_NAME}): does not cover these data ({n_train} rows x {d} features, "
-            f"{num_classes} classes; trained on at most {max_n} x {max_d}, {max_c} classes); "
-            "row left empty"
+
+def _load_pfn(cfg: ClassifyTabularConfig) -> tuple[Any, str | None]:
+    """``(pfn, None)``, or ``(None, why)`` when the default PFN is not shipped; a checkpoint
+    given by path must exist and be a tabular classifier (else an error naming it)."""
+    from pyrobayes.pfn import load_checkpoint, pretrained
+
+    if cfg.pfn_checkpoint is None:
+        try:
+            return pretrained(PFN_NAME), None
+        except (KeyError, ValueError, FileNotFoundError):
+            return None, (
+                f"PFN: no classification PFN (`{PFN_NAME}`) is shipped in this install yet "
+                "(--pfn-checkpoint PATH names one); row left empty"
+            )
+    pfn = load_checkpoint(cfg.pfn_checkpoint)
+    if not getattr(pfn, "tabular_classes", False):
+        raise ValueError(
+            f"--pfn-checkpoint {cfg.pfn_checkpoint}: not a tabular classification PFN "
+            f"(task {pfn.config.task!r}, input mode {pfn.config.input_mode!r})"
         )
     return pfn, None
 
 
-def _split_pfn(s: ClassSplit, pfn: Any, out: tuple) -> None:
+def _pfn_plan(
+    cfg: ClassifyTabularConfig, n_train: int, n_test: int, d: int, num_classes: int
+) -> tuple[Any, Any]:
+    """``(pfn or None, MethodPlan)`` of the PFN row: every training row when the PFN covers
+    ``n_train`` x ``d``, else the stated mixture over random contexts
+    (:func:`~pyrobayes.jobs.tabular_plan.plan_pfn`); not run (the note says why) without a
+    checkpoint or with more classes than it was trained on."""
+    from pyrobayes.jobs.tabular_plan import MethodPlan, plan_pfn
+
+    name = _pfn_name(cfg)
+    pfn, why = _load_pfn(cfg)
+    if pfn is None:
+        return None, MethodPlan("pfn", f"PFN ({name})", False, "skip", 0.0, 0.0, why)
+    kmax = int(pfn.config.num_classes)
+    if num_classes > kmax:
+        why = (
+            f"PFN ({name}): trained on 2..{kmax} classes, here {num_classes} classes; "
+            "row left empty"
+        )
+        return None, MethodPlan("pfn", f"PFN ({name})", False, "skip", 0.0, 0.0, why)
+    limits = (int(pfn.config.max_train), int(pfn.config.num_features))
+    return pfn, plan_pfn(cfg, n_train, n_test, d, limits, name)
+
+
+def _split_pfn(
+    s: ClassSplit, cfg: ClassifyTabularConfig, pfn_row: tuple, num_classes: int, seed: int, out
+) -> None:
+    """The PFN's ``CategoricalPPD`` on the test rows given the split's standardised training
+    rows, ``predict(..., num_classes=C, class_permutations=...)``; beyond its trained
+    rows/features the mixture of ``pfn_subsets`` random contexts
+    (:func:`~pyrobayes.jobs.tabular_plan.pfn_subset_ppd`). Timed after a warm-up call through
+    the same path (one-off allocations)."""
+    from pyrobayes.jobs.tabular_plan import pfn_subset_ppd
+
     ppds, times, info = out
-    row = CLASS_METHOD_ROWS[ClassMethod.PFN]
-    pfn.predict(s.x_train, s.y_train, s.x_test)  # warm-up: one-off allocations
+    pfn, plan = pfn_row
+    k = cfg.pfn_subsets if plan.form == "subsets" else 1
+    kw = {"num_classes": num_classes, "class_permutations": cfg.pfn_permutations}
+    pfn_subset_ppd(pfn, s.x_train[:64], s.y_train[:64], s.x_test[:64], 1, seed, **kw)
     t0 = time.perf_counter()
-    ppds[row] = pfn.predict(s.x_train, s.y_train, s.x_test)
-    times[row] = time.perf_counter() - t0
+    ppd = pfn_subset_ppd(pfn, s.x_train, s.y_train, s.x_test, k, seed, **kw)
+    seconds = time.perf_counter() - t0
+    ppds[plan.label], times[plan.label] = ppd, seconds
+    info["pfn"] = {"form": plan.form, "contexts": k, "seconds": seconds}
+
+
+def _row_labels(pfn_plan: Any = None) -> dict[ClassMethod, str]:
+    """Each method's table row; the PFN's names its checkpoint and form (its plan's label)."""
+    return {**CLASS_METHOD_ROWS, **({ClassMethod.PFN: pfn_plan.label} if pfn_plan else {})}
 
 
 def _run_split(
-    s: ClassSplit, cfg: ClassifyTabularConfig, num_classes: int, pfn: Any, k: int, nuts: bool
+    s: ClassSplit, cfg: ClassifyTabularConfig, num_classes: int, pfn_row: Any, k: int, nuts: bool
 ) -> tuple[dict, dict, dict]:
-    """``(ppds, times, info)`` of one split, rows in the table's order."""
+    """``(ppds, times, info)`` of one split, rows in the table's order; ``pfn_row`` is
+    ``(pfn, plan)`` when the PFN row runs, else ``None``."""
     import pyro
 
     seed = cfg.seed + k
@@ -691,15 +759,15 @@ def _run_split(
         times["deep ensemble"] = time.perf_counter() - t0
     if sel & {ClassMethod.SVI, ClassMethod.NUTS}:
         model, median = _split_svi(s, cfg, mlp, num_classes, seed, out)
-    if pfn is not None:
-        _split_pfn(s, pfn, out)
+    if pfn_row is not None:
+        _split_pfn(s, cfg, pfn_row, num_classes, seed, out)
     if ClassMethod.GP in sel and len(s.x_train) <= cfg.gp_max_rows:
         _split_gp(s, num_classes, seed, out)
     if nuts:
         _split_nuts(s, cfg, model, median, seed, out)
-    shown = {CLASS_METHOD_ROWS[m] for m in sel}
-    order = [CLASS_METHOD_ROWS[m] for m in CLASS_METHOD_ROWS]
-    ppds = {r: ppds[r] for r in order if r in ppds and r in shown}
+    labels = _row_labels(pfn_row[1] if pfn_row else None)
+    shown = {labels[m] for m in sel}
+    ppds = {labels[m]: ppds[labels[m]] for m in labels if labels[m] in ppds and labels[m] in shown}
     return ppds, {r: t for r, t in times.items() if r in ppds}, info
 
 
@@ -728,18 +796,21 @@ def _split_table(s: ClassSplit, ppds: dict, times: dict, info: dict, cfg) -> Com
     )
 
 
-def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_splits: int):
-    """``(notes, pfn, n_nuts)``: what is not run and why, before the first split."""
+def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_test: int, n_splits: int):
+    """``(notes, pfn_row, n_nuts)``: what is not run and why, before the first split;
+    ``pfn_row`` is ``(pfn, plan)`` when the PFN row runs (its plan's note, if any, states
+    the approximation beyond the PFN's trained range)."""
     notes: list[str] = []
     sel = cfg.selected
     skipped = [m.value for m in ClassMethod if m not in sel]
     if skipped:
         notes.append(f"not run (--methods/--no-gp/--no-nuts): {', '.join(skipped)}")
-    pfn = None
+    pfn_row = None
     if ClassMethod.PFN in sel:
-        pfn, why = _load_pfn(n_train, tab.num_features, tab.num_classes)
-        if why:
-            notes.append(why)
+        pfn, plan = _pfn_plan(cfg, n_train, n_test, tab.num_features, tab.num_classes)
+        pfn_row = (pfn, plan) if pfn is not None else None
+        if plan.note:
+            notes.append(plan.note)
     if ClassMethod.GP in sel and n_train > cfg.gp_max_rows:
         notes.append(
             f"GP classifier: skipped, {n_train} training rows > --gp-max-rows "
@@ -748,7 +819,7 @@ def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_splits:
     n_nuts = 0 if ClassMethod.NUTS not in sel else min(n_splits, cfg.nuts_splits or n_splits)
     if 0 < n_nuts < n_splits:
         notes.append(f"NUTS: run on the first {n_nuts} of {n_splits} splits only (--nuts-splits)")
-    return notes, pfn, n_nuts
+    return notes, pfn_row, n_nuts
 
 
 def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
@@ -772,8 +843,8 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         raise ValueError("task is 'regression': use pyrobayes.run_tabular(TabularConfig(...))")
     tab = load_labelled(cfg.data, cfg.x_cols, cfg.y_col)
     splits = stratified_splits(tab.y, cfg.splits or DEFAULT_SPLITS, cfg.test_fraction, cfg.seed)
-    n_train = max(len(tr) for tr, _ in splits)
-    notes, pfn, n_nuts = _plan(cfg, tab, n_train, len(splits))
+    n_train, n_test = max(len(tr) for tr, _ in splits), max(len(te) for _, te in splits)
+    notes, pfn_row, n_nuts = _plan(cfg, tab, n_train, n_test, len(splits))
     tables, infos, predictions, pooled = [], [], [], {}
     dropped: dict[str, list[int]] = {}
     t_start = time.perf_counter()
@@ -782,7 +853,7 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         s = standardise_features(tab.x, tab.y, tr, te)
         for i in s.dropped_features:
             dropped.setdefault(tab.feature_names[i], []).append(k + 1)
-        ppds, times, info = _run_split(s, cfg, tab.num_classes, pfn, k, k < n_nuts)
+        ppds, times, info = _run_split(s, cfg, tab.num_classes, pfn_row, k, k < n_nuts)
         tables.append(_split_table(s, ppds, times, info, cfg))
         infos.append(info)
         predictions.extend(_predictions(tab, s, ppds, k))
@@ -793,7 +864,8 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         f"feature {f!r} is constant on the training rows of split(s) {ks}: left out there"
         for f, ks in dropped.items()
     ]
-    methods = [CLASS_METHOD_ROWS[m] for m in cfg.selected]
+    labels = _row_labels(pfn_row[1] if pfn_row else None)
+    methods = [labels[m] for m in cfg.selected]
     summary = mean_se_table(tables, methods=methods)
     nuts_table = (
         mean_se_table(tables[:n_nuts], methods=methods) if 0 < n_nuts < len(tables) else None

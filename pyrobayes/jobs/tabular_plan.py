@@ -478,14 +478,21 @@ def pfn_subset_ppd(
     x_query: torch.Tensor,
     subsets: int,
     seed: int = 0,
+    **predict_kw: Any,
 ) -> Any:
-    """The PFN beyond the rows (and features) it was trained for: the equal mixture
-    (:class:`~pyrobayes.ppd.MixturePPD`) of ``subsets`` PFN predictions, prediction ``k``
-    given a random context of ``max_train`` training rows (one seeded permutation cut into
-    consecutive blocks, so contexts are disjoint while rows last) and, when ``d`` exceeds
-    the PFN's ``num_features``, a random subset of that many features (the same columns
-    of ``x_query``). Within its range (``n <= max_train``, ``d <= num_features``) this is
-    one ``pfn.predict`` call on every row.
+    """The PFN beyond the rows (and features) it was trained for: the equal mixture of
+    ``subsets`` PFN predictions, prediction ``k`` given a random context of ``max_train``
+    training rows (one seeded permutation cut into consecutive blocks, so contexts are
+    disjoint while rows last) and, when ``d`` exceeds the PFN's ``num_features``, a random
+    subset of that many features (the same columns of ``x_query``). Within its range
+    (``n <= max_train``, ``d <= num_features``) this is one ``pfn.predict`` call on every
+    row. ``predict_kw`` go to every ``predict`` call (a classifier's ``num_classes``: a
+    context may lack a rare class).
+
+    The mixture :math:`\\frac1K \\sum_k p_k(y \\mid x)` is a
+    :class:`~pyrobayes.ppd.MixturePPD` of regression PPDs, and for a classifier the
+    :class:`~pyrobayes.ppd.CategoricalPPD` with the ``K`` predictions as its draws (its
+    probabilities are their mean).
 
     Example::
 
@@ -497,7 +504,7 @@ def pfn_subset_ppd(
         >>> type(ppd).__name__, ppd.num_components, ppd.batch_shape
         ('MixturePPD', 3, torch.Size([4]))
     """
-    from pyrobayes.ppd import MixturePPD
+    from pyrobayes.ppd import CategoricalPPD, MixturePPD
 
     c = pfn.config
     max_n, max_d = int(c.max_train), int(c.num_features)
@@ -505,7 +512,7 @@ def pfn_subset_ppd(
     if subsets < 1:
         raise ValueError(f"subsets must be >= 1, got {subsets}")
     if n <= max_n and d <= max_d:
-        return pfn.predict(x_train, y_train, x_query)
+        return pfn.predict(x_train, y_train, x_query, **predict_kw)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     rows_per = min(n, max_n)
@@ -517,5 +524,7 @@ def pfn_subset_ppd(
         xt, xq = x_train[idx], x_query
         if cols is not None:
             xt, xq = xt[:, cols], xq[:, cols]
-        parts.append(pfn.predict(xt, y_train[idx], xq))
+        parts.append(pfn.predict(xt, y_train[idx], xq, **predict_kw))
+    if all(isinstance(p, CategoricalPPD) for p in parts):
+        return CategoricalPPD(torch.cat([p.probs_per_draw for p in parts]))
     return MixturePPD(parts)
