@@ -188,3 +188,18 @@ def test_per_site_optimiser_state_that_cannot_merge_is_refused():
         flat_optim_state(guide, old, {"state": steps, "param_groups": [{"params": list(range(8))}]})
     with pytest.raises(ValueError, match="2 parameter groups"):
         flat_optim_state(guide, old, {"state": {}, "param_groups": [{"params": []}] * 2})
+
+
+def test_a_moved_guide_trains_without_rebinding():
+    """``guide.to(...)`` moves the two flat tensors; the sites' views follow (nothing is
+    bound that could go stale), and a further fit trains the moved tensors."""
+    x, y = _data()
+    model, guide = _pair()
+    fit(model, guide, (x, y), epochs=1, batch_size=8, progress=False)
+    model.double(), guide.double()
+    before = guide.flat_storage()[0].detach().clone()
+    fit(model, guide, (x.double(), y), epochs=1, batch_size=8, progress=False)
+    loc, raw = guide.flat_storage()
+    assert loc.dtype == raw.dtype == torch.float64 and not torch.equal(loc.detach(), before)
+    site = guide.flat_sites[0][0]
+    assert guide.loc_and_scale(site)[0].dtype == torch.float64
