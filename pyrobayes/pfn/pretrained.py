@@ -12,9 +12,11 @@
 
 How they were trained (command, steps, time, loss) is in ``checkpoints/README.md``.
 
-Planned, not shipped yet: ``"bnn-tabular-classifier"`` (the prior of
-:func:`pyrobayes.models.tabular.tabular_classifier_model`, 1-30 features, 2-10 classes, up to
-1024 training rows); asking for it raises an error with the command that trains it.
+* ``"bnn-tabular-classifier"``: the prior of
+  :func:`pyrobayes.models.tabular.tabular_classifier_model` (d-50-50-C tanh MLP, fan-in
+  priors with scale 3, Categorical likelihood) for 1..30 standardised features, 2..10
+  classes and up to 1024 training rows; ``predict(..., num_classes=C)`` returns a
+  :class:`~pyrobayes.ppd.CategoricalPPD`, equivariant to relabelling the classes.
 
 Example::
 
@@ -39,15 +41,7 @@ CHECKPOINT_DIR = Path(__file__).with_name("checkpoints")
 
 # Checkpoints designed (prior, CLI, training script) but not trained yet: name -> how to
 # train one. Kept out of PretrainedName, which lists what is shipped.
-PLANNED = {
-    "bnn-tabular-classifier": (
-        "it needs GPU-scale training (see the 'planned: bnn-tabular-classifier' section of "
-        "pyrobayes/pfn/checkpoints/README.md); train one with "
-        "`bash benchmarks/train_classifier_pfn.sh OUT` (one GPU, ~10 min, resumable) or "
-        "`pyrobayes pfn train --prior bnn-tabular-classifier --out OUT ...`, then load it with "
-        "pyrobayes.pfn.load_checkpoint(OUT)"
-    ),
-}
+PLANNED: dict[str, str] = {}
 
 
 class PretrainedName(Option):
@@ -65,6 +59,7 @@ class PretrainedName(Option):
     GP_1D = "gp-1d"
     BNN_1D = "bnn-1d"
     BNN_TABULAR = "bnn-tabular"
+    BNN_TABULAR_CLASSIFIER = "bnn-tabular-classifier"
 
 
 def pretrained(name: str | PretrainedName, device: torch.device | str | None = None) -> PFN:
