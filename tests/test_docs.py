@@ -26,7 +26,7 @@ PUBLIC = [
     "pyrobayes.convert",
     "pyrobayes.priors",
     "pyrobayes.likelihoods",
-    "pyrobayes.model",
+    "pyrobayes.bayesian_model",
     "pyrobayes.ppd",
     "pyrobayes.persist",
     "pyrobayes.progress",

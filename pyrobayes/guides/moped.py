@@ -211,7 +211,7 @@ class MOPEDNormal(_Setup, AutoNormal):
     (``MOPEDNormal.<model>``), so guides of two models never share a param-store entry.
 
     Args:
-        model: a :class:`~pyrobayes.model.BayesianModel` (or any model wrapping a
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel` (or any model wrapping a
             ``to_pyro`` network).
         delta: relative initial scale :math:`\\delta > 0`.
         freeze_loc: keep the means at the pretrained values (only the scales learn).

@@ -332,7 +332,7 @@ class PosteriorPredictive:
     """Posterior predictive of a fitted model and guide, returned as a PPD.
 
     Args:
-        model: the :class:`~pyrobayes.model.BayesianModel` that was fitted.
+        model: the :class:`~pyrobayes.bayesian_model.BayesianModel` that was fitted.
         guide: its fitted guide (any Pyro autoguide over the weight sites).
         num_samples: number of posterior weight draws ``S``.
         chunk_size: draws evaluated per vectorised call; ``None`` for all at once.
