@@ -37,6 +37,7 @@ from torch.distributions.transforms import identity_transform
 
 from pyrobayes._pyro_compat import (
     loc_and_scale,
+    needs_setup,
     pyro_name,
     setup_prototype,
     unpack_latent,
@@ -390,9 +391,7 @@ class PosteriorPredictive:
         the sampling paths below would do, from Pyro's param store where it holds them)."""
         self.model.eval()
         check_input_dtype(getattr(self.model, "net", self.model), *inputs, **kwargs)
-        if getattr(self.guide, "prototype_trace", None) is None and hasattr(
-            self.guide, "_setup_prototype"
-        ):
+        if needs_setup(self.guide):
             check_guide(self.model, self.guide)  # before running the guide's own model
             setup_prototype(self.guide, *inputs, **kwargs)
             _pull_from_store(self.guide)
