@@ -43,7 +43,7 @@ from pyrobayes._pyro_compat import (
     unpack_latent,
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
-from pyrobayes.guides._moped_legacy import pull_legacy_store
+from pyrobayes.guides._moped_legacy import pull_legacy_store, shared_name
 from pyrobayes.guides.moped import model_sites
 from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
@@ -163,9 +163,15 @@ def _pull_from_store(guide: nn.Module) -> None:
     for name, _ in list(guide.named_pyro_params()):
         full = f"{prefix}.{name}"
         if full not in store:
-            continue
-        params, key, transform = guide_leaf(guide, name)
-        raw = params[key]
+            # a store saved before the guide's name carried its model's (MOPEDLowRank.loc)
+            full = shared_name(guide, name)
+            if full is None or full not in store:
+                continue
+        leaf = guide_leaf(guide, name)
+        if leaf is None:  # a plain nn.Parameter (AutoLowRankMultivariateNormal's loc)
+            leaf = (guide.get_parameter(name), None, identity_transform)
+        params, key, transform = leaf
+        raw = params if key is None else params[key]
         stored = store[full].detach()
         if stored.shape != raw.shape:
             raise ValueError(
