@@ -119,8 +119,8 @@ def _one_batch(n: int, max_length: int):
 def time_steps(batch_size: int, max_length: int, steps: int, part: str) -> dict:
     """Median seconds of one deterministic fine-tuning step (all weights, AdamW) and of one
     SVI step (``part`` Bayesian, the rest frozen), on the same batch."""
+    from pyrobayes.bayesian_model import to_bayesian
     from pyrobayes.infer import fit
-    from pyrobayes.model import to_bayesian
     from pyrobayes.models.hf import bayesian_include, fine_tune, parameters_under
 
     model, enc = _one_batch(batch_size, max_length)
@@ -166,8 +166,8 @@ def _child(kind: str, batch_size: int, max_length: int, part: str) -> None:
 
         fine_tune(model, enc, epochs=2, batch_size=batch_size, progress=False)
     else:
+        from pyrobayes.bayesian_model import to_bayesian
         from pyrobayes.infer import fit
-        from pyrobayes.model import to_bayesian
         from pyrobayes.models.hf import bayesian_include, parameters_under
 
         include = bayesian_include(model, part)

@@ -103,10 +103,10 @@ def pfn_rows(args) -> list[dict]:
 
 def minilm_payload() -> dict:
     """Exact payload of the fused/torch stepper's all-reduce for the classify-text model."""
+    from pyrobayes.bayesian_model import to_bayesian
     from pyrobayes.distributed import GradSync
     from pyrobayes.infer.fit import FitConfig
     from pyrobayes.infer.steppers import make_stepper
-    from pyrobayes.model import to_bayesian
     from pyrobayes.models.hf import bayesian_include, load_sequence_classifier, parameters_under
 
     model, tok = load_sequence_classifier(num_labels=2)

@@ -28,6 +28,7 @@ Example (a pretrained classifier made Bayesian, fitted and asked for its PPD)::
 """
 
 from pyrobayes._moved import install as _install_moved
+from pyrobayes.bayesian_model import BayesianModel, to_bayesian
 from pyrobayes.convert import bayesian_sites, to_pyro
 from pyrobayes.guides import LocalReparameterization, MOPEDLowRank, MOPEDNormal, moped_guide
 from pyrobayes.infer import (
@@ -49,7 +50,6 @@ from pyrobayes.jobs.tabular_regression import (
     run_tabular,
 )
 from pyrobayes.likelihoods import Categorical, Gaussian, get_likelihood
-from pyrobayes.model import BayesianModel, to_bayesian
 from pyrobayes.models.tabular import tabular_classifier_model, tabular_regression_model
 from pyrobayes.persist import load, save
 from pyrobayes.ppd import CategoricalPPD, NormalMixturePPD, RegressionPPD, normal_ppd

@@ -1,7 +1,8 @@
 """Old import paths of modules that moved, kept working with a :class:`DeprecationWarning`.
 
 The applications moved under :mod:`pyrobayes.jobs` and the NUTS reference under
-:mod:`pyrobayes.infer.nuts` (issue 19: a layout that shows the layers). Instead of one shim
+:mod:`pyrobayes.infer.nuts`, and ``pyrobayes.model`` became :mod:`pyrobayes.bayesian_model`
+(issue 19: a layout that shows the layers, no ``model.py`` next to ``models/``). Instead of one shim
 file per old module, one finder on :data:`sys.meta_path` maps an old dotted name (or a
 submodule of an old package) to its new one: ``import pyrobayes.tabular_job`` warns, imports
 :mod:`pyrobayes.jobs.tabular_regression` and binds the *same* module object under the old
@@ -33,6 +34,8 @@ MOVED = {
     "pyrobayes.reference": "pyrobayes.infer.nuts.sampler",
     "pyrobayes.infer.potential": "pyrobayes.infer.nuts.potential",
     "pyrobayes.infer.jax_potential": "pyrobayes.infer.nuts.jax_potential",
+    # renamed so that ``model.py`` no longer sits next to the ``models/`` package
+    "pyrobayes.model": "pyrobayes.bayesian_model",
 }
 
 

@@ -22,6 +22,7 @@ import torch
 from pyro.nn import PyroModule
 
 __all__ = [
+    "needs_setup",
     "setup_prototype",
     "unpack_latent",
     "loc_and_scale",
@@ -40,6 +41,13 @@ __all__ = [
 #: ``PyroModule`` stores a ``PyroParam`` ``x`` as the raw parameter ``x_unconstrained``, and
 #: ``AutoNormal`` draws a site ``s`` at an auxiliary site ``s_unconstrained``.
 UNCONSTRAINED_SUFFIX = "_unconstrained"
+
+
+def needs_setup(guide: Any) -> bool:
+    """Whether ``guide`` is an autoguide that builds its parameters lazily
+    (``AutoGuide._setup_prototype``) and has not built them yet (no ``prototype_trace``);
+    ``False`` for a plain callable guide, which has nothing to set up."""
+    return getattr(guide, "prototype_trace", None) is None and hasattr(guide, "_setup_prototype")
 
 
 def setup_prototype(guide: Any, *args, **kwargs) -> None:

@@ -480,7 +480,7 @@ def bayesian_sites(module: nn.Module) -> dict[str, list[str]]:
     """``{Pyro sample-site name: [parameter paths in the original module]}``.
 
     Site names follow the module's current Pyro name prefix (they change when the
-    network is wrapped, e.g. by :class:`~pyrobayes.model.BayesianModel`).
+    network is wrapped, e.g. by :class:`~pyrobayes.bayesian_model.BayesianModel`).
 
     Example (wrapping renames the sites, the parameter paths stay)::
 

@@ -157,7 +157,7 @@ class Likelihood(PyroModule):
     def site_name(self, local: str) -> str:
         """The Pyro name of this likelihood's own sample site ``local``: prefixed by the
         likelihood's Pyro name, as Pyro names a ``PyroParam`` of a submodule. Inside a
-        :class:`~pyrobayes.model.BayesianModel` that is ``"<model name>.likelihood"``, so
+        :class:`~pyrobayes.bayesian_model.BayesianModel` that is ``"<model name>.likelihood"``, so
         two models' sites (and their guides' entries in Pyro's param store) never share
         a name; a likelihood that no model holds uses ``local`` itself.
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pyrobayes._pyro_compat import loc_and_scale
+from pyrobayes.bayesian_model import BayesianModel
 from pyrobayes.convert import bayesian_sites, pretrained_values, to_pyro
 from pyrobayes.data import DataUnavailableError, tokenize
 from pyrobayes.infer import forward_draws, sample_prior
-from pyrobayes.model import BayesianModel
 from pyrobayes.models.hf import (
     bayesian_include,
     encoder_layers,

@@ -41,6 +41,26 @@ def test_same_objects_from_old_paths():
     assert run_digits is new_digits
 
 
+def test_old_model_path_same_class_and_pickles():
+    """``pyrobayes.model`` (renamed ``pyrobayes.bayesian_model``, away from ``models/``) gives
+    the same classes, and a pickle naming the old module path loads as the new class."""
+    import pickle
+
+    from pyrobayes.bayesian_model import BayesianModel, to_bayesian
+
+    sys.modules.pop("pyrobayes.model", None)
+    with pytest.warns(DeprecationWarning, match="pyrobayes.bayesian_model"):
+        from pyrobayes.model import BayesianModel as Old
+        from pyrobayes.model import to_bayesian as old_to_bayesian
+    assert Old is BayesianModel is pyrobayes.BayesianModel
+    assert old_to_bayesian is to_bayesian is pyrobayes.to_bayesian
+    # a pickle written before the rename names the class by its old module
+    blob = pickle.dumps(BayesianModel, protocol=2)
+    old_blob = blob.replace(b"pyrobayes.bayesian_model", b"pyrobayes.model")
+    assert old_blob != blob and pickle.loads(old_blob) is BayesianModel
+    assert new_name("pyrobayes.models.tabular") is None  # the models/ package did not move
+
+
 def test_new_name_mapping():
     assert new_name("pyrobayes.classify.cli") == "pyrobayes.jobs.classify.cli"
     assert new_name("pyrobayes.classify.text") == "pyrobayes.jobs.classify.text"

@@ -62,9 +62,9 @@ def test_bnn_prior_batched_draws_match_the_model_prior():
 
 
 def test_bnn_prior_with_categorical_likelihood_gives_labels():
+    from pyrobayes.bayesian_model import BayesianModel
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Categorical
-    from pyrobayes.model import BayesianModel
     from pyrobayes.models.mlp import MLP
 
     torch.manual_seed(0)

@@ -32,6 +32,14 @@ def test_setup_prototype(x):
     assert set(guide.prototype_trace.nodes) >= {"w", "b"}
 
 
+def test_needs_setup(x):
+    guide = AutoNormal(model)
+    assert pc.needs_setup(guide)  # lazily built: no parameters before the first call
+    pc.setup_prototype(guide, x)
+    assert not pc.needs_setup(guide)
+    assert not pc.needs_setup(lambda x: None)  # a plain callable guide has nothing to build
+
+
 def test_unpack_latent(x):
     guide = AutoLowRankMultivariateNormal(model, rank=1)
     pc.setup_prototype(guide, x)

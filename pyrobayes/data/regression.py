@@ -63,7 +63,7 @@ def regression_from_prior(
     Args:
         n_train, n_test: numbers of training and test points.
         seed: fixes the weight draw, the inputs and the noise.
-        model: a :class:`~pyrobayes.model.BayesianModel` with a Gaussian likelihood
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel` with a Gaussian likelihood
             (default: :func:`~pyrobayes.models.mlp.default_regression_model`).
         x_range: interval the inputs are drawn from (and the grid spans).
         grid_size: points of the noiseless-function grid.

@@ -4,7 +4,7 @@ Example::
 
     >>> from torch import nn
     >>> from pyrobayes.guides import moped_guide
-    >>> from pyrobayes.model import to_bayesian
+    >>> from pyrobayes.bayesian_model import to_bayesian
     >>> model, _ = to_bayesian(nn.Linear(3, 1), likelihood="gaussian")
     >>> type(moped_guide(model, "lowrank", rank=2)).__name__
     'MOPEDLowRank'

@@ -4,7 +4,11 @@ one parameter per weight site (``locs.<site>_unconstrained``,
 ``scales.<site>_unconstrained``; ``locs.<site>`` for frozen means) and optimiser state per
 site parameter. Each function here maps such state onto the flat layout (site after site,
 :attr:`MOPEDNormal.flat_sites`) and leaves state of today's layout alone; nothing else
-reads the per-site layout.
+reads the per-site layout. Likewise a :class:`~pyrobayes.guides.MOPEDLowRank` written
+before its Pyro name carried the model's held its parameters under the shared param-store
+names ``MOPEDLowRank.loc``/``.cov_factor``/``.scale`` (:func:`shared_name`,
+:func:`per_model_optim_state`); its saved fits and torch-optimiser checkpoints never named
+them, so they load unchanged.
 
 Example (two sites of an old state dict become one flat loc and one flat raw scale)::
 
@@ -28,7 +32,13 @@ import torch
 
 from pyrobayes._pyro_compat import UNCONSTRAINED_SUFFIX, pyro_name
 
-__all__ = ["flat_guide_state", "flat_optim_state", "pull_legacy_store"]
+__all__ = [
+    "flat_guide_state",
+    "flat_optim_state",
+    "pull_legacy_store",
+    "shared_name",
+    "per_model_optim_state",
+]
 
 _FLAT = ("loc_unconstrained", "scale_unconstrained")
 
@@ -195,3 +205,37 @@ def pull_legacy_store(guide, store) -> None:
             if kind == "scales":  # the store holds the constrained scale
                 value = torch.distributions.biject_to(guide.scale_constraint).inv(value)
             target[a:b] = value.reshape(-1).to(target)
+
+
+def shared_name(guide, param: str) -> str | None:
+    """The shared param-store name (``<GuideClass>.<param>``) a parameter of ``guide`` had
+    before the guide's Pyro name carried its model's; ``None`` if the names are the same.
+
+    Example::
+
+        >>> import torch
+        >>> from pyrobayes import to_bayesian, Gaussian
+        >>> from pyrobayes.guides._moped_legacy import shared_name
+        >>> _, guide = to_bayesian(torch.nn.Linear(2, 1), likelihood=Gaussian(0.1),
+        ...                        guide="lowrank", name="m")
+        >>> shared_name(guide, "cov_factor")
+        'MOPEDLowRank.cov_factor'
+    """
+    old, new = type(guide).__name__, pyro_name(guide)
+    return None if old == new else f"{old}.{param}"
+
+
+def per_model_optim_state(guide, state: dict) -> dict:
+    """A Pyro optimiser's state (keyed by param-store names) written under the shared names
+    ``<GuideClass>.<param>`` re-keyed to the guide's per-model ones
+    (``<GuideClass>.<model>.<param>``); any other state is returned as it is. Without this
+    Pyro would hold the old entries back for names that never come, and a resumed fit would
+    silently restart its optimiser."""
+    if "param_groups" in state or not hasattr(guide, "named_pyro_params"):
+        return state
+    rename = {}
+    for param, _ in guide.named_pyro_params():
+        old = shared_name(guide, param)
+        if old is not None and old in state:
+            rename[old] = f"{pyro_name(guide)}.{param}"
+    return {rename.get(k, k): v for k, v in state.items()}

@@ -181,6 +181,15 @@ class _Setup:
         self._init_names = tuple(extra)
         return init_loc_fn
 
+    def _name_after(self, model) -> None:
+        """Per-model param-store names, ``<GuideClass>.<model>.<param>``: two guides of the
+        same class for two models never share an entry of Pyro's param store (state saved
+        under the shared ``<GuideClass>.<param>`` names still loads, see
+        :mod:`pyrobayes.guides._moped_legacy`)."""
+        name = pyro_name(model) if isinstance(model, PyroModule) else ""
+        if name:
+            set_pyro_name(self, f"{type(self).__name__}.{name}")
+
     def setup(self, *args, **kwargs) -> None:
         """Build the guide's parameters now (Pyro builds them lazily on the first call)."""
         if self.prototype_trace is None:
@@ -211,7 +220,7 @@ class MOPEDNormal(_Setup, AutoNormal):
     (``MOPEDNormal.<model>``), so guides of two models never share a param-store entry.
 
     Args:
-        model: a :class:`~pyrobayes.model.BayesianModel` (or any model wrapping a
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel` (or any model wrapping a
             ``to_pyro`` network).
         delta: relative initial scale :math:`\\delta > 0`.
         freeze_loc: keep the means at the pretrained values (only the scales learn).
@@ -254,9 +263,7 @@ class MOPEDNormal(_Setup, AutoNormal):
         )
         init_loc_fn = self._remember(model, init_values)
         super().__init__(_latent_only(model), init_loc_fn=init_loc_fn)
-        name = pyro_name(model) if isinstance(model, PyroModule) else ""
-        if name:  # per-model param-store names: "MOPEDNormal.<model>.loc"
-            set_pyro_name(self, f"{type(self).__name__}.{name}")
+        self._name_after(model)  # per-model param-store names: "MOPEDNormal.<model>.loc"
         self.flat_sites: list[tuple[str, int, int, torch.Size]] = []
         self._views: dict | None = None
 
@@ -357,7 +364,9 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
     :math:`q(w) = \\mathcal N(w_\\text{MLE}, W W^\\top + \\mathrm{diag}(\\delta|w_\\text{MLE}|)^2)`
     with ``W`` of shape ``[D, rank]`` initialised small, so the initial marginals are MOPED's.
     Non-weight latent sites start at ``init_values`` or their prior median, as in
-    :class:`MOPEDNormal`.
+    :class:`MOPEDNormal`. The guide's Pyro name carries the model's
+    (``MOPEDLowRank.<model>``), so low-rank guides of two models never share a param-store
+    entry.
 
     Example (one flat vector of all weights; ``cov_factor`` is ``[D, rank]``)::
 
@@ -402,6 +411,7 @@ class MOPEDLowRank(_Setup, AutoLowRankMultivariateNormal):
             init_loc_fn=init_loc_fn,
             rank=rank,
         )
+        self._name_after(model)  # per-model param-store names: "MOPEDLowRank.<model>.loc"
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)

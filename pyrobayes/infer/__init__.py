@@ -5,7 +5,7 @@ Example::
     >>> import torch
     >>> from torch import nn
     >>> from pyrobayes.infer import PosteriorPredictive, fit
-    >>> from pyrobayes.model import to_bayesian
+    >>> from pyrobayes.bayesian_model import to_bayesian
     >>> model, guide = to_bayesian(nn.Linear(2, 1), likelihood="gaussian")
     >>> x, y = torch.randn(20, 2), torch.randn(20)
     >>> history = fit(model, guide, (x, y), epochs=3, progress=False)

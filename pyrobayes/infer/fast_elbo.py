@@ -1,5 +1,5 @@
 """A fused single-particle ``Trace_ELBO`` step for the common case: a
-:class:`~pyrobayes.model.BayesianModel` under a mean-field Normal autoguide.
+:class:`~pyrobayes.bayesian_model.BayesianModel` under a mean-field Normal autoguide.
 
 It computes exactly Pyro's ``Trace_ELBO`` estimator for one particle,
 

@@ -410,7 +410,7 @@ def fit(
     """Fit ``guide`` to the posterior of ``model`` by stochastic variational inference.
 
     Args:
-        model, guide: a :class:`~pyrobayes.model.BayesianModel` and its guide.
+        model, guide: a :class:`~pyrobayes.bayesian_model.BayesianModel` and its guide.
         data: ``(inputs..., targets)`` tensors (batched here) or a ``DataLoader`` yielding
             such tuples or dicts with a ``labels`` key (every entry a tensor: each one but
             the labels is passed to the model). The data set size ``N`` sets the

@@ -38,7 +38,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from pyrobayes._pyro_compat import pyro_name
-from pyrobayes.guides._moped_legacy import flat_guide_state, flat_optim_state
+from pyrobayes.guides._moped_legacy import (
+    flat_guide_state,
+    flat_optim_state,
+    per_model_optim_state,
+)
 from pyrobayes.infer.fit_data import naming_input_shapes, split_batch
 
 if TYPE_CHECKING:
@@ -389,6 +393,9 @@ def resume_fit(
     state["guide"], old_params = flat_guide_state(guide, state["guide"])
     if old_params is not None and state["optim"]:
         state["optim"] = flat_optim_state(guide, old_params, state["optim"])
+    # a low-rank guide's Pyro optimiser state under the shared names of before its per-model
+    # names (MOPEDLowRank.loc -> MOPEDLowRank.<model>.loc)
+    state["optim"] = per_model_optim_state(guide, state["optim"])
     check_state_dict("model", model, state["model"], hint)
     check_state_dict("guide", guide, state["guide"], hint)
     model.load_state_dict(state["model"])

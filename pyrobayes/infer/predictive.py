@@ -37,12 +37,13 @@ from torch.distributions.transforms import identity_transform
 
 from pyrobayes._pyro_compat import (
     loc_and_scale,
+    needs_setup,
     pyro_name,
     setup_prototype,
     unpack_latent,
 )
 from pyrobayes.convert import check_input_dtype, check_sites, site_priors
-from pyrobayes.guides._moped_legacy import pull_legacy_store
+from pyrobayes.guides._moped_legacy import pull_legacy_store, shared_name
 from pyrobayes.guides.moped import model_sites
 from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
 from pyrobayes.infer.twin import (
@@ -162,9 +163,15 @@ def _pull_from_store(guide: nn.Module) -> None:
     for name, _ in list(guide.named_pyro_params()):
         full = f"{prefix}.{name}"
         if full not in store:
-            continue
-        params, key, transform = guide_leaf(guide, name)
-        raw = params[key]
+            # a store saved before the guide's name carried its model's (MOPEDLowRank.loc)
+            full = shared_name(guide, name)
+            if full is None or full not in store:
+                continue
+        leaf = guide_leaf(guide, name)
+        if leaf is None:  # a plain nn.Parameter (AutoLowRankMultivariateNormal's loc)
+            leaf = (guide.get_parameter(name), None, identity_transform)
+        params, key, transform = leaf
+        raw = params if key is None else params[key]
         stored = store[full].detach()
         if stored.shape != raw.shape:
             raise ValueError(
@@ -332,7 +339,7 @@ class PosteriorPredictive:
     """Posterior predictive of a fitted model and guide, returned as a PPD.
 
     Args:
-        model: the :class:`~pyrobayes.model.BayesianModel` that was fitted.
+        model: the :class:`~pyrobayes.bayesian_model.BayesianModel` that was fitted.
         guide: its fitted guide (any Pyro autoguide over the weight sites).
         num_samples: number of posterior weight draws ``S``.
         chunk_size: draws evaluated per vectorised call; ``None`` for all at once.
@@ -390,9 +397,7 @@ class PosteriorPredictive:
         the sampling paths below would do, from Pyro's param store where it holds them)."""
         self.model.eval()
         check_input_dtype(getattr(self.model, "net", self.model), *inputs, **kwargs)
-        if getattr(self.guide, "prototype_trace", None) is None and hasattr(
-            self.guide, "_setup_prototype"
-        ):
+        if needs_setup(self.guide):
             check_guide(self.model, self.guide)  # before running the guide's own model
             setup_prototype(self.guide, *inputs, **kwargs)
             _pull_from_store(self.guide)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pyrobayes.bayesian_model import default_output
 from pyrobayes.convert import (
     PRETRAINED_SUFFIX,
     _converted_root,
@@ -44,7 +45,6 @@ from pyrobayes.convert import (
     map_draws,
     twin_needs_loop,
 )
-from pyrobayes.model import default_output
 
 __all__ = [
     "fixed_tensors",
@@ -173,7 +173,7 @@ def forward_draws(
     """The network's outputs under each of ``S`` weight draws: ``Tensor[S, *out_shape]``.
 
     Args:
-        model: a :class:`~pyrobayes.model.BayesianModel` (or a ``to_pyro`` network).
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel` (or a ``to_pyro`` network).
         draws: ``{site: Tensor[S, *shape]}`` (from :func:`sample_prior`, a guide, or MCMC).
         inputs: the network's positional inputs, shared by all draws; with
             ``inputs_batched=True`` each has a leading ``S`` dimension (one data set per draw).

@@ -1,7 +1,7 @@
 """The applications built on the core: the comparison jobs, the classifiers and the CLI.
 
 Nothing in the core (:mod:`pyrobayes.convert`, :mod:`~pyrobayes.priors`,
-:mod:`~pyrobayes.likelihoods`, :mod:`~pyrobayes.model`, :mod:`~pyrobayes.guides`,
+:mod:`~pyrobayes.likelihoods`, :mod:`~pyrobayes.bayesian_model`, :mod:`~pyrobayes.guides`,
 :mod:`~pyrobayes.infer`, :mod:`~pyrobayes.ppd`, :mod:`~pyrobayes.metrics`, ...) imports
 from here; the jobs import the core.
 

@@ -136,9 +136,9 @@ def svi_model(
         >>> [s.split(".")[-2:] for s in bayesian_sites(model)]  # the output layer, net[4]
         [['4', 'weight'], ['4', 'bias']]
     """
+    from pyrobayes.bayesian_model import BayesianModel
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian
-    from pyrobayes.model import BayesianModel
     from pyrobayes.models import tabular_regression_model
     from pyrobayes.models.tabular import TABULAR_REGRESSION, tabular_noise_prior
     from pyrobayes.priors import LayerwiseNormalPrior

@@ -114,9 +114,9 @@ def default_regression_model(
         >>> round(float(model.likelihood.scale), 4)
         0.1
     """
+    from pyrobayes.bayesian_model import BayesianModel
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian
-    from pyrobayes.model import BayesianModel
     from pyrobayes.priors import LayerwiseNormalPrior
 
     cfg = DEFAULT_REGRESSION

@@ -115,7 +115,7 @@ def tabular_regression_model(
         name: optional name prefix of the weight sites.
 
     Returns:
-        A :class:`~pyrobayes.model.BayesianModel`.
+        A :class:`~pyrobayes.bayesian_model.BayesianModel`.
 
     Example::
 
@@ -132,9 +132,9 @@ def tabular_regression_model(
         >>> round(float(tr.nodes["tab.net.0.weight"]["fn"].stddev[0, 0]), 4)   # 1.8/sqrt(3)
         1.0392
     """
+    from pyrobayes.bayesian_model import BayesianModel
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Gaussian
-    from pyrobayes.model import BayesianModel
     from pyrobayes.priors import LayerwiseNormalPrior
 
     if int(d) < 1:
@@ -179,7 +179,7 @@ def tabular_classifier_model(
         name: optional name prefix of the weight sites.
 
     Returns:
-        A :class:`~pyrobayes.model.BayesianModel` with a
+        A :class:`~pyrobayes.bayesian_model.BayesianModel` with a
         :class:`~pyrobayes.likelihoods.Categorical` likelihood (labels ``0..C-1``).
 
     Example::
@@ -198,9 +198,9 @@ def tabular_classifier_model(
         ...
         ValueError: tabular_classifier_model needs num_classes >= 2, got 1
     """
+    from pyrobayes.bayesian_model import BayesianModel
     from pyrobayes.convert import to_pyro
     from pyrobayes.likelihoods import Categorical
-    from pyrobayes.model import BayesianModel
     from pyrobayes.priors import LayerwiseNormalPrior
 
     if int(d) < 1:

@@ -12,7 +12,7 @@ RNG, so ``torch.manual_seed`` makes training reproducible).
   features of a varying width, targets or labels from the tabular BNNs of
   :mod:`pyrobayes.models.tabular`.
 * :class:`BNNPrior`: :math:`\\theta \\sim p(\\theta)` from a pyrobayes
-  :class:`~pyrobayes.model.BayesianModel`'s weight priors, :math:`y \\sim p(y \\mid
+  :class:`~pyrobayes.bayesian_model.BayesianModel`'s weight priors, :math:`y \\sim p(y \\mid
   f_\\theta(x))` from its likelihood — all ``B`` networks evaluated in one batched call.
 
 Example::
@@ -178,7 +178,7 @@ class BNNPrior:
     """Datasets whose functions are drawn from a pyrobayes model's weight priors.
 
     Args:
-        model: a :class:`~pyrobayes.model.BayesianModel` (the object SVI fits); default
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel` (the object SVI fits); default
             :func:`pyrobayes.models.mlp.default_regression_model` (1-50-50-1 tanh MLP,
             fan-in Normal weights, N(0, 1) biases, Gaussian noise std 0.1).
         x_low, x_high: input box (scalars or per-feature).

@@ -2,8 +2,9 @@
 
 * :mod:`~pyrobayes.infer.nuts.sampler` -- :func:`nuts_ppd` (the PPD of NUTS draws, built
   like the SVI one), the Pyro and NumPyro drivers, :class:`NUTSInfo`, :func:`nuts_diagnostics`;
-* :mod:`~pyrobayes.infer.nuts.potential` -- the trace-free torch potential (the negative log
-  joint over one flat unconstrained vector) that Pyro's NUTS runs on;
+* ``pyrobayes.infer.nuts.potential`` (internal, not in the API reference) -- the trace-free
+  torch potential (the negative log joint over one flat unconstrained vector) that Pyro's
+  NUTS runs on;
 * :mod:`~pyrobayes.infer.nuts.jax_potential` -- the same log joint compiled with JAX for
   NumPyro's NUTS (optional extra ``nuts``), tested equal to the torch one.
 

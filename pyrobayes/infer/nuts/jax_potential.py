@@ -1,6 +1,6 @@
 """An optional JAX/NumPyro backend for the NUTS reference (extra ``nuts``: jax, numpyro).
 
-:func:`jax_log_density` rebuilds the log joint of a :class:`~pyrobayes.model.BayesianModel`
+:func:`jax_log_density` rebuilds the log joint of a :class:`~pyrobayes.bayesian_model.BayesianModel`
 as ONE jittable JAX function of a flat unconstrained vector ``u``,
 
 .. math:: \\log p(u) = \\sum_k \\log \\mathcal N(w_k; m_k, s_k^2)
@@ -50,10 +50,10 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pyrobayes._pyro_compat import is_subsample
+from pyrobayes.bayesian_model import default_output
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.twin import _linear_chain, fixed_tensors
 from pyrobayes.likelihoods import Categorical, Gaussian
-from pyrobayes.model import default_output
 
 __all__ = [
     "CompiledNUTS",
@@ -630,7 +630,7 @@ def numpyro_nuts(
     in one compiled XLA loop on JAX's default device.
 
     Args:
-        model, x, y: a :class:`~pyrobayes.model.BayesianModel` and the full training set
+        model, x, y: a :class:`~pyrobayes.bayesian_model.BayesianModel` and the full training set
             (the model is not modified; it is traced once in eval mode).
         num_chains, num_warmup, num_samples: chains, adaptation iterations (step size and
             diagonal mass matrix, NumPyro's windowed schedule) and kept draws per chain.

@@ -1,4 +1,4 @@
-"""Trace-free potential energy of a :class:`~pyrobayes.model.BayesianModel` for HMC/NUTS.
+"""Trace-free potential energy of a :class:`~pyrobayes.bayesian_model.BayesianModel` for HMC/NUTS.
 
 The model is traced ONCE (:class:`Potential` construction) to find every latent sample site,
 its prior and its support. Afterwards the potential
@@ -38,11 +38,11 @@ from torch.distributions import biject_to, constraints
 from torch.func import functional_call
 
 from pyrobayes._pyro_compat import is_subsample
+from pyrobayes.bayesian_model import default_output
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
 from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, tied_paths
 from pyrobayes.likelihoods import data_size
-from pyrobayes.model import default_output
 
 __all__ = ["FLAT", "Potential", "TracedPotential"]
 
@@ -143,7 +143,7 @@ class Potential:
     """Negative log joint of a ``BayesianModel`` on unconstrained latents, trace-free.
 
     Args:
-        model: a :class:`~pyrobayes.model.BayesianModel`.
+        model: a :class:`~pyrobayes.bayesian_model.BayesianModel`.
         x, y: the full training set (the likelihood sums over all of it).
 
     Call it with ``{site: unconstrained tensor}`` (what ``NUTS(potential_fn=...)`` passes).

@@ -2,7 +2,7 @@
 
 * :func:`exact_gp_ppd` -- the closed-form GP posterior predictive (re-exported from
   :mod:`pyrobayes.gp`), the right answer for data drawn from the GP prior.
-* :func:`nuts_ppd` -- the "gold standard" for any pyrobayes :class:`~pyrobayes.model.BayesianModel`:
+* :func:`nuts_ppd` -- the "gold standard" for any pyrobayes :class:`~pyrobayes.bayesian_model.BayesianModel`:
   Pyro's No-U-Turn sampler draws weights :math:`w_s \\sim p(w \\mid D)` and the PPD is the
   mixture over draws
 
@@ -122,7 +122,7 @@ def nuts_ppd(
     backend: str = "auto",
     compiled: Any = None,
 ) -> NormalMixturePPD | CategoricalPPD | tuple[NormalMixturePPD | CategoricalPPD, NUTSInfo]:
-    """Posterior predictive of a :class:`~pyrobayes.model.BayesianModel` by NUTS.
+    """Posterior predictive of a :class:`~pyrobayes.bayesian_model.BayesianModel` by NUTS.
 
     Runs NUTS on the log joint of ``model(x_train, y=y_train)`` (full batch, eval mode, every
     latent as one flat unconstrained vector; checked once against a Pyro trace of the model),

@@ -49,7 +49,7 @@ def run_digits(
 ) -> ClassifyResult:
     """Deterministic vs Bayesian MLP 64-256-256-10 on the built-in digits.
 
-    The MLP is trained ``epochs`` epochs with Adam; :func:`~pyrobayes.model.to_bayesian`
+    The MLP is trained ``epochs`` epochs with Adam; :func:`~pyrobayes.bayesian_model.to_bayesian`
     then makes every weight Bayesian with MOPED's prior
     :math:`\\mathcal N(w_\\text{MLE}, s^2)` (``s = prior_scale``) and guide
     :math:`q(w) = \\mathcal N(w_\\text{MLE}, (\\delta |w_\\text{MLE}|)^2)`, fitted by SVI

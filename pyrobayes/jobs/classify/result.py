@@ -192,8 +192,8 @@ def bayesianize_and_fit(
         >>> type(guide).__name__, len(history), seconds > 0, sorted(bayesian_sites(model))
         ('MOPEDNormal', 2, True, ['clf.net.bias', 'clf.net.weight'])
     """
+    from pyrobayes.bayesian_model import to_bayesian
     from pyrobayes.infer import fit
-    from pyrobayes.model import to_bayesian
 
     model, guide = to_bayesian(
         net,

@@ -38,7 +38,7 @@ def default_output(out: Any) -> torch.Tensor:
 
         >>> import torch
         >>> from types import SimpleNamespace
-        >>> from pyrobayes.model import default_output
+        >>> from pyrobayes.bayesian_model import default_output
         >>> t = torch.ones(2)
         >>> default_output(SimpleNamespace(logits=t)) is t   # a Hugging Face output
         True
@@ -72,7 +72,7 @@ class BayesianModel(PyroModule):
         >>> import pyro
         >>> import torch
         >>> from pyrobayes.convert import to_pyro
-        >>> from pyrobayes.model import BayesianModel
+        >>> from pyrobayes.bayesian_model import BayesianModel
         >>> bnn = to_pyro(torch.nn.Linear(2, 3), prior="normal", name="clf")
         >>> model = BayesianModel(bnn, "categorical")
         >>> x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
@@ -147,7 +147,7 @@ def to_bayesian(
 
         >>> import pyro
         >>> import torch
-        >>> from pyrobayes.model import to_bayesian
+        >>> from pyrobayes.bayesian_model import to_bayesian
         >>> pyro.clear_param_store()             # a fresh guide, not one from an earlier run
         >>> net = torch.nn.Linear(2, 3)
         >>> model, guide = to_bayesian(net, delta=0.1, name="clf")
