@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[SVIRecipe, int]] = {
     "delta=0.03": (SVIRecipe(delta=0.03), 200),
     "delta=0.003": (SVIRecipe(delta=0.003), 200),
     "delta=0.001": (SVIRecipe(delta=0.001), 200),
+    "delta=0.0003": (SVIRecipe(delta=0.0003), 200),
     "delta=0.01, beta=0.1": (SVIRecipe(delta=0.01, kl_weight=0.1), 200),
     "delta=0.01, 5000 steps": (SVIRecipe(delta=0.01, steps=5000), 200),
     "delta=0.01, lr 3e-3": (SVIRecipe(delta=0.01, lr=3e-3), 200),
