@@ -92,3 +92,24 @@ def test_pfn_row_of_a_data_set(bench):
     # by much on 30 queries; all three are finite NLLs of 5 classes
     for key in ("nll", "frequency_nll", "oracle_nll"):
         assert 0 < r[key] < 10
+
+
+def test_retime_reruns_nuts_at_each_references_final_budget(bench, monkeypatch):
+    """``--retime-nuts`` times NUTS again at the budget of the reference in the table (a
+    retried one at its larger budget and depth), next to the PFN, and skips data sets with
+    no reference."""
+    calls = []
+    monkeypatch.setattr(
+        bench, "run_nuts", lambda i, a, s, d: calls.append((i, s, d)) or {"seconds": 2.0}
+    )
+    monkeypatch.setattr(bench, "pfn_result", lambda pfn, i, a: {"seconds": 0.001})
+    args = bench.parse_args(["--nuts-warmup", "50"])
+    rows = [
+        {"i": 0, "d": 2, "n": 30, "c": 2, "nuts": {"warmup": 50, "depth": 8}},
+        {"i": 1, "d": 5, "n": 30, "c": 2, "nuts": {"warmup": 100, "depth": 10, "retried": True}},
+        {"i": 2, "d": 5, "n": 30, "c": 2, "nuts": None},
+    ]
+    timed = bench.retime(None, rows, args)
+    assert calls == [(0, 1, 8), (1, 2, 10)]
+    assert [t["nuts_s"] / t["pfn_s"] for t in timed] == pytest.approx([2000, 2000])
+    assert "2,000" in bench.retime_table(timed)

@@ -94,6 +94,39 @@ def test_each_query_is_independent_of_the_other_queries():
     assert (other - full).abs().max() > 1e-3
 
 
+def _masked_reference(pfn: PFN, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """The definition of the PFN's attention pattern: torch's own encoder with a boolean
+    mask (True = blocked) in which every token sees the training tokens and a query also
+    sees itself."""
+    size = tokens.shape[1]
+    blocked = torch.ones(size, size, dtype=torch.bool)
+    blocked[:, :n] = False
+    q = torch.arange(n, size)
+    blocked[q, q] = False
+    return pfn.encoder(tokens, mask=blocked)
+
+
+@pytest.mark.parametrize("n", [0, 1, 9])
+@pytest.mark.parametrize("training", [False, True])
+def test_split_attention_equals_the_masked_encoder(n, training):
+    """The encoder the PFN runs (training rows through one unmasked attention, queries
+    scoring the training keys and their own) computes torch's masked encoder, values and
+    gradients, in eval mode (torch's fused fast path) and in training mode."""
+    from pyrobayes.pfn.model import _pfn_encoder
+
+    pfn = _tiny().train(training)
+    tokens = torch.randn(3, n + 5, 32, generator=torch.Generator().manual_seed(n))
+    a_in, b_in = tokens.clone().requires_grad_(), tokens.clone().requires_grad_()
+    with torch.set_grad_enabled(training):  # eval + no grad: torch's fused encoder path
+        a, b = _pfn_encoder(pfn.encoder, a_in, n), _masked_reference(pfn, b_in, n)
+    torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    if training:
+        w = torch.randn_like(a)
+        (a * w).sum().backward()
+        (b * w).sum().backward()
+        torch.testing.assert_close(a_in.grad, b_in.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_predict_input_formats_and_prior_predictive():
     pfn = _tiny()
     x = np.linspace(-1, 1, 5)

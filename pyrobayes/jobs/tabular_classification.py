@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 
 from pyrobayes.options import Option, Task
+from pyrobayes.pfn.model import DEFAULT_CLASS_PERMUTATIONS
 
 if TYPE_CHECKING:
     from pyrobayes.compare import ComparisonTable
@@ -212,7 +213,8 @@ class ClassifyTabularConfig:
         "predictions, each on a random context of its trained size",
     )
     pfn_permutations: int = _opt(
-        4, "classification PFN: its probabilities averaged over this many class relabellings"
+        DEFAULT_CLASS_PERMUTATIONS,
+        "classification PFN: its probabilities averaged over this many class relabellings",
     )
     out: str = _opt("pyrobayes-out", "output folder")
     no_progress: bool = _opt(False, "hide progress bars")
