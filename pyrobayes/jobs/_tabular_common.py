@@ -34,22 +34,6 @@ if TYPE_CHECKING:
 
     from pyrobayes.compare import ComparisonTable
 
-__all__ = [
-    "opt",
-    "TableJobConfig",
-    "TableJobResult",
-    "job_result",
-    "add_dataclass_arguments",
-    "config_from_args",
-    "drop_constant_features",
-    "note_dropped",
-    "record_split",
-    "summary_tables",
-    "write_outputs",
-    "nuts_subset_md",
-    "run_cli",
-]
-
 DEFAULT_SPLITS = 10
 
 
@@ -177,11 +161,10 @@ class TableJobConfig:
 
 
 class TableJobResult(TypedDict):
-    """What every table job returns (a plain ``dict``; a job's result type adds its keys):
-    ``table`` (mean ± s.e. over splits, one row per selected method), ``nuts_table`` (the
-    same over the splits NUTS ran on, when fewer; else ``None``), ``split_tables`` (one
-    table per split), ``notes`` (what was left out and why), ``infos`` (per split: fitted
-    settings and diagnostics) and ``files`` (the paths written under ``out``)."""
+    """What every table job returns (a ``dict``; a job's result type adds keys): the mean ±
+    s.e. ``table``, the same over the splits NUTS ran on when fewer (``nuts_table``, else
+    ``None``), ``split_tables``, ``notes`` (what was left out, why), per-split ``infos``
+    and the ``files`` written."""
 
     table: ComparisonTable
     nuts_table: ComparisonTable | None
@@ -191,23 +174,10 @@ class TableJobResult(TypedDict):
     files: dict[str, Path]
 
 
-def job_result(
-    summaries: tuple[ComparisonTable, ComparisonTable | None],
-    split_tables: list[ComparisonTable],
-    notes: list[str],
-    infos: list[dict],
-    files: dict[str, Path],
-) -> dict[str, Any]:
+def job_result(summaries: tuple, split_tables: list, notes: list, infos: list, files: dict) -> dict:
     """The :class:`TableJobResult` keys of a run (``summaries``: ``(table, nuts_table)``)."""
-    table, nuts_table = summaries
-    return {
-        "table": table,
-        "nuts_table": nuts_table,
-        "split_tables": split_tables,
-        "notes": notes,
-        "infos": infos,
-        "files": files,
-    }
+    keys = ("table", "nuts_table", "split_tables", "notes", "infos", "files")
+    return dict(zip(keys, (*summaries, split_tables, notes, infos, files)))
 
 
 # ----------------------------------------------------------------- dataclass -> argparse
