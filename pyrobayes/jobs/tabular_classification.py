@@ -136,9 +136,9 @@ CLASS_METHOD_ROWS = {
 @dataclass(frozen=True)
 class ClassifyTabularConfig(TableJobConfig):
     """Options of the classification comparison (:func:`run_classify_tabular`): the options
-    of every table job (``_tabular_common.TableJobConfig``) and this
-    job's own below. Each field is a ``pyrobayes compare`` flag (``--field-name``; ``x_cols``
-    is ``--x``, ``y_col`` is ``--y``); flags shared with the regression job
+    of every table job (``_tabular_common.TableJobConfig``) and this job's own below. Each
+    field is a ``pyrobayes compare`` flag (``--field-name``; ``x_cols`` is ``--x``,
+    ``y_col`` is ``--y``); flags shared with the regression job
     (:class:`~pyrobayes.jobs.tabular_regression.TabularConfig`) are the same flags. Checked
     here, before any work; ``selected`` is the rows to show, in the table's order
     (``methods`` less ``no_gp``/``no_nuts``).

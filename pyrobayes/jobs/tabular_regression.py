@@ -78,7 +78,6 @@ __all__ = [
 
 PFN_NAME = "bnn-tabular"
 LEVELS = (0.5, 0.9, 0.95)
-DEFAULT_RANDOM_SPLITS = common.DEFAULT_SPLITS
 # the command line made from a config dataclass, shared with the classification job
 add_dataclass_arguments = common.add_dataclass_arguments
 config_from_args = common.config_from_args
@@ -121,10 +120,10 @@ METHOD_ROWS = {
 @dataclass(frozen=True)
 class TabularConfig(TableJobConfig):
     """Options of the real-data job (:func:`run_tabular`): the options of every table job
-    (``_tabular_common.TableJobConfig``: ``data``, ``x_cols``,
-    ``y_col``, ``splits``, ``methods``, ``test_fraction``, ``seed``, ``mlp_steps``,
-    ``svi_steps``, ``svi_lr``, ``nuts_splits``, ``no_nuts``, ``no_gp``, ``out``,
-    ``no_progress``) and this job's own below. Each field is one command-line flag of
+    (``_tabular_common.TableJobConfig``: ``data``, ``x_cols``, ``y_col``, ``splits``,
+    ``methods``, ``test_fraction``, ``seed``, ``mlp_steps``, ``svi_steps``, ``svi_lr``,
+    ``nuts_splits``, ``no_nuts``, ``no_gp``, ``out``, ``no_progress``) and this job's own
+    below. Each field is one command-line flag of
     ``pyrobayes compare`` (``--field-name``, or ``metadata["flag"]``: ``data`` is
     ``--data``, ``x_cols`` is ``--x``, ``y_col`` is ``--y``). Values are checked here, so a
     bad one fails before any work starts. ``selected`` is the methods whose rows the table
