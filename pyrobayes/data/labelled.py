@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyrobayes.data.tabular import _read_csv, feature_matrix
+from pyrobayes.data.tabular import FeatureRows, csv_columns, feature_matrix, select_columns
 
 __all__ = [
     "LabelledData",
@@ -57,7 +56,7 @@ MAX_AUTO_CLASSES = 10
 
 
 @dataclass(frozen=True)
-class LabelledData:
+class LabelledData(FeatureRows):
     """A classification table: ``x [n, d]`` (float64, raw units), ``y [n]`` (class indices,
     ``long``), ``classes`` (the label of each index, as written in the data), the column
     names and a line saying where it comes from.
@@ -78,11 +77,6 @@ class LabelledData:
     source: str
 
     @property
-    def num_features(self) -> int:
-        """``d``, the number of feature columns."""
-        return self.x.shape[1]
-
-    @property
     def num_classes(self) -> int:
         """``C``, the number of distinct labels."""
         return len(self.classes)
@@ -90,9 +84,6 @@ class LabelledData:
     def decode(self, indices: Any) -> list:
         """Class indices -> the labels as written in the data (a list)."""
         return [self.classes[int(i)] for i in torch.as_tensor(indices).reshape(-1)]
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
 
 
 def _missing(v: Any) -> bool:
@@ -203,12 +194,8 @@ def _columns(data: str) -> tuple[dict[str, Sequence], str | None, str, str]:
     if name is not None:
         columns, y_default, source = _builtin(name)
         return columns, y_default, name, source
-    if not data.lower().endswith((".csv", ".tsv")) and not os.path.exists(data):
-        raise FileNotFoundError(
-            f"--data {data!r} is neither a built-in labelled data set "
-            f"({', '.join(BUILTIN_CLASSIFICATION)}) nor an existing .csv file"
-        )
-    return _read_csv(data), None, f"CSV {data!r}", f"CSV {os.path.basename(data)}"
+    columns, what, source = csv_columns(data, BUILTIN_CLASSIFICATION, "labelled ")
+    return columns, None, what, source
 
 
 def label_column(data: str, y_col: str | None = None) -> tuple[list, str] | None:
@@ -248,25 +235,7 @@ def load_labelled(
     """
     columns, y_default, what, source = _columns(data)
     y_col = y_col or y_default
-    names = list(columns)
-    if y_col is None:
-        raise ValueError(f"{what}: name the label column (--y); columns are {names}")
-    if isinstance(x_cols, str):
-        x_cols = [x_cols]
-    if x_cols is None or list(x_cols) == ["all"]:
-        x_cols = [c for c in names if c != y_col]
-    x_cols = list(x_cols)
-    missing = [c for c in [*x_cols, y_col] if c not in columns]
-    if missing:
-        raise ValueError(
-            f"{what}: column(s) {', '.join(repr(c) for c in missing)} not found; "
-            f"available columns: {names}"
-        )
-    if not x_cols or y_col in x_cols or len(set(x_cols)) != len(x_cols):
-        raise ValueError(
-            f"{what}: the feature columns {x_cols} must be non-empty, distinct and leave out "
-            f"the label {y_col!r}"
-        )
+    x_cols = select_columns(columns, x_cols, y_col, what, role="label")
     y, classes = encode_labels(list(columns[y_col]), y_col, what)
     x = feature_matrix(columns, x_cols, what, min_rows)
     return LabelledData(

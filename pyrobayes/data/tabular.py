@@ -40,8 +40,22 @@ MCYCLE_CSV = os.path.join(os.path.dirname(__file__), "mcycle.csv")
 BUILTIN_TABLES = ("diabetes", "motorcycle")
 
 
+class FeatureRows:
+    """What every table (:class:`TabularData`, :class:`~pyrobayes.data.labelled.LabelledData`,
+    :class:`~pyrobayes.data.uci.UCIData`) answers about its feature matrix ``x [n, d]``:
+    ``len(table)`` is ``n``, ``table.num_features`` is ``d``."""
+
+    @property
+    def num_features(self) -> int:
+        """``d``, the number of feature columns."""
+        return self.x.shape[1]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
 @dataclass(frozen=True)
-class TabularData:
+class TabularData(FeatureRows):
     """A regression table in raw units: ``x [n, d]``, ``y [n]`` (float64), the names of
     its columns and a line saying where it comes from (:func:`load_tabular` makes it).
 
@@ -58,14 +72,6 @@ class TabularData:
     feature_names: tuple[str, ...]
     target_name: str
     source: str
-
-    @property
-    def num_features(self) -> int:
-        """``d``, the number of feature columns."""
-        return self.x.shape[1]
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
 
 
 def feature_matrix(
@@ -115,16 +121,21 @@ def _to_float(values: Sequence, column: str, what: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def _select(
+def select_columns(
     columns: dict[str, Sequence],
     x_cols: Sequence[str] | str | None,
     y_col: str | None,
     what: str,
-    min_rows: int,
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str]:
+    role: str = "target",
+) -> list[str]:
+    """The feature columns of a read table (``None``/``"all"``/``["all"]``: every column but
+    ``y_col``), checked against its columns: ``y_col`` named, every column present, the
+    features non-empty, distinct and without ``y_col`` (``role``: what ``y_col`` is called
+    in the errors, ``"target"`` or ``"label"``). Shared by the regression and the
+    labelled-table loaders."""
     names = list(columns)
     if y_col is None:
-        raise ValueError(f"{what}: name the target column (--y); columns are {names}")
+        raise ValueError(f"{what}: name the {role} column (--y); columns are {names}")
     if isinstance(x_cols, str):
         x_cols = [x_cols]
     if x_cols is None or list(x_cols) == ["all"]:
@@ -139,9 +150,20 @@ def _select(
             f"available columns: {names}"
         )
     if y_col in x_cols:
-        raise ValueError(f"{what}: the target {y_col!r} is also listed as a feature")
+        raise ValueError(f"{what}: the {role} {y_col!r} is also listed as a feature")
     if len(set(x_cols)) != len(x_cols):
         raise ValueError(f"{what}: feature columns listed twice: {x_cols}")
+    return x_cols
+
+
+def _select(
+    columns: dict[str, Sequence],
+    x_cols: Sequence[str] | str | None,
+    y_col: str | None,
+    what: str,
+    min_rows: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], str]:
+    x_cols = select_columns(columns, x_cols, y_col, what)
     y = _to_float(columns[y_col], y_col, what)
     x = feature_matrix(columns, x_cols, what, min_rows, np.isfinite(y))
     if np.ptp(y) == 0:
@@ -149,9 +171,20 @@ def _select(
     return x, y, tuple(x_cols), y_col
 
 
-def _read_csv(path: str) -> dict[str, list]:
-    ds = read_csv(path)
-    return {c: list(ds[c]) for c in ds.column_names}
+def csv_columns(data: str, builtins: Sequence[str], kind: str = "") -> tuple[dict, str, str]:
+    """``(columns, what, source)`` of the CSV file ``data``: its columns by name (lists),
+    the table's name in errors and the line saying where it comes from. ``data`` neither
+    a ``.csv``/``.tsv`` name nor an existing file is a ``FileNotFoundError`` that lists the
+    built-in ``kind`` data sets ``builtins`` (shared by the regression and labelled
+    loaders)."""
+    if not data.lower().endswith((".csv", ".tsv")) and not os.path.exists(data):
+        raise FileNotFoundError(
+            f"--data {data!r} is neither a built-in {kind}data set ({', '.join(builtins)}) "
+            "nor an existing .csv file"
+        )
+    ds = read_csv(data)
+    columns = {c: list(ds[c]) for c in ds.column_names}
+    return columns, f"CSV {data!r}", f"CSV {os.path.basename(data)}"
 
 
 def load_tabular(
@@ -194,17 +227,11 @@ def load_tabular(
         what, y_col = "diabetes", y_col or "target"
         source = "scikit-learn load_diabetes (Efron et al. 2004), 442 x 10, raw units"
     elif data == "motorcycle":
-        columns = _read_csv(MCYCLE_CSV)
+        columns, _, _ = csv_columns(MCYCLE_CSV, BUILTIN_TABLES)
         what, y_col = "motorcycle", y_col or "accel"
         source = "motorcycle crash (Silverman 1985, MASS::mcycle), 133 rows"
     else:
-        if not data.lower().endswith((".csv", ".tsv")) and not os.path.exists(data):
-            raise FileNotFoundError(
-                f"--data {data!r} is neither a built-in data set ({', '.join(BUILTIN_TABLES)}) "
-                "nor an existing .csv file"
-            )
-        columns = _read_csv(data)
-        what, source = f"CSV {data!r}", f"CSV {os.path.basename(data)}"
+        columns, what, source = csv_columns(data, BUILTIN_TABLES)
     x, y, xs, yc = _select(columns, x_cols, y_col, what, min_rows)
     return TabularData(
         x=torch.as_tensor(x, dtype=torch.float64),

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import torch
 
+from pyrobayes.data.tabular import FeatureRows
+
 __all__ = ["UCIData", "load_uci", "is_uci", "uci_folder", "UCI_ROOT_ENV", "UCI_SOURCE"]
 
 UCI_ROOT_ENV = "PYROBAYES_UCI_ROOT"
@@ -60,7 +62,7 @@ _REQUIRED = ("data.txt", "index_features.txt", "index_target.txt")
 
 
 @dataclass(frozen=True)
-class UCIData:
+class UCIData(FeatureRows):
     """One data set of the standard layout in raw units: ``x [n, d]``, ``y [n]`` (float64),
     its given splits (``train_index[k]``, ``test_index[k]``: 0-based row indices, int64),
     and the MC dropout paper's grid when the folder has it (``dropout_rates``,
@@ -93,13 +95,6 @@ class UCIData:
     def num_splits(self) -> int:
         """How many given splits the folder holds."""
         return len(self.train_index)
-
-    @property
-    def num_features(self) -> int:
-        return self.x.shape[1]
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
 
     def splits(self, k: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first ``k`` given ``(train_index, test_index)`` pairs (default: all); more than

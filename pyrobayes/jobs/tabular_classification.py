@@ -46,15 +46,16 @@ import copy
 import csv
 import json
 import math
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pyrobayes.jobs import _tabular_common as common
+from pyrobayes.jobs._tabular_common import TableJobConfig, opt
 from pyrobayes.options import Option, Task
 from pyrobayes.pfn.model import DEFAULT_CLASS_PERMUTATIONS
 
@@ -83,7 +84,6 @@ __all__ = [
 ]
 
 PFN_NAME = "bnn-tabular-classifier"
-DEFAULT_SPLITS = 10
 
 
 class TaskChoice(Option):
@@ -134,31 +134,15 @@ CLASS_METHOD_ROWS = {
 }
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
-
-
-def _parse_methods(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(v).strip() for v in items if str(v).strip()]
-    if not names:
-        raise ValueError("--methods is empty; name at least one of " + _valid_methods())
-    chosen = {ClassMethod.parse(v, "classification method") for v in names}
-    return tuple(m.value for m in CLASS_METHOD_ROWS if m in chosen)
-
-
-def _valid_methods() -> str:
-    return ", ".join(m.value for m in ClassMethod)
-
-
 @dataclass(frozen=True)
-class ClassifyTabularConfig:
-    """Options of the classification comparison (:func:`run_classify_tabular`). Each field
-    is a ``pyrobayes compare`` flag (``--field-name``; ``x_cols`` is ``--x``, ``y_col`` is
-    ``--y``); flags shared with the regression job (:class:`~pyrobayes.jobs.tabular_regression.
-    TabularConfig`) are the same flags. Checked here, before any work.
+class ClassifyTabularConfig(TableJobConfig):
+    """Options of the classification comparison (:func:`run_classify_tabular`): the options
+    of every table job (``_tabular_common.TableJobConfig``) and this job's own below. Each
+    field is a ``pyrobayes compare`` flag (``--field-name``; ``x_cols`` is ``--x``,
+    ``y_col`` is ``--y``); flags shared with the regression job
+    (:class:`~pyrobayes.jobs.tabular_regression.TabularConfig`) are the same flags. Checked
+    here, before any work; ``selected`` is the rows to show, in the table's order
+    (``methods`` less ``no_gp``/``no_nuts``).
 
     Example::
 
@@ -171,89 +155,53 @@ class ClassifyTabularConfig:
         ValueError: unknown task 'ranking'; valid: auto, regression, classification
     """
 
-    data: str | None = _opt(None, "built-in labelled set or CSV", flag="--data")
-    x_cols: tuple[str, ...] | None = _opt(None, "feature columns", flag="--x", nargs="+", type=str)
-    y_col: str | None = _opt(None, "label column", flag="--y", type=str)
-    task: str = _opt(
+    METHODS = ClassMethod
+    METHOD_KIND = "classification method"
+    METHOD_ROWS = CLASS_METHOD_ROWS
+    DATA_HINT = "breast_cancer, wine, iris or a CSV file"
+    POSITIVE = ("ensemble_steps", "pfn_subsets", "pfn_permutations", "gp_max_rows", "ece_bins")
+
+    methods: tuple[str, ...] | None = opt(
+        None, "rows: " + ",".join(m.value for m in ClassMethod), type=str
+    )
+    task: str = opt(
         "auto",
         "what --y is: auto (text, or whole numbers with at most 10 distinct values, is a "
         "label: classification), regression or classification",
     )
-    splits: int | None = _opt(None, f"stratified splits (default {DEFAULT_SPLITS})", type=int)
-    methods: tuple[str, ...] | None = _opt(
-        None, "rows: " + ",".join(m.value for m in ClassMethod), type=str
-    )
-    test_fraction: float = _opt(0.1, "held-out fraction of each class in each split")
-    seed: int = _opt(0, "seed of the splits and of every method")
-    mlp_steps: int = _opt(2000, "most full-batch Adam steps of the MLP (early-stopped)")
-    ensemble_steps: int = _opt(2000, "most full-batch Adam steps per ensemble member")
-    svi_steps: int = _opt(2000, "full-batch SVI steps")
-    svi_lr: float = _opt(1e-3, "Adam step size of SVI")
-    delta: float = _opt(0.1, "MOPED relative initial scale")
-    num_samples: int = _opt(200, "posterior draws of the SVI predictive")
-    nuts_warmup: int = _opt(200, "NUTS adaptation steps per chain")
-    nuts_samples: int = _opt(200, "NUTS draws kept per chain")
-    nuts_splits: int | None = _opt(None, "NUTS on the first K splits only", type=int)
-    nuts_max_tree_depth: int = _opt(10, "NUTS maximum tree depth")
-    no_nuts: bool = _opt(False, "skip the NUTS reference")
-    no_gp: bool = _opt(False, "skip the GP")
-    gp_max_rows: int = _opt(
+    ensemble_steps: int = opt(2000, "most full-batch Adam steps per ensemble member")
+    delta: float = opt(0.1, "MOPED relative initial scale")
+    num_samples: int = opt(200, "posterior draws of the SVI predictive")
+    nuts_warmup: int = opt(200, "NUTS adaptation steps per chain")
+    nuts_samples: int = opt(200, "NUTS draws kept per chain")
+    nuts_max_tree_depth: int = opt(10, "NUTS maximum tree depth")
+    gp_max_rows: int = opt(
         1000, "classification: run the GP classifier only up to this many training rows"
     )
-    ece_bins: int = _opt(10, "classification: equal-width confidence bins of the ECE")
-    pfn_checkpoint: str | None = _opt(
+    ece_bins: int = opt(10, "classification: equal-width confidence bins of the ECE")
+    pfn_checkpoint: str | None = opt(
         None,
         "classification: the PFN checkpoint of the PFN row (a path, with or without .json; "
         f"default the shipped {PFN_NAME})",
         type=str,
     )
-    pfn_subsets: int = _opt(
+    pfn_subsets: int = opt(
         8,
         "beyond the PFN's trained rows/features: its row is the mixture of this many "
         "predictions, each on a random context of its trained size",
     )
-    pfn_permutations: int = _opt(
+    pfn_permutations: int = opt(
         DEFAULT_CLASS_PERMUTATIONS,
         "classification PFN: its probabilities averaged over this many class relabellings",
     )
-    out: str = _opt("pyrobayes-out", "output folder")
-    no_progress: bool = _opt(False, "hide progress bars")
 
     def __post_init__(self) -> None:
-        if self.data is None:
-            raise ValueError("--data is required: breast_cancer, wine, iris or a CSV file")
+        super().__post_init__()
         TaskChoice.parse(self.task, "task")
-        object.__setattr__(self, "methods", _parse_methods(self.methods))
-        positive = ("splits", "mlp_steps", "ensemble_steps", "svi_steps", "num_samples")
-        pfn = ("pfn_subsets", "pfn_permutations")
-        for name in (*positive, *pfn, "nuts_samples", "gp_max_rows", "ece_bins", "nuts_splits"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {v}")
-        if self.nuts_warmup < 0 or self.nuts_max_tree_depth < 1:
-            raise ValueError("nuts-warmup must be >= 0 and nuts-max-tree-depth >= 1")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
-        if not self.svi_lr > 0 or not self.delta > 0:
-            raise ValueError("svi-lr and delta must be positive")
-        if not self.selected:
-            raise ValueError(
-                f"no method left to run (--methods less --no-gp/--no-nuts); "
-                f"valid: {_valid_methods()}"
-            )
-
-    @property
-    def selected(self) -> tuple[ClassMethod, ...]:
-        """The rows to show, in the table's order (``methods`` less ``no_gp``/``no_nuts``)."""
-        chosen = {ClassMethod.parse(m) for m in (self.methods or [m.value for m in ClassMethod])}
-        if self.no_gp:
-            chosen.discard(ClassMethod.GP)
-        if self.no_nuts:
-            chosen.discard(ClassMethod.NUTS)
-        return tuple(m for m in CLASS_METHOD_ROWS if m in chosen)
+        self._check_selected()
 
 
-class ClassifyTabularResult(TypedDict):
+class ClassifyTabularResult(common.TableJobResult):
     """What :func:`run_classify_tabular` returns (a plain ``dict``).
 
     - ``table``: mean ± s.e. over splits, one row per selected method;
@@ -272,14 +220,8 @@ class ClassifyTabularResult(TypedDict):
         ['classes', 'files', 'infos', 'notes']
     """
 
-    table: ComparisonTable
-    nuts_table: ComparisonTable | None
-    split_tables: list[ComparisonTable]
-    notes: list[str]
-    infos: list[dict[str, Any]]
     classes: tuple
     predictions: list[dict[str, Any]]
-    files: dict[str, Path]
 
 
 # ----------------------------------------------------------------- task and splits
@@ -407,11 +349,7 @@ def standardise_features(
         >>> round(float(s.x_test), 2)  # (100 - 2) / sqrt(2)
         69.3
     """
-    keep = x[train].std(0) > 0
-    if not bool(keep.any()):
-        raise ValueError("every feature is constant on this training split")
-    dropped = tuple(torch.nonzero(~keep).reshape(-1).tolist())
-    x = x[:, keep]
+    x, dropped = common.drop_constant_features(x, train)
     mean, std = x[train].mean(0), x[train].std(0)
     return ClassSplit(
         x_train=((x[train] - mean) / std).float(),
@@ -838,13 +776,14 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         >>> res["table"].methods[:3], res["predictions"][0]["label"]
         (('logistic regression', 'MLP', 'deep ensemble'), 'setosa')
     """
-    from pyrobayes.compare import mean_se_table
     from pyrobayes.data.labelled import load_labelled
 
     if TaskChoice.parse(cfg.task, "task") is TaskChoice.REGRESSION:
         raise ValueError("task is 'regression': use pyrobayes.run_tabular(TabularConfig(...))")
     tab = load_labelled(cfg.data, cfg.x_cols, cfg.y_col)
-    splits = stratified_splits(tab.y, cfg.splits or DEFAULT_SPLITS, cfg.test_fraction, cfg.seed)
+    splits = stratified_splits(
+        tab.y, cfg.splits or common.DEFAULT_SPLITS, cfg.test_fraction, cfg.seed
+    )
     n_train, n_test = max(len(tr) for tr, _ in splits), max(len(te) for _, te in splits)
     notes, pfn_row, n_nuts = _plan(cfg, tab, n_train, n_test, len(splits))
     tables, infos, predictions, pooled = [], [], [], {}
@@ -861,39 +800,17 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
         predictions.extend(_predictions(tab, s, ppds, k))
         for m, p in ppds.items():
             pooled.setdefault(m, []).append((p.probs.detach().cpu(), s.y_test))
-        _record_split(cfg, k, len(splits), tables[-1], info, t_start)
-    notes += [
-        f"feature {f!r} is constant on the training rows of split(s) {ks}: left out there"
-        for f, ks in dropped.items()
-    ]
+        record = {"split": k + 1, "table": json.loads(tables[-1].to_json()), "info": info}
+        common.record_split(cfg.out, k, len(splits), record, t_start)
+    notes += common.note_dropped(dropped)
     labels = _row_labels(pfn_row[1] if pfn_row else None)
-    methods = [labels[m] for m in cfg.selected]
-    summary = mean_se_table(tables, methods=methods)
-    nuts_table = (
-        mean_se_table(tables[:n_nuts], methods=methods) if 0 < n_nuts < len(tables) else None
-    )
+    summary, nuts_table = common.summary_tables(tables, [labels[m] for m in cfg.selected], n_nuts)
     files = _write(cfg, tab, summary, nuts_table, tables, infos, notes, predictions, pooled)
     return {
-        "table": summary,
-        "nuts_table": nuts_table,
-        "split_tables": tables,
-        "notes": notes,
-        "infos": infos,
+        **common.job_result((summary, nuts_table), tables, notes, infos, files),
         "classes": tab.classes,
         "predictions": predictions,
-        "files": files,
     }
-
-
-def _record_split(cfg, k: int, n_splits: int, table: Any, info: dict, t_start: float) -> None:
-    """Split ``k``'s scores appended to ``splits.jsonl`` as soon as they exist (a long run
-    stopped early keeps them) and one progress line on stderr."""
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
-        record = {"split": k + 1, "table": json.loads(table.to_json()), "info": info}
-        fh.write(json.dumps(record, default=str) + "\n")
-    seconds = time.perf_counter() - t_start
-    print(f"split {k + 1}/{n_splits} done ({seconds:.0f} s so far)", file=sys.stderr, flush=True)
 
 
 def _predictions(tab: LabelledData, s: ClassSplit, ppds: dict, k: int) -> list[dict]:
@@ -908,40 +825,24 @@ def _predictions(tab: LabelledData, s: ClassSplit, ppds: dict, k: int) -> list[d
 
 
 def _write(cfg, tab, summary, nuts_table, tables, infos, notes, predictions, pooled) -> dict:
+    """``compare.json``/``.md`` (``_tabular_common.write_outputs``), the
+    reliability diagrams of the pooled test rows ``compare.png`` and ``predictions.csv``."""
     from pyrobayes.plotting import plot_reliability_grid
     from pyrobayes.ppd import CategoricalPPD
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "png": out / "compare.png",
-        "json": out / "compare.json",
-        "md": out / "compare.md",
-        "predictions": out / "predictions.csv",
-    }
+    md = _markdown(cfg, tab, summary, nuts_table, tables, infos, notes)
+    extra = {"classes": list(tab.classes)}
+    files = common.write_outputs(cfg, tab, (summary, nuts_table, tables), infos, notes, extra, md)
     pooled_ppds = {m: CategoricalPPD(torch.cat([p for p, _ in v])[None]) for m, v in pooled.items()}
     labels = torch.cat([y for _, y in next(iter(pooled.values()))]) if pooled else None
     title = f"{tab.source}: test rows of {len(tables)} splits pooled"
     fig, _ = plot_reliability_grid(pooled_ppds, labels, n_bins=cfg.ece_bins, title=title)
     fig.savefig(files["png"], dpi=110, bbox_inches="tight")
+    files["predictions"] = Path(cfg.out) / "predictions.csv"
     with open(files["predictions"], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(predictions[0]))
         writer.writeheader()
         writer.writerows(predictions)
-    payload = {
-        "config": asdict(cfg),
-        "data": tab.source,
-        "features": list(tab.feature_names),
-        "target": tab.target_name,
-        "classes": list(tab.classes),
-        "notes": notes,
-        "table": json.loads(summary.to_json()),
-        "nuts_table": json.loads(nuts_table.to_json()) if nuts_table is not None else None,
-        "split_tables": [json.loads(t.to_json()) for t in tables],
-        "split_info": infos,
-    }
-    files["json"].write_text(json.dumps(payload, indent=2, default=str))
-    files["md"].write_text(_markdown(cfg, tab, summary, nuts_table, tables, infos, notes))
     return files
 
 
@@ -961,8 +862,7 @@ def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes) -> str:
         + ("Notes:\n\n" + "".join(f"- {x}\n" for x in notes) + "\n" if notes else "")
         + "![reliability](compare.png)\n"
     )
-    if nuts_table is not None:
-        md += f"\n## The splits with NUTS (every method on them)\n\n{nuts_table.to_markdown()}\n"
+    md += common.nuts_subset_md(nuts_table)
     nuts = [(k, i["nuts"]) for k, i in enumerate(infos, 1) if "nuts" in i]
     if nuts:
         md += (
@@ -1008,9 +908,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         >>> p.parse_args(["--data", "iris", "--task", "classification"]).task
         'classification'
     """
-    from pyrobayes.jobs.tabular_regression import add_dataclass_arguments
-
-    add_dataclass_arguments(p, ClassifyTabularConfig)
+    common.add_dataclass_arguments(p, ClassifyTabularConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1029,13 +927,4 @@ def run(args: argparse.Namespace) -> int:
         ...
         0
     """
-    from pyrobayes.jobs.tabular_regression import config_from_args
-
-    cfg = config_from_args(ClassifyTabularConfig, args)
-    torch.set_num_threads(1)  # tiny nets: a second thread costs more than it saves
-    result = run_classify_tabular(cfg)
-    print(result["table"].to_markdown())
-    for note in result["notes"]:
-        print("note:", note)
-    print("wrote " + ", ".join(str(f) for f in result["files"].values()))
-    return 0
+    return common.run_cli(ClassifyTabularConfig, args, run_classify_tabular)

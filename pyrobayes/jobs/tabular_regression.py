@@ -44,12 +44,14 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pyrobayes.jobs import _tabular_common as common
+from pyrobayes.jobs._tabular_common import TableJobConfig, opt
 from pyrobayes.options import Option
 
 if TYPE_CHECKING:
@@ -76,7 +78,9 @@ __all__ = [
 
 PFN_NAME = "bnn-tabular"
 LEVELS = (0.5, 0.9, 0.95)
-DEFAULT_RANDOM_SPLITS = 10
+# the command line made from a config dataclass, shared with the classification job
+add_dataclass_arguments = common.add_dataclass_arguments
+config_from_args = common.config_from_args
 
 
 class Method(Option):
@@ -113,166 +117,115 @@ METHOD_ROWS = {
 }
 
 
-def _parse_methods(value: str | tuple | list | None) -> tuple[str, ...] | None:
-    """``--methods`` as a tuple of valid names in the table's order (``None``: all)."""
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(v).strip() for v in items if str(v).strip()]
-    if not names:
-        raise ValueError(
-            "--methods is empty; name at least one of " + ", ".join(m.value for m in Method)
-        )
-    chosen = {Method.parse(v, "method") for v in names}
-    return tuple(m.value for m in METHOD_ROWS if m in chosen)
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass(frozen=True)
-class TabularConfig:
-    """Options of the real-data job (:func:`run_tabular`); each field is one command-line
-    flag of ``pyrobayes compare`` (``--field-name``, or ``metadata["flag"]``: ``data`` is
+class TabularConfig(TableJobConfig):
+    """Options of the real-data job (:func:`run_tabular`): the options of every table job
+    (``_tabular_common.TableJobConfig``: ``data``, ``x_cols``, ``y_col``, ``splits``,
+    ``methods``, ``test_fraction``, ``seed``, ``mlp_steps``, ``svi_steps``, ``svi_lr``,
+    ``nuts_splits``, ``no_nuts``, ``no_gp``, ``out``, ``no_progress``) and this job's own
+    below. Each field is one command-line flag of
+    ``pyrobayes compare`` (``--field-name``, or ``metadata["flag"]``: ``data`` is
     ``--data``, ``x_cols`` is ``--x``, ``y_col`` is ``--y``). Values are checked here, so a
-    bad one fails before any work starts.
+    bad one fails before any work starts. ``selected`` is the methods whose rows the table
+    shows, in its order: ``methods`` (default all) less ``gp`` under ``no_gp`` and ``nuts``
+    under ``no_nuts``.
 
     Example::
 
         >>> cfg = TabularConfig(data="diabetes", splits=5, nuts_warmup=100, nuts_samples=100)
         >>> cfg.x_cols is None, cfg.test_fraction  # all features, 90/10 splits
         (True, 0.1)
+        >>> TabularConfig(data="diabetes", methods="nuts,mlp", no_nuts=True).selected
+        (<Method.MLP: 'mlp'>,)
         >>> TabularConfig(data="diabetes", splits=0)
         Traceback (most recent call last):
         ...
         ValueError: splits must be >= 1, got 0
     """
 
-    data: str | None = _opt(
-        None,
-        "built-in data set (diabetes, motorcycle), a CSV file, a folder in the standard UCI "
-        "layout (data.txt, index_*.txt) or uci:<name> (with --data-root)",
-        flag="--data",
+    METHODS = Method
+    METHOD_ROWS = METHOD_ROWS
+    DATA_HINT = "diabetes, motorcycle, a CSV file or a UCI folder/uci:<name>"
+    POSITIVE = (
+        "gp_steps",
+        "ensemble_steps",
+        "dropout_steps",
+        "dropout_passes",
+        "gp_exact_max",
+        "gp_inducing",
+        "pfn_subsets",
     )
-    data_root: str | None = _opt(
+
+    # these follow TableJobConfig's fields; keep their order: benchmarks/bench_uci.py
+    # fingerprints a config by its fields in order (a reorder re-keys its result cache)
+    data_root: str | None = opt(
         None,
         "folder holding the UCI data sets, for --data uci:<name> (default $PYROBAYES_UCI_ROOT)",
         flag="--data-root",
         type=str,
     )
-    x_cols: tuple[str, ...] | None = _opt(
-        None,
-        "feature columns of --data ('all' = every column but --y; default all)",
-        flag="--x",
-        nargs="+",
-        type=str,
-    )
-    y_col: str | None = _opt(
-        None, "target column (built-in sets know theirs)", flag="--y", type=str
-    )
-    splits: int | None = _opt(
-        None,
-        f"number of splits: random train/test splits (default {DEFAULT_RANDOM_SPLITS}), or the "
-        "first K given splits of a UCI folder (default all of them)",
-        type=int,
-    )
-    first_split: int = _opt(
+    first_split: int = opt(
         0,
         "0-based index of the first split to run: splits first_split .. first_split + K - 1 "
         "(resuming or extending a run split by split)",
     )
-    methods: tuple[str, ...] | None = _opt(
+    methods: tuple[str, ...] | None = opt(
         None,
         "comma-separated rows to run: " + ",".join(m.value for m in Method) + " (default all)",
         type=str,
     )
-    test_fraction: float = _opt(0.1, "held-out fraction of each split")
-    seed: int = _opt(0, "seed of the splits and of every method")
-    mlp_steps: int = _opt(2000, "full-batch Adam steps of the frequentist MLP")
-    svi_steps: int = _opt(2000, "full-batch SVI steps")
-    svi_lr: float = _opt(1e-3, "Adam step size of SVI")
-    delta: float | None = _opt(
+    delta: float | None = opt(
         None,
         "MOPED relative initial scale (default: chosen per split from --svi-deltas on an "
         "inner validation split of the training rows)",
         type=float,
     )
-    svi_deltas: tuple[float, ...] = _opt(
+    svi_deltas: tuple[float, ...] = opt(
         (0.003, 0.01, 0.03, 0.1),
         "MOPED deltas the SVI row chooses from when --delta is not given",
         nargs="+",
         type=float,
     )
-    svi_val_fraction: float = _opt(
+    svi_val_fraction: float = opt(
         0.2, "fraction of the training rows held out to choose the SVI delta"
     )
-    svi_delta_extend: int = _opt(
+    svi_delta_extend: int = opt(
         2,
         "when the chosen delta is the grid's smallest or largest, try up to this many more "
         "beyond that edge (x/÷ sqrt(10) each) while the inner-validation score improves",
     )
-    num_samples: int = _opt(200, "posterior draws of the SVI predictive")
-    nuts_warmup: int = _opt(200, "NUTS adaptation steps per split")
-    nuts_samples: int = _opt(200, "NUTS draws kept per split")
-    nuts_splits: int | None = _opt(
-        None, "run NUTS on the first K splits only (default: all; the table says so)", type=int
-    )
-    nuts_max_tree_depth: int = _opt(
+    num_samples: int = opt(200, "posterior draws of the SVI predictive")
+    nuts_warmup: int = opt(200, "NUTS adaptation steps per split")
+    nuts_samples: int = opt(200, "NUTS draws kept per split")
+    nuts_max_tree_depth: int = opt(
         10, "NUTS maximum tree depth (at most 2^depth - 1 leapfrog steps per draw)"
     )
-    no_nuts: bool = _opt(False, "skip the NUTS reference")
-    no_gp: bool = _opt(False, "skip the exact GP")
-    gp_steps: int = _opt(300, "Adam steps of the GP's marginal-likelihood fit")
-    ensemble_steps: int = _opt(
+    gp_steps: int = opt(300, "Adam steps of the GP's marginal-likelihood fit")
+    ensemble_steps: int = opt(
         2000, "most full-batch Adam steps per deep-ensemble member (early-stopped)"
     )
-    dropout_steps: int = _opt(2000, "minibatch Adam steps per MC dropout fit")
-    dropout_passes: int = _opt(100, "MC dropout test-time passes (T)")
-    budget_minutes: float = _opt(
+    dropout_steps: int = opt(2000, "minibatch Adam steps per MC dropout fit")
+    dropout_passes: int = opt(100, "MC dropout test-time passes (T)")
+    budget_minutes: float = opt(
         120.0,
         "stop before any fit when the estimated time of the whole run exceeds this many "
         "minutes (the message names the flags that make it fit); 0: no limit",
     )
-    gp_exact_max: int = _opt(
+    gp_exact_max: int = opt(
         2000, "most training rows for the exact GP; beyond them a sparse GP (ARD, VFE)"
     )
-    gp_inducing: int = _opt(256, "inducing inputs of the sparse GP")
-    pfn_subsets: int = _opt(
+    gp_inducing: int = opt(256, "inducing inputs of the sparse GP")
+    pfn_subsets: int = opt(
         8,
         "beyond the PFN's trained rows/features: its row is the mixture of this many "
         "predictions, each on a random context of its trained size",
     )
-    nuts_max_minutes: float = _opt(
+    nuts_max_minutes: float = opt(
         20.0, "run NUTS only where its estimated time per split fits this many minutes"
     )
-    out: str = _opt("pyrobayes-out", "output folder for compare.png/.json/.md")
-    no_progress: bool = _opt(False, "hide progress bars")
 
     def __post_init__(self) -> None:
-        if self.data is None:
-            raise ValueError(
-                "--data is required: diabetes, motorcycle, a CSV file or a UCI folder/uci:<name>"
-            )
-        object.__setattr__(self, "methods", _parse_methods(self.methods))
-        for name in (
-            "splits",
-            "mlp_steps",
-            "svi_steps",
-            "num_samples",
-            "nuts_samples",
-            "gp_steps",
-            "ensemble_steps",
-            "dropout_steps",
-            "dropout_passes",
-            "gp_exact_max",
-            "gp_inducing",
-            "pfn_subsets",
-        ):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(
-                    f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
-                )
+        super().__post_init__()
         if not self.budget_minutes >= 0 or not self.nuts_max_minutes >= 0:
             raise ValueError(
                 "budget-minutes and nuts-max-minutes must be >= 0, got "
@@ -280,16 +233,6 @@ class TabularConfig:
             )
         if self.first_split < 0:
             raise ValueError(f"first-split must be >= 0, got {self.first_split}")
-        if self.nuts_max_tree_depth < 1:
-            raise ValueError(f"nuts-max-tree-depth must be >= 1, got {self.nuts_max_tree_depth}")
-        if self.nuts_warmup < 0:
-            raise ValueError(f"nuts-warmup must be >= 0, got {self.nuts_warmup}")
-        if self.nuts_splits is not None and self.nuts_splits < 1:
-            raise ValueError(f"nuts-splits must be >= 1, got {self.nuts_splits}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
-        if not self.svi_lr > 0 or not (self.delta is None or self.delta > 0):
-            raise ValueError("svi-lr and delta must be positive")
         from pyrobayes.jobs.tabular_svi import check_deltas
 
         object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
@@ -297,31 +240,10 @@ class TabularConfig:
             raise ValueError(f"svi-delta-extend must be >= 0, got {self.svi_delta_extend}")
         if not 0.0 < self.svi_val_fraction < 1.0:
             raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
-        if not self.selected:
-            raise ValueError(
-                "no method left to run (--methods less --no-gp/--no-nuts); valid: "
-                + ", ".join(m.value for m in Method)
-            )
-
-    @property
-    def selected(self) -> tuple[Method, ...]:
-        """The methods whose rows the table shows, in its order: ``methods`` (default all)
-        less ``gp`` under ``no_gp`` and ``nuts`` under ``no_nuts``.
-
-        Example::
-
-            >>> TabularConfig(data="diabetes", methods="nuts,mlp", no_nuts=True).selected
-            (<Method.MLP: 'mlp'>,)
-        """
-        chosen = set(Method.parse(m) for m in (self.methods or [m.value for m in Method]))
-        if self.no_gp:
-            chosen.discard(Method.GP)
-        if self.no_nuts:
-            chosen.discard(Method.NUTS)
-        return tuple(m for m in METHOD_ROWS if m in chosen)
+        self._check_selected()
 
 
-class TabularResult(TypedDict):
+class TabularResult(common.TableJobResult):
     """What :func:`run_tabular` returns (a plain ``dict`` with these keys).
 
     - ``table``: the :class:`~pyrobayes.compare.ComparisonTable` of mean ± standard error
@@ -348,80 +270,7 @@ class TabularResult(TypedDict):
         ['files', 'infos', 'notes', 'nuts_table', 'rows', 'split_tables', 'table']
     """
 
-    table: ComparisonTable
-    nuts_table: ComparisonTable | None
-    split_tables: list[ComparisonTable]
-    notes: list[str]
-    infos: list[dict[str, Any]]
-    files: dict[str, Path]
     rows: dict[str, str]
-
-
-# ----------------------------------------------------------------- dataclass -> argparse
-
-
-def _flag(f) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of the dataclass ``cls`` (help from ``metadata["help"]``,
-    flag from ``metadata["flag"]`` or ``--field-name``, ``dest`` = the field name).
-    Booleans become ``store_true`` switches; ``metadata["nargs"]``/``["type"]`` pass
-    through; otherwise the type is the default's. Flags the parser already has (shared
-    with another job on the same subcommand) are skipped: :func:`config_from_args` reads
-    them by ``dest``.
-
-    Example::
-
-        >>> from dataclasses import dataclass
-        >>> @dataclass(frozen=True)
-        ... class Opts:
-        ...     n_steps: int = 10
-        ...     verbose: bool = False
-        >>> p = argparse.ArgumentParser()
-        >>> add_dataclass_arguments(p, Opts)
-        >>> p.parse_args(["--n-steps", "3", "--verbose"])
-        Namespace(n_steps=3, verbose=True)
-    """
-    for f in fields(cls):
-        flag = _flag(f)
-        if flag in parser._option_string_actions:
-            continue
-        default = f.default if f.default is not MISSING else None
-        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": f.metadata.get("help")}
-        if isinstance(default, bool):
-            kw["action"] = "store_true"
-        else:
-            kw["type"] = f.metadata.get("type", type(default) if default is not None else str)
-            if "nargs" in f.metadata:
-                kw["nargs"] = f.metadata["nargs"]
-        parser.add_argument(flag, **kw)
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build ``cls`` from a namespace filled by :func:`add_dataclass_arguments` (fields
-    missing from it keep their defaults; lists become tuples).
-
-    Example::
-
-        >>> p = argparse.ArgumentParser()
-        >>> add_dataclass_arguments(p, TabularConfig)
-        >>> cfg = config_from_args(TabularConfig, p.parse_args(["--data", "diabetes",
-        ...                                                    "--x", "age", "bmi"]))
-        >>> cfg.data, cfg.x_cols, cfg.splits  # splits None: 10 random ones (all, for UCI)
-        ('diabetes', ('age', 'bmi'), None)
-    """
-    kw = {}
-    for f in fields(cls):
-        if hasattr(args, f.name):
-            v = getattr(args, f.name)
-            # jobs share flags registered once (the first job's defaults): an unset flag
-            # whose shared default is None leaves this config's own default in place
-            if v is None and f.default is not None and f.default is not MISSING:
-                continue
-            kw[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kw)
 
 
 # ----------------------------------------------------------------- splits
@@ -497,11 +346,7 @@ def standardise_split(
         >>> s.y_mean, round(float(s.x_test), 3)  # the test row is far outside: x = 10
         (2.5, 6.584)
     """
-    keep = x[train].std(0) > 0
-    if not bool(keep.any()):
-        raise ValueError("every feature is constant on this training split")
-    dropped = tuple(torch.nonzero(~keep).reshape(-1).tolist())
-    x = x[:, keep]
+    x, dropped = common.drop_constant_features(x, train)
     xtr, ytr = x[train], y[train]
     xm, xs = xtr.mean(0), xtr.std(0)
     ym, ys = float(ytr.mean()), float(ytr.std())
@@ -935,7 +780,6 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
         ('MLP + fitted noise', 'deep ensemble', 'MC dropout', 'SVI (MOPED)', 'PFN (bnn-tabular)',
          'exact GP (ARD)')
     """
-    from pyrobayes.compare import mean_se_table
     from pyrobayes.progress import Heartbeat, log_heartbeat_enabled
 
     tab, splits, dropout_grid = _load_data(cfg)
@@ -948,28 +792,15 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
     beat = Heartbeat(enabled=log_heartbeat_enabled(bars=not cfg.no_progress))
     with beat:
         tables, infos, first, dropped = _run_splits(cfg, tab, splits, plan, pfn, dropout_grid)
-    for name, ks in dropped.items():
-        notes.append(
-            f"feature {name!r} is constant on the training rows of split(s) {ks}: left out there"
-        )
-    methods = [plan.get(m).label for m in plan.running]
-    summary = mean_se_table(tables, methods=methods)
-    # NUTS's mean is over its own splits: the fair comparison is every method on those
-    nuts_table = (
-        mean_se_table(tables[:n_nuts], methods=methods) if 0 < n_nuts < len(tables) else None
+    notes += common.note_dropped(dropped)
+    summary, nuts_table = common.summary_tables(
+        tables, [plan.get(m).label for m in plan.running], n_nuts
     )
     files = _write(
         cfg, tab, (summary, nuts_table), tables, infos, notes, first, n_train, len(splits[0][1])
     )
-    return {
-        "table": summary,
-        "nuts_table": nuts_table,
-        "split_tables": tables,
-        "notes": notes,
-        "infos": infos,
-        "files": files,
-        "rows": {m: plan.get(m).label for m in plan.running},
-    }
+    rows = {m: plan.get(m).label for m in plan.running}
+    return {**common.job_result((summary, nuts_table), tables, notes, infos, files), "rows": rows}
 
 
 def _run_splits(
@@ -1007,7 +838,8 @@ def _run_splits(
         )
         tables.append(table)
         infos.append(info)
-        _record_split(cfg, k, len(splits), table, info, t_start)
+        record = {"split": k, "table": json.loads(table.to_json()), "info": info}
+        common.record_split(cfg.out, k, len(splits), record, t_start)
         if grid is not None:
             first = {
                 "grid": grid_raw.float(),
@@ -1058,22 +890,6 @@ def _pfn_checkpoint() -> Any:
         return None
 
 
-def _record_split(
-    cfg: TabularConfig, k: int, n_splits: int, table: Any, info: dict, t_start: float
-) -> None:
-    """Split ``k``'s scores appended to ``splits.jsonl`` as soon as they exist (a long run
-    stopped early keeps them) and one progress line on stderr (alive even without bars)."""
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    with open(Path(cfg.out) / "splits.jsonl", "w" if k == 0 else "a") as fh:
-        record = {"split": k, "table": json.loads(table.to_json()), "info": info}
-        fh.write(json.dumps(record, default=str) + "\n")
-    print(
-        f"split {k + 1}/{n_splits} done ({time.perf_counter() - t_start:.0f} s so far)",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
     """``(table, splits, (dropout rates, raw taus))``: a UCI folder's given splits (the first
     ``cfg.splits``, default all) and MC dropout grid, or a table with seeded random splits."""
@@ -1097,7 +913,7 @@ def _load_data(cfg: TabularConfig) -> tuple[Any, list, tuple]:
         # more than the folder holds: uci.splits names the count and the files
         return uci, uci.splits(first + k)[first:], (uci.dropout_rates, uci.tau_values)
     tab = load_tabular(cfg.data, cfg.x_cols, cfg.y_col)
-    k = DEFAULT_RANDOM_SPLITS if cfg.splits is None else cfg.splits
+    k = common.DEFAULT_SPLITS if cfg.splits is None else cfg.splits
     # the same seeded sequence as a run from split 0: split j is the j-th draw
     first = cfg.first_split
     splits = make_splits(len(tab.x), first + k, cfg.test_fraction, cfg.seed)[first:]
@@ -1138,36 +954,11 @@ def plot_tabular_summary(table: ComparisonTable, title: str | None = None) -> Fi
 
 
 def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) -> dict:
+    """``compare.json``/``.md`` (``_tabular_common.write_outputs``), the
+    NLL and calibration figure ``compare.png`` and, for 1-D data, ``compare-bands.png``."""
     from pyrobayes.plotting import plot_ppd_comparison
 
     summary, nuts_table = summaries
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"png": out / "compare.png", "json": out / "compare.json", "md": out / "compare.md"}
-    fig = plot_tabular_summary(
-        summary, title=f"{tab.source}: {len(tables)} splits of {n_train}/{n_test} rows"
-    )
-    fig.savefig(files["png"], dpi=110, bbox_inches="tight")
-    if first:
-        fig2, _ = plot_ppd_comparison(first["grid"], first["ppds"], train=first["train"], ncols=3)
-        fig2.suptitle(f"PPDs of split 1 ({tab.source})", fontsize=9)
-        files["bands"] = out / "compare-bands.png"
-        fig2.savefig(files["bands"], dpi=110, bbox_inches="tight")
-    payload = {
-        "config": asdict(cfg),
-        "data": tab.source,
-        "features": list(tab.feature_names),
-        "target": tab.target_name,
-        "n_train": n_train,
-        "n_test": n_test,
-        "notes": notes,
-        "table": json.loads(summary.to_json()),
-        "nuts_table": json.loads(nuts_table.to_json()) if nuts_table is not None else None,
-        "split_tables": [json.loads(t.to_json()) for t in tables],
-        "split_info": infos,
-    }
-    files["json"].write_text(json.dumps(payload, indent=2, default=str))
     note_md = "".join(f"- {x}\n" for x in notes)
     md = (
         f"# pyrobayes compare --data {cfg.data}\n\n"
@@ -1180,10 +971,20 @@ def _write(cfg, tab, summaries, tables, infos, notes, first, n_train, n_test) ->
         + (f"Notes:\n\n{note_md}\n" if notes else "")
         + "![NLL and calibration](compare.png)\n"
         + ("\n![PPD bands](compare-bands.png)\n" if first else "")
-        + _nuts_subset_md(nuts_table)
+        + common.nuts_subset_md(nuts_table)
         + _diagnostics_md(infos)
     )
-    files["md"].write_text(md)
+    extra = {"n_train": n_train, "n_test": n_test}
+    files = common.write_outputs(cfg, tab, (summary, nuts_table, tables), infos, notes, extra, md)
+    fig = plot_tabular_summary(
+        summary, title=f"{tab.source}: {len(tables)} splits of {n_train}/{n_test} rows"
+    )
+    fig.savefig(files["png"], dpi=110, bbox_inches="tight")
+    if first:
+        fig2, _ = plot_ppd_comparison(first["grid"], first["ppds"], train=first["train"], ncols=3)
+        fig2.suptitle(f"PPDs of split 1 ({tab.source})", fontsize=9)
+        files["bands"] = Path(cfg.out) / "compare-bands.png"
+        fig2.savefig(files["bands"], dpi=110, bbox_inches="tight")
     return files
 
 
@@ -1196,15 +997,6 @@ def _splits_md(tab: Any, k: int, n_train: int, n_test: int, seed: int) -> str:
             f"index_train_K/index_test_K), {n_train} training / {n_test} test rows; "
         )
     return f"{k} random splits of {n_train} training / {n_test} test rows (seed {seed}); "
-
-
-def _nuts_subset_md(nuts_table: ComparisonTable | None) -> str:
-    if nuts_table is None:
-        return ""
-    return (
-        "\n## The splits with NUTS (every method on the same splits)\n\n"
-        f"{nuts_table.to_markdown()}\n"
-    )
 
 
 def _diagnostics_md(infos: list[dict]) -> str:
@@ -1261,11 +1053,4 @@ def run(args: argparse.Namespace) -> int:
         | method | NLL | ...
         0
     """
-    cfg = config_from_args(TabularConfig, args)
-    torch.set_num_threads(1)  # tiny nets: a second thread costs more than it saves
-    result = run_tabular(cfg)
-    print(result["table"].to_markdown())
-    for note in result["notes"]:
-        print("note:", note)
-    print("wrote " + ", ".join(str(f) for f in result["files"].values()))
-    return 0
+    return common.run_cli(TabularConfig, args, run_tabular)
