@@ -109,7 +109,7 @@ def test_linear_chain_forward_equals_vmap_path(bias, chunk, monkeypatch):
     assert twin_mod.linear_chain(model, x) is not None
     fast = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
     one = twin_mod.forward_draws(model, {k: v[4] for k, v in draws.items()}, x)
-    monkeypatch.setattr(twin_mod, "linear_chain", lambda *a, **k: None)
+    monkeypatch.setattr(twin_mod, "_chain_for", lambda *a, **k: None)
     general = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
     assert fast.shape == general.shape == (9, 7, 3)
     assert torch.allclose(fast, general, atol=1e-5)
@@ -210,7 +210,7 @@ def test_linear_chain_reuses_buffers_without_touching_the_input(monkeypatch):
     monkeypatch.setattr(twin_mod, "_block_draws", lambda chain, x: 2)
     fast = twin_mod.forward_draws(model, draws, x)
     assert torch.equal(x, x_before)
-    monkeypatch.setattr(twin_mod, "linear_chain", lambda *a, **k: None)
+    monkeypatch.setattr(twin_mod, "_chain_for", lambda *a, **k: None)
     general = twin_mod.forward_draws(model, draws, x)
     assert fast.shape == general.shape == (7, 5, 2)
     assert torch.allclose(fast, general, atol=1e-6)

@@ -104,7 +104,9 @@ class _Layout:
     prefix: str  # the net's Pyro name: the site names follow it (wrapping renames them)
     sites: dict[str, list[str]]
     ranks: dict[str, int]
+    paths: list[tuple[str, str]]  # (parameter path, site), tied parameters under each path
     first: nn.Module | None
+    probe: torch.Tensor | None  # a twin parameter: where the twin lives
     loop: bool
     chain: object = _UNSET  # the twin's Linear chain, or None; found on first use
     uniform: bool = False  # every twin module is in the root's mode (set by this module)
@@ -130,7 +132,9 @@ def _layout(model: nn.Module) -> _Layout:
         prefix=pyro_name(net),
         sites=sites,
         ranks={s: twin.get_parameter(paths[0]).dim() for s, paths in sites.items()},
+        paths=[(p, s) for s, paths in sites.items() for p in paths],
         first=_first_layer(twin),
+        probe=next(twin.parameters(), None),
         loop=twin_needs_loop(net),
     )
     _LAYOUTS[model] = lay
@@ -192,13 +196,14 @@ def _set_dropout(twin: nn.Module, active: bool) -> None:
 def _count_draws(lay: _Layout, model: nn.Module, draws) -> int | None:
     """``None`` for one draw (each site's tensor has its parameter's shape), else ``S``
     (a leading dimension on every site); a ``ValueError`` for missing sites or a mix."""
-    sites = lay.sites
-    if any(s not in draws for s in sites):
+    try:
+        extra = {draws[s].dim() - rank for s, rank in lay.ranks.items()}
+    except KeyError:
         check_sites(model, draws, "draws")
-    extra = {int(draws[s].dim()) - lay.ranks[s] for s in sites}
+        raise
     if extra == {0}:
         return None
-    num = {int(draws[s].shape[0]) for s in sites}
+    num = {int(draws[s].shape[0]) for s in lay.sites}
     if extra != {1} or len(num) != 1:
         raise ValueError(
             "draws must be one draw (each site its parameter's shape) or S draws (one "
@@ -230,10 +235,7 @@ def _ready_twin(lay: _Layout, fixed, device, train: bool, mc_dropout: bool) -> n
     twin = lay.twin
     if fixed:
         device = next(iter(fixed.values())).device
-    if (
-        device is not None
-        and next(twin.parameters(), torch.empty(0, device=device)).device != device
-    ):
+    if device is not None and lay.probe is not None and lay.probe.device != device:
         twin.to(device)  # the twin is not a registered submodule, so it follows lazily
     if not lay.uniform or twin.training != train:
         twin.train(train)
@@ -299,7 +301,7 @@ def forward_draws(
     twin = _ready_twin(lay, fixed, device, train, mc_dropout)
     chain = None
     if len(inputs) == 1 and not kwargs and (num is None or not (mc_dropout or train)):
-        chain = None if inputs_batched else linear_chain(model, inputs[0])
+        chain = None if inputs_batched else _chain_for(lay, model, inputs[0])
     try:
         if num is None:
             return _one_draw(lay, model, chain, draws, fixed, inputs, kwargs)
@@ -308,8 +310,8 @@ def forward_draws(
         with torch.no_grad():
             if chain is not None:
                 step = min(chunk_size or num, _block_draws(chain, inputs[0]))
-                paths = _by_path(lay.sites)
-                return _chain_forward(chain, paths(draws), fixed, inputs[0], num, step)
+                by_path = lambda start, stop: _by_path(lay, draws(start, stop))  # noqa: E731
+                return _chain_forward(chain, by_path, fixed, inputs[0], num, step)
             return _general(
                 lay, model, draws, fixed, inputs, num, chunk_size or num, kwargs, inputs_batched
             )
@@ -323,16 +325,10 @@ def _slicer(draws: Mapping[str, torch.Tensor]) -> Callable[[int, int], dict]:
     return lambda start, stop: {k: v[start:stop] for k, v in draws.items()}
 
 
-def _by_path(sites: Mapping[str, list[str]]):
-    """``draws -> {parameter path: draw}`` with every path of a tied parameter (a per-layer
-    forward needs the draw under each path its layers use), for a dict or a draw function."""
-
-    def convert(d):
-        if callable(d):
-            return lambda start, stop: convert(d(start, stop))
-        return {p: d[site] for site, paths in sites.items() for p in paths}
-
-    return convert
+def _by_path(lay: _Layout, draws: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{parameter path: draw}`` with every path of a tied parameter (a per-layer forward
+    needs the draw under each path its layers use)."""
+    return {p: draws[site] for p, site in lay.paths}
 
 
 def _output_fn(model: nn.Module):
@@ -343,7 +339,7 @@ def _one_draw(lay, model, chain, weights, fixed, inputs, kwargs) -> torch.Tensor
     """One draw with autograd: ``F.linear`` per layer on a chain (no parameter swap, and
     local reparameterisation sees each ``F.linear``), else ``functional_call``."""
     if chain is not None:
-        return _chain_forward(chain, _by_path(lay.sites)(weights), fixed, inputs[0])
+        return _chain_forward(chain, _by_path(lay, weights), fixed, inputs[0])
     by_path = {paths[0]: weights[site] for site, paths in lay.sites.items()}
     out = functional_call(lay.twin, {**fixed, **by_path}, inputs, kwargs)
     return _output_fn(model)(out)
@@ -410,11 +406,14 @@ def linear_chain(model: nn.Module, x) -> list | None:
         >>> linear_chain(model, torch.zeros(5, 4, 2)) is None  # a 3-D input
         True
     """
+    return _chain_for(_layout(model), model, x)
+
+
+def _chain_for(lay: _Layout, model: nn.Module, x) -> list | None:
     if getattr(model, "output_fn", None) not in (None, default_output):
         return None
     if not (torch.is_tensor(x) and x.is_floating_point() and x.dim() == 2):
         return None
-    lay = _layout(model)
     if lay.chain is _UNSET:
         lay.chain = _twin_chain(lay.twin)
     return lay.chain
@@ -485,25 +484,25 @@ def _chain_forward(chain, draws, fixed, x, num_draws: int | None = None, step: i
     (a fresh multi-MiB activation per layer and block costs more than the product:
     ``benchmarks/RESULTS.md``, bench_svi)."""
     if num_draws is None:
-        return _chain_block(chain, draws, fixed, x, None, None)
-    last = next(m for _, m in reversed(chain) if type(m) is nn.Linear)
-    out = x.new_empty(num_draws, x.shape[0], last.out_features)
+        return _chain_block(chain, draws, fixed, x)
+    last = max(i for i, (_, m) in enumerate(chain) if type(m) is nn.Linear)
+    out = x.new_empty(num_draws, x.shape[0], chain[last][1].out_features)
     work: dict = {}
     for start in range(0, num_draws, step):
         stop = min(start + step, num_draws)
         dst = out[start:stop]
-        h = _chain_block(chain, draws(start, stop), fixed, x, dst, work)
+        h = _chain_block(chain, draws(start, stop), fixed, x, dst, work, last)
         if h.data_ptr() != dst.data_ptr():  # an out-of-place activation after the last layer
             dst.copy_(h)
     return out
 
 
-def _chain_block(chain, weights, fixed, x, dst, work) -> torch.Tensor:
+def _chain_block(chain, weights, fixed, x, dst=None, work=None, last=-1) -> torch.Tensor:
     """One draw (``dst is None``) or one block of draws written into ``dst`` through the
-    chain (see :func:`_chain_forward`)."""
+    chain (see :func:`_chain_forward`; ``work``: the hidden layers' buffers, ``last``: the
+    index of the last ``nn.Linear``)."""
     c = None if dst is None else dst.shape[0]
     h, owned = (x if c is None else x.expand(c, *x.shape)), False
-    last = max(i for i, (_, m) in enumerate(chain) if type(m) is nn.Linear)
     for i, (name, m) in enumerate(chain):
         if type(m) is not nn.Linear:
             # once h is this block's own product (a buffer), the common activations act
