@@ -365,23 +365,11 @@ def _general(lay, model, draws, fixed, inputs, num, step, kwargs, inputs_batched
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-# parameter-free element-wise layers: they act on a [S, N, F] stack as on [N, F]
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Softplus,
-    nn.Hardtanh,
-    nn.Identity,
-    nn.modules.dropout._DropoutNd,  # follows the twin's mode (S draws: eval only)
-)
+# parameter-free element-wise layers: they act on a [S, N, F] stack as on [N, F]; dropout
+# follows the twin's mode (S draws: eval only, mc_dropout takes the general path)
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish)
+_ELEMENTWISE += (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Identity)
+_ELEMENTWISE += (nn.modules.dropout._DropoutNd,)
 
 
 _INPLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
