@@ -106,25 +106,27 @@ def test_linear_chain_forward_equals_vmap_path(bias, chunk, monkeypatch):
     x = torch.randn(7, 5)
     guide.setup(x)
     draws = sample_posterior(guide, 9)
-    net = model.net
-    assert twin_mod._linear_chain(model, net._pyrobayes_twin, x) is not None
+    assert twin_mod.linear_chain(model, x) is not None
     fast = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
-    monkeypatch.setattr(twin_mod, "_linear_chain", lambda *a, **k: None)
+    one = twin_mod.forward_draws(model, {k: v[4] for k, v in draws.items()}, x)
+    monkeypatch.setattr(twin_mod, "_chain_for", lambda *a, **k: None)
     general = twin_mod.forward_draws(model, draws, x, chunk_size=chunk)
     assert fast.shape == general.shape == (9, 7, 3)
     assert torch.allclose(fast, general, atol=1e-5)
+    assert one.shape == (7, 3) and torch.allclose(one, general[4], atol=1e-5)  # one draw
 
 
 def test_linear_chain_declines_what_it_cannot_batch():
     model, _ = to_bayesian(
         torch.nn.Sequential(torch.nn.Conv1d(2, 3, 3), torch.nn.Flatten()), likelihood=Gaussian(0.1)
     )
-    assert twin_mod._linear_chain(model, model.net._pyrobayes_twin, torch.randn(4, 2, 5)) is None
+    assert twin_mod.linear_chain(model, torch.randn(4, 2, 5)) is None
     model, _ = to_bayesian(_mlp(), likelihood=Categorical())
-    twin = model.net._pyrobayes_twin
-    assert twin_mod._linear_chain(model, twin, torch.randn(4, 5)) is not None
-    assert twin_mod._linear_chain(model, twin, torch.randn(2, 4, 5)) is None  # 3-D input
-    assert twin_mod._linear_chain(model, twin, torch.zeros(4, 5, dtype=torch.long)) is None
+    assert twin_mod.linear_chain(model, torch.randn(4, 5)) is not None
+    assert twin_mod.linear_chain(model, torch.randn(2, 4, 5)) is None  # 3-D input
+    assert twin_mod.linear_chain(model, torch.zeros(4, 5, dtype=torch.long)) is None
+    model.output_fn = torch.nn.functional.log_softmax  # not the default output map
+    assert twin_mod.linear_chain(model, torch.randn(4, 5)) is None
 
 
 def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
@@ -158,12 +160,11 @@ def test_the_users_optimiser_is_used_as_given_and_the_default_is_fused_adam():
 def test_predictive_chain_path_makes_the_same_draws_as_the_general_path(
     num_samples, chunk, monkeypatch
 ):
-    """``PosteriorPredictive.outputs`` on a Linear chain draws block by block in place;
-    it must give exactly what sampling each chunk and calling ``forward_draws`` gives,
-    from the same random numbers (blocks of 3 draws here, so several blocks and a short
-    last one)."""
+    """``PosteriorPredictive.outputs`` on a Linear chain draws block by block in place
+    (one buffer for the noise, the batched chain path); it must give exactly what
+    sampling each chunk and calling ``forward_draws`` gives, from the same random
+    numbers (blocks of 3 draws here, so several blocks and a short last one)."""
     from pyrobayes import PosteriorPredictive
-    from pyrobayes.infer import predictive as pred_mod
     from pyrobayes.infer.predictive import posterior_chunks
 
     torch.manual_seed(0)
@@ -174,12 +175,12 @@ def test_predictive_chain_path_makes_the_same_draws_as_the_general_path(
     guide.setup(x)
     monkeypatch.setattr(twin_mod, "_block_draws", lambda chain, x: 3)
     calls = []
-    fast_fn = pred_mod._chain_outputs
-    monkeypatch.setattr(pred_mod, "_chain_outputs", lambda *a: calls.append(1) or fast_fn(*a))
+    chain_fn = twin_mod._chain_forward
+    monkeypatch.setattr(twin_mod, "_chain_forward", lambda *a: calls.append(a[3:]) or chain_fn(*a))
     torch.manual_seed(5)
     fast = PosteriorPredictive(model, guide, num_samples=num_samples, chunk_size=chunk).outputs(x)
     state_after_fast = torch.get_rng_state()
-    assert calls == [1]
+    assert calls == [(x, num_samples, min(chunk or num_samples, 3))]  # the batched path
     torch.manual_seed(5)
     step = min(chunk or num_samples, 3)
     general = torch.cat(
@@ -209,7 +210,7 @@ def test_linear_chain_reuses_buffers_without_touching_the_input(monkeypatch):
     monkeypatch.setattr(twin_mod, "_block_draws", lambda chain, x: 2)
     fast = twin_mod.forward_draws(model, draws, x)
     assert torch.equal(x, x_before)
-    monkeypatch.setattr(twin_mod, "_linear_chain", lambda *a, **k: None)
+    monkeypatch.setattr(twin_mod, "_chain_for", lambda *a, **k: None)
     general = twin_mod.forward_draws(model, draws, x)
     assert fast.shape == general.shape == (7, 5, 2)
     assert torch.allclose(fast, general, atol=1e-6)

@@ -1,4 +1,5 @@
-"""The fused ELBO's general forward branch (``twin_forward``: any network the batched
+"""The fused ELBO's general forward branch (``functional_call`` of the twin in
+``forward_draws``: any network the batched
 Linear-chain path cannot take, here a CNN, an LSTM and the Hugging Face MiniLM) against
 Pyro's ``Trace_ELBO`` on the same noise, value and gradient; and ``fit(fused=False,
 local_reparam=True)`` (Pyro's traces under local reparameterisation) against an exact
@@ -13,7 +14,7 @@ from torch import nn
 
 from pyrobayes import BayesianModel, Categorical, Gaussian, fit, to_bayesian, to_pyro
 from pyrobayes.guides import LocalReparameterization, MOPEDNormal
-from pyrobayes.infer import fast_elbo
+from pyrobayes.infer import twin as twin_mod
 from pyrobayes.infer.fast_elbo import FusedMeanFieldELBO
 from pyrobayes.likelihoods import data_size
 
@@ -21,11 +22,11 @@ from pyrobayes.likelihoods import data_size
 def _fused_against_pyro(model, guide, inputs, kw, y, monkeypatch):
     """The fused loss and Pyro's ``-(log p - log q)`` for the same draw (the guide's trace
     gives the noise), both with the plate scale N/B = 40/B, and their gradients with
-    respect to every guide parameter; asserts the ``twin_forward`` branch ran."""
+    respect to every guide parameter; asserts the ``functional_call`` branch ran."""
     calls = []
-    original = fast_elbo.twin_forward
+    original = twin_mod.functional_call
     monkeypatch.setattr(
-        fast_elbo, "twin_forward", lambda *a, **k: calls.append(1) or original(*a, **k)
+        twin_mod, "functional_call", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
     model.eval()  # no dropout: both paths evaluate the same network
     guide.setup(*inputs, y=y, **kw)
@@ -38,7 +39,7 @@ def _fused_against_pyro(model, guide, inputs, kw, y, monkeypatch):
             loc, scale = guide._get_loc_and_scale(site)
             eps[site] = ((gtr.nodes[site]["value"] - loc) / scale).detach()
         loss = fused.loss(*inputs, y=y, eps=eps, **kw)
-    assert calls, "the fused ELBO did not take the twin_forward branch"
+    assert calls, "the fused ELBO did not take the functional_call branch"
     elbo = mtr.log_prob_sum() - gtr.log_prob_sum()
     params = [p for p in guide.parameters() if p.requires_grad]
     g_fused = torch.autograd.grad(loss, params)

@@ -108,15 +108,13 @@ def test_mc_dropout_active_only_when_asked_and_batchnorm_stays_eval():
 
 def test_one_twin_primitive_shared():
     from pyrobayes.infer.predictive import fixed_tensors as fixed_from_predictive
-    from pyrobayes.infer.twin import fixed_tensors, twin_forward
+    from pyrobayes.infer.twin import fixed_tensors
 
     assert fixed_from_predictive is fixed_tensors
     model, _ = _clf()
     draws = sample_prior(model, 3)
     x = torch.randn(5, 3)
     stacked = forward_draws(model, draws, x)
-    from pyrobayes.convert import bayesian_sites
-
-    for s in range(3):
-        w = {paths[0]: draws[site][s] for site, paths in bayesian_sites(model).items()}
-        assert torch.allclose(twin_forward(model, w, x), stacked[s], atol=1e-6)
+    for s in range(3):  # one draw (no leading dimension) through the same entry point
+        one = forward_draws(model, {site: d[s] for site, d in draws.items()}, x)
+        assert torch.allclose(one, stacked[s], atol=1e-6)

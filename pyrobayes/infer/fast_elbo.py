@@ -10,7 +10,7 @@ It computes exactly Pyro's ``Trace_ELBO`` estimator for one particle,
     \\qquad w = \\mu + \\sigma \\odot \\varepsilon,
 
 but evaluates it in one pass over tensors instead of recording and replaying Pyro traces
-(the network runs through ``torch.func.functional_call`` on the converted module's twin).
+(the network runs through :func:`~pyrobayes.infer.twin.forward_draws` on one draw).
 On small networks Pyro's per-site bookkeeping costs more than the arithmetic; this path
 removes it. For ``AutoNormal``-family guides the sites are handled as ONE flat vector
 (:mod:`pyrobayes.infer.flat_guide`): the draw, the softplus, :math:`\\log q` and a Normal
@@ -37,17 +37,11 @@ from pyrobayes._pyro_compat import (
     pyro_name,
     setup_prototype,
 )
-from pyrobayes.convert import _converted_root, bayesian_sites, site_priors
+from pyrobayes.convert import bayesian_sites, site_priors
 from pyrobayes.guides.local_reparam import LocalReparameterization
 from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
 from pyrobayes.infer.flat_guide import _FlatMeanField, guide_leaf, normal_log_q
-from pyrobayes.infer.twin import (
-    _linear_chain,
-    chain_forward_one,
-    fixed_tensors,
-    tied_paths,
-    twin_forward,
-)
+from pyrobayes.infer.twin import forward_draws
 
 __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
@@ -105,25 +99,13 @@ class FusedMeanFieldELBO:
         if not supports_fused(model, guide):
             raise ValueError("the fused ELBO needs a BayesianModel and an AutoNormal-family guide")
         self.model, self.guide = model, guide
-        self.net, _ = _converted_root(model)
         self.sites = bayesian_sites(model)
-        self._tied = tied_paths(self.sites)
         self.beta = 1.0
         self.local_reparam = False
         self._resolved = False
         self.one_node = True  # False: the autograd branch of _FlatMeanField.sample (tests)
         self._flat: _FlatMeanField | None = None
         self._why_not: str | None = None  # why the flat path does not cover this guide
-        self._chains: dict = {}
-
-    def _chain(self, twin, x):
-        """:func:`_linear_chain` of this twin for inputs like ``x``, looked up once per input
-        kind (it walks the twin's children, which does not change during a fit)."""
-        key = torch.is_tensor(x) and (x.dim(), x.dtype)
-        hit = self._chains.get(key)
-        if hit is None or hit[0] is not twin:
-            hit = self._chains[key] = (twin, _linear_chain(self.model, twin, x))
-        return hit[1]
 
     def _resolve(self) -> None:
         """Once: the flat view of the guide's sites (:class:`_FlatMeanField`) and getters
@@ -172,20 +154,7 @@ class FusedMeanFieldELBO:
             raise ValueError(self._why_not)
         with LocalReparameterization() if self.local_reparam else contextlib.nullcontext() as lrt:
             weights, log_p, log_q = self._flat.sample(eps, lrt, self.one_node)
-            twin = self.net._pyrobayes_twin
-            twin.train(self.model.training)
-            fixed = fixed_tensors(self.net, detach=False)
-            chain = None
-            if not kwargs and len(inputs) == 1:
-                chain = self._chain(twin, inputs[0])
-            if chain is not None:  # a Linear chain: F.linear per layer, no parameter swap
-                for alias, path in self._tied.items():
-                    weights[alias] = weights[path]
-                out = chain_forward_one(chain, weights, fixed, inputs[0])
-            else:
-                out = twin_forward(
-                    self.model, weights, *inputs, net=self.net, fixed=fixed, **kwargs
-                )
+            out = forward_draws(self.model, weights, *inputs, train=self.model.training, **kwargs)
         lik = self.model.likelihood
         extra = {}
         for site, keyword, get_loc, get_scale in self._latents:  # the noise std, after the net

@@ -220,13 +220,13 @@ class _FlatMeanField:
     """
 
     def __init__(self, sites, locs, scales, priors, normal):
-        self.sites = sites  # [(site, path, start, end, shape)]
+        self.sites = sites  # [(site, start, end, shape)]
         self.locs, self.scales = locs, scales  # [(dict, key)]: one flat leaf, or one per site
         self.priors = priors  # {site: prior}: Pyro's log_prob when not all priors are Normal
         self.normal = normal  # (m, precision, const) of normal_log_prior, or None
-        self.numel = sites[-1][3] if sites else 0
-        self.sizes = [b - a for _, _, a, b, _ in sites]
-        self._paths = [path for _, path, *_ in sites]
+        self.numel = sites[-1][2] if sites else 0
+        self.sizes = [b - a for _, a, b, _ in sites]
+        self._names = [site for site, *_ in sites]
         self._layout = (self.sizes, [shape for *_, shape in sites])
 
     @classmethod
@@ -245,7 +245,7 @@ class _FlatMeanField:
         if not all(p is not None for p in parts.values()):
             return cls(entries, locs, scales, {site: priors[site] for site in sites}, None)
         mus, precs, const = [], [], 0.0
-        for site, _path, a, b, shape in entries:
+        for site, a, b, shape in entries:
             mu, sd = parts[site]
             mus.append(mu.detach().expand(shape).reshape(-1))
             precs.append(sd.detach().expand(shape).reshape(-1).pow(-2))
@@ -269,12 +269,12 @@ class _FlatMeanField:
         # split (not slicing): its backward is one concatenation, where each slice's would
         # scatter into its own zero-filled buffer of the full length
         return {
-            path: part.view(shape)
-            for (_, path, *_, shape), part in zip(self.sites, w.split(self.sizes))
+            site: part.view(shape)
+            for (site, *_, shape), part in zip(self.sites, w.split(self.sizes))
         }
 
     def sample(self, eps: dict | None, lrt, one_node: bool = True):
-        """``(weights by parameter path, log p(w), log q(w))`` for one draw (``eps``: the
+        """``(weights by site, log p(w), log q(w))`` for one draw (``eps``: the
         standard normals per site, else drawn here; ``lrt``: a
         :class:`~pyrobayes.guides.LocalReparameterization` to register the draws with).
         ``one_node=False`` takes the autograd branch even where :class:`_DrawLogRatio`
@@ -288,21 +288,21 @@ class _FlatMeanField:
             # the common case (Normal priors, no local reparameterisation): the draw and
             # log p - log q in one autograd node with a hand-written backward
             *ws, log_ratio = _DrawLogRatio.apply(self._layout, e, self.normal, loc, raw)
-            return dict(zip(self._paths, ws)), log_ratio, 0.0
+            return dict(zip(self._names, ws)), log_ratio, 0.0
         # torch's own softplus kernel (Pyro's softplus_positive transform)
         scale = torch.nn.functional.softplus(raw)
         w = torch.addcmul(loc, scale, e)
         weights = self._views(w)
         if lrt is not None:
-            for (_, path, *_, shape), lo, sc in zip(
+            for (site, *_, shape), lo, sc in zip(
                 self.sites, loc.split(self.sizes), scale.split(self.sizes)
             ):
-                lrt.register(weights[path], lo.view(shape), sc.view(shape))
+                lrt.register(weights[site], lo.view(shape), sc.view(shape))
         if self.normal is not None:
             m, prec, const = self.normal
             log_p = normal_log_prior(w - m, prec, const)
         else:
-            log_p = sum(self.priors[site].log_prob(weights[path]) for site, path, *_ in self.sites)
+            log_p = sum(self.priors[site].log_prob(weights[site]) for site, *_ in self.sites)
         return weights, log_p, normal_log_q(e, scale)
 
 
@@ -314,21 +314,20 @@ def _own_leaves(guide, sites: dict, own: list):
     loc, scale = guide_leaf(guide, "loc"), guide_leaf(guide, "scale")
     if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
         raise ValueError("the guide's flat loc is not unconstrained or its scale not softplus")
-    entries = [(name, sites[name][0], a, b, shape) for name, a, b, shape in own]
-    return entries, [loc[:2]], [scale[:2]]
+    return list(own), [loc[:2]], [scale[:2]]
 
 
 def _site_leaves(guide, sites: dict):
     """``(entries, loc leaves, raw scale leaves)``, one leaf per site, of an ``AutoNormal``."""
     entries, locs, scales, offset = [], [], [], 0
-    for site, paths in sites.items():
+    for site in sites:
         loc, scale = guide_leaf(guide.locs, site), guide_leaf(guide.scales, site)
         if leaf_kind(loc) != "identity" or leaf_kind(scale) != "softplus":
             raise ValueError(f"site {site!r} is not an unconstrained loc with a softplus scale")
         t = loc[0][loc[1]]
         if scale[0][scale[1]].shape != t.shape:
             raise ValueError(f"site {site!r} has a loc and a scale of different shapes")
-        entries.append((site, paths[0], offset, offset + t.numel(), t.shape))
+        entries.append((site, offset, offset + t.numel(), t.shape))
         locs.append(loc[:2])
         scales.append(scale[:2])
         offset += t.numel()

@@ -1,10 +1,9 @@
 """Posterior predictive: the network evaluated over a stack of weight draws at once.
 
-``PosteriorPredictive`` draws ``S`` weight samples from the guide, then evaluates the
-network for all of them in one vectorised call (``torch.func.vmap`` over
-``torch.func.functional_call`` of the untouched twin of the original module), in chunks
-so memory stays bounded, and hands the per-draw outputs to the likelihood, which builds
-the mixture PPD
+``PosteriorPredictive`` draws ``S`` weight samples from the guide and evaluates the
+network under them with :func:`~pyrobayes.infer.twin.forward_draws` (vectorised over the
+draws), block by block so memory stays bounded, and hands the per-draw outputs to the
+likelihood, which builds the mixture PPD
 
 .. math::
 
@@ -26,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from pyro.infer.autoguide import AutoContinuous
@@ -46,14 +45,7 @@ from pyrobayes.convert import check_input_dtype, check_sites, site_priors
 from pyrobayes.guides._moped_legacy import pull_legacy_store, shared_name
 from pyrobayes.guides.moped import model_sites
 from pyrobayes.infer.flat_guide import guide_leaf, leaf_kind, unwrap_transform
-from pyrobayes.infer.twin import (
-    chain_forward,
-    chain_output,
-    chain_plan,
-    fast_block_size,
-    fixed_tensors,
-    forward_draws,
-)
+from pyrobayes.infer.twin import fixed_tensors, forward_draws
 
 __all__ = [
     "PosteriorPredictive",
@@ -214,7 +206,8 @@ def sample_posterior(guide: nn.Module, num_draws: int, *args, **kwargs) -> dict[
         return {site["name"]: value for site, value in unpack_latent(guide, latent)}
     flat = _softplus_normal_leaves(guide)
     if flat is not None:
-        return _flat_draws(flat, num_draws)
+        sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in flat]
+        return _flat_draws(sites, num_draws)
     sites = {}
     for name, site in guide.prototype_trace.iter_stochastic_nodes():
         loc, scale = loc_and_scale(guide, name)
@@ -250,64 +243,51 @@ def _softplus_normal_leaves(guide: nn.Module) -> list | None:
     return out
 
 
-def _flat_draws(leaves: list, num_draws: int) -> dict[str, torch.Tensor]:
-    """``loc + softplus(raw) * eps`` per site with ALL the standard-normal noise drawn by one
-    ``torch.randn`` (site after site, each ``[num_draws, *shape]`` block contiguous): the
-    same distribution as the per-site path, without a generator call and a constraint
-    look-up per site."""
-    total = sum(loc.numel() for _, loc, _ in leaves)
-    loc0 = leaves[0][1]
-    eps = torch.randn(num_draws * total, dtype=loc0.dtype, device=loc0.device)
+def _flat_draws(sites: list, num_draws: int, buf: torch.Tensor | None = None) -> dict:
+    """``loc + scale * eps`` per site ``(name, loc, scale)`` with ALL the standard-normal
+    noise drawn by one ``torch.randn`` (site after site, each ``[num_draws, *shape]`` block
+    contiguous): the same distribution as the per-site path, without a generator call and
+    a constraint look-up per site. With ``buf`` the noise and then the draws are written
+    into it (the draws are views of ``buf``, overwritten by the next call)."""
+    total = sum(loc.numel() for _, loc, _ in sites)
+    loc0 = sites[0][1]
+    eps = torch.randn(
+        num_draws * total,
+        dtype=loc0.dtype,
+        device=loc0.device,
+        out=None if buf is None else buf[: num_draws * total],
+    )
     out, offset = {}, 0
-    for name, loc, raw in leaves:
+    for name, loc, scale in sites:
         k = num_draws * loc.numel()
         e = eps[offset : offset + k].view(num_draws, *loc.shape)
-        out[name] = torch.addcmul(loc, torch.nn.functional.softplus(raw), e)
+        out[name] = torch.addcmul(loc, scale, e, out=None if buf is None else e)
         offset += k
     return out
 
 
-@torch.no_grad()
-def _chain_outputs(model, guide, num_samples: int, chunk: int, x) -> torch.Tensor | None:
-    """``forward_draws(model, d, x)`` over ``d`` in ``posterior_chunks(guide, num_samples,
-    chunk, x)``, with the same draws from the same random numbers, for a mean-field
-    softplus-Normal guide (:func:`_softplus_normal_leaves`) over a batched Linear chain
-    (``chain_plan``); ``None`` otherwise.
-
-    Per block of ``c`` draws it makes one ``torch.randn(c * D)`` into a buffer reused
-    across blocks and turns it into the draws in place (``addcmul`` with the noise as its
-    output), so the ``c x D`` weights of a block stay cache-sized and are written once;
-    the guide's leaves and ``softplus`` scales are looked up once, not per block; the
-    hidden activations reuse one set of buffers and each block's outputs are written
-    straight into the result (no allocation per block)."""
-    if getattr(guide, "prototype_trace", None) is None:
-        setup_prototype(guide, x)
-        _pull_from_store(guide)
-    if isinstance(guide, AutoContinuous):
-        return None
-    leaves = _softplus_normal_leaves(guide)
+def _block_sampler(guide: nn.Module, inputs, kwargs) -> Callable[[int, int], dict]:
+    """The guide's draws as the draw function of ``forward_draws`` (``(start, stop) ->``
+    ``stop - start`` draws), the same draws from the same random numbers as
+    ``sample_posterior`` block by block. For a mean-field softplus-Normal guide
+    (:func:`_softplus_normal_leaves`) each block's noise is drawn into one buffer reused
+    across blocks and turned into the draws in place, so a block's weights stay
+    cache-sized and are written once, and the leaves and ``softplus`` scales are looked
+    up once per call, not per block."""
+    leaves = None if isinstance(guide, AutoContinuous) else _softplus_normal_leaves(guide)
     if not leaves:
-        return None
-    loc0 = leaves[0][1]
-    plan = chain_plan(model, x, loc0.device)
-    if plan is None:
-        return None
-    sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in leaves]
+        return lambda start, stop: sample_posterior(guide, stop - start, *inputs, **kwargs)
+    with torch.no_grad():
+        sites = [(name, loc, torch.nn.functional.softplus(raw)) for name, loc, raw in leaves]
     total = sum(loc.numel() for _, loc, _ in sites)
-    buf = torch.empty(chunk * total, dtype=loc0.dtype, device=loc0.device)
-    out, work, done = chain_output(plan, x, num_samples), {}, 0
-    while done < num_samples:
-        n = min(chunk, num_samples - done)
-        eps = torch.randn(n * total, dtype=loc0.dtype, device=loc0.device, out=buf[: n * total])
-        draws, offset = {}, 0
-        for name, loc, scale in sites:
-            k = n * loc.numel()
-            e = eps[offset : offset + k].view(n, *loc.shape)
-            draws[name] = torch.addcmul(loc, scale, e, out=e)
-            offset += k
-        chain_forward(plan, draws, x, out[done : done + n], work)
-        done += n
-    return out
+    bufs: list[torch.Tensor] = []
+
+    def draw(start: int, stop: int) -> dict:
+        if not bufs:  # the first block is the largest
+            bufs.append(sites[0][1].new_empty((stop - start) * total))
+        return _flat_draws(sites, stop - start, bufs[0])
+
+    return draw
 
 
 def posterior_chunks(
@@ -404,23 +384,19 @@ class PosteriorPredictive:
         check_guide(self.model, self.guide)
 
     def outputs(self, *inputs, **kwargs) -> torch.Tensor:
-        """Per-draw network outputs ``[S, *out_shape]``; draws are made chunk by chunk so
-        that weight samples of large networks never all live in memory at once."""
+        """Per-draw network outputs ``[S, *out_shape]``; draws are made block by block as
+        ``forward_draws`` evaluates them (at most ``chunk_size`` per block, fewer on the
+        batched Linear path, which keeps each block cache-sized), so that weight samples of
+        large networks never all live in memory at once."""
         self._prepare(*inputs, **kwargs)
-        chunk = self.chunk_size
-        block = fast_block_size(self.model, *inputs, mc_dropout=self.mc_dropout, **kwargs)
-        if block is not None:  # sample as the batched path evaluates: cache-sized blocks
-            chunk = min(chunk or self.num_samples, block)
-            out = _chain_outputs(self.model, self.guide, self.num_samples, chunk, inputs[0])
-            if out is not None:
-                return out
-        return torch.cat(
-            [
-                forward_draws(self.model, draws, *inputs, mc_dropout=self.mc_dropout, **kwargs)
-                for draws in posterior_chunks(
-                    self.guide, self.num_samples, chunk, *inputs, **kwargs
-                )
-            ]
+        return forward_draws(
+            self.model,
+            _block_sampler(self.guide, inputs, kwargs),
+            *inputs,
+            num_draws=self.num_samples,
+            chunk_size=self.chunk_size,
+            mc_dropout=self.mc_dropout,
+            **kwargs,
         )
 
     def __call__(self, *inputs, **kwargs):

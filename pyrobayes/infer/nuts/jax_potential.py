@@ -50,9 +50,8 @@ from torch import nn
 from torch.distributions import biject_to, constraints
 
 from pyrobayes._pyro_compat import is_subsample
-from pyrobayes.bayesian_model import default_output
 from pyrobayes.convert import _converted_root, bayesian_sites
-from pyrobayes.infer.twin import _linear_chain, fixed_tensors
+from pyrobayes.infer.twin import fixed_tensors, linear_chain
 from pyrobayes.likelihoods import Categorical, Gaussian
 
 __all__ = [
@@ -315,15 +314,7 @@ def _layers(model: nn.Module, x: torch.Tensor, sites: Mapping[str, list[str]]):
     """``[(kind, payload)]``: ``("linear", (weight source, bias source, out_features))`` with a
     source ``("site", name)`` / ``("const", array)`` / ``None``; ``("act", fn)``."""
     net, _ = _converted_root(model)
-    twin = net._pyrobayes_twin
-    if (
-        type(twin) is nn.Linear
-        and x.dim() == 2
-        and getattr(model, "output_fn", None) in (None, default_output)
-    ):
-        chain = [("", twin)]  # one bare layer: its parameters are "weight" and "bias"
-    else:
-        chain = _linear_chain(model, twin, x)
+    chain = linear_chain(model, x)  # a bare nn.Linear is a chain of one layer, path ""
     if chain is None:
         raise NotImplementedError(
             "the JAX backend needs the network to be a plain nn.Sequential of nn.Linear and "

@@ -8,9 +8,8 @@ its prior and its support. Afterwards the potential
           \\qquad T_k = \\mathrm{biject\\_to}(\\mathrm{support}_k),
 
 is computed without Pyro's effect handlers: the weights go through the net's untouched twin
-(``torch.func.functional_call`` with :func:`~pyrobayes.infer.twin.fixed_tensors`, or ``F.linear``
-per layer for a plain Linear chain, as the fused ELBO does) and the likelihood is summed over all ``N`` training points (never scaled
-by a minibatch plate). Latent sites of the likelihood itself (e.g. a noise scale with a
+(:func:`~pyrobayes.infer.twin.forward_draws` on one draw, as the fused ELBO does) and the
+likelihood is summed over all ``N`` training points (never scaled by a minibatch plate). Latent sites of the likelihood itself (e.g. a noise scale with a
 prior) are substituted into a tiny trace of the likelihood only, never the network.
 
 Example::
@@ -35,13 +34,11 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 from torch.distributions import biject_to, constraints
-from torch.func import functional_call
 
 from pyrobayes._pyro_compat import is_subsample
-from pyrobayes.bayesian_model import default_output
 from pyrobayes.convert import _converted_root, bayesian_sites
 from pyrobayes.infer.fast_check import eval_mode, likelihood_sites, log_density, trace_mismatch
-from pyrobayes.infer.twin import _linear_chain, chain_forward_one, fixed_tensors, tied_paths
+from pyrobayes.infer.twin import fixed_tensors, forward_draws
 from pyrobayes.likelihoods import data_size
 
 __all__ = ["FLAT", "Potential", "TracedPotential"]
@@ -165,20 +162,9 @@ class Potential:
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         self.model, self.x, self.y = model, x, y
         net, _ = _converted_root(model)
-        self.twin = net._pyrobayes_twin
+        # looked up once: the net does not change while NUTS runs (a walk per gradient)
         self.fixed = fixed_tensors(net)
-        device = x.device
-        if next(self.twin.parameters(), torch.empty(0, device=device)).device != device:
-            self.twin.to(device)
-        self.twin.eval()
-        self.output_fn = getattr(model, "output_fn", None) or default_output
-        sites = bayesian_sites(model)
-        self.weight_paths = {site: paths[0] for site, paths in sites.items()}
-        self._tied = tied_paths(sites)
-        # A plain Linear/element-wise chain (the default MLP) runs as F.linear per layer, as
-        # the fused ELBO does: functional_call's per-call module walk and parameter swap
-        # were a third of a potential + gradient evaluation at the default model's size
-        self._chain = _linear_chain(model, self.twin, x)
+        self.weight_paths = {site: paths[0] for site, paths in bayesian_sites(model).items()}
         # the one trace: which sites are latent, their priors and supports; kept for verify
         with eval_mode(model), torch.no_grad(), _full_data(model.likelihood):
             tr = poutine.trace(model).get_trace(x, y=y)
@@ -305,12 +291,7 @@ class Potential:
 
     def _output(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The network's output on the training inputs at the weights in ``values``."""
-        weights = {self.weight_paths[s]: values[s] for s in self.weight_paths}
-        if self._chain is not None:
-            for alias, path in self._tied.items():
-                weights[alias] = weights[path]
-            return chain_forward_one(self._chain, weights, self.fixed, self.x)
-        return self.output_fn(functional_call(self.twin, {**self.fixed, **weights}, (self.x,)))
+        return forward_draws(self.model, values, self.x, fixed=self.fixed)
 
     def log_likelihood(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """:math:`\\sum_i \\log p(y_i \\mid f_w(x_i), \\theta)` over the full training set."""
