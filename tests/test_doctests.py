@@ -70,7 +70,7 @@ def _all_modules() -> list[str]:
     return sorted({"pyrobayes", *walked} - {m for m in walked if ".benchmarks" in m})
 
 
-PRIVATE_WITH_EXAMPLES = ["pyrobayes._pyro_compat", "pyrobayes.jobs.cli", "pyrobayes.data._io"]
+PRIVATE_WITH_EXAMPLES = ["pyrobayes._pyro_compat", "pyrobayes.data._io"]
 
 
 @pytest.mark.parametrize("name", PRIVATE_WITH_EXAMPLES)

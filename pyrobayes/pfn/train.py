@@ -49,6 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyrobayes import distributed as dist_
+from pyrobayes.device import check_device
 from pyrobayes.pfn.bar import borders_from_samples
 from pyrobayes.pfn.checkpoint import (
     checkpoint_paths,
@@ -681,8 +682,6 @@ def run(args: argparse.Namespace) -> int:
         trained 2 steps in ...s, final loss ...; wrote .../gp.safetensors
         0
     """
-    from pyrobayes.jobs.cli import check_device
-
     check_device(args.device)  # a clear error now, not a torch traceback at the first tensor
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pyrobayes classify`` from parsed arguments; returns the exit code."""
-    from pyrobayes.jobs.cli import check_device
+    from pyrobayes.device import check_device
 
     check_device(args.device, allow_auto=True)
     common = {
