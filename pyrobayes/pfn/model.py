@@ -237,8 +237,8 @@ def _pfn_attention(attn: nn.MultiheadAttention, h: torch.Tensor, n: int) -> torc
     Equal to ``attn(h, h, h, attn_mask=M)`` with that pattern as the mask ``M``
     (``tests/test_pfn_model.py`` pins it), without the ``(n + m)^2`` masked scores: the
     training rows go through one unmasked fused attention, and the queries score the ``n``
-    training keys plus their own key (``m (n + 1)`` scores). On one CPU thread this is what
-    makes the prediction ~2x faster (``benchmarks/RESULTS.md``).
+    training keys plus their own key (``m (n + 1)`` scores). On one CPU thread torch's masked
+    softmax was 41% of a prediction (``benchmarks/bench_pfn_attention.py`` times both).
     """
     B, L, E = h.shape
     H = attn.num_heads
