@@ -193,6 +193,11 @@ class Likelihood(PyroModule):
         """``{site: Tensor[num_draws]}`` drawn from the priors of :attr:`latent_sites`."""
         return {}
 
+    def latent_prior_on(self, site: str, device: torch.device, dtype: torch.dtype):
+        """The prior of the latent site ``site`` (one of :attr:`latent_sites`) with its
+        tensors on ``device``/``dtype``; a ``KeyError`` for any other name."""
+        raise KeyError(f"{type(self).__name__} has no latent site {site!r}")
+
     def ppd_from_draws(self, outputs: torch.Tensor, draws: dict[str, torch.Tensor]):
         """The PPD of per-draw ``outputs`` given the matching posterior (or prior) draws of
         the likelihood's latent sites; ignores weight sites in ``draws``."""
@@ -303,18 +308,7 @@ class Gaussian(Likelihood):
         if noise_prior is not None:
             if learn_scale:
                 raise ValueError("Gaussian: give either learn_scale=True or noise_prior, not both")
-            noise_prior = _as_pyro_distribution(noise_prior)
-            if noise_prior.batch_shape != torch.Size() or noise_prior.event_shape != torch.Size():
-                raise ValueError(
-                    "noise_prior must be a scalar distribution (empty batch/event shape)"
-                )
-            support = noise_prior.support
-            if not (
-                support is constraints.positive
-                or isinstance(support, constraints.greater_than | constraints.interval)
-                and float(getattr(support, "lower_bound", -1.0)) >= 0
-            ):
-                raise ValueError(f"noise_prior must have positive support, got {support}")
+            noise_prior = _positive_scalar_prior(noise_prior, "noise_prior")
         self.noise_prior = noise_prior
         self.learn_scale = learn_scale
         if learn_scale:
@@ -350,12 +344,12 @@ class Gaussian(Likelihood):
     def noise_prior_on(self, device: torch.device, dtype: torch.dtype):
         """The noise prior with its tensors on ``device``/``dtype`` (distributions do not
         follow ``.to()``; the model and the fused ELBO move it lazily)."""
-        p = self.noise_prior
-        if hasattr(p, "loc") and hasattr(p, "scale") and isinstance(p, dist.LogNormal):
-            return dist.LogNormal(p.loc.to(device, dtype), p.scale.to(device, dtype))
-        if isinstance(p, dist.HalfNormal):
-            return dist.HalfNormal(p.scale.to(device, dtype))
-        return p
+        return _prior_on(self.noise_prior, device, dtype)
+
+    def latent_prior_on(self, site: str, device: torch.device, dtype: torch.dtype):
+        if self.latent_noise and site == self.noise_site:
+            return self.noise_prior_on(device, dtype)
+        return super().latent_prior_on(site, device, dtype)
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         loc = self._squeeze(outputs)
@@ -423,7 +417,31 @@ class Gaussian(Likelihood):
         return NormalMixturePPD(loc, self._draw_scale(loc, noise_scale))
 
 
-def _as_pyro_distribution(prior) -> dist.TorchDistribution:
+def _prior_on(p: dist.TorchDistribution, device: torch.device, dtype: torch.dtype):
+    """A LogNormal or HalfNormal prior with its tensors on ``device``/``dtype``; others as is."""
+    if isinstance(p, dist.LogNormal):
+        return dist.LogNormal(p.loc.to(device, dtype), p.scale.to(device, dtype))
+    if isinstance(p, dist.HalfNormal):
+        return dist.HalfNormal(p.scale.to(device, dtype))
+    return p
+
+
+def _positive_scalar_prior(prior, what: str) -> dist.TorchDistribution:
+    """``prior`` as a Pyro distribution over one positive scalar, else a clear error."""
+    prior = _as_pyro_distribution(prior, what)
+    if prior.batch_shape != torch.Size() or prior.event_shape != torch.Size():
+        raise ValueError(f"{what} must be a scalar distribution (empty batch/event shape)")
+    support = prior.support
+    if not (
+        support is constraints.positive
+        or isinstance(support, constraints.greater_than | constraints.interval)
+        and float(getattr(support, "lower_bound", -1.0)) >= 0
+    ):
+        raise ValueError(f"{what} must have positive support, got {support}")
+    return prior
+
+
+def _as_pyro_distribution(prior, what: str = "noise_prior") -> dist.TorchDistribution:
     """``prior`` as a Pyro distribution: Pyro's sample statements need its extra interface
     (``event_dim``, ``expand_by``, ...), which a plain ``torch.distributions`` object lacks
     (``fit`` would fail deep in a trace). A torch distribution is rebuilt as the Pyro class
@@ -432,7 +450,7 @@ def _as_pyro_distribution(prior) -> dist.TorchDistribution:
         return prior
     if not isinstance(prior, torch.distributions.Distribution):
         raise TypeError(
-            f"noise_prior must be a pyro.distributions distribution, got {type(prior).__name__}"
+            f"{what} must be a pyro.distributions distribution, got {type(prior).__name__}"
         )
     cls = getattr(dist, type(prior).__name__, None)
     if isinstance(cls, type) and issubclass(cls, type(prior)):
@@ -441,18 +459,35 @@ def _as_pyro_distribution(prior) -> dist.TorchDistribution:
         except (TypeError, ValueError, AttributeError, NotImplementedError):
             pass
     raise TypeError(
-        f"noise_prior is a torch.distributions.{type(prior).__name__}, which cannot be "
+        f"{what} is a torch.distributions.{type(prior).__name__}, which cannot be "
         "converted to a Pyro distribution: use pyro.distributions (e.g. "
         "pyro.distributions.LogNormal(loc, scale)) instead"
     )
 
 
 class Categorical(Likelihood):
-    """:math:`y \\sim \\mathrm{Categorical}(\\mathrm{softmax}(f(x)))` from logits.
+    """:math:`y \\sim \\mathrm{Categorical}(\\mathrm{softmax}(\\tau f(x)))` from logits
+    :math:`f(x)`, with :math:`\\tau = 1`, or, given ``logit_scale_prior``, a latent logit
+    scale :math:`\\tau \\sim` that prior drawn once per model execution (site
+    :attr:`scale_site`, ``"<model>.likelihood.logit_scale"``).
+
+    The latent :math:`\\tau` is the classifier's counterpart of a Gaussian's latent noise
+    std: how sharply the labels follow the network. With a fixed weight prior the logits'
+    magnitude, and so the confidence of the posterior predictive, is set by the prior
+    alone; a separable data set then gets the same soft predictions as a noisy one. With
+    :math:`\\tau` latent its posterior grows where the training labels are predictable and
+    shrinks where they are not (a hierarchical prior on the output layer's scale:
+    :math:`\\tau (W h + b)`).
+
+    Args:
+        dataset_size: the plate's ``N`` (see :class:`Likelihood`).
+        logit_scale_prior: a ``pyro.distributions`` distribution over positive reals, e.g.
+            ``LogNormal(0, 1)``; ``None``: :math:`\\tau = 1`.
 
     Example::
 
         >>> import torch
+        >>> import pyro.distributions as dist
         >>> from pyrobayes.likelihoods import Categorical
         >>> lik = Categorical()
         >>> logits = torch.zeros(1, 3)                 # one point, uniform over 3 classes
@@ -461,14 +496,84 @@ class Categorical(Likelihood):
         >>> ppd = lik.ppd(torch.zeros(4, 5, 3))       # 4 draws, 5 points, 3 classes
         >>> ppd.probs.shape
         torch.Size([5, 3])
+        >>> tau = Categorical(logit_scale_prior=dist.LogNormal(0.0, 1.0))
+        >>> tau.latent_sites
+        ('logit_scale',)
+        >>> logits = torch.tensor([[2.0, 0.0]])
+        >>> lp = tau.log_prob(logits, torch.tensor([0]), logit_scale=torch.tensor(0.5))
+        >>> round(float(lp.exp()), 4)                  # softmax([1, 0])[0]: the logits halved
+        0.7311
     """
+
+    # the scale site's own name (before the model's prefix) and the keyword of ppd/log_prob
+    SCALE_SITE = "logit_scale"
+
+    def __init__(
+        self,
+        dataset_size: int | None = None,
+        logit_scale_prior: torch.distributions.Distribution | None = None,
+    ):
+        super().__init__(dataset_size)
+        self.logit_scale_prior = (
+            None
+            if logit_scale_prior is None
+            else _positive_scalar_prior(logit_scale_prior, "logit_scale_prior")
+        )
+
+    @property
+    def latent_scale(self) -> bool:
+        """Whether the logit scale :math:`\\tau` is a latent site (:attr:`scale_site`)."""
+        return self.logit_scale_prior is not None
+
+    @property
+    def scale_site(self) -> str:
+        """The name of the latent logit scale's sample site."""
+        return self.site_name(self.SCALE_SITE)
+
+    @property
+    def latent_keywords(self) -> dict[str, str]:
+        return {self.scale_site: self.SCALE_SITE} if self.latent_scale else {}
+
+    def sample_latents(self, num_draws: int) -> dict[str, torch.Tensor]:
+        if not self.latent_scale:
+            return {}
+        return {self.scale_site: self.logit_scale_prior.sample((num_draws,))}
+
+    def scale_prior_on(self, device: torch.device, dtype: torch.dtype):
+        """The logit scale's prior with its tensors on ``device``/``dtype``."""
+        return _prior_on(self.logit_scale_prior, device, dtype)
+
+    def latent_prior_on(self, site: str, device: torch.device, dtype: torch.dtype):
+        if self.latent_scale and site == self.scale_site:
+            return self.scale_prior_on(device, dtype)
+        return super().latent_prior_on(site, device, dtype)
 
     def forward(self, outputs: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
             y = self._labels(outputs, y)
+        logits = outputs
+        if self.latent_scale:
+            # one tau per model execution, outside the data plate (shared by all points)
+            tau = pyro.sample(self.scale_site, self.scale_prior_on(outputs.device, outputs.dtype))
+            logits = outputs * tau
         with self._plate(outputs.shape[0], outputs.device):
-            pyro.sample("obs", dist.Categorical(logits=outputs).to_event(outputs.dim() - 2), obs=y)
+            pyro.sample("obs", dist.Categorical(logits=logits).to_event(outputs.dim() - 2), obs=y)
         return outputs
+
+    def _scaled(self, outputs: torch.Tensor, logit_scale, per_draw: bool) -> torch.Tensor:
+        """``outputs`` times the draw(s) ``logit_scale`` (required for a latent scale):
+        a scalar, or with ``per_draw`` one value per leading draw of ``outputs [S, ...]``."""
+        if logit_scale is None:
+            if self.latent_scale:
+                raise ValueError(
+                    "this Categorical has a latent logit scale: pass its draws as "
+                    f"logit_scale= (the {self.scale_site!r} site of the posterior draws)"
+                )
+            return outputs
+        tau = torch.as_tensor(logit_scale, dtype=outputs.dtype, device=outputs.device)
+        if per_draw and tau.dim() == 1 and tau.shape[0] == outputs.shape[0]:
+            tau = tau.reshape(-1, *([1] * (outputs.dim() - 1)))
+        return outputs * tau
 
     @staticmethod
     def _labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -486,23 +591,32 @@ class Categorical(Likelihood):
             )
         return y
 
-    def log_prob(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, outputs: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-point log-likelihood; ``logit_scale`` (a scalar) is required for a latent scale."""
         y = self._labels(outputs, y)
+        logits = self._scaled(outputs, logit_scale, per_draw=False)
         lp = -torch.nn.functional.cross_entropy(
-            outputs.flatten(0, -2), y.flatten(), reduction="none"
+            logits.flatten(0, -2), y.flatten(), reduction="none"
         )
         return lp.reshape(outputs.shape[0], -1).sum(-1)
 
-    def log_prob_sum(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def log_prob_sum(
+        self, outputs: torch.Tensor, y: torch.Tensor, logit_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # one summed cross-entropy instead of per-point terms reshaped and summed twice:
         # this runs once per SVI step and per NUTS gradient
         y = self._labels(outputs, y)
+        logits = self._scaled(outputs, logit_scale, per_draw=False)
         return -torch.nn.functional.cross_entropy(
-            outputs.flatten(0, -2), y.flatten(), reduction="sum"
+            logits.flatten(0, -2), y.flatten(), reduction="sum"
         )
 
-    def ppd(self, outputs: torch.Tensor) -> CategoricalPPD:
-        return CategoricalPPD.from_logits(outputs)
+    def ppd(self, outputs: torch.Tensor, logit_scale: torch.Tensor | None = None) -> CategoricalPPD:
+        """Mixture over the ``S`` draws ``outputs [S, N, C]``; ``logit_scale`` (``[S]`` or a
+        scalar) is required when the scale is latent."""
+        return CategoricalPPD.from_logits(self._scaled(outputs, logit_scale, per_draw=True))
 
 
 def get_likelihood(spec: str | Likelihood, **kwargs) -> Likelihood:

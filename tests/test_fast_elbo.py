@@ -96,24 +96,32 @@ def test_fused_kl_weight_matches_pyro_traces_under_scaled_latents(beta):
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.4])
-def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
-    """``Gaussian(noise_prior=...)`` adds the latent noise site (a LogNormal prior,
-    the guide's Normal in log space pushed through exp): the fused loss scores it as Pyro's
-    traces do, Jacobian included, in value and in every guide parameter's gradient."""
+@pytest.mark.parametrize("kind", ["noise std", "logit scale"])
+def test_fused_loss_with_a_latent_likelihood_site_equals_pyro_traces(beta, kind):
+    """``Gaussian(noise_prior=...)`` adds the latent noise site, ``Categorical(
+    logit_scale_prior=...)`` the latent logit scale (LogNormal priors, the guide's Normal in
+    log space pushed through exp): the fused loss scores them as Pyro's traces do, Jacobian
+    included, in value and in every guide parameter's gradient."""
     import pyro.distributions as dist
 
     from pyrobayes.infer.steppers import ScaleLatents as _ScaleLatents
     from pyrobayes.likelihoods import data_size
 
     torch.manual_seed(2)
-    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    lik = Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8))
+    outputs = 1 if kind == "noise std" else 3
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, outputs))
+    if kind == "noise std":
+        lik = Gaussian(noise_prior=dist.LogNormal(-1.6, 0.8))
+        x, y = torch.randn(10, 3), torch.randn(10)
+    else:  # float64: the softmax's float32 round-off in the gradients is ~1e-5
+        lik = Categorical(logit_scale_prior=dist.LogNormal(0.0, 1.0))
+        net, x, y = net.double(), torch.randn(10, 3, dtype=torch.float64), torch.randint(3, (10,))
     model, guide = to_bayesian(net, delta=0.3, likelihood=lik, prior="normal", name="noisy")
-    x, y = torch.randn(10, 3), torch.randn(10)
     guide.setup(x, y=y)
-    noise = model.likelihood.noise_site  # "noisy.likelihood.noise_scale"
-    with torch.no_grad():  # a noise guide away from its initial values
-        guide.locs.noisy.likelihood.noise_scale.fill_(-1.2)
+    (noise,) = model.likelihood.latent_sites  # e.g. "noisy.likelihood.noise_scale"
+    local = noise.rsplit(".", 1)[1]
+    with torch.no_grad():  # a latent's guide away from its initial values
+        getattr(guide.locs.noisy.likelihood, local).fill_(-1.2)
     fused = FusedMeanFieldELBO(model, guide)
     fused.beta = beta
     with data_size(40), _ScaleLatents(beta):
@@ -137,8 +145,9 @@ def test_fused_loss_with_a_latent_noise_site_equals_pyro_traces(beta):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(g_pyro, g_fused))
     # the noise parameters really get a gradient (the site is not silently dropped)
     names = [n for n, p in guide.named_parameters() if p.requires_grad]
-    noise_grads = [g for n, g in zip(names, g_fused) if "noise_scale" in n]
+    noise_grads = [g for n, g in zip(names, g_fused) if local in n]
     assert len(noise_grads) == 2 and all(g.abs().sum() > 0 for g in noise_grads)
+    assert fused.verify(x, y=y) is None  # the check fit runs before taking this path
 
 
 def test_fit_takes_the_fused_path_for_a_latent_noise_model(monkeypatch):

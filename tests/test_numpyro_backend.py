@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
@@ -29,14 +30,15 @@ def _regression(n: int = 12, d: int = 1, seed: int = 0):
     return x, torch.sin(2 * x.sum(-1)) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
 
 
-def _classifier():
+def _classifier(logit_scale_prior=None):
     torch.manual_seed(1)
     net = nn.Sequential(nn.Linear(2, 8), nn.GELU(), nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 3))
     # a deterministic bias: a constant in the JAX density
     bnn = to_pyro(net.double(), exclude="2.bias", name="clf")
     g = torch.Generator().manual_seed(2)
     x = torch.randn(15, 2, generator=g, dtype=torch.float64)
-    return BayesianModel(bnn, Categorical()), x, torch.randint(3, (15,), generator=g)
+    lik = Categorical(logit_scale_prior=logit_scale_prior)
+    return BayesianModel(bnn, lik), x, torch.randint(3, (15,), generator=g)
 
 
 def _cases():
@@ -47,10 +49,14 @@ def _cases():
         "fixed noise": (fixed, *_regression()),
         "latent noise": (latent, *_regression(d=3)),
         "categorical": _classifier(),
+        # the latent logit scale: sampled as exp(u), its log prior and Jacobian in the density
+        "categorical, latent logit scale": _classifier(dist.LogNormal(0.3, 0.7)),
     }
 
 
-@pytest.mark.parametrize("case", ["fixed noise", "latent noise", "categorical"])
+@pytest.mark.parametrize(
+    "case", ["fixed noise", "latent noise", "categorical", "categorical, latent logit scale"]
+)
 def test_log_density_equals_torch_potential(case):
     model, x, y = _cases()[case]
     dens = jax_log_density(model, x, y)

@@ -47,8 +47,9 @@ __all__ = ["FusedMeanFieldELBO", "supports_fused"]
 
 
 def supports_fused(model, guide) -> bool:
-    """The fused step applies to a BayesianModel whose latent sites are its weights (and,
-    with ``Gaussian(noise_prior=...)``, the noise std), under an ``AutoNormal``-family
+    """The fused step applies to a BayesianModel whose latent sites are its weights (and
+    the likelihood's scalar latents: the noise std of ``Gaussian(noise_prior=...)``, the
+    logit scale of ``Categorical(logit_scale_prior=...)``), under an ``AutoNormal``-family
     guide (e.g. :class:`~pyrobayes.guides.MOPEDNormal`).
 
     Example::
@@ -68,15 +69,18 @@ def supports_fused(model, guide) -> bool:
 
 
 def _latents_supported(lik) -> bool:
-    """The likelihood's own latent sites are ones the fused step draws: none, or the one
-    scalar noise std of ``Gaussian(noise_prior=...)``."""
+    """The likelihood's own latent sites are ones the fused step draws: none, or scalars
+    whose prior the likelihood gives (``latent_prior_on``: the noise std of
+    ``Gaussian(noise_prior=...)``, the logit scale of ``Categorical(logit_scale_prior=...)``)."""
     sites = tuple(getattr(lik, "latent_sites", ()))
     if not sites:
         return True
-    return (
-        sites == (getattr(lik, "noise_site", None),)
-        and getattr(lik, "noise_prior", None) is not None
-    )
+    cpu = torch.device("cpu")
+    try:
+        priors = [lik.latent_prior_on(s, cpu, torch.float32) for s in sites]
+    except (AttributeError, KeyError):
+        return False
+    return all(p.batch_shape == torch.Size() and p.event_shape == torch.Size() for p in priors)
 
 
 class FusedMeanFieldELBO:
@@ -157,7 +161,7 @@ class FusedMeanFieldELBO:
             out = forward_draws(self.model, weights, *inputs, train=self.model.training, **kwargs)
         lik = self.model.likelihood
         extra = {}
-        for site, keyword, get_loc, get_scale in self._latents:  # the noise std, after the net
+        for site, keyword, get_loc, get_scale in self._latents:  # e.g. the noise std
             value, lp, lq = self._latent_draw(site, get_loc(), get_scale(), eps)
             extra[keyword] = value
             log_p, log_q = log_p + lp, log_q + lq
@@ -256,7 +260,7 @@ class FusedMeanFieldELBO:
         \log|t'(z)|`, as Pyro's traces score them."""
         e = eps[site] if eps is not None and site in eps else torch.randn_like(loc)
         z = loc + scale * e
-        prior = self.model.likelihood.noise_prior_on(z.device, z.dtype)
+        prior = self.model.likelihood.latent_prior_on(site, z.device, z.dtype)
         transform = biject_to(prior.support)
         value = transform(z)
         log_q = normal_log_q(e, scale) - transform.log_abs_det_jacobian(z, value).sum()

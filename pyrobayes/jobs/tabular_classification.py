@@ -194,11 +194,33 @@ class ClassifyTabularConfig(TableJobConfig):
         DEFAULT_CLASS_PERMUTATIONS,
         "classification PFN: its probabilities averaged over this many class relabellings",
     )
+    logit_scale_prior: str | None = opt(
+        None,
+        "classification: SVI and NUTS on the classifier with a latent logit scale "
+        "tau ~ LogNormal(LOC, SCALE), given as LOC,SCALE (e.g. 0,1); default tau = 1 (the "
+        "shipped PFN's prior)",
+        type=str,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         TaskChoice.parse(self.task, "task")
+        if self.logit_scale_prior is not None:
+            from pyrobayes.models.tabular import parse_lognormal
+
+            try:
+                parse_lognormal(self.logit_scale_prior)
+            except ValueError as exc:
+                raise ValueError(f"logit-scale-prior: {exc}") from None
         self._check_selected()
+
+    def classifier_logit_scale_prior(self):
+        """The latent logit scale's prior of SVI's and NUTS's classifier, or ``None``."""
+        if self.logit_scale_prior is None:
+            return None
+        from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+
+        return tabular_logit_scale_prior(*parse_lognormal(self.logit_scale_prior))
 
 
 class ClassifyTabularResult(common.TableJobResult):
@@ -450,13 +472,16 @@ def _probs(nets: list[torch.nn.Module], x: torch.Tensor) -> CategoricalPPD:
         return CategoricalPPD(torch.stack([torch.softmax(n(x), -1) for n in nets]))
 
 
-def _classifier_model(d: int, num_classes: int, net: torch.nn.Module | None = None):
+def _classifier_model(
+    d: int, num_classes: int, net: torch.nn.Module | None = None, logit_scale_prior=None
+):
     """The Bayesian classifier SVI and NUTS share (and the classification PFN's prior):
     :func:`pyrobayes.models.tabular_classifier_model`, a tanh ``d``-50-50-``C`` MLP with
-    fan-in Normal weight priors and a Categorical likelihood on its ``C`` logits."""
+    fan-in Normal weight priors and a Categorical likelihood on its ``C`` logits (times a
+    latent logit scale with ``logit_scale_prior``)."""
     from pyrobayes.models import tabular_classifier_model
 
-    return tabular_classifier_model(d, num_classes, net=net)
+    return tabular_classifier_model(d, num_classes, net=net, logit_scale_prior=logit_scale_prior)
 
 
 def _split_logreg(s: ClassSplit, num_classes: int, seed: int, out: tuple) -> None:
@@ -534,7 +559,9 @@ def _split_svi(
     ppds, times, info = out
     pyro.clear_param_store()  # one split's guide at a time in Pyro's global store
     t0 = time.perf_counter()
-    model = _classifier_model(s.x_train.shape[1], num_classes, copy.deepcopy(mlp))
+    model = _classifier_model(
+        s.x_train.shape[1], num_classes, copy.deepcopy(mlp), cfg.classifier_logit_scale_prior()
+    )
     guide = MOPEDNormal(model, delta=cfg.delta)
     fit(
         model,
@@ -736,6 +763,23 @@ def _split_table(s: ClassSplit, ppds: dict, times: dict, info: dict, cfg) -> Com
     )
 
 
+def _prior_mismatch(cfg: ClassifyTabularConfig, pfn: Any) -> list[str]:
+    """A note when the PFN was trained with another logit scale prior than the one SVI and
+    NUTS use here (their rows then answer a different Bayesian question)."""
+    from pyrobayes.pfn.priors import describe_scalar_prior
+
+    prior = cfg.classifier_logit_scale_prior()
+    ours = "tau = 1" if prior is None else f"tau ~ {describe_scalar_prior(prior)}"
+    recorded = (getattr(pfn.config, "prior", None) or {}).get("logit_scale_prior")
+    theirs = "tau = 1" if recorded is None else f"tau ~ {recorded}"
+    if ours == theirs:
+        return []
+    return [
+        f"prior: the PFN was trained with logit scale {theirs}, SVI and NUTS use {ours} "
+        "(--logit-scale-prior): their rows are not the same posterior"
+    ]
+
+
 def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_test: int, n_splits: int):
     """``(notes, pfn_row, n_nuts)``: what is not run and why, before the first split;
     ``pfn_row`` is ``(pfn, plan)`` when the PFN row runs (its plan's note, if any, states
@@ -751,6 +795,8 @@ def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_test: i
         pfn_row = (pfn, plan) if pfn is not None else None
         if plan.note:
             notes.append(plan.note)
+        if pfn is not None and {ClassMethod.SVI, ClassMethod.NUTS} & set(sel):
+            notes.extend(_prior_mismatch(cfg, pfn))
     if ClassMethod.GP in sel and n_train > cfg.gp_max_rows:
         notes.append(
             f"GP classifier: skipped, {n_train} training rows > --gp-max-rows "

@@ -350,15 +350,10 @@ class TabularBNNPrior:
         return self._models[d]
 
     def describe(self) -> dict[str, Any]:
-        p = self.noise_prior
         return {
             "kind": "bnn-tabular",
             "model": "tabular_regression_model: d-50-50-1 tanh, W ~ N(0, 1/fan_in), b ~ N(0, 1)",
-            "noise_prior": f"{type(p).__name__}("
-            + ", ".join(
-                f"{k}={float(getattr(p, k)):.6g}" for k in ("loc", "scale") if hasattr(p, k)
-            )
-            + ")",
+            "noise_prior": describe_scalar_prior(self.noise_prior),
             "min_features": self.min_features,
             "max_features": self.max_features,
             "max_corr": self.max_corr,
@@ -442,6 +437,12 @@ class TabularBNNPrior:
         return x, y, {**draws, model.likelihood.noise_site: sigma}
 
 
+def describe_scalar_prior(p: torch.distributions.Distribution) -> str:
+    """E.g. ``"LogNormal(loc=0, scale=1)"``: a scalar prior as a checkpoint records it."""
+    args = ", ".join(f"{k}={float(getattr(p, k)):.6g}" for k in ("loc", "scale") if hasattr(p, k))
+    return f"{type(p).__name__}({args})"
+
+
 class TabularBNNClassifierPrior:
     """Tabular classification datasets from
     :func:`~pyrobayes.models.tabular.tabular_classifier_model`.
@@ -486,6 +487,7 @@ class TabularBNNClassifierPrior:
         max_corr: float = 1.0,
         x_clip: float = 6.0,
         device: torch.device | str | None = None,
+        logit_scale_prior: torch.distributions.Distribution | None = None,
     ):
         if not 2 <= int(min_classes) <= int(max_classes):
             raise ValueError(
@@ -501,6 +503,7 @@ class TabularBNNClassifierPrior:
         self._models: dict[tuple[int, int], Any] = {}
         self.last_num_classes: torch.Tensor | None = None
         self.device = torch.device(device) if device is not None else None
+        self.logit_scale_prior = logit_scale_prior
 
     def model(self, d: int, num_classes: int | None = None):
         """The tabular classifier for ``d`` features and ``num_classes`` (default the
@@ -511,17 +514,36 @@ class TabularBNNClassifierPrior:
 
             # off the global RNG stream, so a resumed training draws the same datasets
             with torch.random.fork_rng(devices=[]):
-                self._models[key] = tabular_classifier_model(*key, device=self.device)
+                self._models[key] = tabular_classifier_model(
+                    *key, device=self.device, logit_scale_prior=self.logit_scale_prior
+                )
         return self._models[key]
+
+    def _logit_scales(self, model, batch_size: int) -> dict[str, torch.Tensor]:
+        """``{scale site: tau [B]}`` per data set from the logit scale's prior, or ``{}``."""
+        lik = model.likelihood
+        if not lik.latent_scale:
+            return {}
+        tau = lik.scale_prior_on(self.device or torch.device("cpu"), torch.float32)
+        return {lik.scale_site: tau.sample((batch_size,))}
+
+    @staticmethod
+    def _scaled(logits: torch.Tensor, scales: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``logits [B, L, C]`` times each data set's logit scale (if latent)."""
+        for tau in scales.values():
+            logits = logits * tau.to(logits.dtype)[:, None, None]
+        return logits
 
     def describe(self) -> dict[str, Any]:
         from pyrobayes.models.tabular import TABULAR_CLASSIFICATION as cfg
 
-        return {
+        tau = self.logit_scale_prior
+        out = {
             "kind": "bnn-tabular-classifier",
             "model": (
                 "tabular_classifier_model: d-50-50-C tanh, "
-                f"W ~ N(0, {cfg['weight_scale']}^2/fan_in), b ~ N(0, 1), y ~ softmax"
+                f"W ~ N(0, {cfg['weight_scale']}^2/fan_in), b ~ N(0, 1), "
+                + ("y ~ softmax" if tau is None else "y ~ softmax(tau * logits)")
             ),
             "min_features": self.min_features,
             "max_features": self.max_features,
@@ -533,6 +555,9 @@ class TabularBNNClassifierPrior:
             "x_low": list(self.x_low),
             "x_high": list(self.x_high),
         }
+        if tau is not None:
+            out["logit_scale_prior"] = describe_scalar_prior(tau)
+        return out
 
     @torch.no_grad()
     def sample(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -561,6 +586,7 @@ class TabularBNNClassifierPrior:
         x = self._features.sample_features(B, seq_len, d, device=dev)
         model = self.model(d)
         logits = forward_draws(model, sample_prior(model, B), x, inputs_batched=True)
+        logits = self._scaled(logits, self._logit_scales(model, B))
         counts = torch.randint(self.min_classes, self.max_classes + 1, (B,), device=dev)
         absent = torch.arange(self.max_classes, device=dev) >= counts[:, None]  # [B, Cmax]
         logits = logits.masked_fill(absent[:, None, :], float("-inf"))
@@ -597,6 +623,9 @@ class TabularBNNClassifierPrior:
         model = self.model(d, num_classes)
         draws = sample_prior(model, batch_size)
         logits = forward_draws(model, draws, x, inputs_batched=True)
+        scales = self._logit_scales(model, batch_size)
+        logits = self._scaled(logits, scales)
+        draws = {**draws, **scales}
         y = torch.distributions.Categorical(logits=logits).sample()
         self.last_num_classes = torch.full((batch_size,), int(num_classes), device=x.device)
         return x, y.to(x.dtype), draws

@@ -251,9 +251,10 @@ def _normal_prior(site: str, d, shape: torch.Size) -> tuple[np.ndarray, np.ndarr
     return loc.reshape(-1).double().cpu().numpy(), scale.reshape(-1).double().cpu().numpy()
 
 
-def _noise_prior_fn(site: str, d):
-    """``log p(sigma)`` in JAX for a latent noise std on a positive support (LogNormal,
-    HalfNormal), checked to be sampled as ``exp(u)`` like ``biject_to`` does in torch."""
+def _positive_prior_fn(site: str, d):
+    """``log p(sigma)`` in JAX as a function of ``log sigma`` for a latent positive scalar (a
+    noise std, a logit scale; LogNormal, HalfNormal), checked to be sampled as ``exp(u)``
+    like ``biject_to`` does in torch."""
     import jax.numpy as jnp
 
     t = biject_to(d.support)
@@ -353,15 +354,28 @@ def _likelihood_fn(model: nn.Module, x, y, last: nn.Linear, latents: Mapping[str
     extra = [s for s in latents if s not in bayesian_sites(model)]
     dtype = _np_dtype(x.dtype)
     if type(lik) is Categorical:
-        if extra:
-            raise NotImplementedError(f"Categorical likelihood with latent sites {extra}")
         labels = Categorical._labels(x.new_zeros(x.shape[0], last.out_features), y)
         idx = labels.cpu().numpy().astype(np.int32)[:, None]
+        if not lik.latent_scale:
+            if extra:
+                raise NotImplementedError(f"Categorical likelihood with latent sites {extra}")
 
-        def categorical(f, u_extra):
-            return jnp.take_along_axis(jax.nn.log_softmax(f, -1), idx, -1).sum()
+            def categorical(f, u_extra):
+                return jnp.take_along_axis(jax.nn.log_softmax(f, -1), idx, -1).sum()
 
-        return categorical, []
+            return categorical, []
+        if extra != [lik.scale_site]:
+            raise NotImplementedError(
+                f"Categorical likelihood: latent sites {extra}, expected only {lik.scale_site!r}"
+            )
+        log_prior_tau = _positive_prior_fn(lik.scale_site, latents[lik.scale_site][0])
+
+        def scaled(f, u_extra):
+            log_tau = u_extra[0]
+            ll = jnp.take_along_axis(jax.nn.log_softmax(f * jnp.exp(log_tau), -1), idx, -1).sum()
+            return ll + log_prior_tau(log_tau) + log_tau  # + log_tau: the Jacobian of exp
+
+        return scaled, [lik.scale_site]
     if type(lik) is not Gaussian:
         raise NotImplementedError(
             f"the JAX backend has Gaussian and Categorical likelihoods, got {type(lik).__name__}"
@@ -388,7 +402,7 @@ def _likelihood_fn(model: nn.Module, x, y, last: nn.Linear, latents: Mapping[str
         raise NotImplementedError(
             f"Gaussian likelihood: latent sites {extra}, expected only {lik.noise_site!r}"
         )
-    log_prior = _noise_prior_fn(lik.noise_site, latents[lik.noise_site][0])
+    log_prior = _positive_prior_fn(lik.noise_site, latents[lik.noise_site][0])
 
     def latent(f, u_extra):
         log_sigma = u_extra[0]
