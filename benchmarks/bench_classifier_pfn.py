@@ -88,13 +88,24 @@ def cell(i: int) -> tuple[int, int, int]:
     return DS[i % 4], NS[(i // 8) % 3], CS[(i // 4) % 2]
 
 
-def dataset(i: int, seed: int, n_test: int):
+def logit_scale_prior(args: argparse.Namespace):
+    """The prior's latent logit scale (``--logit-scale-prior LOC,SCALE``), or ``None``."""
+    from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+
+    spec = getattr(args, "logit_scale_prior", None)
+    return None if spec is None else tabular_logit_scale_prior(*parse_lognormal(spec))
+
+
+def dataset(i: int, seed: int, n_test: int, tau_prior=None):
     """Data set ``i``: its model, ``(x_train, y_train, x_test, y_test)`` (labels as long) and
-    the generating weights (one row of the batch)."""
+    the generating weights (one row of the batch; with ``tau_prior``, a latent logit scale
+    among them)."""
     from pyrobayes.pfn import TabularBNNClassifierPrior
 
     d, n, c = cell(i)
-    prior = TabularBNNClassifierPrior(max_features=max(DS), max_classes=max(CS))
+    prior = TabularBNNClassifierPrior(
+        max_features=max(DS), max_classes=max(CS), logit_scale_prior=tau_prior
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + i)
         x, y, latents = prior.sample_with_latents(1, n + n_test, d, c)
@@ -127,7 +138,7 @@ def run_nuts(i: int, args: argparse.Namespace, scale: int, depth: int) -> dict:
     """NUTS on data set ``i`` with ``scale`` x the warm-up and draws, max tree depth ``depth``."""
     from pyrobayes.infer.nuts import nuts_ppd
 
-    model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
+    model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test, logit_scale_prior(args))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the R-hat warning: R-hat is in the table
@@ -174,14 +185,16 @@ def run_svi(i: int, args: argparse.Namespace) -> dict:
     from pyrobayes.jobs.tabular_classification import fit_mlp_classifier
     from pyrobayes.models import tabular_classifier_model
 
-    _, (xt, yt, xq, yq), _ = dataset(i, args.seed, args.n_test)
+    _, (xt, yt, xq, yq), _ = dataset(i, args.seed, args.n_test, logit_scale_prior(args))
     d, _, c = cell(i)
     seed = args.seed + i
     pyro.set_rng_seed(seed)
     pyro.clear_param_store()
     t0 = time.perf_counter()
     mlp, _ = fit_mlp_classifier(xt, yt, c, args.mlp_steps, seed)
-    model = tabular_classifier_model(d, c, net=copy.deepcopy(mlp))
+    model = tabular_classifier_model(
+        d, c, net=copy.deepcopy(mlp), logit_scale_prior=logit_scale_prior(args)
+    )
     guide = MOPEDNormal(model, delta=args.svi_delta)
     fit(model, guide, (xt, yt), epochs=args.svi_steps, batch_size=len(xt), lr=1e-3,
         progress=False, seed=seed)  # fmt: skip
@@ -197,7 +210,8 @@ def run_svi(i: int, args: argparse.Namespace) -> dict:
 
 
 def _ds_key(args: argparse.Namespace, i: int) -> str:
-    return f"seed{args.seed}-i{i}-test{args.n_test}"
+    tau = getattr(args, "logit_scale_prior", None)  # another prior: other data sets
+    return f"seed{args.seed}-i{i}-test{args.n_test}" + ("" if tau is None else f"-tau{tau}")
 
 
 def _nuts_key(args: argparse.Namespace, scale: int, depth: int) -> str:
@@ -317,7 +331,7 @@ def pfn_result(pfn, i: int, args: argparse.Namespace) -> dict:
     """PFN NLL and seconds on data set ``i``, with the label-frequency and oracle NLLs."""
     from pyrobayes.infer import forward_draws
 
-    model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test)
+    model, (xt, yt, xq, yq), latents = dataset(i, args.seed, args.n_test, logit_scale_prior(args))
     c = cell(i)[2]
     kw = {"num_classes": c, "class_permutations": args.pfn_permutations}
     pfn.predict(xt, yt, xq[:8], **kw)  # warm-up: one-off allocations
@@ -328,8 +342,10 @@ def pfn_result(pfn, i: int, args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
     seconds = sorted(times)[1]
     freq = (torch.bincount(yt, minlength=c).double() + 1) / (len(yt) + c)
+    tau = latents.pop(model.likelihood.scale_site, None) if model.likelihood.latent_sites else None
     with torch.no_grad():
         logits = forward_draws(model, {k: v[None] for k, v in latents.items()}, xq)[0]
+    logits = logits if tau is None else tau * logits
     oracle = float(torch.nn.functional.cross_entropy(logits.double(), yq))
     return {
         "nll": float(label_log_probs(ppd.probs_per_draw, yq).neg().mean()),
@@ -510,6 +526,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--pfn-checkpoint PATH")
     if args.pfn_permutations != DEFAULT_CLASS_PERMUTATIONS:
         parts.append(f"--pfn-permutations {args.pfn_permutations}")
+    if args.logit_scale_prior is not None:
+        parts.append(f"--logit-scale-prior {args.logit_scale_prior}")
     if args.cached_only:
         parts.append("--cached-only")
     if args.retime_nuts:
@@ -546,6 +564,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pfn-permutations", type=int, default=DEFAULT_CLASS_PERMUTATIONS,
                    help="class relabellings the PFN averages over (predict's default; the "
                    "time grows with them)")  # fmt: skip
+    p.add_argument("--logit-scale-prior", default=None, metavar="LOC,SCALE",
+                   help="data sets, NUTS and SVI with a latent logit scale tau ~ "
+                   "LogNormal(LOC, SCALE) (the PFN should be trained with the same)")  # fmt: skip
     p.add_argument("--nuts-warmup", type=int, default=150)
     p.add_argument("--nuts-samples", type=int, default=300)
     p.add_argument("--nuts-max-tree-depth", type=int, default=8)
@@ -579,6 +600,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--nuts-retry needs increasing factors >= 2, got {args.nuts_retry}")
     if args.max_datasets < 1:
         p.error("--max-datasets must be >= 1")
+    try:
+        logit_scale_prior(args)
+    except ValueError as exc:
+        p.error(f"--logit-scale-prior: {exc}")
     return args
 
 

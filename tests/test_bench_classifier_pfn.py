@@ -113,3 +113,22 @@ def test_retime_reruns_nuts_at_each_references_final_budget(bench, monkeypatch):
     assert calls == [(0, 1, 8), (1, 2, 10)]
     assert [t["nuts_s"] / t["pfn_s"] for t in timed] == pytest.approx([2000, 2000])
     assert "2,000" in bench.retime_table(timed)
+
+
+def test_logit_scale_prior_makes_other_data_sets_and_scales_the_oracle(bench):
+    """``--logit-scale-prior``: the data sets come from the prior with a latent logit scale
+    (their own cache keys), the scale is among the generating latents, and the oracle's
+    logits are the scaled ones (a huge scale makes its labels the argmax: oracle NLL ~ 0)."""
+    plain = bench.parse_args(["--n-test", "30"])
+    sharp = bench.parse_args(["--n-test", "30", "--logit-scale-prior", "6.9,0.001"])
+    assert bench._ds_key(plain, 4) != bench._ds_key(sharp, 4)
+    model, _, latents = bench.dataset(4, 2000, 30, bench.logit_scale_prior(sharp))
+    assert float(latents[model.likelihood.scale_site]) == pytest.approx(992.3, rel=0.01)
+    torch.manual_seed(0)
+    cfg = PFNConfig(num_features=20, task="classification", num_classes=5, input_mode="tabular",
+                    d_model=16, n_layers=1, n_heads=2, d_ff=32, max_train=500,
+                    x_low=(-6.0,) * 20, x_high=(6.0,) * 20)  # fmt: skip
+    assert bench.pfn_result(PFN(cfg).eval(), 4, sharp)["oracle_nll"] < 1e-3
+    assert "--logit-scale-prior 6.9,0.001" in bench.command_line(sharp)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--logit-scale-prior", "0"])
