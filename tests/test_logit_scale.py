@@ -151,3 +151,31 @@ def test_options_parse_and_name_bad_values():
     assert build_prior(args).describe()["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--logit-scale-prior", "0,-1"])
+
+
+def test_fine_tuning_the_shipped_classifier_pfn_on_the_logit_scale_prior(tmp_path):
+    """``pfn train --init-from``: the shipped weights start a training on the changed prior;
+    the new checkpoint records that prior (not the source's) and where it started."""
+    from pyrobayes.pfn import load_checkpoint, pretrained
+    from pyrobayes.pfn.checkpoint import read_checkpoint_json
+    from pyrobayes.pfn.train import main
+
+    out = tmp_path / "tuned"
+    common = ["--prior", "bnn-tabular-classifier", "--max-features", "30", "--max-classes",
+              "10", "--logit-scale-prior", "0,1", "--max-train", "64", "--min-train", "1",
+              "--num-queries", "16", "--batch-size", "4", "--d-model", "128", "--layers", "4",
+              "--heads", "4", "--d-ff", "256", "--no-progress", "--checkpoint-every", "0"]  # fmt: skip
+    args = [*common, "--out", str(out), "--steps", "2", "--lr", "1e-6"]
+    assert main([*args, "--init-from", "bnn-tabular-classifier"]) == 0
+    tuned, shipped = load_checkpoint(out), pretrained("bnn-tabular-classifier")
+    assert tuned.config.prior["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
+    assert "logit_scale_prior" not in shipped.config.prior
+    info = read_checkpoint_json(out)
+    assert info["training"]["train_config"]["init_from"] == "bnn-tabular-classifier"
+    # two steps at lr 1e-6 (and its warm-up) leave the weights next to the shipped ones
+    a, b = tuned.state_dict(), shipped.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    with pytest.raises(ValueError, match="d_model 128 \\(wanted 64\\)"):
+        main([*common, "--d-model", "64", "--out", str(tmp_path / "x"), "--steps", "1",
+              "--init-from", "bnn-tabular-classifier"])  # fmt: skip
+    assert not (tmp_path / "x.json").exists()  # refused before anything is written

@@ -109,7 +109,9 @@ class TrainConfig:
     ``warmup_steps=None`` means 5% of ``steps``. ``time_limit`` (seconds) stops early
     with a checkpoint. ``out=None`` trains without writing checkpoints. ``precision``:
     :class:`Precision` (``"bf16"`` on CUDA only); ``compile``: ``torch.compile`` the forward
-    pass. Under torch.distributed ``batch_size`` is per rank.
+    pass. Under torch.distributed ``batch_size`` is per rank. ``init_from``: a checkpoint
+    (path, or a shipped name) whose weights start a new training on ``prior``, which may
+    differ from the one it was trained on (fine-tuning, :func:`init_from_checkpoint`).
 
     Example::
 
@@ -151,6 +153,7 @@ class TrainConfig:
     tokens_per_step: int | None = None
     precision: str = "fp32"
     compile: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -258,6 +261,54 @@ def make_config(prior: DatasetPrior, config: TrainConfig) -> PFNConfig:
     return PFNConfig(**common, num_classes=int(y.max().item()) + 1)
 
 
+def init_from_checkpoint(source: str, prior: DatasetPrior, config: TrainConfig) -> PFN:
+    """A new PFN for ``prior`` holding the weights of the checkpoint ``source`` (a path, or
+    a name of :func:`~pyrobayes.pfn.pretrained`): fine-tuning a PFN on a changed prior
+    (e.g. the classifier prior with a latent logit scale) costs a fraction of a training
+    from scratch. Its config is the source's with ``prior`` recorded as the one it is now
+    trained on (a regression PFN keeps the source's bar borders); the architecture, task,
+    features and classes must match ``config`` and ``prior``, else a ``ValueError`` naming
+    what differs.
+    """
+    from pyrobayes.pfn.pretrained import PretrainedName, pretrained
+
+    known = {n.value for n in PretrainedName}
+    src = pretrained(source) if source in known else load_checkpoint(source)
+    want = make_config_shape(prior, config)
+    have = {k: getattr(src.config, k) for k in want}
+    diff = {k: (have[k], want[k]) for k in want if have[k] != want[k]}
+    if diff:
+        raise ValueError(
+            f"--init-from {source}: its architecture differs from this training's "
+            + ", ".join(f"{k} {a} (wanted {b})" for k, (a, b) in diff.items())
+        )
+    if src.config.max_train < config.max_train:
+        raise ValueError(
+            f"--init-from {source}: built for max_train={src.config.max_train} < "
+            f"{config.max_train}"
+        )
+    cfg = dataclasses.replace(src.config, prior=prior.describe())
+    model = PFN(cfg)
+    model.load_state_dict(src.state_dict())
+    return model
+
+
+def make_config_shape(prior: DatasetPrior, config: TrainConfig) -> dict:
+    """The fields of :func:`make_config` that fix the weights' shapes and meaning."""
+    task = Task.parse(prior.task)
+    shape = {
+        "num_features": prior.num_features,
+        "task": task.value,
+        "d_model": config.d_model,
+        "n_layers": config.n_layers,
+        "n_heads": config.n_heads,
+        "d_ff": config.d_ff,
+    }
+    if task is Task.CLASSIFICATION and hasattr(prior, "max_classes"):
+        shape["num_classes"] = prior.max_classes
+    return shape
+
+
 def _sample_train_size(config: TrainConfig, generator: torch.Generator | None = None) -> int:
     """``n`` for one step (torch's global RNG unless ``generator``, so resume replays it
     exactly; under torch.distributed a generator shared by all ranks)."""
@@ -300,6 +351,8 @@ def _setup(prior: DatasetPrior, config: TrainConfig, model: PFN | None):
                 f"cannot resume {out}: it was trained on prior {model.config.prior}, "
                 f"not {prior.describe()}"
             )
+    elif model is None and config.init_from:
+        model = init_from_checkpoint(config.init_from, prior, config)
     elif model is None:
         model = PFN(make_config(prior, config))
     if model.config.max_train < config.max_train:
@@ -590,6 +643,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from OUT's checkpoint and training state"
     )
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (a path or a shipped name; same "
+        "architecture) and train on --prior, which may differ: fine-tuning",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="log lines instead of a tqdm bar"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -739,6 +799,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         compile=args.compile,
+        init_from=getattr(args, "init_from", None),
     )
     result = train_pfn(build_prior(args), config)
     if not dist_.is_main():
