@@ -194,6 +194,10 @@ class TabularConfig(TableJobConfig):
         "when the chosen delta is the grid's smallest or largest, try up to this many more "
         "beyond that edge (x/÷ sqrt(10) each) while the inner-validation score improves",
     )
+    svi_lr_schedule: str = opt(
+        "cosine",
+        "step-size schedule of the SVI fits: cosine (decays to 0 over --svi-steps) or constant",
+    )
     num_samples: int = opt(200, "posterior draws of the SVI predictive")
     nuts_warmup: int = opt(200, "NUTS adaptation steps per split")
     nuts_samples: int = opt(200, "NUTS draws kept per split")
@@ -233,11 +237,12 @@ class TabularConfig(TableJobConfig):
             )
         if self.first_split < 0:
             raise ValueError(f"first-split must be >= 0, got {self.first_split}")
-        from pyrobayes.jobs.tabular_svi import check_deltas
+        from pyrobayes.jobs.tabular_svi import SVISchedule, check_deltas
 
         object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
         if int(self.svi_delta_extend) < 0:
             raise ValueError(f"svi-delta-extend must be >= 0, got {self.svi_delta_extend}")
+        SVISchedule.parse(self.svi_lr_schedule, "svi-lr-schedule")
         if not 0.0 < self.svi_val_fraction < 1.0:
             raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
         self._check_selected()
@@ -618,6 +623,7 @@ def _split_svi(
         extend=cfg.svi_delta_extend,
         steps=cfg.svi_steps,
         lr=cfg.svi_lr,
+        lr_schedule=cfg.svi_lr_schedule,
         mlp_steps=cfg.mlp_steps,
         num_samples=cfg.num_samples,
         seed=seed,

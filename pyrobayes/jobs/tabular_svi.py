@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_DELTAS",
     "SVILayers",
     "SVIRecipe",
+    "SVISchedule",
     "SVISelection",
     "fit_svi_moped",
     "select_svi_recipe",
@@ -69,6 +70,19 @@ class SVILayers(Option):
     LAST = "last"
 
 
+class SVISchedule(Option):
+    """The step-size schedule of the job's SVI fits: ``"cosine"`` or ``"constant"``.
+
+    Example::
+
+        >>> SVISchedule.parse("cosine") is SVISchedule.COSINE
+        True
+    """
+
+    COSINE = "cosine"
+    CONSTANT = "constant"
+
+
 @dataclass(frozen=True)
 class SVIRecipe:
     """One SVI (MOPED) setting.
@@ -79,6 +93,9 @@ class SVIRecipe:
         layers: :class:`SVILayers`, which weights are Bayesian.
         steps: full-batch Adam steps.
         lr: Adam step size.
+        lr_schedule: ``"cosine"`` (the default: the step size decays to 0 over ``steps``,
+            so the fit ends at an average of the last iterates, not at one noisy
+            single-sample step) or ``"constant"``; see ``fit``'s ``lr_schedule``.
 
     Example::
 
@@ -94,6 +111,7 @@ class SVIRecipe:
     steps: int = 2000
     lr: float = 1e-3
     noise_prior_scale: float | None = None
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.kl_weight <= 1.0:
@@ -109,11 +127,15 @@ class SVIRecipe:
                 f"SVI noise_prior_scale must be positive or None, got {self.noise_prior_scale}"
             )
         object.__setattr__(self, "layers", SVILayers.parse(self.layers, "SVI layers"))
+        object.__setattr__(
+            self, "lr_schedule", SVISchedule.parse(self.lr_schedule, "SVI lr_schedule").value
+        )
 
     def label(self) -> str:
         """A short name, e.g. ``"beta=0.1,delta=0.1,all"``."""
         noise = "" if self.noise_prior_scale is None else f",noise-prior={self.noise_prior_scale:g}"
-        return f"beta={self.kl_weight:g},delta={self.delta:g},{self.layers.value}{noise}"
+        lr = "" if self.lr_schedule == SVISchedule.COSINE.value else f",lr-{self.lr_schedule}"
+        return f"beta={self.kl_weight:g},delta={self.delta:g},{self.layers.value}{noise}{lr}"
 
 
 def svi_model(
@@ -199,6 +221,7 @@ def fit_svi_moped(
         epochs=int(recipe.steps),
         batch_size=len(x),
         lr=recipe.lr,
+        lr_schedule=recipe.lr_schedule,
         kl_weight=recipe.kl_weight,
         progress=progress,
         seed=seed,
@@ -359,6 +382,7 @@ def job_svi(
     extend: int = 2,
     steps: int = 2000,
     lr: float = 1e-3,
+    lr_schedule: str = "cosine",
     mlp_steps: int = 2000,
     num_samples: int = 200,
     seed: int = 0,
@@ -383,7 +407,7 @@ def job_svi(
         >>> info["delta"] in (0.01, 0.1), sorted(info["scores"]), info["chosen_on"]
         (True, ['0.01', '0.1'], 'inner validation, 10 of 50 training rows')
     """
-    base = SVIRecipe(steps=steps, lr=lr)
+    base = SVIRecipe(steps=steps, lr=lr, lr_schedule=lr_schedule)
     info: dict[str, Any] = {}
     if delta is None and len(check_deltas(deltas)) > 1:
         grid = [replace(base, delta=d) for d in check_deltas(deltas)]

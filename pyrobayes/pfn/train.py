@@ -284,8 +284,7 @@ def init_from_checkpoint(source: str, prior: DatasetPrior, config: TrainConfig) 
         )
     if src.config.max_train < config.max_train:
         raise ValueError(
-            f"--init-from {source}: built for max_train={src.config.max_train} < "
-            f"{config.max_train}"
+            f"--init-from {source}: built for max_train={src.config.max_train} < {config.max_train}"
         )
     cfg = dataclasses.replace(src.config, prior=prior.describe())
     model = PFN(cfg)
