@@ -89,11 +89,11 @@ def cell(i: int) -> tuple[int, int, int]:
 
 
 def logit_scale_prior(args: argparse.Namespace):
-    """The prior's latent logit scale (``--logit-scale-prior LOC,SCALE``), or ``None``."""
-    from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+    """The prior's latent logit scale (``--logit-scale-prior``: default the shipped one,
+    ``none``: tau = 1, or ``LOC,SCALE``), or ``None``."""
+    from pyrobayes.models.tabular import logit_scale_prior_from
 
-    spec = getattr(args, "logit_scale_prior", None)
-    return None if spec is None else tabular_logit_scale_prior(*parse_lognormal(spec))
+    return logit_scale_prior_from(getattr(args, "logit_scale_prior", "default"))
 
 
 def dataset(i: int, seed: int, n_test: int, tau_prior=None):
@@ -210,8 +210,9 @@ def run_svi(i: int, args: argparse.Namespace) -> dict:
 
 
 def _ds_key(args: argparse.Namespace, i: int) -> str:
-    tau = getattr(args, "logit_scale_prior", None)  # another prior: other data sets
-    return f"seed{args.seed}-i{i}-test{args.n_test}" + ("" if tau is None else f"-tau{tau}")
+    tau = logit_scale_prior(args)  # another prior: other data sets (tau = 1: no suffix)
+    suffix = "" if tau is None else f"-tau{float(tau.loc):g},{float(tau.scale):g}"
+    return f"seed{args.seed}-i{i}-test{args.n_test}" + suffix
 
 
 def _nuts_key(args: argparse.Namespace, scale: int, depth: int) -> str:
@@ -526,7 +527,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--pfn-checkpoint PATH")
     if args.pfn_permutations != DEFAULT_CLASS_PERMUTATIONS:
         parts.append(f"--pfn-permutations {args.pfn_permutations}")
-    if args.logit_scale_prior is not None:
+    if args.logit_scale_prior != "default":
         parts.append(f"--logit-scale-prior {args.logit_scale_prior}")
     if args.cached_only:
         parts.append("--cached-only")
@@ -564,9 +565,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pfn-permutations", type=int, default=DEFAULT_CLASS_PERMUTATIONS,
                    help="class relabellings the PFN averages over (predict's default; the "
                    "time grows with them)")  # fmt: skip
-    p.add_argument("--logit-scale-prior", default=None, metavar="LOC,SCALE",
-                   help="data sets, NUTS and SVI with a latent logit scale tau ~ "
-                   "LogNormal(LOC, SCALE) (the PFN should be trained with the same)")  # fmt: skip
+    p.add_argument("--logit-scale-prior", default="default", metavar="LOC,SCALE",
+                   help="the data sets', NUTS's and SVI's latent logit scale tau ~ "
+                   "LogNormal(LOC, SCALE); default: the shipped prior's (0,1); none: tau = 1 "
+                   "(the prior of the PFN before 5 Dec 2026)")  # fmt: skip
     p.add_argument("--nuts-warmup", type=int, default=150)
     p.add_argument("--nuts-samples", type=int, default=300)
     p.add_argument("--nuts-max-tree-depth", type=int, default=8)

@@ -12,7 +12,8 @@
 # --checkpoint-every steps. A later call with OUT.state.json present resumes exactly
 # (--resume) with the step count stored in OUT.json, for another BUDGET seconds.
 #
-# Prior: TabularBNNClassifierPrior (tabular_classifier_model; 1-30 features (breast cancer has 30), 2-10 classes,
+# Prior: TabularBNNClassifierPrior (tabular_classifier_model with its latent logit scale tau ~
+# LogNormal(0, 1), the default of --logit-scale-prior; 1-30 features (breast cancer has 30), 2-10 classes,
 # random relabelling), drawn on the GPU. Data: training-set size n log-uniform on 1..1024,
 # 128 queries per data set, ~64k tokens per step (512 data sets at small n, ~56 at n=1024).
 # Model: d_model 256, 6 layers, 8 heads, feed-forward 512 (3.3 M parameters, 13 MB fp32).

@@ -121,7 +121,13 @@ def test_logit_scale_prior_makes_other_data_sets_and_scales_the_oracle(bench):
     logits are the scaled ones (a huge scale makes its labels the argmax: oracle NLL ~ 0)."""
     plain = bench.parse_args(["--n-test", "30"])
     sharp = bench.parse_args(["--n-test", "30", "--logit-scale-prior", "6.9,0.001"])
+    old = bench.parse_args(["--n-test", "30", "--logit-scale-prior", "none"])
     assert bench._ds_key(plain, 4) != bench._ds_key(sharp, 4)
+    # the shipped prior's data sets, and the tau = 1 ones under the cache's old keys
+    assert (
+        bench._ds_key(plain, 4).endswith("-tau0,1")
+        and bench._ds_key(old, 4) == "seed2000-i4-test30"
+    )
     model, _, latents = bench.dataset(4, 2000, 30, bench.logit_scale_prior(sharp))
     assert float(latents[model.likelihood.scale_site]) == pytest.approx(992.3, rel=0.01)
     torch.manual_seed(0)

@@ -15,7 +15,12 @@ from pyrobayes.infer import forward_draws
 from pyrobayes.infer.nuts.sampler import nuts_ppd
 from pyrobayes.likelihoods import Categorical, Gaussian
 from pyrobayes.models import tabular_classifier_model
-from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+from pyrobayes.models.tabular import (
+    TABULAR_CLASSIFICATION,
+    logit_scale_prior_from,
+    parse_lognormal,
+    tabular_logit_scale_prior,
+)
 from pyrobayes.pfn import TabularBNNClassifierPrior
 
 
@@ -90,7 +95,11 @@ def test_pfn_prior_labels_follow_the_scaled_logits():
     # the training sampler: labels in range, one class count per data set
     x, y = prior.sample(16, 50)
     assert bool((y < prior.last_num_classes[:, None]).all())
-    assert "logit_scale_prior" not in TabularBNNClassifierPrior().describe()
+    # the default is the shipped prior's LogNormal(0, 1); None: tau = 1, as before 5 Dec 2026
+    assert (
+        TabularBNNClassifierPrior().describe()["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
+    )
+    assert "logit_scale_prior" not in TabularBNNClassifierPrior(logit_scale_prior=None).describe()
 
 
 @pytest.mark.filterwarnings("ignore:NUTS reference NOT converged")
@@ -132,15 +141,28 @@ def test_options_parse_and_name_bad_values():
     for bad in ("1", "a,b", "0,0", "0,-1", "nan,1"):
         with pytest.raises(ValueError):
             parse_lognormal(bad)
+        with pytest.raises(ValueError):
+            logit_scale_prior_from(bad)
+    assert logit_scale_prior_from("NONE") is None and logit_scale_prior_from(None) is None
+    with pytest.raises(TypeError, match="logit_scale_prior must be"):
+        logit_scale_prior_from(1.0)
+    # the model's default is the shipped prior, None the plain softmax
+    assert tabular_classifier_model(2, 3).likelihood.latent_scale
+    assert not tabular_classifier_model(2, 3, logit_scale_prior=None).likelihood.latent_scale
     with pytest.raises(ValueError, match="logit-scale-prior"):
         ClassifyTabularConfig(data="iris", logit_scale_prior="0")
-    cfg = ClassifyTabularConfig(data="iris", logit_scale_prior="0,1")
-    assert isinstance(cfg.classifier_logit_scale_prior(), dist.LogNormal)
-    assert ClassifyTabularConfig(data="iris").classifier_logit_scale_prior() is None
-    # the shipped PFN is trained with tau = 1: a job with a latent scale says they differ
+    default = ClassifyTabularConfig(data="iris").classifier_logit_scale_prior()
+    assert (float(default.loc), float(default.scale)) == TABULAR_CLASSIFICATION["logit_scale_prior"]
+    assert (
+        ClassifyTabularConfig(data="iris", logit_scale_prior="none").classifier_logit_scale_prior()
+        is None
+    )
+    # SVI and NUTS share the shipped PFN's prior by default; another one is said
     pfn = pretrained("bnn-tabular-classifier")
+    assert pfn.config.prior["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
     assert _prior_mismatch(ClassifyTabularConfig(data="iris"), pfn) == []
-    (note,) = _prior_mismatch(cfg, pfn)
+    assert _prior_mismatch(ClassifyTabularConfig(data="iris", logit_scale_prior="0,1"), pfn) == []
+    (note,) = _prior_mismatch(ClassifyTabularConfig(data="iris", logit_scale_prior="none"), pfn)
     assert "tau = 1" in note and "LogNormal(loc=0, scale=1)" in note
 
     parser = argparse.ArgumentParser()
@@ -162,14 +184,14 @@ def test_fine_tuning_the_shipped_classifier_pfn_on_the_logit_scale_prior(tmp_pat
 
     out = tmp_path / "tuned"
     common = ["--prior", "bnn-tabular-classifier", "--max-features", "30", "--max-classes",
-              "10", "--logit-scale-prior", "0,1", "--max-train", "64", "--min-train", "1",
+              "10", "--logit-scale-prior=-0.5,0.7", "--max-train", "64", "--min-train", "1",
               "--num-queries", "16", "--batch-size", "4", "--d-model", "128", "--layers", "4",
               "--heads", "4", "--d-ff", "256", "--no-progress", "--checkpoint-every", "0"]  # fmt: skip
     args = [*common, "--out", str(out), "--steps", "2", "--lr", "1e-6"]
     assert main([*args, "--init-from", "bnn-tabular-classifier"]) == 0
     tuned, shipped = load_checkpoint(out), pretrained("bnn-tabular-classifier")
-    assert tuned.config.prior["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
-    assert "logit_scale_prior" not in shipped.config.prior
+    assert tuned.config.prior["logit_scale_prior"] == "LogNormal(loc=-0.5, scale=0.7)"
+    assert shipped.config.prior["logit_scale_prior"] == "LogNormal(loc=0, scale=1)"
     info = read_checkpoint_json(out)
     assert info["training"]["train_config"]["init_from"] == "bnn-tabular-classifier"
     # two steps at lr 1e-6 (and its warm-up) leave the weights next to the shipped ones

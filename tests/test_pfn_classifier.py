@@ -77,7 +77,10 @@ def test_relabelling_makes_the_majority_class_uniform(monkeypatch):
 
     monkeypatch.setattr(pyrobayes.infer, "forward_draws", biased)
     torch.manual_seed(1)
-    prior = TabularBNNClassifierPrior(max_features=2, min_classes=4, max_classes=4)
+    # tau = 1: a latent logit scale could shrink the 50-nat margin towards a coin flip
+    prior = TabularBNNClassifierPrior(
+        max_features=2, min_classes=4, max_classes=4, logit_scale_prior=None
+    )
     _, y = prior.sample(4000, 5)
     assert bool((y == y[:, :1]).all())  # one label per data set, as the network says
     freq = torch.bincount(y[:, 0].long(), minlength=4).float()
@@ -105,7 +108,10 @@ def test_sample_with_latents_and_describe():
     assert x.shape == (3, 25, 4) and y.shape == (3, 25) and int(y.max()) < 3
     from pyrobayes.infer import sample_prior
 
-    assert set(latents) == set(sample_prior(prior.model(4, 3), 1))  # every weight site
+    model = prior.model(4, 3)
+    # every weight site, and the latent logit scale of the shipped prior (one per data set)
+    assert set(latents) == {*sample_prior(model, 1), model.likelihood.scale_site}
+    assert latents[model.likelihood.scale_site].shape == (3,)
     last = [k for k in latents if k.endswith("net.4.weight")]
     assert len(last) == 1 and latents[last[0]].shape == (3, 3, 50)
     desc = prior.describe()

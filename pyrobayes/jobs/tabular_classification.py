@@ -194,33 +194,29 @@ class ClassifyTabularConfig(TableJobConfig):
         DEFAULT_CLASS_PERMUTATIONS,
         "classification PFN: its probabilities averaged over this many class relabellings",
     )
-    logit_scale_prior: str | None = opt(
-        None,
-        "classification: SVI and NUTS on the classifier with a latent logit scale "
-        "tau ~ LogNormal(LOC, SCALE), given as LOC,SCALE (e.g. 0,1); default tau = 1 (the "
-        "shipped PFN's prior)",
-        type=str,
+    logit_scale_prior: str = opt(
+        "default",
+        "classification: the latent logit scale tau ~ LogNormal(LOC, SCALE) of SVI's and "
+        "NUTS's classifier, given as LOC,SCALE; default: the shipped PFN's LogNormal(0, 1); "
+        "none: tau = 1",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         TaskChoice.parse(self.task, "task")
-        if self.logit_scale_prior is not None:
-            from pyrobayes.models.tabular import parse_lognormal
+        from pyrobayes.models.tabular import logit_scale_prior_from
 
-            try:
-                parse_lognormal(self.logit_scale_prior)
-            except ValueError as exc:
-                raise ValueError(f"logit-scale-prior: {exc}") from None
+        try:
+            logit_scale_prior_from(self.logit_scale_prior)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"logit-scale-prior: {exc}") from None
         self._check_selected()
 
     def classifier_logit_scale_prior(self):
         """The latent logit scale's prior of SVI's and NUTS's classifier, or ``None``."""
-        if self.logit_scale_prior is None:
-            return None
-        from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+        from pyrobayes.models.tabular import logit_scale_prior_from
 
-        return tabular_logit_scale_prior(*parse_lognormal(self.logit_scale_prior))
+        return logit_scale_prior_from(self.logit_scale_prior)
 
 
 class ClassifyTabularResult(common.TableJobResult):
@@ -473,7 +469,7 @@ def _probs(nets: list[torch.nn.Module], x: torch.Tensor) -> CategoricalPPD:
 
 
 def _classifier_model(
-    d: int, num_classes: int, net: torch.nn.Module | None = None, logit_scale_prior=None
+    d: int, num_classes: int, net: torch.nn.Module | None = None, logit_scale_prior="default"
 ):
     """The Bayesian classifier SVI and NUTS share (and the classification PFN's prior):
     :func:`pyrobayes.models.tabular_classifier_model`, a tanh ``d``-50-50-``C`` MLP with

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -50,6 +51,7 @@ __all__ = [
     "tabular_noise_prior",
     "tabular_logit_scale_prior",
     "parse_lognormal",
+    "logit_scale_prior_from",
 ]
 
 # The prior the shipped "bnn-tabular" PFN is trained on; change it only together with that
@@ -68,6 +70,8 @@ TABULAR_REGRESSION = {
 # features explain little of the label (binary, d=2..10: mean Bayes accuracy 0.81,
 # H(y|x,W) 0.40 vs H(y|W) 0.50 nats); with 3.0 it is 0.87-0.88, 0.28-0.30 vs 0.56-0.61
 # nats (200 prior data sets x 200 points), closer to the separable real sets it targets.
+# The logits are scaled by a latent tau ~ LogNormal(loc, scale) per data set (see
+# tabular_logit_scale_prior); change it only together with the shipped checkpoint.
 TABULAR_CLASSIFICATION = {
     "hidden": (50, 50),
     "activation": "tanh",
@@ -75,6 +79,7 @@ TABULAR_CLASSIFICATION = {
     "bias_scale": 1.0,
     "min_classes": 2,
     "max_classes": 10,
+    "logit_scale_prior": (0.0, 1.0),
 }
 
 
@@ -96,7 +101,10 @@ def tabular_noise_prior(
     return dist.LogNormal(torch.tensor(float(loc)), torch.tensor(float(scale)))
 
 
-def tabular_logit_scale_prior(loc: float = 0.0, scale: float = 1.0) -> dist.LogNormal:
+def tabular_logit_scale_prior(
+    loc: float = TABULAR_CLASSIFICATION["logit_scale_prior"][0],
+    scale: float = TABULAR_CLASSIFICATION["logit_scale_prior"][1],
+) -> dist.LogNormal:
     """:math:`\\tau \\sim \\mathrm{LogNormal}(\\mathrm{loc}, \\mathrm{scale})`, the prior of the
     classifier's latent logit scale (``tabular_classifier_model(..., logit_scale_prior=)``).
 
@@ -138,6 +146,33 @@ def parse_lognormal(text: str) -> tuple[float, float]:
     if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"a LogNormal prior needs a finite LOC and SCALE > 0, got {text!r}")
     return loc, scale
+
+
+def logit_scale_prior_from(spec: Any) -> torch.distributions.Distribution | None:
+    """The classifier's logit scale prior from what a caller or a flag gives: ``"default"``
+    (:func:`tabular_logit_scale_prior`, the shipped PFN's), ``None`` or ``"none"`` (no latent
+    scale: :math:`\\tau = 1`), ``"LOC,SCALE"`` (a LogNormal, :func:`parse_lognormal`), or a
+    distribution, returned as is.
+
+    Example::
+
+        >>> logit_scale_prior_from("default").loc, logit_scale_prior_from("none")
+        (tensor(0.), None)
+        >>> float(logit_scale_prior_from("-1,0.5").scale)
+        0.5
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
+        return None
+    if isinstance(spec, str) and spec.strip().lower() == "default":
+        return tabular_logit_scale_prior()
+    if isinstance(spec, str):
+        return tabular_logit_scale_prior(*parse_lognormal(spec))
+    if isinstance(spec, torch.distributions.Distribution):
+        return spec
+    raise TypeError(
+        f"logit_scale_prior must be 'default', None/'none', 'LOC,SCALE' or a distribution, "
+        f"got {type(spec).__name__}"
+    )
 
 
 def tabular_regression_model(
@@ -202,7 +237,7 @@ def tabular_classifier_model(
     net: nn.Module | None = None,
     device: torch.device | str | None = None,
     name: str | None = None,
-    logit_scale_prior: torch.distributions.Distribution | None = None,
+    logit_scale_prior: torch.distributions.Distribution | str | None = "default",
 ):
     """The Bayesian classifier for ``d`` standardised features and ``num_classes`` classes:
 
@@ -225,11 +260,12 @@ def tabular_classifier_model(
         net: initial weights (an MLP of the same shape), e.g. for a MOPED guide.
         device: where the model lives.
         name: optional name prefix of the weight sites.
-        logit_scale_prior: ``None`` (the shipped PFN's prior), or the prior of a latent
-            logit scale :math:`\\tau` (e.g. :func:`tabular_logit_scale_prior`): labels
+        logit_scale_prior: the prior of the latent logit scale :math:`\\tau`, labels
             :math:`y_i \\sim \\mathrm{Categorical}(\\mathrm{softmax}(\\tau f_W(x_i)))`,
             site ``model.likelihood.scale_site`` (see
-            :class:`~pyrobayes.likelihoods.Categorical`).
+            :class:`~pyrobayes.likelihoods.Categorical`): ``"default"``, the shipped PFN's
+            :func:`tabular_logit_scale_prior` (LogNormal(0, 1)); ``None``: :math:`\\tau = 1`
+            (the prior before 5 Dec 2026); or any :func:`logit_scale_prior_from` value.
 
     Returns:
         A :class:`~pyrobayes.bayesian_model.BayesianModel` with a
@@ -267,5 +303,5 @@ def tabular_classifier_model(
     if device is not None:
         net = net.to(device)
     prior = LayerwiseNormalPrior(scale=cfg["weight_scale"], bias_scale=cfg["bias_scale"])
-    lik = Categorical(logit_scale_prior=logit_scale_prior)
+    lik = Categorical(logit_scale_prior=logit_scale_prior_from(logit_scale_prior))
     return BayesianModel(to_pyro(net, prior=prior, name=name), lik)

@@ -487,7 +487,7 @@ class TabularBNNClassifierPrior:
         max_corr: float = 1.0,
         x_clip: float = 6.0,
         device: torch.device | str | None = None,
-        logit_scale_prior: torch.distributions.Distribution | None = None,
+        logit_scale_prior: torch.distributions.Distribution | str | None = "default",
     ):
         if not 2 <= int(min_classes) <= int(max_classes):
             raise ValueError(
@@ -503,7 +503,9 @@ class TabularBNNClassifierPrior:
         self._models: dict[tuple[int, int], Any] = {}
         self.last_num_classes: torch.Tensor | None = None
         self.device = torch.device(device) if device is not None else None
-        self.logit_scale_prior = logit_scale_prior
+        from pyrobayes.models.tabular import logit_scale_prior_from
+
+        self.logit_scale_prior = logit_scale_prior_from(logit_scale_prior)
 
     def model(self, d: int, num_classes: int | None = None):
         """The tabular classifier for ``d`` features and ``num_classes`` (default the

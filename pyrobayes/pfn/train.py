@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from pyrobayes import distributed as dist_
 from pyrobayes.device import check_device
-from pyrobayes.models.tabular import parse_lognormal, tabular_logit_scale_prior
+from pyrobayes.models.tabular import logit_scale_prior_from
 from pyrobayes.pfn.bar import borders_from_samples
 from pyrobayes.pfn.checkpoint import (
     checkpoint_paths,
@@ -692,19 +692,22 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--logit-scale-prior",
         type=_lognormal_arg,
-        default=None,
+        default="default",
         metavar="LOC,SCALE",
-        help="bnn-tabular-classifier: a latent logit scale tau ~ LogNormal(LOC, SCALE) per "
-        "data set (labels ~ softmax(tau * logits); e.g. 0,1); default: tau = 1",
+        help="bnn-tabular-classifier: the latent logit scale tau ~ LogNormal(LOC, SCALE) per "
+        "data set (labels ~ softmax(tau * logits)); default: the shipped prior's "
+        "LogNormal(0, 1); none: tau = 1",
     )
 
 
-def _lognormal_arg(text: str) -> tuple[float, float]:
-    """``"LOC,SCALE"`` for argparse (:func:`~pyrobayes.models.tabular.parse_lognormal`)."""
+def _lognormal_arg(text: str) -> str:
+    """``default``, ``none`` or ``LOC,SCALE`` for argparse
+    (:func:`~pyrobayes.models.tabular.logit_scale_prior_from`)."""
     try:
-        return parse_lognormal(text)
+        logit_scale_prior_from(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _prior_device(args: argparse.Namespace) -> torch.device | str | None:
@@ -737,11 +740,7 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
             max_classes=args.max_classes,
             min_classes=args.min_classes,
             device=_prior_device(args),
-            logit_scale_prior=(
-                None
-                if getattr(args, "logit_scale_prior", None) is None
-                else tabular_logit_scale_prior(*args.logit_scale_prior)
-            ),
+            logit_scale_prior=logit_scale_prior_from(getattr(args, "logit_scale_prior", "default")),
         )
     raise ValueError(f"unknown prior {args.prior!r}; choose one of {list(PRIORS)}")
 
