@@ -273,37 +273,51 @@ def _cell(values: list[float]) -> str:
     return f"{m:.3f}" if math.isnan(se) else f"{m:.3f} ± {se:.3f}"
 
 
+def _summary_row(cache: dict, args, ds: str, m: str, fp: str, pub, previous: bool) -> list[str]:
+    """The table row of method ``m`` on ``ds`` from the entries of fingerprint ``fp``."""
+    got = [
+        cache["entries"][entry_key(ds, k, m, fp)]
+        for k in range(args.first_split, args.first_split + args.splits)
+        if entry_key(ds, k, m, fp) in cache["entries"]
+    ]
+    scored = [e for e in got if e.get("nll") is not None]
+    labels = sorted({e["label"] for e in scored}) or [METHOD_ROWS[Method.parse(m)]]
+    label = " / ".join(labels) + (f" [previous recipe {fp}]" if previous else "")
+    missing = sorted({e["missing"] for e in got if "missing" in e})
+    times = [e["time_s"] for e in scored if e.get("time_s") is not None]
+    if missing:
+        note = "not run: " + "; ".join(missing)
+    elif previous:
+        note = "superseded by the row above (--previous): shown until its splits are rerun"
+    else:
+        note = "" if got else "no split run yet"
+    return [
+        ds,
+        label,
+        _cell([e["nll"] for e in scored]),
+        _cell([e["rmse"] for e in scored]),
+        f"{len(scored)}",
+        f"{sum(times) / len(times):.1f}" if times else "—",
+        *pub,
+        note,
+    ]
+
+
 def summary_rows(cache: dict, args) -> list[list[str]]:
-    """One row per (data set, method) with its current fingerprint's entries."""
+    """One row per (data set, method) with its current fingerprint's entries, and one per
+    ``--previous METHOD=FINGERPRINT`` (an older recipe's entries, labelled as such)."""
     published = _published(args.data_root)
+    previous = [p.split("=", 1) for p in getattr(args, "previous", None) or []]
     rows = []
     for ds in args.datasets:
         pub = published.get(ds, ("—", "—", "—"))
         for i, m in enumerate(args.methods):
             fp = method_fingerprint(m, _config(ds, 0, [m], args, "unused"))
-            got = [
-                cache["entries"][entry_key(ds, k, m, fp)]
-                for k in range(args.first_split, args.first_split + args.splits)
-                if entry_key(ds, k, m, fp) in cache["entries"]
-            ]
-            scored = [e for e in got if e.get("nll") is not None]
-            labels = sorted({e["label"] for e in scored}) or [METHOD_ROWS[Method.parse(m)]]
-            missing = sorted({e["missing"] for e in got if "missing" in e})
-            times = [e["time_s"] for e in scored if e.get("time_s") is not None]
-            rows.append(
-                [
-                    ds,
-                    " / ".join(labels),
-                    _cell([e["nll"] for e in scored]),
-                    _cell([e["rmse"] for e in scored]),
-                    f"{len(scored)}",
-                    f"{sum(times) / len(times):.1f}" if times else "—",
-                    *(pub if i == 0 else ("", "", "")),
-                    ("not run: " + "; ".join(missing))
-                    if missing
-                    else ("" if got else "no split run yet"),
-                ]
-            )
+            cells = pub if i == 0 else ("", "", "")
+            rows.append(_summary_row(cache, args, ds, m, fp, cells, previous=False))
+            for pm, pfp in previous:
+                if pm == m and pfp != fp:
+                    rows.append(_summary_row(cache, args, ds, m, pfp, ("", "", ""), True))
     return rows
 
 
@@ -361,6 +375,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a TabularConfig field for every run (e.g. svi_steps=500); repeatable",
     )
     p.add_argument("--report-only", action="store_true", help="no fits: table from the cache")
+    p.add_argument("--previous", nargs="+", default=[], metavar="METHOD=FINGERPRINT",
+                   help="also show an older recipe's rows (e.g. svi=864b42bfb933), labelled as "
+                   "such, while the current recipe's splits are rerun")  # fmt: skip
     p.add_argument("--progress", action="store_true", help="the job's progress output")
     p.add_argument("--no-write", action="store_true", help="leave RESULTS.md and docs alone")
     args = p.parse_args(argv)
@@ -373,6 +390,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ]
     if args.splits < 1 or args.first_split < 0 or not args.datasets or not args.methods:
         p.error("need --splits >= 1, --first-split >= 0, some --datasets and --methods")
+    for item in args.previous:
+        method, eq, fp = item.partition("=")
+        if not eq or method not in RECIPE_CODE or len(fp) != 12:
+            p.error(f"--previous {item!r}: want METHOD=FINGERPRINT (12 hex digits)")
     args.overrides = _overrides(args.set, p)
     return args
 

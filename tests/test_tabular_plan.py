@@ -351,8 +351,22 @@ def test_bench_resumes_from_its_cache_and_reruns_a_changed_recipe(tmp_path, monk
     assert len(calls) == 2
     bench.main([*argv[:-6], "--set", "mlp_steps=40", *argv[-4:]])  # the MLP's recipe changed
     assert [c.methods for c in calls[2:]] == [("mlp",), ("mlp",)]
-    rows = bench.summary_rows(json.loads(cache.read_text()), bench.parse_args(argv))
+    data = json.loads(cache.read_text())
+    rows = bench.summary_rows(data, bench.parse_args(argv))
     assert [r[1] for r in rows] == ["MLP + fitted noise", "MC dropout"]
     assert rows[0][4] == "2" and "±" in rows[0][2]
+    # --previous: the superseded recipe's rows too, labelled, under the current one
+    old_fp = bench.method_fingerprint("mlp", bench._config("toy", 0, ["mlp"], bench.parse_args(
+        [*argv[:-6], "--set", "mlp_steps=30", *argv[-4:]]), "unused"))  # fmt: skip
+    current = [*argv[:-6], "--set", "mlp_steps=40", *argv[-4:]]
+    rows = bench.summary_rows(data, bench.parse_args([*current, "--previous", f"mlp={old_fp}"]))
+    assert [r[1] for r in rows] == [
+        "MLP + fitted noise",
+        f"MLP + fitted noise [previous recipe {old_fp}]",
+        "MC dropout",
+    ]
+    assert rows[1][4] == "2" and "superseded" in rows[1][-1]
     with pytest.raises(SystemExit):
         bench.parse_args(["--set", "not_a_field=1"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--previous", "svi"])
