@@ -305,7 +305,8 @@ def _summary_row(cache: dict, args, ds: str, m: str, fp: str, pub, previous: boo
 
 def summary_rows(cache: dict, args) -> list[list[str]]:
     """One row per (data set, method) with its current fingerprint's entries, and one per
-    ``--previous METHOD=FINGERPRINT`` (an older recipe's entries, labelled as such)."""
+    ``--previous METHOD=FINGERPRINT`` (an older recipe's entries, labelled as such) where
+    the current recipe has fewer splits than that one."""
     published = _published(args.data_root)
     previous = [p.split("=", 1) for p in getattr(args, "previous", None) or []]
     rows = []
@@ -316,8 +317,10 @@ def summary_rows(cache: dict, args) -> list[list[str]]:
             cells = pub if i == 0 else ("", "", "")
             rows.append(_summary_row(cache, args, ds, m, fp, cells, previous=False))
             for pm, pfp in previous:
-                if pm == m and pfp != fp:
-                    rows.append(_summary_row(cache, args, ds, m, pfp, ("", "", ""), True))
+                old = _summary_row(cache, args, ds, m, pfp, ("", "", ""), True)
+                # only while the current recipe covers fewer splits than the old one did
+                if pm == m and pfp != fp and int(old[4]) > int(rows[-1][4]):
+                    rows.append(old)
     return rows
 
 
@@ -377,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="no fits: table from the cache")
     p.add_argument("--previous", nargs="+", default=[], metavar="METHOD=FINGERPRINT",
                    help="also show an older recipe's rows (e.g. svi=864b42bfb933), labelled as "
-                   "such, while the current recipe's splits are rerun")  # fmt: skip
+                   "such, where the current recipe has fewer splits (a rerun under way)")  # fmt: skip
     p.add_argument("--progress", action="store_true", help="the job's progress output")
     p.add_argument("--no-write", action="store_true", help="leave RESULTS.md and docs alone")
     args = p.parse_args(argv)

@@ -359,13 +359,21 @@ def test_bench_resumes_from_its_cache_and_reruns_a_changed_recipe(tmp_path, monk
     old_fp = bench.method_fingerprint("mlp", bench._config("toy", 0, ["mlp"], bench.parse_args(
         [*argv[:-6], "--set", "mlp_steps=30", *argv[-4:]]), "unused"))  # fmt: skip
     current = [*argv[:-6], "--set", "mlp_steps=40", *argv[-4:]]
-    rows = bench.summary_rows(data, bench.parse_args([*current, "--previous", f"mlp={old_fp}"]))
+    cur_args = bench.parse_args([*current, "--previous", f"mlp={old_fp}"])
+    # every split rerun: the old recipe's row is not shown
+    assert [r[1] for r in bench.summary_rows(data, cur_args)] == [
+        "MLP + fitted noise",
+        "MC dropout",
+    ]
+    cur_fp = bench.method_fingerprint("mlp", bench._config("toy", 0, ["mlp"], cur_args, "unused"))
+    del data["entries"][bench.entry_key("toy", 1, "mlp", cur_fp)]  # a rerun half done
+    rows = bench.summary_rows(data, cur_args)
     assert [r[1] for r in rows] == [
         "MLP + fitted noise",
         f"MLP + fitted noise [previous recipe {old_fp}]",
         "MC dropout",
     ]
-    assert rows[1][4] == "2" and "superseded" in rows[1][-1]
+    assert rows[0][4] == "1" and rows[1][4] == "2" and "superseded" in rows[1][-1]
     with pytest.raises(SystemExit):
         bench.parse_args(["--set", "not_a_field=1"])
     with pytest.raises(SystemExit):
