@@ -237,12 +237,13 @@ class TabularConfig(TableJobConfig):
             )
         if self.first_split < 0:
             raise ValueError(f"first-split must be >= 0, got {self.first_split}")
-        from pyrobayes.jobs.tabular_svi import SVISchedule, check_deltas
+        from pyrobayes.infer.fit import LRSchedule
+        from pyrobayes.jobs.tabular_svi import check_deltas
 
         object.__setattr__(self, "svi_deltas", check_deltas(self.svi_deltas))
         if int(self.svi_delta_extend) < 0:
             raise ValueError(f"svi-delta-extend must be >= 0, got {self.svi_delta_extend}")
-        SVISchedule.parse(self.svi_lr_schedule, "svi-lr-schedule")
+        LRSchedule.parse(self.svi_lr_schedule, "svi-lr-schedule")
         if not 0.0 < self.svi_val_fraction < 1.0:
             raise ValueError(f"svi-val-fraction must be in (0, 1), got {self.svi_val_fraction}")
         self._check_selected()

@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 
+from pyrobayes.infer.fit import LRSchedule
 from pyrobayes.options import Option
 
 __all__ = [
     "DEFAULT_DELTAS",
     "SVILayers",
     "SVIRecipe",
-    "SVISchedule",
     "SVISelection",
     "fit_svi_moped",
     "select_svi_recipe",
@@ -70,19 +70,6 @@ class SVILayers(Option):
     LAST = "last"
 
 
-class SVISchedule(Option):
-    """The step-size schedule of the job's SVI fits: ``"cosine"`` or ``"constant"``.
-
-    Example::
-
-        >>> SVISchedule.parse("cosine") is SVISchedule.COSINE
-        True
-    """
-
-    COSINE = "cosine"
-    CONSTANT = "constant"
-
-
 @dataclass(frozen=True)
 class SVIRecipe:
     """One SVI (MOPED) setting.
@@ -93,9 +80,9 @@ class SVIRecipe:
         layers: :class:`SVILayers`, which weights are Bayesian.
         steps: full-batch Adam steps.
         lr: Adam step size.
-        lr_schedule: ``"cosine"`` (the default: the step size decays to 0 over ``steps``,
-            so the fit ends at an average of the last iterates, not at one noisy
-            single-sample step) or ``"constant"``; see ``fit``'s ``lr_schedule``.
+        lr_schedule: a :class:`~pyrobayes.infer.fit.LRSchedule` name, ``"cosine"`` by
+            default (the step size decays to 0 over ``steps``, so the fit ends at an average
+            of the last iterates, not at one noisy single-sample step) or ``"constant"``.
 
     Example::
 
@@ -128,13 +115,13 @@ class SVIRecipe:
             )
         object.__setattr__(self, "layers", SVILayers.parse(self.layers, "SVI layers"))
         object.__setattr__(
-            self, "lr_schedule", SVISchedule.parse(self.lr_schedule, "SVI lr_schedule").value
+            self, "lr_schedule", LRSchedule.parse(self.lr_schedule, "SVI lr_schedule").value
         )
 
     def label(self) -> str:
         """A short name, e.g. ``"beta=0.1,delta=0.1,all"``."""
         noise = "" if self.noise_prior_scale is None else f",noise-prior={self.noise_prior_scale:g}"
-        lr = "" if self.lr_schedule == SVISchedule.COSINE.value else f",lr-{self.lr_schedule}"
+        lr = "" if self.lr_schedule == LRSchedule.COSINE.value else f",lr-{self.lr_schedule}"
         return f"beta={self.kl_weight:g},delta={self.delta:g},{self.layers.value}{noise}{lr}"
 
 
