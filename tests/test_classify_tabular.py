@@ -14,6 +14,7 @@ from pyrobayes.jobs.tabular_classification import (
     check_training_classes,
     detect_task,
     fit_mlp_classifier,
+    pooled_calibration,
     run_classify_tabular,
     stratified_splits,
 )
@@ -145,6 +146,23 @@ def test_ece_and_brier_match_the_hand_computed_values():
     assert expected_calibration_error(ppd, y, n_bins=1) == pytest.approx(0.25, abs=1e-12)
 
 
+def test_pooled_ece_is_one_estimate_over_all_splits_test_rows():
+    # split 1: confident and right; split 2: calibrated at 0.75 (3 of 4 right)
+    p1, y1 = torch.tensor([[0.99, 0.01]] * 2), torch.tensor([0, 0])
+    p2, y2 = torch.tensor([[0.75, 0.25]] * 4), torch.tensor([0, 0, 0, 1])
+    out = pooled_calibration({"m": [(p1, y1), (p2, y2)]}, n_bins=10)["m"]
+    all_p, all_y = torch.cat([p1, p2]), torch.cat([y1, y2])
+    assert out["ece"] == pytest.approx(
+        expected_calibration_error(CategoricalPPD(all_p[None]), all_y, n_bins=10), abs=1e-7
+    )  # float32 probabilities there, float64 here
+    # bins: 0.99 (2 rows, gap 0.01) and 0.75 (4 rows, gap 0): 0.02 / 6
+    assert out["ece"] == pytest.approx(0.02 / 6, abs=1e-7)
+    assert out["nll"] == pytest.approx(
+        -(2 * math.log(0.99) + 3 * math.log(0.75) + math.log(0.25)) / 6, abs=1e-7
+    )
+    assert (out["accuracy"], out["rows"]) == (pytest.approx(5 / 6), 6)
+
+
 def test_roc_auc_hand_computed_and_against_sklearn():
     from sklearn.metrics import roc_auc_score
 
@@ -218,6 +236,10 @@ def test_python_api_gives_labels_as_written(tmp_path):
     labels = {type(r[m]) for r in res["predictions"] for m in ("label", "MLP")}
     assert labels == {int}
     assert res["table"].methods == ("logistic regression", "MLP")
+    pooled = res["pooled"]["MLP"]  # every split's test rows, as predictions.csv lists them
+    assert pooled["rows"] == len(res["predictions"])
+    right = [r["MLP"] == r["label"] for r in res["predictions"]]
+    assert pooled["accuracy"] == pytest.approx(sum(right) / len(right), abs=1e-12)
     acc = res["table"].row("logistic regression")["accuracy"]
     assert acc >= 0.75  # a linear boundary with a little noise
     strings = _toy_csv(tmp_path / "s.csv")
