@@ -862,7 +862,7 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
 def pooled_calibration(
     pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], n_bins: int
 ) -> dict[str, dict[str, float]]:
-    """ECE, NLL and accuracy of each method on the test rows of all splits taken together.
+    r"""ECE, NLL and accuracy of each method on the test rows of all splits taken together.
 
     A split's ECE on 15-60 test rows is mostly sampling noise, and that noise is one-sided:
     with one or two rows per bin, :math:`|\mathrm{acc}_b - \mathrm{conf}_b|` is large for a
