@@ -222,6 +222,14 @@ def test_cli_on_a_small_csv_every_row_and_string_labels_back(tmp_path, capsys):
     assert len(rows) == 2 * 4  # 2 splits x (10% of each class: 2 + 2 rows)
     assert {r["label"] for r in rows} <= {"no", "yes"}
     assert {r["NUTS"] for r in rows} <= {"no", "yes"}
+    with open(out / "probabilities.csv") as fh:
+        probs = list(csv.DictReader(fh))
+    nuts = [r for r in probs if r["method"] == "NUTS"]
+    assert [(r["split"], r["row"]) for r in nuts] == [(r["split"], r["row"]) for r in rows]
+    for r, pred in zip(nuts, rows):  # the predicted label is the most probable class
+        p_no, p_yes = float(r["p(no)"]), float(r["p(yes)"])
+        assert p_no + p_yes == pytest.approx(1.0, abs=1e-5)
+        assert pred["NUTS"] == ("yes" if p_yes > p_no else "no")
     assert (out / "compare.png").stat().st_size > 10_000
 
 

@@ -31,7 +31,11 @@ The regression job's protocol (:mod:`pyrobayes.jobs.tabular_regression`) for cla
 5. ``compare.md``/``compare.json``, ``compare.png`` (reliability diagrams of every method
    on the test rows of all splits pooled, :func:`~pyrobayes.plotting.plot_reliability_grid`)
    and ``predictions.csv`` (per split and test row: the true label and each method's
-   predicted label, as written in the data).
+   predicted label, as written in the data), ``probabilities.csv`` (the same rows, each
+   method's class probabilities); the summary's ECE is the mean of the splits' ECEs, and
+   ``compare.md`` adds one ECE (with a bootstrap s.e.), NLL and accuracy over the test rows
+   of all splits pooled (:func:`pooled_calibration`: a split's few dozen rows make its ECE
+   mostly noise).
 
 Example (a fast smoke run)::
 
@@ -230,7 +234,10 @@ class ClassifyTabularResult(common.TableJobResult):
     - ``classes``: the labels as written in the data (class ``k`` is ``classes[k]``);
     - ``predictions``: one dict per split and test row, ``{"split", "row", "label",
       <method>: predicted label}``, labels as written in the data;
-    - ``files``: ``compare.md``/``.json``/``.png`` and ``predictions.csv`` under ``out``.
+    - ``pooled``: per method, ``{"ece", "ece_se", "nll", "accuracy", "rows"}`` on the test
+      rows of all splits together (:func:`pooled_calibration`);
+    - ``files``: ``compare.md``/``.json``/``.png``, ``predictions.csv`` and
+      ``probabilities.csv`` under ``out``.
 
     Example::
 
@@ -240,6 +247,7 @@ class ClassifyTabularResult(common.TableJobResult):
 
     classes: tuple
     predictions: list[dict[str, Any]]
+    pooled: dict[str, dict[str, float]]
 
 
 # ----------------------------------------------------------------- task and splits
@@ -806,7 +814,8 @@ def _plan(cfg: ClassifyTabularConfig, tab: LabelledData, n_train: int, n_test: i
 
 def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
     """Run the protocol of the module docstring on ``cfg.data``; write ``compare.md``,
-    ``compare.json``, ``compare.png`` and ``predictions.csv`` under ``cfg.out``.
+    ``compare.json``, ``compare.png``, ``predictions.csv`` and ``probabilities.csv`` under
+    ``cfg.out``.
 
     Example (iris, two splits, a tiny budget, no NUTS)::
 
@@ -860,7 +869,10 @@ def run_classify_tabular(cfg: ClassifyTabularConfig) -> ClassifyTabularResult:
 
 
 def pooled_calibration(
-    pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], n_bins: int
+    pooled: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+    n_bins: int,
+    bootstrap: int = 200,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     r"""ECE, NLL and accuracy of each method on the test rows of all splits taken together.
 
@@ -870,7 +882,9 @@ def pooled_calibration(
     says 0.999 and happens to be right. The mean of such per-split ECEs rewards
     over-confidence on small test sets; one ECE over the :math:`\sum_k n_k` pooled test
     rows (the rows the reliability figure shows) has far fewer empty or one-row bins.
-    ``pooled`` maps a table row to its ``(probs [n_k, C], labels [n_k])`` per split.
+    ``ece_se`` is its standard error from ``bootstrap`` resamples of the pooled rows (the
+    same resamples for every method, drawn with ``seed``). ``pooled`` maps a table row to
+    its ``(probs [n_k, C], labels [n_k])`` per split.
 
     Example::
 
@@ -882,13 +896,21 @@ def pooled_calibration(
     from pyrobayes.metrics import reliability_bins
     from pyrobayes.ppd import CategoricalPPD
 
-    scores = {}
+    def ece(probs: torch.Tensor, y: torch.Tensor) -> float:
+        return reliability_bins(CategoricalPPD(probs[None]), y, n_bins).ece
+
+    scores, resamples = {}, None
     for m, parts in pooled.items():
-        probs = torch.cat([p for p, _ in parts]).to(torch.float64)
+        probs = torch.cat([p for p, _ in parts])  # their own dtype: the figure's bins
         y = torch.cat([t for _, t in parts]).long()
-        picked = probs.gather(-1, y[:, None]).squeeze(-1)
+        if resamples is None:
+            gen = torch.Generator().manual_seed(seed)
+            resamples = torch.randint(len(y), (bootstrap, len(y)), generator=gen)
+        picked = probs.to(torch.float64).gather(-1, y[:, None]).squeeze(-1)
+        boot = torch.tensor([ece(probs[i], y[i]) for i in resamples], dtype=torch.float64)
         scores[m] = {
-            "ece": reliability_bins(CategoricalPPD(probs[None]), y, n_bins).ece,
+            "ece": ece(probs, y),
+            "ece_se": float(boot.std()) if bootstrap > 1 else math.nan,
             "nll": float(-picked.clamp_min(1e-300).log().mean()),
             "accuracy": float((probs.argmax(-1) == y).double().mean()),
             "rows": int(y.numel()),
@@ -911,7 +933,8 @@ def _write(
     cfg, tab, summary, nuts_table, tables, infos, notes, predictions, pooled, pooled_scores
 ) -> dict:
     """``compare.json``/``.md`` (``_tabular_common.write_outputs``), the
-    reliability diagrams of the pooled test rows ``compare.png`` and ``predictions.csv``."""
+    reliability diagrams of the pooled test rows ``compare.png``, ``predictions.csv`` and
+    ``probabilities.csv``."""
     from pyrobayes.plotting import plot_reliability_grid
     from pyrobayes.ppd import CategoricalPPD
 
@@ -928,7 +951,22 @@ def _write(
         writer = csv.DictWriter(fh, fieldnames=list(predictions[0]))
         writer.writeheader()
         writer.writerows(predictions)
+    files["probabilities"] = Path(cfg.out) / "probabilities.csv"
+    _write_probabilities(files["probabilities"], tab.classes, predictions, pooled)
     return files
+
+
+def _write_probabilities(path: Path, classes: tuple, predictions: list[dict], pooled: dict) -> None:
+    """One line per split, test row and method: its class probabilities (columns named by
+    the labels as written), so calibration can be re-scored without rerunning the job.
+    ``predictions`` and each method's pooled parts list the same rows in the same order."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["split", "row", "label", "method", *[f"p({c})" for c in classes]])
+        for m, parts in pooled.items():
+            probs = torch.cat([p for p, _ in parts]).to(torch.float64).tolist()
+            for r, ps in zip(predictions, probs, strict=True):
+                writer.writerow([r["split"], r["row"], r["label"], m, *(f"{q:.6g}" for q in ps)])
 
 
 def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes, pooled_scores) -> str:
@@ -954,11 +992,11 @@ def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes, pooled_scores
             "One ECE over every split's test rows (the rows of the figure above): a split's "
             "ECE on a few dozen rows is mostly noise, and that noise favours over-confident "
             "predictors that happen to be right.\n\n"
-            "| method | ECE (pooled) | NLL (pooled) | accuracy (pooled) |\n"
+            "| method | ECE (pooled, ± bootstrap s.e.) | NLL (pooled) | accuracy (pooled) |\n"
             "| :--- | ---: | ---: | ---: |\n"
         )
         md += "".join(
-            f"| {m} | {v['ece']:.4f} | {v['nll']:.4f} | {v['accuracy']:.4f} |\n"
+            f"| {m} | {v['ece']:.4f} ± {v['ece_se']:.4f} | {v['nll']:.4f} | {v['accuracy']:.4f} |\n"
             for m, v in pooled_scores.items()
         )
     md += common.nuts_subset_md(nuts_table)
