@@ -270,6 +270,28 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         )
 
 
+def test_a_checkpoint_with_the_stale_tabular_description_still_resumes(tmp_path):
+    # bnn-tabular checkpoints written before Dec 2026 describe the weights as N(0, 1/fan_in);
+    # the prior was N(0, 1.8^2/fan_in) all along, so such a run resumes on today's prior.
+    from pyrobayes.pfn.checkpoint import checkpoint_paths
+    from pyrobayes.pfn.priors import LEGACY_MODEL_DESCRIPTIONS, TabularBNNPrior
+
+    kw = dict(batch_size=2, seq_len=12, max_train=8, d_model=16, n_layers=1, n_heads=2,
+              d_ff=32, num_bars=20, border_samples=500, progress=False, seed=0,
+              out=str(tmp_path / "t"))  # fmt: skip
+    prior = TabularBNNPrior(max_features=3)
+    assert prior.describe()["model"] == next(iter(LEGACY_MODEL_DESCRIPTIONS.values()))
+    train_pfn(prior, TrainConfig(steps=2, time_limit=0.0, checkpoint_every=1, **kw))
+    meta = checkpoint_paths(tmp_path / "t")[1]
+    text = meta.read_text()
+    stale = text.replace("1.8^2/fan_in", "1/fan_in")
+    assert stale != text
+    meta.write_text(stale)
+    assert train_pfn(prior, TrainConfig(steps=2, resume=True, **kw)).steps == 2
+    with pytest.raises(ValueError, match="cannot resume"):  # a different prior still refuses
+        train_pfn(TabularBNNPrior(max_features=2), TrainConfig(steps=3, resume=True, **kw))
+
+
 def test_cli_trains_and_writes_a_checkpoint(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     train_mod.add_arguments(parser)

@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import Any, Protocol
 
@@ -350,9 +351,14 @@ class TabularBNNPrior:
         return self._models[d]
 
     def describe(self) -> dict[str, Any]:
+        from pyrobayes.models.tabular import TABULAR_REGRESSION as cfg
+
         return {
             "kind": "bnn-tabular",
-            "model": "tabular_regression_model: d-50-50-1 tanh, W ~ N(0, 1/fan_in), b ~ N(0, 1)",
+            "model": (
+                "tabular_regression_model: d-50-50-1 tanh, "
+                f"W ~ N(0, {cfg['weight_scale']}^2/fan_in), b ~ N(0, {cfg['bias_scale']:g})"
+            ),
             "noise_prior": describe_scalar_prior(self.noise_prior),
             "min_features": self.min_features,
             "max_features": self.max_features,
@@ -435,6 +441,37 @@ class TabularBNNPrior:
         self.last_noise = sigma
         y = f + sigma.unsqueeze(1) * torch.randn_like(f)
         return x, y, {**draws, model.likelihood.noise_site: sigma}
+
+
+# What earlier versions wrote for a prior that has not changed since: until Dec 2026 the
+# bnn-tabular prior described its weights as "N(0, 1/fan_in)" while drawing them from
+# N(0, 1.8^2/fan_in) all along (the string was stale, the prior was not). Checkpoints carry
+# the old string; a resumed training compares descriptions through this map.
+LEGACY_MODEL_DESCRIPTIONS = {
+    "tabular_regression_model: d-50-50-1 tanh, W ~ N(0, 1/fan_in), b ~ N(0, 1)": (
+        "tabular_regression_model: d-50-50-1 tanh, W ~ N(0, 1.8^2/fan_in), b ~ N(0, 1)"
+    ),
+}
+
+
+def same_prior(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ``describe()`` dicts name the same prior, reading a stale legacy
+    ``"model"`` string (:data:`LEGACY_MODEL_DESCRIPTIONS`) as the description it stood for.
+
+    Example::
+
+        >>> new = TabularBNNPrior().describe()
+        >>> old = {**new, "model": next(iter(LEGACY_MODEL_DESCRIPTIONS))}
+        >>> same_prior(old, new), same_prior({**new, "max_features": 5}, new)
+        (True, False)
+    """
+
+    def canonical(d: dict[str, Any]) -> str:
+        model = d.get("model")
+        d = {**d, "model": LEGACY_MODEL_DESCRIPTIONS.get(model, model)} if model else d
+        return json.dumps(d, sort_keys=True, default=str)
+
+    return canonical(a) == canonical(b)
 
 
 def describe_scalar_prior(p: torch.distributions.Distribution) -> str:

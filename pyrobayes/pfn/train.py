@@ -66,6 +66,7 @@ from pyrobayes.pfn.priors import (
     GPPrior,
     TabularBNNClassifierPrior,
     TabularBNNPrior,
+    same_prior,
 )
 
 __all__ = ["TrainConfig", "TrainResult", "Precision", "train_pfn", "add_arguments", "run"]
@@ -343,9 +344,7 @@ def _setup(prior: DatasetPrior, config: TrainConfig, model: PFN | None):
         raise ValueError("resume=True needs an out path to resume from")
     if resume_from:
         model = load_checkpoint(out)
-        if json.dumps(model.config.prior, sort_keys=True) != json.dumps(
-            prior.describe(), sort_keys=True
-        ):
+        if not same_prior(model.config.prior, prior.describe()):
             raise ValueError(
                 f"cannot resume {out}: it was trained on prior {model.config.prior}, "
                 f"not {prior.describe()}"
