@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _results import write_section  # noqa: E402
 
-from pyrobayes.metrics import reliability_bins  # noqa: E402
-from pyrobayes.ppd import CategoricalPPD  # noqa: E402
+from pyrobayes.jobs.tabular_classification import (  # noqa: E402
+    bootstrap_rows,
+    resampled_ece,
+)
 
 SECTION = "## classifier_calibration.py"
 NOT_BASELINES = ("PFN", "NUTS")
@@ -58,16 +60,11 @@ def load_run(folder: Path) -> tuple[str, dict[str, torch.Tensor], torch.Tensor, 
     return payload["config"]["data"], {m: torch.tensor(p) for m, p in probs.items()}, y, payload
 
 
-def ece(probs: torch.Tensor, y: torch.Tensor, bins: int) -> float:
-    return reliability_bins(CategoricalPPD(probs[None]), y, bins).ece
-
-
 def score(folder: Path, bins: int, bootstrap: int, seed: int) -> dict:
     data, probs, y, payload = load_run(folder)
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(y), (bootstrap, len(y)), generator=gen)
-    pooled = {m: ece(p, y, bins) for m, p in probs.items()}
-    boot = {m: torch.tensor([ece(p[i], y[i], bins) for i in idx]) for m, p in probs.items()}
+    rows = bootstrap_rows(len(y), bootstrap, seed)
+    pooled = {m: resampled_ece(p, y, bins)[0].item() for m, p in probs.items()}
+    boot = {m: resampled_ece(p, y, bins, rows) for m, p in probs.items()}
     per_split = {r["method"]: r["ece"] for r in payload["table"]["rows"]}
     pfn = next((m for m in probs if m.startswith("PFN")), None)
     baselines = [m for m in probs if not m.startswith(NOT_BASELINES)]

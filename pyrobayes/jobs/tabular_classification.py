@@ -893,29 +893,43 @@ def pooled_calibration(
         >>> out["M"]["accuracy"], round(out["M"]["ece"], 3), out["M"]["rows"]
         (1.0, 0.15, 4)
     """
-    from pyrobayes.metrics import reliability_bins
-    from pyrobayes.ppd import CategoricalPPD
-
-    def ece(probs: torch.Tensor, y: torch.Tensor) -> float:
-        return reliability_bins(CategoricalPPD(probs[None]), y, n_bins).ece
-
     scores, resamples = {}, None
     for m, parts in pooled.items():
         probs = torch.cat([p for p, _ in parts])  # their own dtype: the figure's bins
         y = torch.cat([t for _, t in parts]).long()
         if resamples is None:
-            gen = torch.Generator().manual_seed(seed)
-            resamples = torch.randint(len(y), (bootstrap, len(y)), generator=gen)
+            resamples = bootstrap_rows(len(y), bootstrap, seed)
         picked = probs.to(torch.float64).gather(-1, y[:, None]).squeeze(-1)
-        boot = torch.tensor([ece(probs[i], y[i]) for i in resamples], dtype=torch.float64)
+        boot = resampled_ece(probs, y, n_bins, resamples)
         scores[m] = {
-            "ece": ece(probs, y),
+            "ece": resampled_ece(probs, y, n_bins)[0].item(),
             "ece_se": float(boot.std()) if bootstrap > 1 else math.nan,
             "nll": float(-picked.clamp_min(1e-300).log().mean()),
             "accuracy": float((probs.argmax(-1) == y).double().mean()),
             "rows": int(y.numel()),
         }
     return scores
+
+
+def bootstrap_rows(n: int, bootstrap: int, seed: int = 0) -> torch.Tensor:
+    """``[bootstrap, n]`` row indices drawn with replacement (seeded; pass the same ones to
+    every method for paired differences)."""
+    return torch.randint(n, (bootstrap, n), generator=torch.Generator().manual_seed(seed))
+
+
+def resampled_ece(
+    probs: torch.Tensor, y: torch.Tensor, n_bins: int, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ECE (:func:`~pyrobayes.metrics.reliability_bins`) of ``probs [N, C]`` against
+    ``y [N]`` on each row set of ``rows [B, N]`` (:func:`bootstrap_rows`), or on all rows."""
+    from pyrobayes.metrics import reliability_bins
+    from pyrobayes.ppd import CategoricalPPD
+
+    sets = torch.arange(len(y))[None] if rows is None else rows
+    return torch.tensor(
+        [reliability_bins(CategoricalPPD(probs[i][None]), y[i], n_bins).ece for i in sets],
+        dtype=torch.float64,
+    )
 
 
 def _predictions(tab: LabelledData, s: ClassSplit, ppds: dict, k: int) -> list[dict]:
