@@ -79,6 +79,8 @@ def score(folder: Path, bins: int, bootstrap: int, seed: int) -> dict:
         "per_split": {m: per_split[m] for m in probs},
         "best_baseline": best,
         "best_baseline_per_split": best_split,
+        "methods": ",".join(payload["config"]["methods"] or ["all"]),
+        "seed": payload["config"]["seed"],
     }
     if pfn is not None:
         diff = boot[pfn] - boot[best]
@@ -142,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python benchmarks/classifier_calibration.py --runs " + " ".join(
             f"<{r['data']}>" for r in results
         )
-        write_section(SECTION, f"{SECTION}\n\nCommand: `{cmd} --write`\n\n{md}")
+        runs = "; ".join(
+            f"`pyrobayes compare --data {r['data']} --splits {r['splits']} --methods "
+            f"{r['methods']} --seed {r['seed']}`"
+            for r in results
+        )
+        write_section(
+            SECTION,
+            f"{SECTION}\n\nCommand: `{cmd} --write`, on the --out folders of {runs} "
+            f"(read from their compare.json).\n\n{md}",
+        )
     return 0
 
 
