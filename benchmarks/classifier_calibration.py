@@ -2,8 +2,8 @@
 
 ``pyrobayes compare --data NAME`` (a labelled table) reports the mean over splits of each
 split's ECE. On the built-in sets a split has 15 (iris), 18 (wine) or 57 (breast cancer)
-test rows in 10 bins, so a split's ECE is mostly sampling noise, and one-sided noise: a
-predictor that says 0.999 and is right scores ~0 while a calibrated 0.95 scores 0.05. This
+test rows in 10 bins, so a split's ECE is mostly sampling noise, biased upwards (a bin of one
+or two rows: a calibrated 0.95 that is right scores 0.05, a 0.999 that is right ~0). This
 script reads the ``probabilities.csv`` the job writes and scores every method once on the
 test rows of all splits together (the rows of the job's reliability figure), with a paired
 bootstrap over those rows (the same resamples for every method) for the difference

@@ -876,12 +876,11 @@ def pooled_calibration(
 ) -> dict[str, dict[str, float]]:
     r"""ECE, NLL and accuracy of each method on the test rows of all splits taken together.
 
-    A split's ECE on 15-60 test rows is mostly sampling noise, and that noise is one-sided:
-    with one or two rows per bin, :math:`|\mathrm{acc}_b - \mathrm{conf}_b|` is large for a
-    calibrated predictor (confidence 0.95, every row right: gap 0.05) and ~0 for one that
-    says 0.999 and happens to be right. The mean of such per-split ECEs rewards
-    over-confidence on small test sets; one ECE over the :math:`\sum_k n_k` pooled test
-    rows (the rows the reliability figure shows) has far fewer empty or one-row bins.
+    A split's ECE on 15-60 test rows in 10 bins is mostly sampling noise, biased upwards:
+    a bin with one or two rows has a large :math:`|\mathrm{acc}_b - \mathrm{conf}_b|` even
+    for a calibrated predictor (confidence 0.95, every row right: 0.05), and ~0 for one that
+    says 0.999 and happens to be right. One ECE over the :math:`\sum_k n_k` pooled test
+    rows (the rows the reliability figure shows) has far fewer such bins.
     ``ece_se`` is its standard error from ``bootstrap`` resamples of the pooled rows (the
     same resamples for every method, drawn with ``seed``). ``pooled`` maps a table row to
     its ``(probs [n_k, C], labels [n_k])`` per split.
@@ -1004,8 +1003,7 @@ def _markdown(cfg, tab, summary, nuts_table, tables, infos, notes, pooled_scores
         md += (
             f"\n## The test rows of all {len(tables)} splits pooled ({n_rows} predictions)\n\n"
             "One ECE over every split's test rows (the rows of the figure above): a split's "
-            "ECE on a few dozen rows is mostly noise, and that noise favours over-confident "
-            "predictors that happen to be right.\n\n"
+            "ECE on a few dozen rows is mostly noise, biased upwards.\n\n"
             "| method | ECE (pooled, ± bootstrap s.e.) | NLL (pooled) | accuracy (pooled) |\n"
             "| :--- | ---: | ---: | ---: |\n"
         )
