@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -60,12 +61,30 @@ def load_run(folder: Path) -> tuple[str, dict[str, torch.Tensor], torch.Tensor, 
     return payload["config"]["data"], {m: torch.tensor(p) for m, p in probs.items()}, y, payload
 
 
-def score(folder: Path, bins: int, bootstrap: int, seed: int) -> dict:
-    data, probs, y, payload = load_run(folder)
+def score(folders: Sequence[Path], bins: int, bootstrap: int, seed: int) -> dict:
+    """Pooled ECEs of the runs in ``folders``: one data set, the same splits (seed), their
+    methods merged (a method in several runs must have the same probabilities in each)."""
+    probs: dict[str, torch.Tensor] = {}
+    per_split: dict[str, float] = {}
+    runs: list[tuple[tuple, str]] = []
+    y = torch.empty(0, dtype=torch.long)
+    for folder in folders:
+        data, run_probs, y_run, payload = load_run(folder)
+        cfg = payload["config"]
+        key = (data, cfg["seed"], len(payload["split_tables"]))
+        if runs and (key != runs[0][0] or not torch.equal(y_run, y)):
+            raise ValueError(f"{folder}: not the same data and splits as {folders[0]}")
+        y = y_run
+        runs.append((key, ",".join(cfg["methods"] or ["all"])))
+        for m, p in run_probs.items():
+            if m in probs and not torch.allclose(probs[m], p, atol=1e-6):
+                raise ValueError(f"{folder}: {m}'s probabilities differ from another run's")
+            probs.setdefault(m, p)
+        per_split.update({r["method"]: r["ece"] for r in payload["table"]["rows"]})
+    (data, seed_splits, n_splits), _ = runs[0]
     rows = bootstrap_rows(len(y), bootstrap, seed)
     pooled = {m: resampled_ece(p, y, bins)[0].item() for m, p in probs.items()}
     boot = {m: resampled_ece(p, y, bins, rows) for m, p in probs.items()}
-    per_split = {r["method"]: r["ece"] for r in payload["table"]["rows"]}
     pfn = next((m for m in probs if m.startswith("PFN")), None)
     baselines = [m for m in probs if not m.startswith(NOT_BASELINES)]
     best = min(baselines, key=pooled.get)
@@ -73,14 +92,14 @@ def score(folder: Path, bins: int, bootstrap: int, seed: int) -> dict:
     out = {
         "data": data,
         "rows": len(y),
-        "splits": len(payload["split_tables"]),
+        "splits": n_splits,
         "pooled": pooled,
         "pooled_se": {m: float(b.std()) for m, b in boot.items()},
         "per_split": {m: per_split[m] for m in probs},
         "best_baseline": best,
         "best_baseline_per_split": best_split,
-        "methods": ",".join(payload["config"]["methods"] or ["all"]),
-        "seed": payload["config"]["seed"],
+        "methods": [m for _, m in runs],
+        "seed": seed_splits,
     }
     if pfn is not None:
         diff = boot[pfn] - boot[best]
@@ -111,8 +130,9 @@ def markdown(results: list[dict], bins: int, bootstrap: int) -> str:
     lines += [
         "",
         "| data | best baseline (pooled) | PFN − best, pooled ECE | bootstrap P(PFN ≤ best) | "
-        "best baseline (per split) | PFN − best, per split |",
-        "| :--- | :--- | ---: | ---: | :--- | ---: |",
+        "best baseline (per split) | PFN − best, per split | NUTS pooled ECE (the posterior "
+        "the PFN approximates) |",
+        "| :--- | :--- | ---: | ---: | :--- | ---: | ---: |",
     ]
     for r in results:
         if "pfn" not in r:
@@ -121,23 +141,32 @@ def markdown(results: list[dict], bins: int, bootstrap: int) -> str:
         lines.append(
             f"| {r['data']} | {r['best_baseline']} | {r['diff']:+.4f} ± {r['diff_se']:.4f} | "
             f"{r['p_not_worse']:.2f} | {r['best_baseline_per_split']} | "
-            f"{ps[r['pfn']] - ps[r['best_baseline_per_split']]:+.4f} |"
+            f"{ps[r['pfn']] - ps[r['best_baseline_per_split']]:+.4f} | "
+            + (f"{r['pooled']['NUTS']:.4f} |" if "NUTS" in r["pooled"] else "— |")
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", required=True, type=Path, help="the jobs' --out folders")
+    p.add_argument(
+        "--runs", nargs="+", required=True, type=Path,
+        help="the jobs' --out folders (runs of one data set with other methods are merged)",
+    )  # fmt: skip
     p.add_argument("--bins", type=int, default=None, help="ECE bins (default: the run's)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", action="store_true", help=f"write {SECTION!r} of RESULTS.md")
     args = p.parse_args(argv)
-    results = []
+    by_data: dict[str, list[Path]] = {}
     for folder in args.runs:
-        bins = args.bins or json.loads((folder / "compare.json").read_text())["config"]["ece_bins"]
-        results.append(score(folder, bins, args.bootstrap, args.seed))
+        data = json.loads((folder / "compare.json").read_text())["data"]
+        by_data.setdefault(data, []).append(folder)
+    results = []
+    for folders in by_data.values():
+        cfg = json.loads((folders[0] / "compare.json").read_text())["config"]
+        bins = args.bins or cfg["ece_bins"]
+        results.append(score(folders, bins, args.bootstrap, args.seed))
     md = markdown(results, bins, args.bootstrap)
     print(md)
     if args.write:
@@ -145,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             f"<{r['data']}>" for r in results
         )
         runs = "; ".join(
-            f"`pyrobayes compare --data {r['data']} --splits {r['splits']} --methods "
-            f"{r['methods']} --seed {r['seed']}`"
+            f"`pyrobayes compare --data {r['data']} --splits {r['splits']} --methods {m} "
+            f"--seed {r['seed']}`"
             for r in results
+            for m in r["methods"]
         )
         write_section(
             SECTION,

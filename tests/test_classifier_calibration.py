@@ -26,7 +26,7 @@ def test_rescoring_a_run_gives_the_jobs_pooled_ece(calib, tmp_path):
         out=str(tmp_path / "run"), no_progress=True,
     )  # fmt: skip
     res = run_classify_tabular(cfg)
-    out = calib.score(tmp_path / "run", bins=cfg.ece_bins, bootstrap=50, seed=0)
+    out = calib.score([tmp_path / "run"], bins=cfg.ece_bins, bootstrap=50, seed=0)
     assert out["rows"] == 30 and out["splits"] == 2
     for m, v in res["pooled"].items():
         assert out["pooled"][m] == pytest.approx(v["ece"], abs=1e-5)  # csv keeps 6 digits
@@ -37,6 +37,20 @@ def test_rescoring_a_run_gives_the_jobs_pooled_ece(calib, tmp_path):
     assert out["diff"] == pytest.approx(out["pooled"][pfn] - out["pooled"][best], abs=1e-12)
     assert 0 < out["diff_se"] < 0.2 and 0 <= out["p_not_worse"] <= 1
     assert "| iris |" in calib.markdown([out], cfg.ece_bins, 50)
+    # a second run of the same splits with another method merges into the first
+    more = ClassifyTabularConfig(
+        data="iris", splits=2, methods="logreg,gp", out=str(tmp_path / "more"), no_progress=True
+    )
+    gp = run_classify_tabular(more)["pooled"]["GP classifier (Laplace)"]["ece"]
+    both = calib.score([tmp_path / "run", tmp_path / "more"], cfg.ece_bins, 50, 0)
+    assert both["pooled"]["GP classifier (Laplace)"] == pytest.approx(gp, abs=1e-5)
+    assert both["pooled"]["MLP"] == out["pooled"]["MLP"]
+    other = ClassifyTabularConfig(
+        data="iris", splits=2, seed=1, methods="logreg", out=str(tmp_path / "o"), no_progress=True
+    )
+    run_classify_tabular(other)
+    with pytest.raises(ValueError, match="not the same data and splits"):
+        calib.score([tmp_path / "run", tmp_path / "o"], cfg.ece_bins, 50, 0)
 
 
 def test_a_folder_without_probabilities_is_named(calib, tmp_path):
