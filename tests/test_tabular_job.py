@@ -327,6 +327,10 @@ def test_python_api_runs_the_protocol_and_plots_it(tmp_path):
     assert set(res) == {"table", "nuts_table", "split_tables", "notes", "infos", "files", "rows"}
     assert len(res["split_tables"]) == len(res["infos"]) == 2
     assert any("first 1 of 2 splits" in n for n in res["notes"])
+    for info in res["infos"]:  # the PFN's check on the 27 training rows (test rows unseen)
+        check = info["pfn_self_check"]
+        assert 0 <= check["coverage_50"] <= check["coverage_90"] <= 1
+        assert check["ok"] == (abs(check["coverage_50"] - 0.5) <= check["tolerance"])
     # NUTS ran on split 1 only: the paired table is every method on that split alone
     one = res["split_tables"][0]
     for m in res["table"].methods:

@@ -264,7 +264,9 @@ class TabularResult(common.TableJobResult):
       NUTS on fewer splits).
     - ``infos``: per split, the fitted noise levels (``mlp_noise_std``, ``svi_noise_std``),
       the GP's hyperparameters (``gp``), NUTS's diagnostics (``nuts``: ``max_r_hat``,
-      ``min_ess``, ``noise_std_median``) and any PFN warnings (``pfn_warnings``).
+      ``min_ess``, ``noise_std_median``), any PFN warnings (``pfn_warnings``) and the PFN's
+      self-check on the training rows (``pfn_self_check``: ``coverage_50``, ``coverage_90``,
+      ``ok``, ...; a note when it fails, :func:`~pyrobayes.pfn.check.pfn_self_check`).
     - ``files``: paths of ``compare.png``/``.json``/``.md`` (and ``compare-bands.png`` for
       1-D data) under ``TabularConfig.out``.
     - ``rows``: ``{method name: its row label}`` of the methods run (a label names the
@@ -505,6 +507,7 @@ def _run_split(
     if pfn is not None and Method.PFN in sel:
         beat(Method.PFN)
         _split_pfn(s, pfn, grid, out, plan.get("pfn"), cfg.pfn_subsets, seed)
+        _split_pfn_check(s, pfn, seed, out[3])
     if Method.GP in sel:
         beat(Method.GP)
         _split_gp(s, cfg, grid, progress, out, plan.get("gp"), seed)
@@ -677,6 +680,51 @@ def _split_pfn(
         info["pfn_warnings"] = sorted({str(w.message) for w in caught})
 
 
+def _split_pfn_check(s: Split, pfn: Any, seed: int, info: dict) -> None:
+    """:func:`~pyrobayes.pfn.check.pfn_self_check` on the split's training rows (the PFN's
+    own score of held-out training rows; the test rows stay unseen) into ``info``. Apart
+    from the PFN row's recipe: it changes none of its numbers."""
+    from pyrobayes.pfn.check import pfn_self_check
+
+    if len(s.y_train) < 10:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the PFN row already recorded its warnings
+        check = pfn_self_check(pfn, s.x_train, s.y_train, seed=seed)
+    info["pfn_self_check"] = {
+        "coverage_50": check.coverage_50,
+        "coverage_90": check.coverage_90,
+        "nll_standardised": check.nll,
+        "tolerance": check.tolerance,
+        "ok": check.ok,
+    }
+
+
+def pfn_check_note(infos: list[dict]) -> str | None:
+    """One note on the PFN self-checks of the splits (``None`` when none ran or all passed).
+
+    Example::
+
+        >>> infos = [{"pfn_self_check": {"coverage_50": c, "tolerance": 0.12, "ok": c < 0.62}}
+        ...          for c in (0.83, 0.8, 0.55)]
+        >>> pfn_check_note(infos)[:60]
+        'PFN self-check failed on 2 of 3 splits: its central 50% inte'
+    """
+    checks = [i["pfn_self_check"] for i in infos if "pfn_self_check" in i]
+    failed = [c for c in checks if not c["ok"]]
+    if not failed:
+        return None
+    cov = sum(c["coverage_50"] for c in checks) / len(checks)
+    side = "too wide" if cov > 0.5 else "too narrow or misplaced"
+    return (
+        f"PFN self-check failed on {len(failed)} of {len(checks)} splits: its central 50% "
+        f"intervals cover {cov:.2f} of held-out training rows on average (0.5 expected, "
+        f"± {max(c['tolerance'] for c in checks):.2f} allowed; pyrobayes.pfn.pfn_self_check, "
+        f"training rows only): its intervals are {side}, the data look unlike the PFN's "
+        "prior, and its row is not the answer of a Bayesian model that fits them"
+    )
+
+
 def _split_gp(
     s: Split,
     cfg: TabularConfig,
@@ -800,6 +848,8 @@ def run_tabular(cfg: TabularConfig) -> TabularResult:
     with beat:
         tables, infos, first, dropped = _run_splits(cfg, tab, splits, plan, pfn, dropout_grid)
     notes += common.note_dropped(dropped)
+    if (check := pfn_check_note(infos)) is not None:
+        notes.append(check)
     summary, nuts_table = common.summary_tables(
         tables, [plan.get(m).label for m in plan.running], n_nuts
     )

@@ -12,6 +12,7 @@ Example::
 """
 
 from pyrobayes.pfn.bar import BarCriterion, BarDistribution, borders_from_samples
+from pyrobayes.pfn.check import PFNSelfCheck, pfn_self_check
 from pyrobayes.pfn.checkpoint import load_checkpoint, save_checkpoint
 from pyrobayes.pfn.model import PFN, InputMode, PFNConfig, Task, standardise_split
 from pyrobayes.pfn.pretrained import pretrained
@@ -44,4 +45,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "pretrained",
+    "pfn_self_check",
+    "PFNSelfCheck",
 ]
