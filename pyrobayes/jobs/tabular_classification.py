@@ -892,19 +892,22 @@ def pooled_calibration(
         >>> out["M"]["accuracy"], round(out["M"]["ece"], 3), out["M"]["rows"]
         (1.0, 0.15, 4)
     """
+    from pyrobayes.metrics import accuracy, nll
+    from pyrobayes.ppd import CategoricalPPD
+
     scores, resamples = {}, None
     for m, parts in pooled.items():
         probs = torch.cat([p for p, _ in parts])  # their own dtype: the figure's bins
         y = torch.cat([t for _, t in parts]).long()
         if resamples is None:
             resamples = bootstrap_rows(len(y), bootstrap, seed)
-        picked = probs.to(torch.float64).gather(-1, y[:, None]).squeeze(-1)
+        ppd = CategoricalPPD(probs[None])
         boot = resampled_ece(probs, y, n_bins, resamples)
         scores[m] = {
             "ece": resampled_ece(probs, y, n_bins)[0].item(),
             "ece_se": float(boot.std()) if bootstrap > 1 else math.nan,
-            "nll": float(-picked.clamp_min(1e-300).log().mean()),
-            "accuracy": float((probs.argmax(-1) == y).double().mean()),
+            "nll": float(nll(ppd, y)),
+            "accuracy": accuracy(ppd, y),
             "rows": int(y.numel()),
         }
     return scores

@@ -112,6 +112,7 @@ def pfn_self_check(
         >>> check.ok, check.rows
         (True, 200)
     """
+    from pyrobayes.metrics import interval_coverage, nll
     from pyrobayes.pfn.model import Task
 
     if pfn.task is not Task.REGRESSION:
@@ -134,7 +135,7 @@ def pfn_self_check(
     perm = torch.randperm(n, generator=g)
     parts = [perm[k::folds] for k in range(folds)]
     max_n = int(pfn.config.max_train)
-    u, log_p, context = [], [], 0
+    cover, row_nll, context = torch.zeros(2), [], 0
     for k, held in enumerate(parts):
         rest = torch.cat([p for j, p in enumerate(parts) if j != k])
         if len(rest) > max_n:
@@ -142,13 +143,13 @@ def pfn_self_check(
         context = max(context, len(rest))
         ppd = pfn.predict(x[rest][:, cols], y[rest], x[held][:, cols])
         target = y[held].to(ppd.mean.device)
-        u.append(ppd.cdf(target).cpu())
-        log_p.append(ppd.log_prob(target).cpu())
-    pit = torch.cat(u)
+        cov = interval_coverage(ppd, target, (0.5, 0.9))
+        cover += len(held) * torch.tensor([cov[0.5], cov[0.9]])
+        row_nll.append(nll(ppd, target, reduction="none").cpu())
     return PFNSelfCheck(
-        coverage_50=float(((pit > 0.25) & (pit < 0.75)).double().mean()),
-        coverage_90=float(((pit > 0.05) & (pit < 0.95)).double().mean()),
-        nll=float(-torch.cat(log_p).double().mean()),
+        coverage_50=float(cover[0] / n),
+        coverage_90=float(cover[1] / n),
+        nll=float(torch.cat(row_nll).double().mean()),
         rows=n,
         folds=folds,
         context_rows=context,
