@@ -69,3 +69,23 @@ def test_the_job_notes_a_failed_check_only():
     assert pfn_check_note([ok, ok, {}]) is None
     note = pfn_check_note([bad, ok])
     assert note.startswith("PFN self-check failed on 1 of 2 splits") and "too wide" in note
+
+
+def test_pfn_train_takes_the_tabular_noise_prior_from_the_command_line():
+    # what a PFN for nearly noise-free tables (yacht) would be trained on: a wider noise prior
+    import argparse
+
+    from pyrobayes.pfn import train as train_mod
+
+    parser = argparse.ArgumentParser()
+    train_mod.add_arguments(parser)
+    args = parser.parse_args(["--out", "x", "--prior", "bnn-tabular", "--noise-prior=-3,1.2"])
+    prior = train_mod.build_prior(args)
+    assert prior.describe()["noise_prior"] == "LogNormal(loc=-3, scale=1.2)"
+    torch.manual_seed(0)
+    prior.sample(64, 20)
+    assert prior.last_noise.median() < 0.1  # median exp(-3) = 0.05, not the default's 0.2
+    default = train_mod.build_prior(parser.parse_args(["--out", "x", "--prior", "bnn-tabular"]))
+    assert default.describe() == TabularBNNPrior().describe()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "x", "--prior", "bnn-tabular", "--noise-prior", "none"])

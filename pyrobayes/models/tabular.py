@@ -52,6 +52,7 @@ __all__ = [
     "tabular_logit_scale_prior",
     "parse_lognormal",
     "logit_scale_prior_from",
+    "noise_prior_from",
 ]
 
 # The prior the shipped "bnn-tabular" PFN is trained on; change it only together with that
@@ -146,6 +147,31 @@ def parse_lognormal(text: str) -> tuple[float, float]:
     if not (math.isfinite(loc) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"a LogNormal prior needs a finite LOC and SCALE > 0, got {text!r}")
     return loc, scale
+
+
+def noise_prior_from(spec: Any) -> torch.distributions.Distribution:
+    """The regression model's noise-std prior from a caller or a flag: ``"default"``
+    (:func:`tabular_noise_prior`, the shipped ``bnn-tabular`` PFN's), ``"LOC,SCALE"`` (a
+    LogNormal, :func:`parse_lognormal`) or a distribution, returned as is.
+
+    Example::
+
+        >>> round(float(noise_prior_from("default").loc), 4), float(noise_prior_from("-3,1.2").scale)
+        (-1.6094, 1.2)
+        >>> noise_prior_from("none")
+        Traceback (most recent call last):
+        ...
+        ValueError: expected LOC,SCALE (two numbers, e.g. 0,1), got 'none'
+    """
+    if isinstance(spec, str) and spec.strip().lower() == "default":
+        return tabular_noise_prior()
+    if isinstance(spec, str):
+        return tabular_noise_prior(*parse_lognormal(spec))
+    if isinstance(spec, torch.distributions.Distribution):
+        return spec
+    raise TypeError(
+        f"noise_prior must be 'default', 'LOC,SCALE' or a distribution, got {type(spec).__name__}"
+    )
 
 
 def logit_scale_prior_from(spec: Any) -> torch.distributions.Distribution | None:

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from pyrobayes import distributed as dist_
 from pyrobayes.device import check_device
-from pyrobayes.models.tabular import logit_scale_prior_from
+from pyrobayes.models.tabular import logit_scale_prior_from, noise_prior_from
 from pyrobayes.pfn.bar import borders_from_samples
 from pyrobayes.pfn.checkpoint import (
     checkpoint_paths,
@@ -697,6 +697,25 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
         "LogNormal(0, 1); none: tau = 1",
     )
 
+    parser.add_argument(
+        "--noise-prior",
+        type=_noise_arg,
+        default="default",
+        metavar="LOC,SCALE",
+        help="bnn-tabular: the noise std sigma ~ LogNormal(LOC, SCALE) per data set "
+        "(standardised units); default: the shipped prior's LogNormal(log 0.2, 0.8)",
+    )
+
+
+def _noise_arg(text: str) -> str:
+    """``default`` or ``LOC,SCALE`` for argparse
+    (:func:`~pyrobayes.models.tabular.noise_prior_from`)."""
+    try:
+        noise_prior_from(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
 
 def _lognormal_arg(text: str) -> str:
     """``default``, ``none`` or ``LOC,SCALE`` for argparse
@@ -731,7 +750,10 @@ def build_prior(args: argparse.Namespace) -> DatasetPrior:
     if args.prior == "bnn":
         return BNNPrior(x_low=args.x_low, x_high=args.x_high)
     if args.prior == "bnn-tabular":
-        return TabularBNNPrior(max_features=args.max_features or 10)
+        return TabularBNNPrior(
+            max_features=args.max_features or 10,
+            noise_prior=noise_prior_from(getattr(args, "noise_prior", "default")),
+        )
     if args.prior == "bnn-tabular-classifier":
         return TabularBNNClassifierPrior(
             max_features=args.max_features or 30,
