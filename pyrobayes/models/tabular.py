@@ -156,8 +156,8 @@ def noise_prior_from(spec: Any) -> torch.distributions.Distribution:
 
     Example::
 
-        >>> round(float(noise_prior_from("default").loc), 4), float(noise_prior_from("-3,1.2").scale)
-        (-1.6094, 1.2)
+        >>> round(float(noise_prior_from("default").loc), 4), float(noise_prior_from("-3,0.5").scale)
+        (-1.6094, 0.5)
         >>> noise_prior_from("none")
         Traceback (most recent call last):
         ...
