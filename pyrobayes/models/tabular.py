@@ -163,15 +163,7 @@ def noise_prior_from(spec: Any) -> torch.distributions.Distribution:
         ...
         ValueError: expected LOC,SCALE (two numbers, e.g. 0,1), got 'none'
     """
-    if isinstance(spec, str) and spec.strip().lower() == "default":
-        return tabular_noise_prior()
-    if isinstance(spec, str):
-        return tabular_noise_prior(*parse_lognormal(spec))
-    if isinstance(spec, torch.distributions.Distribution):
-        return spec
-    raise TypeError(
-        f"noise_prior must be 'default', 'LOC,SCALE' or a distribution, got {type(spec).__name__}"
-    )
+    return _lognormal_prior_from(spec, tabular_noise_prior, "noise_prior", "'default', ")
 
 
 def logit_scale_prior_from(spec: Any) -> torch.distributions.Distribution | None:
@@ -189,15 +181,22 @@ def logit_scale_prior_from(spec: Any) -> torch.distributions.Distribution | None
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "none"):
         return None
+    return _lognormal_prior_from(
+        spec, tabular_logit_scale_prior, "logit_scale_prior", "'default', None/'none', "
+    )
+
+
+def _lognormal_prior_from(spec: Any, factory: Any, name: str, accepted: str):
+    """``"default"`` -> ``factory()``, ``"LOC,SCALE"`` -> ``factory(loc, scale)``, a
+    distribution as is; else a ``TypeError`` listing ``accepted`` forms for ``name``."""
     if isinstance(spec, str) and spec.strip().lower() == "default":
-        return tabular_logit_scale_prior()
+        return factory()
     if isinstance(spec, str):
-        return tabular_logit_scale_prior(*parse_lognormal(spec))
+        return factory(*parse_lognormal(spec))
     if isinstance(spec, torch.distributions.Distribution):
         return spec
     raise TypeError(
-        f"logit_scale_prior must be 'default', None/'none', 'LOC,SCALE' or a distribution, "
-        f"got {type(spec).__name__}"
+        f"{name} must be {accepted}'LOC,SCALE' or a distribution, got {type(spec).__name__}"
     )
 
 

@@ -707,24 +707,22 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _noise_arg(text: str) -> str:
-    """``default`` or ``LOC,SCALE`` for argparse
-    (:func:`~pyrobayes.models.tabular.noise_prior_from`)."""
-    try:
-        noise_prior_from(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked_by(parse):
+    """An argparse ``type`` that keeps the text once ``parse`` accepts it (its
+    ``ValueError`` becomes argparse's error message)."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
 
 
-def _lognormal_arg(text: str) -> str:
-    """``default``, ``none`` or ``LOC,SCALE`` for argparse
-    (:func:`~pyrobayes.models.tabular.logit_scale_prior_from`)."""
-    try:
-        logit_scale_prior_from(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_noise_arg = _checked_by(noise_prior_from)  # default or LOC,SCALE
+_lognormal_arg = _checked_by(logit_scale_prior_from)  # default, none or LOC,SCALE
 
 
 def _prior_device(args: argparse.Namespace) -> torch.device | str | None:
