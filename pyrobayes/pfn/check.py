@@ -1,9 +1,9 @@
 """Does a data set look like a regression PFN's prior? A check on the training rows alone.
 
 A PFN answers with the posterior predictive of the prior it was trained on, whatever the
-data; on data the prior gives little mass to (yacht's noise is ~0.03 standardised units,
-where the shipped ``bnn-tabular`` prior puts ~1% of its noise mass) its answer is confident
-nonsense or needlessly vague, and nothing in the PPD says so. :func:`pfn_self_check` asks the
+data; on data the prior gives little mass to (yacht: nearly noise-free, its target
+exponential in one feature, unlike the smooth tanh-BNN functions of ``bnn-tabular``'s prior)
+its answer is misplaced or needlessly vague, and nothing in the PPD says so. :func:`pfn_self_check` asks the
 PFN to predict each of ``folds`` held-out parts of the *training* rows from the others and
 reads the probability integral transforms :math:`u_i = F_i(y_i)`: for data from the prior
 they are uniform, so the central 50% interval covers half the held-out rows. A coverage far
@@ -35,7 +35,7 @@ class PFNSelfCheck:
     Attributes:
         coverage_50: share of held-out training rows inside the PFN's central 50% interval.
         coverage_90: the same for the central 90% interval.
-        nll: mean negative log-density of the held-out rows (raw target units).
+        nll: mean negative log-density of the held-out rows (in ``y_train``'s units).
         rows: held-out rows scored (every training row once).
         folds: the number of parts.
         context_rows: training rows given to the PFN per part (at most its ``max_train``).
