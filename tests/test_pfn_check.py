@@ -89,3 +89,20 @@ def test_pfn_train_takes_the_tabular_noise_prior_from_the_command_line():
     assert default.describe() == TabularBNNPrior().describe()
     with pytest.raises(SystemExit):
         parser.parse_args(["--out", "x", "--prior", "bnn-tabular", "--noise-prior", "none"])
+
+
+def test_compare_regression_pfns_pairs_the_same_data_sets(capsys, tmp_path):
+    # benchmarks/compare_regression_pfns.py: a checkpoint against itself differs by exactly 0
+    import importlib.util
+    from pathlib import Path
+
+    from pyrobayes.pfn import save_checkpoint
+
+    path = Path(__file__).parent.parent / "benchmarks" / "compare_regression_pfns.py"
+    spec = importlib.util.spec_from_file_location("compare_regression_pfns", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    save_checkpoint(pretrained("bnn-tabular"), tmp_path / "same")
+    mod.main(["--b", str(tmp_path / "same"), "--sets", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("B - A NLL +0.0000 ± 0.0000 (3 data sets)" in ln for ln in lines)

@@ -689,7 +689,7 @@ def _add_tabular_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--logit-scale-prior",
-        type=_lognormal_arg,
+        type=_logit_scale_arg,
         default="default",
         metavar="LOC,SCALE",
         help="bnn-tabular-classifier: the latent logit scale tau ~ LogNormal(LOC, SCALE) per "
@@ -722,7 +722,7 @@ def _checked_by(parse):
 
 
 _noise_arg = _checked_by(noise_prior_from)  # default or LOC,SCALE
-_lognormal_arg = _checked_by(logit_scale_prior_from)  # default, none or LOC,SCALE
+_logit_scale_arg = _checked_by(logit_scale_prior_from)  # default, none or LOC,SCALE
 
 
 def _prior_device(args: argparse.Namespace) -> torch.device | str | None:
